@@ -1,0 +1,623 @@
+//! Configuration: built-in defaults, then TOML files (later override earlier), then environment
+//! variables `RISE_<SECTION>__<KEY>` (e.g. the seed's `RISE_REGISTRY__PASSWORD`).
+//!
+//! Every component owns one serde struct; they compose into [`Config`]. Every struct denies
+//! unknown fields, so a typo is an error that names the key and the file that set it.
+//! Secret-bearing keys may be given as `<key>_file` (a path whose content is the secret).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use crate::policy::Rule;
+use crate::registry::providers::ProviderConfig;
+use crate::registry::{ProjectName, RepositoryName};
+
+/// The name under which the seed's single `[registry]` table is known.
+pub const DEFAULT_REGISTRY: &str = "default";
+
+/// Keys whose values are secrets: they may be given as `<key>_file`, and are never logged.
+pub const SECRET_KEYS: &[&str] = &[
+    "password",
+    "secret_access_key",
+    "session_token",
+    "token",
+    "access_token",
+    "admin_token",
+    "client_secret",
+    "private_key",
+    "api_key",
+];
+
+/// Built-in defaults under every configuration.
+const BUILTIN_DEFAULTS: &str = include_str!("defaults.toml");
+/// The embedded demo used when no configuration file is given: a local Distribution registry on
+/// 127.0.0.1:5000 and a project `my-app` any local-issuer token may push to.
+const EMBEDDED_DEMO: &str = include_str!("embedded-demo.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    /// The seed's single registry; known as `default`.
+    #[serde(default)]
+    pub registry: Option<ProviderConfig>,
+    /// Additional named registries.
+    #[serde(default)]
+    pub registries: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub projects: BTreeMap<ProjectName, ProjectConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The URL clients and registries use to reach Rise (the token realm is `<public_url>/token`).
+    /// Defaults to `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Where state lives for the embedded default: SQLite database and generated keys.
+    pub data_dir: PathBuf,
+}
+
+impl ServerConfig {
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Clock skew allowed on `exp`/`nbf`/`iat`; at most 60 s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    pub local: LocalIssuerConfig,
+    #[serde(default)]
+    pub issuers: BTreeMap<String, OidcIssuerConfig>,
+}
+
+/// The built-in development issuer, whose tokens `rise-backend token issue` mints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalIssuerConfig {
+    #[serde(deserialize_with = "lenient::bool")]
+    pub enabled: bool,
+    /// The `iss` of local tokens.
+    pub issuer: String,
+    pub audience: String,
+    /// The longest lifetime `token issue` will mint.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+/// The name the local issuer has in policy rules.
+pub const LOCAL_ISSUER_NAME: &str = "local";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// The issuer URL; must equal the tokens' `iss`.
+    pub issuer: String,
+    /// The audience tokens must carry.
+    pub audience: String,
+    /// Skip discovery and fetch keys from here.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default = "defaults::subject_claim")]
+    pub subject_claim: String,
+    #[serde(default = "defaults::groups_claim")]
+    pub groups_claim: String,
+    /// Accepted algorithms; default RS256, ES256 and EdDSA.
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// How long fetched keys are trusted before a background refetch.
+    #[serde(default = "defaults::jwks_cache_ttl", with = "humantime_serde")]
+    pub jwks_cache_ttl: Duration,
+    /// Minimum time between refetches triggered by unknown `kid`s.
+    #[serde(default = "defaults::jwks_refresh_floor", with = "humantime_serde")]
+    pub jwks_refresh_floor: Duration,
+    /// OAuth client id the CLI uses for `rise login` (published by the backend).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Allow `http://` issuer URLs (tests, local development). Never for production.
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub insecure_http: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Name of the registry (`default` is the `[registry]` table).
+    #[serde(default = "defaults::registry")]
+    pub registry: String,
+    /// Repository name inside the registry; defaults to the project name.
+    #[serde(default)]
+    pub repository: Option<RepositoryName>,
+    /// Lifetime of issued credentials when the caller does not ask for less.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Who may do what. Rules are alternatives; the first that matches grants its actions, and
+    /// the actions of all matching rules are combined.
+    #[serde(default)]
+    pub allow: Vec<Rule>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn subject_claim() -> String {
+        "sub".into()
+    }
+    pub fn groups_claim() -> String {
+        "groups".into()
+    }
+    pub fn jwks_cache_ttl() -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+    pub fn jwks_refresh_floor() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn registry() -> String {
+        super::DEFAULT_REGISTRY.into()
+    }
+}
+
+/// Accepts native TOML values and the strings environment variables carry.
+pub mod lenient {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum B {
+            B(bool),
+            S(String),
+        }
+        match B::deserialize(d)? {
+            B::B(b) => Ok(b),
+            B::S(s) => match s.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(D::Error::custom(format!(
+                    "expected true or false, got {s:?}"
+                ))),
+            },
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum N {
+            N(u64),
+            S(String),
+        }
+        match N::deserialize(d)? {
+            N::N(n) => Ok(n),
+            N::S(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("expected a number, got {s:?}"))),
+        }
+    }
+}
+
+/// A configuration problem, with the key and the source that set it where known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{message} (key `{key}`, set in {source_name})")]
+    Invalid {
+        key: String,
+        source_name: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Semantic(String),
+}
+
+/// Where configuration comes from, in order of increasing precedence.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub files: Vec<PathBuf>,
+    /// `(name, value)` pairs, normally `std::env::vars()`.
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    pub fn from_process(files: Vec<PathBuf>) -> Self {
+        Self {
+            files,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+impl Config {
+    /// Load and validate configuration from `sources`.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut tree = Table::new();
+        let mut provenance = Provenance::default();
+        merge_source(
+            &mut tree,
+            &mut provenance,
+            "built-in defaults",
+            parse_builtin(BUILTIN_DEFAULTS),
+        );
+        if sources.files.is_empty() {
+            merge_source(
+                &mut tree,
+                &mut provenance,
+                "the embedded demo configuration",
+                parse_builtin(EMBEDDED_DEMO),
+            );
+        }
+        for path in &sources.files {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let table: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+                path: path.clone(),
+                message: e.message().to_owned(),
+            })?;
+            merge_source(
+                &mut tree,
+                &mut provenance,
+                &path.display().to_string(),
+                table,
+            );
+        }
+        for (name, value) in &sources.env {
+            let Some(path) = env_key_path(name) else {
+                continue;
+            };
+            let source = format!("environment variable {name}");
+            let mut table = Table::new();
+            insert_path(&mut table, &path, Value::String(value.clone()));
+            merge_source(&mut tree, &mut provenance, &source, table);
+        }
+        resolve_secret_files(&mut tree, &mut Vec::new(), &provenance)?;
+        let config: Config = deserialize_with_key(tree, &provenance)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// All registries by name, the seed's `[registry]` as `default`.
+    pub fn all_registries(&self) -> impl Iterator<Item = (&str, &ProviderConfig)> {
+        self.registry
+            .iter()
+            .map(|r| (DEFAULT_REGISTRY, r))
+            .chain(self.registries.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.leeway > Duration::from_secs(60) {
+            return Err(ConfigError::Semantic(
+                "auth.leeway may be at most 60s: a larger clock skew lets expired tokens in".into(),
+            ));
+        }
+        if self.registry.is_some() && self.registries.contains_key(DEFAULT_REGISTRY) {
+            return Err(ConfigError::Semantic(
+                "both [registry] and [registries.default] are set: they name the same registry; keep one".into(),
+            ));
+        }
+        for name in self.registries.keys() {
+            if ProjectName::parse(name).is_err() {
+                return Err(ConfigError::Semantic(format!(
+                    "registry name {name:?} is invalid: use lowercase letters, digits, '-', '_' and '.'"
+                )));
+            }
+        }
+        for name in self.auth.issuers.keys() {
+            if name == LOCAL_ISSUER_NAME {
+                return Err(ConfigError::Semantic(format!(
+                    "auth.issuers.{LOCAL_ISSUER_NAME} is reserved for the built-in development issuer; pick another name"
+                )));
+            }
+        }
+        for (project, p) in &self.projects {
+            if !self.all_registries().any(|(name, _)| name == p.registry) {
+                return Err(ConfigError::Semantic(format!(
+                    "project {project} uses registry {:?}, which is not configured (configure [registry] or [registries.{}])",
+                    p.registry, p.registry
+                )));
+            }
+            for (i, rule) in p.allow.iter().enumerate() {
+                if let Some(issuer) = &rule.issuer
+                    && issuer != LOCAL_ISSUER_NAME
+                    && !self.auth.issuers.contains_key(issuer)
+                {
+                    return Err(ConfigError::Semantic(format!(
+                        "projects.{project}.allow[{i}] names issuer {issuer:?}, which is not configured under [auth.issuers]"
+                    )));
+                }
+                rule.validate().map_err(|m| {
+                    ConfigError::Semantic(format!("projects.{project}.allow[{i}]: {m}"))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_builtin(text: &str) -> Table {
+    // The built-in files are part of the binary and covered by tests; failing here is a build defect.
+    #[allow(clippy::expect_used)]
+    toml::from_str(text).expect("built-in configuration is valid TOML")
+}
+
+/// `RISE_REGISTRY__PASSWORD` -> `["registry", "password"]`. Variables without `__` (such as the
+/// CLI's `RISE_TOKEN`) are not configuration.
+fn env_key_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix("RISE_")?;
+    if !rest.contains("__") {
+        return None;
+    }
+    let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    Some(parts)
+}
+
+fn insert_path(table: &mut Table, path: &[String], value: Value) {
+    let (last, parents) = match path.split_last() {
+        Some(x) => x,
+        None => return,
+    };
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        match entry {
+            Value::Table(t) => cur = t,
+            _ => return,
+        }
+    }
+    cur.insert(last.clone(), value);
+}
+
+/// Which source set each dotted key.
+#[derive(Debug, Default)]
+struct Provenance(BTreeMap<String, String>);
+
+impl Provenance {
+    /// The source of `key` or of its nearest ancestor.
+    fn source_of(&self, key: &str) -> String {
+        let mut k = key;
+        loop {
+            if let Some(s) = self.0.get(k) {
+                return s.clone();
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => return "the configuration".into(),
+            }
+        }
+    }
+}
+
+fn merge_source(tree: &mut Table, prov: &mut Provenance, source: &str, overlay: Table) {
+    merge_table(tree, prov, source, overlay, "");
+}
+
+fn merge_table(
+    base: &mut Table,
+    prov: &mut Provenance,
+    source: &str,
+    overlay: Table,
+    prefix: &str,
+) {
+    for (k, v) in overlay {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge_table(b, prov, source, o, &key),
+            (_, v) => {
+                // A table replaced wholesale (e.g. `[registry]` of another `type`) takes all its
+                // keys from the new source.
+                prov.0
+                    .retain(|existing, _| !existing.starts_with(&format!("{key}.")));
+                mark(prov, source, &key, &v);
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn mark(prov: &mut Provenance, source: &str, key: &str, v: &Value) {
+    prov.0.insert(key.to_owned(), source.to_owned());
+    if let Value::Table(t) = v {
+        for (k, v) in t {
+            mark(prov, source, &format!("{key}.{k}"), v);
+        }
+    }
+}
+
+/// Replace `<secret>_file = "/path"` with `<secret> = "<file content>"`.
+fn resolve_secret_files(
+    table: &mut Table,
+    path: &mut Vec<String>,
+    prov: &Provenance,
+) -> Result<(), ConfigError> {
+    let file_keys: Vec<String> = table
+        .keys()
+        .filter(|k| {
+            k.strip_suffix("_file")
+                .is_some_and(|base| SECRET_KEYS.contains(&base))
+        })
+        .cloned()
+        .collect();
+    for fk in file_keys {
+        let base = fk.trim_end_matches("_file").to_owned();
+        let dotted = dotted(path, &fk);
+        if table.contains_key(&base) {
+            return Err(ConfigError::Invalid {
+                source_name: prov.source_of(&dotted),
+                key: dotted,
+                message: format!("both `{base}` and `{fk}` are set; give the secret one way"),
+            });
+        }
+        let Some(Value::String(file)) = table.remove(&fk) else {
+            return Err(ConfigError::Invalid {
+                source_name: prov.source_of(&dotted),
+                key: dotted,
+                message: "expected a file path string".into(),
+            });
+        };
+        let content =
+            std::fs::read_to_string(Path::new(&file)).map_err(|e| ConfigError::Invalid {
+                source_name: prov.source_of(&dotted),
+                key: dotted.clone(),
+                message: format!("cannot read secret file {file}: {}", e.kind()),
+            })?;
+        let secret = content.trim_end_matches(['\n', '\r']).to_owned();
+        table.insert(base, Value::String(secret));
+    }
+    for (k, v) in table.iter_mut() {
+        if let Value::Table(t) = v {
+            path.push(k.clone());
+            resolve_secret_files(t, path, prov)?;
+            path.pop();
+        }
+    }
+    Ok(())
+}
+
+fn dotted(path: &[String], key: &str) -> String {
+    let mut s = path.join(".");
+    if !s.is_empty() {
+        s.push('.');
+    }
+    s.push_str(key);
+    s
+}
+
+/// Deserialize, turning serde's error into one that names the full key and its source. Values are
+/// never quoted in the message, so a mistyped secret does not leak into logs.
+fn deserialize_with_key(tree: Table, prov: &Provenance) -> Result<Config, ConfigError> {
+    let value = Value::Table(tree);
+    let result: Result<Config, serde_path_to_error::Error<toml::de::Error>> =
+        serde_path_to_error::deserialize(value);
+    result.map_err(|err| {
+        let mut key = err.path().to_string();
+        let message = err.inner().message().to_owned();
+        // serde reports an unknown field by name only; append it to the path it was found under.
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
+            key = if key == "." || key.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        ConfigError::Invalid {
+            source_name: prov.source_of(&key),
+            key,
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    fn load(
+        files: &[&tempfile::NamedTempFile],
+        env: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        Config::load(&Sources {
+            files: files.iter().map(|f| f.path().to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn embedded_default_has_demo_project() {
+        let c = load(&[], &[]).expect("embedded config loads");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:3000");
+        let demo = ProjectName::parse("my-app").expect("valid");
+        assert!(c.projects.contains_key(&demo));
+        assert!(c.registry.is_some());
+        assert!(c.auth.local.enabled);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let f = file("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        let err = load(&[&f], &[]).expect_err("typo must fail").to_string();
+        assert!(err.contains("server.lisen"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn later_files_and_env_override() {
+        let a = file("[server]\nlisten = \"127.0.0.1:1\"\n");
+        let b = file("[server]\nlisten = \"127.0.0.1:2\"\n");
+        let c = load(&[&a, &b], &[]).expect("loads");
+        assert_eq!(c.server.listen.port(), 2);
+        let c = load(&[&a, &b], &[("RISE_SERVER__LISTEN", "127.0.0.1:7")]).expect("loads");
+        assert_eq!(c.server.listen.port(), 7);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = load(&[], &[("RISE_SERVER__LISTEN", "nope")])
+            .expect_err("invalid address")
+            .to_string();
+        assert!(err.contains("RISE_SERVER__LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn non_config_env_vars_are_ignored() {
+        load(
+            &[],
+            &[("RISE_TOKEN", "x"), ("RISE_", "y"), ("RISE_A____B", "z")],
+        )
+        .expect("plain RISE_ vars are not configuration");
+    }
+
+    #[test]
+    fn leeway_is_capped() {
+        let f = file("[auth]\nleeway = \"5m\"\n");
+        let err = load(&[&f], &[]).expect_err("too lenient").to_string();
+        assert!(err.contains("60s"), "{err}");
+    }
+}

@@ -1,0 +1,258 @@
+//! `GET /registry/credentials?project=NAME[&actions=pull,push][&ttl=15m]`: the seed's endpoint.
+
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use super::extract::{Caller, RequestId};
+use super::{ApiError, AppState};
+use crate::registry::{Action, Actions, CredentialRequest, IssuedCredential, ProjectName};
+
+/// The parsed query. Unknown parameters are refused so a typo (`action=pull`) does not silently
+/// give the caller more than they meant to ask for.
+#[derive(Debug)]
+pub(super) struct CredentialsQuery {
+    project: ProjectName,
+    actions: Option<Actions>,
+    ttl: Option<Duration>,
+}
+
+impl CredentialsQuery {
+    pub(super) fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        let mut project = None;
+        let mut actions = None;
+        let mut ttl = None;
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let slot_taken = match k.as_ref() {
+                "project" => project.replace(ProjectName::parse(&v)?).is_some(),
+                "actions" => actions.replace(Actions::parse_list(&v)?).is_some(),
+                "ttl" => ttl.replace(parse_ttl(&v)?).is_some(),
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown query parameter {:?}: allowed are project, actions, ttl",
+                        other.chars().take(40).collect::<String>()
+                    )));
+                }
+            };
+            if slot_taken {
+                return Err(ApiError::BadRequest(format!(
+                    "query parameter {k} given twice"
+                )));
+            }
+        }
+        let project = project.ok_or_else(|| {
+            ApiError::BadRequest(
+                "missing query parameter project: use /registry/credentials?project=NAME".into(),
+            )
+        })?;
+        Ok(Self {
+            project,
+            actions,
+            ttl,
+        })
+    }
+}
+
+fn parse_ttl(v: &str) -> Result<Duration, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "invalid ttl {:?}: give seconds (900) or a duration (15m, 1h)",
+            v.chars().take(40).collect::<String>()
+        ))
+    };
+    let ttl = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(v).map_err(|_| bad())?,
+    };
+    if ttl < Duration::from_secs(60) {
+        return Err(ApiError::BadRequest("ttl must be at least 60s".into()));
+    }
+    Ok(ttl)
+}
+
+/// The seed's response, extended additively.
+#[derive(Serialize)]
+pub(super) struct CredentialsResponse<'a> {
+    credentials: Credentials<'a>,
+    repository: &'a str,
+    project: &'a str,
+    registry: &'a str,
+    /// Full image reference without tag: `registry_url/repository`.
+    image: String,
+    scope: Scope<'a>,
+    /// RFC 3339, UTC.
+    expires_at: String,
+    repository_scoped: bool,
+    revocable: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Credentials<'a> {
+    registry_url: &'a str,
+    username: &'a str,
+    password: &'a str,
+    expires_in: u64,
+}
+
+#[derive(Serialize)]
+struct Scope<'a> {
+    repository: &'a str,
+    actions: Vec<Action>,
+}
+
+pub(super) async fn get_credentials(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    RawQuery(raw): RawQuery,
+    Caller(principal): Caller,
+) -> Result<Response, ApiError> {
+    let query = CredentialsQuery::parse(raw.as_deref())?;
+    let project = state
+        .policy
+        .project(&query.project)
+        .ok_or_else(|| ApiError::ProjectNotFound(query.project.to_string()))?;
+    let allowed = project.allowed_actions(&principal);
+    // Without `actions`, the caller gets everything the policy allows (push implies pull).
+    let wanted = query
+        .actions
+        .map(Actions::normalise_push)
+        .unwrap_or(allowed);
+    if allowed.is_empty() || !wanted.is_subset_of(allowed) {
+        let denied = if allowed.is_empty() {
+            wanted
+        } else {
+            Actions::from_iter_actions(wanted.iter().filter(|a| !allowed.contains(*a)))
+        };
+        return Err(ApiError::forbidden(
+            project.name.as_str(),
+            denied.iter(),
+            &principal.subject,
+            &principal.issuer,
+        ));
+    }
+    let provider = state.registries.get(&project.registry).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "project {} names unknown registry {}",
+            project.name, project.registry
+        ))
+    })?;
+    let ttl = query
+        .ttl
+        .or(project.ttl)
+        .unwrap_or(state.default_ttl)
+        .min(provider.max_ttl());
+    let request = CredentialRequest {
+        request_id,
+        principal: principal.clone(),
+        project: project.name.clone(),
+        registry: project.registry.clone(),
+        repository: project.repository.clone(),
+        actions: wanted,
+        ttl,
+    };
+    let credential = provider
+        .issue(&request)
+        .await
+        .map_err(|source| ApiError::Provider {
+            registry: project.registry.clone(),
+            source,
+        })?;
+    tracing::info!(
+        request_id = %request.request_id,
+        project = %request.project,
+        registry = %request.registry,
+        subject = %principal.subject,
+        issuer = %principal.issuer,
+        actions = %credential.granted_actions,
+        "credential issued"
+    );
+    let body = render(&request, &credential);
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+fn render<'a>(request: &'a CredentialRequest, c: &'a IssuedCredential) -> CredentialsResponse<'a> {
+    let now = SystemTime::now();
+    let expires_in = c
+        .expires_at
+        .duration_since(now)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut warnings = Vec::new();
+    if expires_in == 0 {
+        warnings.push(
+            "the upstream reports this credential as already expired; it may be refused".to_owned(),
+        );
+    }
+    if !c.repository_scoped {
+        warnings.push(format!(
+            "this credential is not limited to repository {}: the registry cannot scope it",
+            c.repository
+        ));
+    }
+    CredentialsResponse {
+        credentials: Credentials {
+            registry_url: &c.registry_url,
+            username: &c.username,
+            // The single place a provider's secret is exposed: the caller asked for it.
+            password: c.password.expose_secret(),
+            expires_in,
+        },
+        repository: &c.repository,
+        project: request.project.as_str(),
+        registry: &request.registry,
+        image: c.image_reference(),
+        scope: Scope {
+            repository: &c.repository,
+            actions: c.granted_actions.to_vec(),
+        },
+        expires_at: humantime::format_rfc3339_seconds(c.expires_at).to_string(),
+        repository_scoped: c.repository_scoped,
+        revocable: c.revocable,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str, expect: Result<(&str, Option<Actions>), &str>) {
+        let got = CredentialsQuery::parse(Some(raw));
+        match (got, expect) {
+            (Ok(q), Ok((project, actions))) => {
+                assert_eq!(q.project.as_str(), project);
+                assert_eq!(q.actions, actions);
+            }
+            (Err(e), Err(code)) => assert_eq!(e.parts().1, code, "{raw}: {e}"),
+            (got, expect) => panic!("{raw}: got {got:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn query_parsing() {
+        check("project=my-app", Ok(("my-app", None)));
+        check(
+            "project=my-app&actions=pull",
+            Ok(("my-app", Some(Actions::PULL))),
+        );
+        check(
+            "project=my-app&actions=push%2Cpull",
+            Ok(("my-app", Some(Actions::PUSH_PULL))),
+        );
+        check("", Err("bad_request"));
+        check("project=My_App", Err("invalid_project"));
+        check("project=a&project=b", Err("bad_request"));
+        check("project=a&action=pull", Err("bad_request"));
+        check("project=a&actions=delete", Err("invalid_actions"));
+        check("project=a&ttl=5", Err("bad_request"));
+        check("project=a&ttl=forever", Err("bad_request"));
+        check("project=%FF%FE", Err("invalid_project"));
+    }
+}

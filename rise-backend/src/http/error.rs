@@ -1,0 +1,295 @@
+//! The one error type of the HTTP edge. Every 4xx/5xx is `{"error": CODE, "message": ...}` where
+//! CODE is stable and the message tells the caller what to fix. Internal detail (upstream bodies,
+//! SQL errors, paths) goes to the log, never to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::registry::{Action, NameError, ProviderError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("unknown project {0}")]
+    ProjectNotFound(String),
+    #[error("project {project}: {action} denied for subject {subject} (issuer {issuer})")]
+    Forbidden {
+        project: String,
+        action: String,
+        subject: String,
+        issuer: String,
+    },
+    #[error("registry {registry}: {source}")]
+    Provider {
+        registry: String,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("not found: {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Something went wrong inside Rise; the detail is logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn forbidden(
+        project: &str,
+        actions: impl IntoIterator<Item = Action>,
+        subject: &str,
+        issuer: &str,
+    ) -> Self {
+        let names: Vec<&str> = actions.into_iter().map(Action::as_str).collect();
+        ApiError::Forbidden {
+            project: project.to_owned(),
+            action: if names.is_empty() {
+                "access".to_owned()
+            } else {
+                names.join(" and ")
+            },
+            subject: subject.to_owned(),
+            issuer: issuer.to_owned(),
+        }
+    }
+
+    /// Status, stable code and the message the client sees, in one exhaustive match.
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            ApiError::Unauthenticated(AuthError::IssuerUnavailable(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "issuer_unavailable",
+                self.to_string(),
+            ),
+            ApiError::Unauthenticated(e) => (StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
+            ApiError::InvalidName(e) => {
+                let code = match e {
+                    NameError::Project(_) => "invalid_project",
+                    NameError::Repository(_) => "invalid_repository",
+                    NameError::Action(_) | NameError::NoActions => "invalid_actions",
+                };
+                (StatusCode::BAD_REQUEST, code, e.to_string())
+            }
+            ApiError::ProjectNotFound(p) => (
+                StatusCode::NOT_FOUND,
+                "project_not_found",
+                format!(
+                    "project {p} is not configured on this Rise server; check the name or ask an administrator to add it"
+                ),
+            ),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
+            ApiError::Provider { registry, source } => match source {
+                ProviderError::Timeout { operation, .. } => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!(
+                        "registry {registry}: {operation} did not answer in time; try again shortly"
+                    ),
+                ),
+                ProviderError::Upstream { operation, .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!(
+                        "registry {registry}: {operation} failed; the error is logged on the Rise server, try again or contact its operator"
+                    ),
+                ),
+                ProviderError::Misconfigured(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    "provider_misconfigured",
+                    format!(
+                        "registry {registry} is misconfigured on the Rise server; contact its operator"
+                    ),
+                ),
+                ProviderError::Unsupported(m) => (
+                    StatusCode::BAD_REQUEST,
+                    "unsupported",
+                    format!("registry {registry}: {m}"),
+                ),
+            },
+            ApiError::RouteNotFound(path) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such endpoint {path}; see GET /registry/credentials?project=NAME"),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not accept that method".into(),
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "something went wrong inside Rise; the error is logged on the server".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if status.is_server_error() {
+            // Internal detail goes to the log only; it never carries secrets (providers redact).
+            tracing::error!(error = %self, code, "request failed");
+        } else {
+            tracing::info!(code, %status, "request refused");
+        }
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"rise\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn check(err: ApiError, status: u16, code: &str, message_contains: &str) {
+        let (s, c, m) = err.parts();
+        assert_eq!(s.as_u16(), status, "{m}");
+        assert_eq!(c, code);
+        assert!(
+            m.contains(message_contains),
+            "{m:?} lacks {message_contains:?}"
+        );
+    }
+
+    #[test]
+    fn every_variant_maps_to_status_and_code() {
+        check(
+            AuthError::MissingHeader.into(),
+            401,
+            "missing_token",
+            "Bearer",
+        );
+        check(AuthError::Expired.into(), 401, "token_expired", "expired");
+        check(
+            AuthError::IssuerUnavailable("x".into()).into(),
+            503,
+            "issuer_unavailable",
+            "x",
+        );
+        check(
+            ApiError::BadRequest("no project".into()),
+            400,
+            "bad_request",
+            "no project",
+        );
+        check(
+            NameError::Project("A".into()).into(),
+            400,
+            "invalid_project",
+            "lowercase",
+        );
+        check(
+            NameError::Repository("A".into()).into(),
+            400,
+            "invalid_repository",
+            "lowercase",
+        );
+        check(NameError::NoActions.into(), 400, "invalid_actions", "pull");
+        check(
+            ApiError::ProjectNotFound("nope".into()),
+            404,
+            "project_not_found",
+            "nope",
+        );
+        check(
+            ApiError::forbidden("my-app", [Action::Push], "alice", "local"),
+            403,
+            "forbidden",
+            "project my-app: push denied for subject alice",
+        );
+        let upstream = |source| ApiError::Provider {
+            registry: "ecr".into(),
+            source,
+        };
+        check(
+            upstream(ProviderError::Upstream {
+                operation: "GetAuthorizationToken",
+                detail: "secret body".into(),
+            }),
+            502,
+            "upstream_error",
+            "registry ecr: GetAuthorizationToken failed",
+        );
+        check(
+            upstream(ProviderError::Timeout {
+                operation: "AssumeRole",
+                after: Duration::from_secs(5),
+            }),
+            504,
+            "upstream_timeout",
+            "AssumeRole",
+        );
+        check(
+            upstream(ProviderError::Misconfigured("path".into())),
+            502,
+            "provider_misconfigured",
+            "ecr",
+        );
+        check(
+            upstream(ProviderError::Unsupported("no push".into())),
+            400,
+            "unsupported",
+            "no push",
+        );
+        check(ApiError::RouteNotFound("/x".into()), 404, "not_found", "/x");
+        check(
+            ApiError::MethodNotAllowed,
+            405,
+            "method_not_allowed",
+            "method",
+        );
+        check(
+            ApiError::Internal("db at /secret/path".into()),
+            500,
+            "internal_error",
+            "logged",
+        );
+    }
+
+    #[test]
+    fn internal_detail_never_reaches_the_client() {
+        let (_, _, m) = ApiError::Provider {
+            registry: "art".into(),
+            source: ProviderError::Upstream {
+                operation: "create token",
+                detail: "hunter2".into(),
+            },
+        }
+        .parts();
+        assert!(!m.contains("hunter2"));
+        let (_, _, m) = ApiError::Internal("/var/lib/rise/key.pem".into()).parts();
+        assert!(!m.contains("key.pem"));
+    }
+}

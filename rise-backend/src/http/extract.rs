@@ -1,0 +1,63 @@
+//! Extractors: the authenticated [`Principal`] and a request id.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::{ApiError, AppState};
+use crate::auth::{AuthError, Principal};
+
+/// The caller, authenticated from `Authorization: Bearer <jwt>`.
+pub struct Caller(pub Arc<Principal>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts)?;
+        let principal = state.auth.verify(token).await?;
+        Ok(Caller(Arc::new(principal)))
+    }
+}
+
+fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(AuthError::MissingHeader)?
+        .to_str()
+        .map_err(|_| AuthError::MalformedHeader)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::MalformedHeader)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::MalformedHeader);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::MalformedHeader);
+    }
+    Ok(token)
+}
+
+/// A per-request id: the caller's `X-Request-Id` when it is short and printable, else a new one.
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let given = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
+        Ok(RequestId(match given {
+            Some(v) => v.to_owned(),
+            None => uuid::Uuid::new_v4().to_string(),
+        }))
+    }
+}

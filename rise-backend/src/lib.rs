@@ -1,0 +1,10 @@
+//! Rise backend: a container-registry credential broker.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod policy;
+pub mod registry;
+pub mod server;

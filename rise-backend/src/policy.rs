@@ -1,0 +1,360 @@
+//! Project-based policy: which principals may `push` or `pull` which project's repository, and on
+//! which registry ("project X can only push to registry Y").
+//!
+//! Policy is declarative configuration ([`crate::config::ProjectConfig`]); this module speaks
+//! domain types only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::registry::{Actions, ProjectName, RepositoryName};
+
+/// One `[[projects.NAME.allow]]` entry. Every condition given must hold; `issuer` is required so a
+/// subject pattern is always read relative to the issuer that vouches for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// What a matching caller may do.
+    pub actions: Actions,
+    /// The configured issuer name (`local` or a key of `[auth.issuers]`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Subject pattern: exact, or a glob with `*` and `?`.
+    #[serde(default)]
+    pub subject: Option<Pattern>,
+    /// The caller must be in at least one of these groups (patterns allowed).
+    #[serde(default)]
+    pub groups: Vec<Pattern>,
+    /// Every listed claim must match its pattern (string claims; for arrays, any element).
+    #[serde(default)]
+    pub claims: BTreeMap<String, Pattern>,
+}
+
+impl Rule {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.issuer.is_none() {
+            return Err(
+                "a rule must name its `issuer`: subjects and groups only mean something relative to the issuer that signs them"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn matches(&self, p: &Principal) -> bool {
+        if self.issuer.as_deref().is_some_and(|i| i != p.issuer) {
+            return false;
+        }
+        if let Some(s) = &self.subject
+            && !s.matches(&p.subject)
+        {
+            return false;
+        }
+        if !self.groups.is_empty()
+            && !self
+                .groups
+                .iter()
+                .any(|g| p.groups.iter().any(|pg| g.matches(pg)))
+        {
+            return false;
+        }
+        self.claims.iter().all(|(name, pattern)| {
+            p.claims
+                .get(name)
+                .is_some_and(|v| claim_matches(pattern, v))
+        })
+    }
+}
+
+fn claim_matches(pattern: &Pattern, value: &Value) -> bool {
+    match value {
+        Value::String(s) => pattern.matches(s),
+        Value::Bool(b) => pattern.matches(if *b { "true" } else { "false" }),
+        Value::Number(n) => pattern.matches(&n.to_string()),
+        Value::Array(items) => items.iter().any(|v| claim_matches(pattern, v)),
+        Value::Null | Value::Object(_) => false,
+    }
+}
+
+/// A string that is matched exactly, or as a glob when it contains `*` or `?`.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    glob: Option<wildmatch::WildMatch>,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Self {
+        let glob = source
+            .contains(['*', '?'])
+            .then(|| wildmatch::WildMatch::new(source));
+        Self {
+            source: source.to_owned(),
+            glob,
+        }
+    }
+
+    pub fn matches(&self, candidate: &str) -> bool {
+        match &self.glob {
+            Some(g) => g.matches(candidate),
+            None => self.source == candidate,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("a pattern may not be empty"));
+        }
+        Ok(Pattern::new(&s))
+    }
+}
+
+/// A project as policy sees it.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub name: ProjectName,
+    /// Configured registry name.
+    pub registry: String,
+    pub repository: RepositoryName,
+    pub ttl: Option<Duration>,
+    rules: Vec<Rule>,
+}
+
+impl Project {
+    /// The union of the actions of every rule that matches `principal`; `push` implies `pull`.
+    pub fn allowed_actions(&self, principal: &Principal) -> Actions {
+        self.rules
+            .iter()
+            .filter(|r| r.matches(principal))
+            .fold(Actions::NONE, |acc, r| {
+                Actions::from_iter_actions(acc.iter().chain(r.actions.iter()))
+            })
+            .normalise_push()
+    }
+}
+
+/// All projects, indexed by name and by (registry, repository).
+#[derive(Debug, Default)]
+pub struct Policy {
+    projects: BTreeMap<ProjectName, Project>,
+    by_repository: HashMap<(String, RepositoryName), ProjectName>,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let mut policy = Policy::default();
+        for (name, p) in &config.projects {
+            let repository = match &p.repository {
+                Some(r) => r.clone(),
+                None => RepositoryName::parse(name.as_str()).map_err(|e| e.to_string())?,
+            };
+            let key = (p.registry.clone(), repository.clone());
+            if let Some(other) = policy.by_repository.get(&key) {
+                return Err(format!(
+                    "projects {other} and {name} both use repository {repository} on registry {}: give each project its own repository",
+                    p.registry
+                ));
+            }
+            policy.by_repository.insert(key, name.clone());
+            policy.projects.insert(
+                name.clone(),
+                Project {
+                    name: name.clone(),
+                    registry: p.registry.clone(),
+                    repository,
+                    ttl: p.ttl,
+                    rules: p.allow.clone(),
+                },
+            );
+        }
+        Ok(policy)
+    }
+
+    pub fn project(&self, name: &ProjectName) -> Option<&Project> {
+        self.projects.get(name)
+    }
+
+    /// The project that owns `repository` on `registry`, if any.
+    pub fn project_for_repository(
+        &self,
+        registry: &str,
+        repository: &RepositoryName,
+    ) -> Option<&Project> {
+        self.by_repository
+            .get(&(registry.to_owned(), repository.clone()))
+            .and_then(|n| self.projects.get(n))
+    }
+
+    pub fn projects(&self) -> impl Iterator<Item = &Project> {
+        self.projects.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn principal(issuer: &str, subject: &str, groups: &[&str], claims: Value) -> Principal {
+        Principal {
+            issuer: issuer.into(),
+            issuer_url: format!("https://{issuer}.example"),
+            subject: subject.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            expires_at: SystemTime::now(),
+        }
+    }
+
+    fn rule(toml_text: &str) -> Rule {
+        toml::from_str(toml_text).expect("rule parses")
+    }
+
+    fn check(rule_text: &str, p: &Principal, expect: bool) {
+        assert_eq!(
+            rule(rule_text).matches(p),
+            expect,
+            "rule {rule_text} vs {p:?}"
+        );
+    }
+
+    #[test]
+    fn github_actions_subject_on_main_only() {
+        let r = r#"issuer = "github"
+                   subject = "repo:org/app:ref:refs/heads/main"
+                   actions = ["push"]"#;
+        let main = principal(
+            "github",
+            "repo:org/app:ref:refs/heads/main",
+            &[],
+            Value::Null,
+        );
+        let branch = principal(
+            "github",
+            "repo:org/app:ref:refs/heads/dev",
+            &[],
+            Value::Null,
+        );
+        let other_issuer = principal(
+            "gitlab",
+            "repo:org/app:ref:refs/heads/main",
+            &[],
+            Value::Null,
+        );
+        check(r, &main, true);
+        check(r, &branch, false);
+        check(r, &other_issuer, false);
+    }
+
+    #[test]
+    fn globs_groups_and_claims() {
+        let p = principal(
+            "corp",
+            "alice",
+            &["developers"],
+            serde_json::json!({"repository": "org/app", "ref": "refs/tags/v1.2", "runner": ["a", "b"], "admin": true}),
+        );
+        check(
+            r#"issuer = "corp"
+                 subject = "ali*"
+                 actions = ["pull"]"#,
+            &p,
+            true,
+        );
+        check(
+            r#"issuer = "corp"
+                 groups = ["ops", "dev*"]
+                 actions = ["pull"]"#,
+            &p,
+            true,
+        );
+        check(
+            r#"issuer = "corp"
+                 groups = ["ops"]
+                 actions = ["pull"]"#,
+            &p,
+            false,
+        );
+        check(
+            r#"issuer = "corp"
+                 claims = { repository = "org/app", ref = "refs/tags/v*" }
+                 actions = ["push"]"#,
+            &p,
+            true,
+        );
+        check(
+            r#"issuer = "corp"
+                 claims = { repository = "org/other" }
+                 actions = ["push"]"#,
+            &p,
+            false,
+        );
+        check(
+            r#"issuer = "corp"
+                 claims = { runner = "b", admin = "true" }
+                 actions = ["push"]"#,
+            &p,
+            true,
+        );
+        check(
+            r#"issuer = "corp"
+                 claims = { missing = "*" }
+                 actions = ["push"]"#,
+            &p,
+            false,
+        );
+    }
+
+    #[test]
+    fn exact_patterns_do_not_glob() {
+        let p = principal("corp", "a.b", &[], Value::Null);
+        check(
+            r#"issuer = "corp"
+                 subject = "a-b"
+                 actions = ["pull"]"#,
+            &p,
+            false,
+        );
+    }
+
+    #[test]
+    fn rule_without_issuer_is_invalid() {
+        assert!(rule(r#"actions = ["pull"]"#).validate().is_err());
+    }
+
+    #[test]
+    fn union_of_matching_rules_and_push_implies_pull() {
+        let project = Project {
+            name: ProjectName::parse("app").expect("valid"),
+            registry: "default".into(),
+            repository: RepositoryName::parse("app").expect("valid"),
+            ttl: None,
+            rules: vec![
+                rule(
+                    r#"issuer = "corp"
+                        groups = ["developers"]
+                        actions = ["pull"]"#,
+                ),
+                rule(
+                    r#"issuer = "corp"
+                        subject = "alice"
+                        actions = ["push"]"#,
+                ),
+            ],
+        };
+        let alice = principal("corp", "alice", &[], Value::Null);
+        let dev = principal("corp", "bob", &["developers"], Value::Null);
+        let stranger = principal("corp", "eve", &[], Value::Null);
+        assert_eq!(project.allowed_actions(&alice), Actions::PUSH_PULL);
+        assert_eq!(project.allowed_actions(&dev), Actions::PULL);
+        assert_eq!(project.allowed_actions(&stranger), Actions::NONE);
+    }
+}

@@ -1,0 +1,22 @@
+//! Registry providers. Each module owns its configuration struct (the `type = "..."` table) and
+//! an implementation of [`RegistryProvider`](super::RegistryProvider).
+
+pub mod distribution;
+
+use serde::Deserialize;
+
+/// A `[registry]` or `[registries.NAME]` table, selected by its `type` key.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    /// Rise is the token server of a CNCF Distribution registry.
+    Distribution(distribution::DistributionConfig),
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Distribution(_) => "distribution",
+        }
+    }
+}

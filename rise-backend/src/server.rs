@@ -1,0 +1,92 @@
+//! Wiring: configuration in, a ready [`AppState`] out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::auth::{Authenticator, LocalIssuer};
+use crate::config::Config;
+use crate::http::AppState;
+use crate::policy::Policy;
+use crate::registry::RegistryProvider;
+use crate::registry::providers::ProviderConfig;
+
+/// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Build the application state from validated configuration.
+pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!(
+            "creating data directory {}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let local = if config.auth.local.enabled {
+        Some(LocalIssuer::load_or_create(
+            &config.server.data_dir,
+            &config.auth.local,
+        )?)
+    } else {
+        None
+    };
+    let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
+    let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
+    let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
+    for (name, provider_config) in config.all_registries() {
+        let provider = build_provider(name, provider_config, config)
+            .with_context(|| format!("configuring registry {name}"))?;
+        registries.insert(name.to_owned(), provider);
+    }
+    Ok(AppState {
+        auth,
+        policy,
+        registries: Arc::new(registries),
+        default_ttl: DEFAULT_TTL,
+    })
+}
+
+fn build_provider(
+    name: &str,
+    provider_config: &ProviderConfig,
+    config: &Config,
+) -> anyhow::Result<Arc<dyn RegistryProvider>> {
+    let _ = (name, config);
+    match provider_config {
+        ProviderConfig::Distribution(_) => {
+            anyhow::bail!("distribution provider: not implemented yet")
+        }
+    }
+}
+
+/// Run the broker until Ctrl-C / SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = build_state(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, public_url = %config.server.public_url(), "rise-backend listening");
+    axum::serve(listener, crate::http::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
