@@ -14,8 +14,10 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::policy::Rule;
+use crate::ratelimit::RateLimitConfig;
 use crate::registry::providers::ProviderConfig;
 use crate::registry::{ProjectName, RepositoryName};
+use crate::tls::TlsConfig;
 
 /// The name under which the seed's single `[registry]` table is known.
 pub const DEFAULT_REGISTRY: &str = "default";
@@ -52,6 +54,7 @@ pub struct Config {
     pub registries: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub projects: BTreeMap<ProjectName, ProjectConfig>,
+    pub rate_limit: RateLimitConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,12 +67,27 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// Where state lives for the embedded default: SQLite database and generated keys.
     pub data_dir: PathBuf,
+    /// Serve HTTPS with this certificate and key (reloaded on SIGHUP and when the files change).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Serve plain HTTP on a non-loopback `listen` address. Only behind a TLS-terminating proxy:
+    /// otherwise tokens and credentials cross the network in clear text.
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub danger_insecure_http_on_non_loopback: bool,
+    /// The header a trusted proxy puts the client's address in (`x-forwarded-for`, `forwarded`).
+    /// Honoured only on connections from `trusted_proxies`.
+    #[serde(default)]
+    pub trusted_proxy_header: Option<String>,
+    /// Networks of the proxies in front of Rise, e.g. `["127.0.0.1/32", "10.0.0.0/8"]`.
+    #[serde(default, deserialize_with = "lenient::networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerConfig {
     pub fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.tls.is_some() => format!("https://{}", self.listen),
             None => format!("http://{}", self.listen),
         }
     }
@@ -195,6 +213,35 @@ pub mod lenient {
         }
     }
 
+    /// A list of networks (`a.b.c.d/n`, `v6/n`; a bare address is a single host), as a TOML
+    /// array or a comma-separated string.
+    pub fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum L {
+            L(Vec<String>),
+            S(String),
+        }
+        let items = match L::deserialize(d)? {
+            L::L(v) => v,
+            L::S(s) => s.split(',').map(str::to_owned).collect(),
+        };
+        items
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        D::Error::custom(format!(
+                            "invalid network {s:?}: give an address or CIDR such as 10.0.0.0/8"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
     pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -209,6 +256,52 @@ pub mod lenient {
                 .parse()
                 .map_err(|_| D::Error::custom(format!("expected a number, got {s:?}"))),
         }
+    }
+}
+
+impl Config {
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.tls.is_none()
+            && !server.listen.ip().is_loopback()
+            && !server.danger_insecure_http_on_non_loopback
+        {
+            return Err(ConfigError::Semantic(format!(
+                "server.listen = {} is not a loopback address and [server.tls] is not set: tokens \
+                 and credentials would cross the network unencrypted. Set [server.tls] certificate \
+                 and key (`rise-backend dev-cert` makes a local pair), or, only behind a \
+                 TLS-terminating proxy, set server.danger_insecure_http_on_non_loopback = true",
+                server.listen
+            )));
+        }
+        match (
+            &server.trusted_proxy_header,
+            server.trusted_proxies.is_empty(),
+        ) {
+            (Some(_), true) => {
+                return Err(ConfigError::Semantic(
+                    "server.trusted_proxy_header is set but server.trusted_proxies is empty: the \
+                     header is honoured only from trusted proxies; list their networks"
+                        .into(),
+                ));
+            }
+            (None, false) => {
+                return Err(ConfigError::Semantic(
+                    "server.trusted_proxies is set but server.trusted_proxy_header is not: name \
+                     the header the proxies put the client address in (e.g. x-forwarded-for)"
+                        .into(),
+                ));
+            }
+            (Some(name), false) => {
+                if axum::http::HeaderName::from_bytes(name.trim().as_bytes()).is_err() {
+                    return Err(ConfigError::Semantic(format!(
+                        "server.trusted_proxy_header {name:?} is not a valid HTTP header name"
+                    )));
+                }
+            }
+            (None, true) => {}
+        }
+        Ok(())
     }
 }
 
@@ -308,6 +401,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.rate_limit.validate().map_err(ConfigError::Semantic)?;
         if self.auth.leeway > Duration::from_secs(60) {
             return Err(ConfigError::Semantic(
                 "auth.leeway may be at most 60s: a larger clock skew lets expired tokens in".into(),
@@ -612,6 +707,104 @@ mod tests {
             &[("RISE_TOKEN", "x"), ("RISE_", "y"), ("RISE_A____B", "z")],
         )
         .expect("plain RISE_ vars are not configuration");
+    }
+
+    #[test]
+    fn non_loopback_without_tls_is_refused() {
+        for listen in ["0.0.0.0:3000", "[::]:3000", "192.0.2.1:3000"] {
+            let f = file(&format!("[server]\nlisten = \"{listen}\"\n"));
+            let err = load(&[&f], &[])
+                .expect_err("plain HTTP on the network")
+                .to_string();
+            assert!(
+                err.contains("danger_insecure_http_on_non_loopback"),
+                "{err}"
+            );
+            assert!(err.contains("[server.tls]"), "{err}");
+            load(
+                &[&f],
+                &[("RISE_SERVER__DANGER_INSECURE_HTTP_ON_NON_LOOPBACK", "true")],
+            )
+            .expect("explicitly allowed");
+        }
+        for listen in ["127.0.0.1:3000", "127.0.0.2:3000", "[::1]:3000"] {
+            let f = file(&format!("[server]\nlisten = \"{listen}\"\n"));
+            load(&[&f], &[]).expect("loopback needs no TLS");
+        }
+        let f = file(
+            "[server]\nlisten = \"0.0.0.0:3000\"\n[server.tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n",
+        );
+        let c = load(&[&f], &[]).expect("TLS on the network");
+        assert_eq!(c.server.public_url(), "https://0.0.0.0:3000");
+    }
+
+    #[test]
+    fn trusted_proxies_need_a_header_and_vice_versa() {
+        let f = file("[server]\ntrusted_proxy_header = \"x-forwarded-for\"\n");
+        let err = load(&[&f], &[]).expect_err("no proxies").to_string();
+        assert!(err.contains("trusted_proxies"), "{err}");
+        let f = file("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+        let err = load(&[&f], &[]).expect_err("no header").to_string();
+        assert!(err.contains("trusted_proxy_header"), "{err}");
+        let f = file(
+            "[server]\ntrusted_proxy_header = \"x-forwarded-for\"\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\"]\n",
+        );
+        let c = load(&[&f], &[]).expect("both");
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        let c = load(
+            &[],
+            &[
+                ("RISE_SERVER__TRUSTED_PROXY_HEADER", "forwarded"),
+                ("RISE_SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+            ],
+        )
+        .expect("from the environment");
+        assert_eq!(c.server.trusted_proxies.len(), 2);
+        let err = load(
+            &[],
+            &[
+                ("RISE_SERVER__TRUSTED_PROXY_HEADER", "x-f"),
+                ("RISE_SERVER__TRUSTED_PROXIES", "10.0.0.0/33"),
+            ],
+        )
+        .expect_err("bad network")
+        .to_string();
+        assert!(err.contains("10.0.0.0/33"), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_layer_and_validate() {
+        let c = load(&[], &[]).expect("defaults");
+        assert!(c.rate_limit.enabled);
+        assert_eq!(c.rate_limit.per_subject.burst, 50);
+        assert!(c.rate_limit.per_project.is_none());
+        // A file may change one key of a quota; the rest keeps its default.
+        let f = file("[rate_limit.per_subject]\nrate = \"100000/s\"\n");
+        let c = load(&[&f], &[]).expect("raised");
+        assert_eq!(c.rate_limit.per_subject.burst, 50);
+        assert!((c.rate_limit.per_subject.rate.as_per_second() - 100_000.0).abs() < 1e-6);
+        let c = load(
+            &[],
+            &[
+                ("RISE_RATE_LIMIT__ENABLED", "false"),
+                ("RISE_RATE_LIMIT__PER_PROJECT__RATE", "5/min"),
+                ("RISE_RATE_LIMIT__PER_PROJECT__BURST", "7"),
+            ],
+        )
+        .expect("from the environment");
+        assert!(!c.rate_limit.enabled);
+        assert_eq!(c.rate_limit.per_project.map(|q| q.burst), Some(7));
+        let err = load(&[], &[("RISE_RATE_LIMIT__PER_IP__BURST", "0")])
+            .expect_err("zero burst")
+            .to_string();
+        assert!(err.contains("rate_limit.per_ip"), "{err}");
+        let f = file("[rate_limit]\nper_user = { rate = 1, burst = 1 }\n");
+        let err = load(&[&f], &[]).expect_err("typo").to_string();
+        assert!(err.contains("rate_limit.per_user"), "{err}");
+        let err = load(&[], &[("RISE_RATE_LIMIT__PER_IP__RATE", "fast")])
+            .expect_err("bad rate")
+            .to_string();
+        assert!(err.contains("RISE_RATE_LIMIT__PER_IP__RATE"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod policy;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;
+pub mod tls;

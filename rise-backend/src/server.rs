@@ -1,17 +1,20 @@
 //! Wiring: configuration in, a ready [`AppState`] out.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::auth::{Authenticator, LocalIssuer};
-use crate::config::Config;
-use crate::http::AppState;
+use crate::config::{Config, ServerConfig};
+use crate::http::{AppState, RateLimits};
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
 use crate::registry::providers::ProviderConfig;
+use crate::tls::TlsReloader;
 
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -40,11 +43,13 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
             .with_context(|| format!("configuring registry {name}"))?;
         registries.insert(name.to_owned(), provider);
     }
+    let rate_limits = Arc::new(RateLimits::from_config(&config.server, &config.rate_limit)?);
     Ok(AppState {
         auth,
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
+        rate_limits,
     })
 }
 
@@ -67,11 +72,49 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
+    run(listener, &config.server, state, shutdown_signal()).await
+}
+
+/// How long open connections may finish their requests after a TLS server is told to stop.
+const TLS_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serve `state` on a bound `listener` until `shutdown` completes: HTTPS with a reloadable
+/// certificate when `[server.tls]` is set, plain HTTP otherwise. Handlers see the TCP peer as
+/// `ConnectInfo<SocketAddr>` (the rate limits' client address).
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    server: &ServerConfig,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, public_url = %config.server.public_url(), "rise-backend listening");
-    axum::serve(listener, crate::http::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let app = crate::http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let Some(tls) = &server.tls else {
+        tracing::info!(%addr, public_url = %server.public_url(), tls = false, "rise-backend listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        return Ok(());
+    };
+    let reloader = Arc::new(
+        TlsReloader::load(tls.clone())
+            .await
+            .context("loading [server.tls]")?,
+    );
+    let watcher = reloader.clone().spawn_watcher();
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(TLS_SHUTDOWN_GRACE));
+    });
+    tracing::info!(%addr, public_url = %server.public_url(), tls = true, "rise-backend listening");
+    let served = axum_server::from_tcp_rustls(listener.into_std()?, reloader.rustls_config())?
+        .handle(handle)
+        .serve(app)
+        .await;
+    watcher.abort();
+    served?;
     Ok(())
 }
 

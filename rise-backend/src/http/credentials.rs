@@ -114,6 +114,14 @@ pub(super) async fn get_credentials(
     Caller(principal): Caller,
 ) -> Result<Response, ApiError> {
     let query = CredentialsQuery::parse(raw.as_deref())?;
+    state
+        .rate_limits
+        .check_caller(
+            &principal.issuer,
+            &principal.subject,
+            Some(query.project.as_str()),
+        )
+        .await?;
     let project = state
         .policy
         .project(&query.project)
@@ -157,13 +165,16 @@ pub(super) async fn get_credentials(
         actions: wanted,
         ttl,
     };
-    let credential = provider
-        .issue(&request)
-        .await
-        .map_err(|source| ApiError::Provider {
-            registry: project.registry.clone(),
-            source,
-        })?;
+    let issued = provider.issue(&request).await;
+    crate::metrics::record_issuance(
+        &request.registry,
+        provider.kind(),
+        crate::metrics::issuance_result(&issued),
+    );
+    let credential = issued.map_err(|source| ApiError::Provider {
+        registry: project.registry.clone(),
+        source,
+    })?;
     tracing::info!(
         request_id = %request.request_id,
         project = %request.project,

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::ratelimit::RateLimited;
 use crate::auth::AuthError;
 use crate::registry::{Action, NameError, ProviderError};
 
@@ -37,6 +38,11 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+    /// `/readyz`: the named checks failed; their detail is logged, not returned.
+    #[error("not ready: {}", .failing.join(", "))]
+    NotReady { failing: Vec<String> },
     /// Something went wrong inside Rise; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -132,6 +138,19 @@ impl ApiError {
                 "method_not_allowed",
                 "this endpoint does not accept that method".into(),
             ),
+            ApiError::RateLimited(limited) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                limited.message(),
+            ),
+            ApiError::NotReady { failing } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!(
+                    "not ready: {} failing; the detail is logged on the server",
+                    failing.join(", ")
+                ),
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -163,6 +182,14 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"rise\""),
             );
+        }
+        if let ApiError::RateLimited(limited) = self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(limited.retry_after_secs()),
+            );
+            // The decision travels with the response so that audit can record the denial.
+            response.extensions_mut().insert(limited);
         }
         response
     }
@@ -264,6 +291,24 @@ mod tests {
             "no push",
         );
         check(ApiError::RouteNotFound("/x".into()), 404, "not_found", "/x");
+        check(
+            RateLimited {
+                scope: super::super::ratelimit::LimitScope::AuthFailures,
+                retry_after: Duration::from_millis(5500),
+            }
+            .into(),
+            429,
+            "rate_limited",
+            "too many failed authentications from this address; retry after 6 s",
+        );
+        check(
+            ApiError::NotReady {
+                failing: vec!["registry default".into(), "store".into()],
+            },
+            503,
+            "not_ready",
+            "registry default, store failing",
+        );
         check(
             ApiError::MethodNotAllowed,
             405,

@@ -4,6 +4,8 @@
 mod credentials;
 pub mod error;
 mod extract;
+mod ops;
+pub mod ratelimit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,10 +13,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::Uri;
+use axum::middleware;
 use axum::routing::get;
 
 pub use error::ApiError;
 pub use extract::RequestId;
+pub use ratelimit::{ClientIp, RateLimited, RateLimits};
 
 use crate::auth::Authenticator;
 use crate::policy::Policy;
@@ -28,15 +32,29 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// Rate limits and the client-address resolver; `RateLimits::disabled()` in tests that do not
+    /// exercise them.
+    pub rate_limits: Arc<RateLimits>,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
 pub fn app(state: AppState) -> Router {
+    crate::metrics::install();
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
+        // Routes above are rate limited by client address (add `/token` above this line); a
+        // `route_layer` applies only to the routes added before it.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit_by_client_ip,
+        ))
+        // Not limited: probes and scrapes must not be refused.
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(ops::track_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

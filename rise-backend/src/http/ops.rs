@@ -1,0 +1,105 @@
+//! Operations endpoints (`/readyz`, `/metrics`) and the request-metrics middleware. `/healthz`
+//! (the process is up) lives beside the router.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+
+#[derive(Serialize)]
+pub(super) struct Ready {
+    status: &'static str,
+    checks: Vec<&'static str>,
+}
+
+/// `GET /readyz`: 200 when Rise can serve credentials, else 503 `not_ready` naming the failing
+/// checks (their detail goes to the log: it may name paths or upstreams).
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let mut failing = Vec::new();
+    let mut passed = Vec::new();
+    // Keys: the local issuer's signing key is loaded while the state is built, which fails
+    // otherwise, so a built state has it. Hook for the verifier: once it can report whether every
+    // OIDC issuer's keys are fetched, check it here (`auth`).
+    passed.push("auth");
+    // Providers: configured and their cheap local checks pass (no upstream call).
+    if state.registries.is_empty() {
+        tracing::warn!("readiness: no registry is configured");
+        failing.push("registries".to_owned());
+    }
+    let mut names: Vec<&String> = state.registries.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some(provider) = state.registries.get(name)
+            && let Err(detail) = provider.ready()
+        {
+            tracing::warn!(registry = %name, %detail, "readiness: registry not ready");
+            failing.push(format!("registry {name}"));
+        }
+    }
+    if !failing.iter().any(|f| f.starts_with("registr")) {
+        passed.push("registries");
+    }
+    // Hook for the audit store (branch `audit`): ping the store here, pushing "store" onto
+    // `failing` (detail to the log) or `passed`.
+    if failing.is_empty() {
+        Ok(Json(Ready {
+            status: "ready",
+            checks: passed,
+        }))
+    } else {
+        Err(ApiError::NotReady { failing })
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub(super) async fn metrics() -> Response {
+    match crate::metrics::render() {
+        Some(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => ApiError::Internal("the metrics recorder is not installed".into()).into_response(),
+    }
+}
+
+/// Counts and times every request by its matched route template (bounded cardinality; raw paths
+/// would let any client mint new series), method and status.
+pub(super) async fn track_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let method = method_label(request.method());
+    let response = next.run(request).await;
+    crate::metrics::record_http_request(
+        route.as_deref().unwrap_or("unmatched"),
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}

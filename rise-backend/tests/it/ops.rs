@@ -1,0 +1,1 @@
+//! Operations: rate limits over HTTP, metrics, readiness, TLS.
