@@ -48,6 +48,20 @@ enum Command {
     },
     /// Load and validate the configuration, then exit.
     CheckConfig,
+    /// Make a local CA and a server certificate for HTTPS in development (`ca.pem`, `cert.pem`,
+    /// `key.pem`), and print how to use and trust them.
+    DevCert {
+        /// Where to write the files (default: `tls/` in the data directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// More names or addresses the certificate is for, besides localhost, 127.0.0.1 and ::1
+        /// (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,9 +113,23 @@ fn init_tracing() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before loading the configuration: the certificate may be what makes it valid.
+    if let Command::DevCert { out, hosts, force } = &cli.command {
+        let dir = match out {
+            Some(dir) => dir.clone(),
+            None => Config::load(&Sources::from_process(cli.config.clone()))?
+                .server
+                .data_dir
+                .join("tls"),
+        };
+        let files = rise_backend::tls::write_dev_cert(&dir, hosts, *force)?;
+        print!("{}", dev_cert_instructions(&files));
+        return Ok(());
+    }
     let config = Config::load(&Sources::from_process(cli.config))?;
     match cli.command {
         Command::Serve => rise_backend::server::serve(config).await,
+        Command::DevCert { .. } => Ok(()),
         Command::CheckConfig => {
             rise_backend::server::build_state(&config).await?;
             println!("configuration is valid");
@@ -133,4 +161,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn dev_cert_instructions(files: &rise_backend::tls::DevCertFiles) -> String {
+    let ca = files.ca.display();
+    format!(
+        "Wrote a development CA and a server certificate for {names}:
+  CA certificate:      {ca}
+  server certificate:  {cert}
+  server key:          {key} (mode 0600)
+
+Serve HTTPS with this in the configuration (the files are reloaded on SIGHUP and when they change):
+  [server.tls]
+  certificate = {cert:?}
+  key = {key:?}
+
+Trust the CA on this machine only. Its private key was discarded and it is limited to the names
+above, so it can vouch for nothing else:
+  curl:           curl --cacert {ca} https://localhost:3000/healthz
+  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/rise-dev.crt && sudo update-ca-certificates
+  macOS:          sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}
+",
+        names = files.names.join(", "),
+        cert = files.certificate.display().to_string(),
+        key = files.key.display().to_string(),
+    )
 }

@@ -16,9 +16,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
@@ -215,10 +216,7 @@ pub async fn limit_by_client_ip(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| *addr);
+    let peer = peer_addr(request.extensions());
     let ip = state.rate_limits.client_ip(peer, request.headers());
     request.extensions_mut().insert(ClientIp(ip));
     if let Err(limited) = state.rate_limits.check_client_ip(ip).await {
@@ -247,12 +245,21 @@ impl FromRequestParts<AppState> for ClientIp {
         if let Some(ip) = parts.extensions.get::<ClientIp>() {
             return Ok(*ip);
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| *addr);
+        let peer = peer_addr(&parts.extensions);
         Ok(ClientIp(state.rate_limits.client_ip(peer, &parts.headers)))
     }
+}
+
+/// The TCP peer: `ConnectInfo` from the server, or `MockConnectInfo` in tests.
+fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr)
+        .or_else(|| {
+            extensions
+                .get::<MockConnectInfo<SocketAddr>>()
+                .map(|MockConnectInfo(addr)| *addr)
+        })
 }
 
 /// Finds the client behind trusted proxies (`[server] trusted_proxy_header`, `trusted_proxies`).

@@ -1,1 +1,0 @@
-//! Operations: rate limits over HTTP, metrics, readiness, TLS.

@@ -1,0 +1,286 @@
+//! Rate limits as callers see them: 429 with `Retry-After` and the JSON error body.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use rise_backend::http::ratelimit::LimitScope;
+use rise_backend::http::{ApiError, RateLimited};
+
+use super::{Served, body_json, load_config, retry_after, send, state};
+
+const CREDENTIALS: &str = "/registry/credentials?project=my-app";
+const BAD_TOKEN: (&str, &str) = ("authorization", "Bearer not.a.valid-token");
+
+/// Limits that leave only the one under test within reach.
+fn limits(per_ip: &str, auth_failures: &str) -> String {
+    format!(
+        "[rate_limit]\nper_ip = {per_ip}\nauth_failures_per_ip = {auth_failures}\nper_subject = {{ rate = 1, burst = 2 }}\n"
+    )
+}
+
+#[tokio::test]
+async fn over_the_address_limit_is_429_with_retry_after_and_json() {
+    let (config, _dir) = load_config(
+        "",
+        &limits(
+            "{ rate = \"1/min\", burst = 3 }",
+            "{ rate = 100, burst = 1000 }",
+        ),
+    );
+    let app = rise_backend::http::app(state(&config).await);
+    let peer = Some("192.0.2.10:40000");
+    for i in 0..3 {
+        let r = send(&app, peer, CREDENTIALS, &[]).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::UNAUTHORIZED,
+            "request {i} is within the burst"
+        );
+    }
+    let r = send(&app, peer, CREDENTIALS, &[]).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        retry_after(&r),
+        Some(60),
+        "1/min: the next request conforms in a minute"
+    );
+    let decision = r.extensions().get::<RateLimited>().cloned();
+    assert_eq!(
+        decision.map(|d| d.scope),
+        Some(LimitScope::ClientIp),
+        "the decision travels with the response, for audit"
+    );
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body = body_json(r).await;
+    assert_eq!(body["error"], "rate_limited");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("too many requests from this address")
+            && message.contains("retry after 60 s"),
+        "{message}"
+    );
+
+    // Another address has its own bucket.
+    let r = send(&app, Some("192.0.2.11:40000"), CREDENTIALS, &[]).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Probes are never limited.
+    for _ in 0..5 {
+        let r = send(&app, peer, "/healthz", &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Without a socket (no ConnectInfo) the address is unknown: address limits do not apply.
+    for _ in 0..5 {
+        let r = send(&app, None, CREDENTIALS, &[]).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn failed_authentications_from_one_address_are_limited() {
+    let (config, _dir) = load_config(
+        "",
+        &limits(
+            "{ rate = 100, burst = 1000 }",
+            "{ rate = \"1/min\", burst = 3 }",
+        ),
+    );
+    let app = rise_backend::http::app(state(&config).await);
+    let guesser = Some("198.51.100.7:5000");
+    for i in 0..3 {
+        let r = send(&app, guesser, CREDENTIALS, &[BAD_TOKEN]).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    // The next guess is refused before its token is even looked at.
+    let r = send(&app, guesser, CREDENTIALS, &[BAD_TOKEN]).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&r), Some(60));
+    assert!(
+        r.headers().get("www-authenticate").is_none(),
+        "a 429 is no challenge"
+    );
+    let body = body_json(r).await;
+    assert_eq!(body["error"], "rate_limited");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many failed authentications"),
+        "{body}"
+    );
+    // Refusals do not extend the lockout.
+    for _ in 0..10 {
+        let r = send(&app, guesser, CREDENTIALS, &[BAD_TOKEN]).await;
+        assert_eq!(retry_after(&r), Some(60));
+    }
+    // Another IPv4 address is unaffected.
+    let r = send(&app, Some("198.51.100.8:5000"), CREDENTIALS, &[BAD_TOKEN]).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // IPv6 clients are counted per /64: rotating the interface identifier does not help.
+    for i in 0..3 {
+        let peer = format!("[2001:db8:7:7::{i:x}]:5000");
+        let r = send(&app, Some(&peer), CREDENTIALS, &[BAD_TOKEN]).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = send(
+        &app,
+        Some("[2001:db8:7:7::ffff]:5000"),
+        CREDENTIALS,
+        &[BAD_TOKEN],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn proxy_header_is_honoured_only_from_trusted_proxies() {
+    let (config, _dir) = load_config(
+        "trusted_proxy_header = \"x-forwarded-for\"\ntrusted_proxies = [\"127.0.0.1/32\"]",
+        &limits(
+            "{ rate = \"1/min\", burst = 1 }",
+            "{ rate = 100, burst = 1000 }",
+        ),
+    );
+    let app = rise_backend::http::app(state(&config).await);
+    let proxy = Some("127.0.0.1:30000");
+    let xff = |v| [("x-forwarded-for", v)];
+
+    // Through the trusted proxy, each client has its own bucket.
+    let r = send(&app, proxy, CREDENTIALS, &xff("203.0.113.1")).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = send(&app, proxy, CREDENTIALS, &xff("203.0.113.1")).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "same client");
+    let r = send(&app, proxy, CREDENTIALS, &xff("203.0.113.2")).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "another client");
+    // A client cannot escape by prepending an address: the right-most untrusted one counts.
+    let r = send(&app, proxy, CREDENTIALS, &xff("198.51.100.99, 203.0.113.1")).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "spoofed prefix ignored"
+    );
+
+    // From an untrusted peer the header is ignored: the peer is the client.
+    let direct = Some("192.0.2.50:30000");
+    let r = send(&app, direct, CREDENTIALS, &xff("203.0.113.3")).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = send(&app, direct, CREDENTIALS, &xff("203.0.113.4")).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "rotating the header from an untrusted peer changes nothing"
+    );
+    // And what it claimed did not spend the claimed address's bucket.
+    let r = send(&app, proxy, CREDENTIALS, &xff("203.0.113.3")).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn caller_and_project_limits() {
+    let (config, _dir) = load_config(
+        "",
+        "[rate_limit]\nper_subject = { rate = \"1/min\", burst = 2 }\nper_project = { rate = \"1/min\", burst = 3 }\n",
+    );
+    let state = state(&config).await;
+    let limits = &state.rate_limits;
+    let alice = |p| limits.check_caller("local", "alice", Some(p));
+    assert!(alice("my-app").await.is_ok());
+    assert!(alice("my-app").await.is_ok());
+    let denied = alice("my-app").await.expect_err("over the subject's burst");
+    assert_eq!(denied.scope, LimitScope::Subject);
+    assert_eq!(denied.retry_after_secs(), 60);
+    // The same subject name from another issuer is another caller.
+    assert!(
+        limits
+            .check_caller("github", "alice", Some("my-app"))
+            .await
+            .is_ok()
+    );
+    // my-app has had three callers' requests now: the project's burst is spent.
+    let denied = limits
+        .check_caller("local", "bob", Some("my-app"))
+        .await
+        .expect_err("over the project's burst");
+    assert_eq!(denied.scope, LimitScope::Project);
+    assert!(
+        limits
+            .check_caller("local", "bob", Some("other"))
+            .await
+            .is_ok()
+    );
+
+    // What a handler returns for it.
+    let response = axum::response::IntoResponse::into_response(ApiError::from(denied));
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&response), Some(60));
+    assert_eq!(
+        response.extensions().get::<RateLimited>().map(|d| d.scope),
+        Some(LimitScope::Project)
+    );
+    let body = body_json(response).await;
+    assert_eq!(body["error"], "rate_limited");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many requests for this project"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn disabled_limits_never_refuse() {
+    let (config, _dir) = load_config(
+        "",
+        "[rate_limit]\nenabled = false\nper_ip = { rate = \"1/h\", burst = 1 }\nauth_failures_per_ip = { rate = \"1/h\", burst = 1 }\nper_subject = { rate = \"1/h\", burst = 1 }\n",
+    );
+    let state = state(&config).await;
+    let app = rise_backend::http::app(state.clone());
+    for _ in 0..5 {
+        let r = send(&app, Some("192.0.2.1:1"), CREDENTIALS, &[BAD_TOKEN]).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            state
+                .rate_limits
+                .check_caller("local", "alice", None)
+                .await
+                .is_ok()
+        );
+    }
+}
+
+/// A real server: `serve` passes the TCP peer to the limits (`ConnectInfo`), so a client on
+/// 127.0.0.1 is limited by its address.
+#[tokio::test]
+async fn real_server_limits_by_peer_address() {
+    let (config, _dir) = load_config(
+        "",
+        &limits(
+            "{ rate = \"1/min\", burst = 2 }",
+            "{ rate = 100, burst = 1000 }",
+        ),
+    );
+    let served = Served::start(config).await;
+    let client = crate::support::process::http_client();
+    let url = format!("http://{}{CREDENTIALS}", served.addr);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = client.get(&url).send().await.expect("request");
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 429]);
+    let r = client
+        .get(format!("http://{}/healthz", served.addr))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(40), served.shutdown())
+        .await
+        .expect("stops")
+        .expect("graceful shutdown");
+}

@@ -1,0 +1,244 @@
+//! HTTPS end to end: `dev-cert` makes a CA and certificate, Rise serves them, a client that trusts
+//! only that CA connects; new certificates are picked up on file change and on SIGHUP; plain HTTP
+//! on a non-loopback address is refused.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rise_backend::tls::write_dev_cert;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::{Served, https_client, leaf_der, load_config, presented_der};
+use crate::support::process::{
+    COMMAND_TIMEOUT, ChildProcess, STARTUP_TIMEOUT, run_ok, run_with_timeout,
+};
+
+/// How long a reload may take to show before the test gives up (polling, not a timing claim).
+const RELOAD_DEADLINE: Duration = Duration::from_secs(20);
+
+fn tls_section(dir: &Path, watch_interval: &str) -> String {
+    format!(
+        "[server.tls]\ncertificate = {cert:?}\nkey = {key:?}\nwatch_interval = {watch_interval:?}\n",
+        cert = dir.join("cert.pem").display().to_string(),
+        key = dir.join("key.pem").display().to_string(),
+    )
+}
+
+/// GET `url` and return the certificate the server presented.
+async fn presented(client: &reqwest::Client, url: &str) -> reqwest::Result<Vec<u8>> {
+    let response = client.get(url).send().await?;
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    Ok(presented_der(&response))
+}
+
+/// Poll until the server presents `expected` (a new connection each time).
+async fn wait_for_certificate(client: &reqwest::Client, url: &str, expected: &[u8]) {
+    let deadline = Instant::now() + RELOAD_DEADLINE;
+    loop {
+        let got = presented(client, url).await;
+        if got.as_deref().ok() == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still presents another certificate after {RELOAD_DEADLINE:?} ({got:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn https_with_the_dev_ca_end_to_end() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let files = write_dev_cert(certs.path(), &[], false).expect("dev cert");
+    let (config, _dir) = load_config(&tls_section(certs.path(), "0s"), "");
+    assert!(config.server.public_url().starts_with("https://"));
+    let served = Served::start(config).await;
+    let port = served.addr.port();
+
+    let client = https_client(&[&files.ca]);
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{port}/healthz");
+        let response = client.get(&url).send().await.expect(&url);
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_eq!(presented_der(&response), leaf_der(&files.certificate));
+        assert_eq!(response.text().await.expect("body"), "ok");
+    }
+
+    // A client that does not trust the dev CA refuses the server.
+    let other = tempfile::tempdir().expect("temp dir");
+    let other_files = write_dev_cert(other.path(), &[], false).expect("dev cert");
+    let stranger = https_client(&[&other_files.ca]);
+    let err = stranger
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .expect_err("untrusted certificate");
+    assert!(err.is_connect(), "{err:?}");
+    // Plain HTTP to the HTTPS port gets no answer.
+    let plain = crate::support::process::http_client()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP was served: {plain:?}"
+    );
+    served.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test]
+async fn a_changed_certificate_file_is_served_to_new_connections() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let first = write_dev_cert(certs.path(), &[], false).expect("dev cert");
+    let first_ca = certs.path().join("first-ca.pem");
+    std::fs::copy(&first.ca, &first_ca).expect("keep the first CA");
+    let first_leaf = leaf_der(&first.certificate);
+    let (config, _dir) = load_config(&tls_section(certs.path(), "100ms"), "");
+    let served = Served::start(config).await;
+    let url = format!("https://127.0.0.1:{}/healthz", served.addr.port());
+
+    let second = write_dev_cert(certs.path(), &[], true).expect("replacement");
+    let second_leaf = leaf_der(&second.certificate);
+    assert_ne!(first_leaf, second_leaf);
+    let client = https_client(&[&first_ca, &second.ca]);
+    wait_for_certificate(&client, &url, &second_leaf).await;
+
+    // A broken replacement is refused and the last good certificate stays.
+    std::fs::write(&second.key, "not a key").expect("break the key");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        presented(&client, &url).await.expect("still serving"),
+        second_leaf
+    );
+    served.shutdown().await.expect("graceful shutdown");
+}
+
+/// The real binary: `dev-cert`, then `serve` with file watching off; SIGHUP makes new connections
+/// get the new certificate.
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_the_real_binary() {
+    let bin = env!("CARGO_BIN_EXE_rise-backend");
+    let work = tempfile::tempdir().expect("temp dir");
+    let certs = work.path().join("tls");
+    let dev_cert = |force: bool| {
+        let mut cmd = Command::new(bin);
+        cmd.arg("dev-cert").arg("--out").arg(&certs);
+        if force {
+            cmd.arg("--force");
+        }
+        run_ok(cmd, COMMAND_TIMEOUT)
+    };
+    let output = dev_cert(false).await.expect("dev-cert");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("[server.tls]"), "{printed}");
+    assert!(printed.contains("update-ca-certificates"), "{printed}");
+    let refused = run_with_timeout(
+        {
+            let mut cmd = Command::new(bin);
+            cmd.arg("dev-cert").arg("--out").arg(&certs);
+            cmd
+        },
+        COMMAND_TIMEOUT,
+    )
+    .await
+    .expect("runs");
+    assert!(!refused.status.success(), "overwrote without --force");
+
+    let config = work.path().join("rise.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {data:?}\n{tls}",
+            data = work.path().join("data").display().to_string(),
+            tls = tls_section(&certs, "0s"),
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("RISE_LOG_FORMAT", "json")
+        .env("RISE_LOG", "info");
+    let mut server = ChildProcess::spawn("rise-backend", cmd).expect("spawn rise-backend");
+    let line = server
+        .wait_for_line(
+            "listening",
+            |l| l.contains("rise-backend listening"),
+            STARTUP_TIMEOUT,
+        )
+        .await
+        .expect("rise-backend starts");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    let addr = event["fields"]["addr"]
+        .as_str()
+        .expect("addr field")
+        .to_owned();
+    assert_eq!(event["fields"]["tls"], true, "{line}");
+    let url = format!("https://{addr}/healthz");
+
+    let first_ca = work.path().join("first-ca.pem");
+    std::fs::copy(certs.join("ca.pem"), &first_ca).expect("keep the first CA");
+    let first_leaf = leaf_der(&certs.join("cert.pem"));
+    dev_cert(true).await.expect("dev-cert --force");
+    let second_leaf = leaf_der(&certs.join("cert.pem"));
+    let client = https_client(&[&first_ca, &certs.join("ca.pem")]);
+    assert_eq!(
+        presented(&client, &url).await.expect("request"),
+        first_leaf,
+        "without SIGHUP (watching is off) the old certificate stays"
+    );
+
+    let pid = server.pid().expect("running").to_string();
+    run_ok(
+        {
+            let mut cmd = Command::new("kill");
+            cmd.args(["-HUP", &pid]);
+            cmd
+        },
+        COMMAND_TIMEOUT,
+    )
+    .await
+    .expect("kill -HUP");
+    wait_for_certificate(&client, &url, &second_leaf).await;
+    assert!(
+        server.logs().contains("TLS certificate reloaded"),
+        "{}",
+        server.logs().text()
+    );
+    assert!(
+        server.try_status().is_none(),
+        "SIGHUP must not stop the server"
+    );
+}
+
+#[tokio::test]
+async fn plain_http_on_a_non_loopback_address_is_refused() {
+    let bin = env!("CARGO_BIN_EXE_rise-backend");
+    let work = tempfile::tempdir().expect("temp dir");
+    let config = work.path().join("rise.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"0.0.0.0:0\"\ndata_dir = {:?}\n",
+            work.path().join("data").display().to_string()
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve").arg("--config").arg(&config);
+    let output = run_with_timeout(cmd, COMMAND_TIMEOUT).await.expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "served plain HTTP on 0.0.0.0");
+    assert!(
+        stderr.contains("not a loopback address")
+            && stderr.contains("danger_insecure_http_on_non_loopback"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening"),
+        "it must refuse before binding: {stderr}"
+    );
+}
