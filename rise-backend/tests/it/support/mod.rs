@@ -14,6 +14,7 @@ pub mod moto;
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod recording_proxy;
 pub mod registry;
 pub mod skopeo;
 
