@@ -9,6 +9,7 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod image;
 pub mod moto;
 pub mod oidc;
@@ -16,7 +17,6 @@ pub mod postgres;
 pub mod process;
 pub mod recording_proxy;
 pub mod registry;
-pub mod rise;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
