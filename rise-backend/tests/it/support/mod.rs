@@ -9,6 +9,7 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod aws_proxy;
 pub mod image;
 pub mod moto;
 pub mod oidc;
