@@ -50,9 +50,10 @@
 //! inline session policy allows only the requested actions on the one repository ARN
 //! `arn:<partition>:ecr:<region>:<account_id>:repository/<repo_prefix><repository>`, plus
 //! `ecr:GetAuthorizationToken` (which has no resource-level permissions). A pull-only request gets
-//! only the pull actions. ECR evaluates the session's permissions on each registry request, so the
-//! token can push/pull that repository and nothing else. The session policy can only narrow the
-//! role's own policy, never widen it. Pull actions: `ecr:BatchCheckLayerAvailability`,
+//! only the pull actions. AWS documents that a token's permission scope matches that of the IAM
+//! principal that retrieved it, here the role session, whose permissions are the intersection of
+//! the role's policy and the session policy; so the token can push/pull that repository and nothing
+//! else. The session policy can only narrow the role's own policy, never widen it. Pull actions: `ecr:BatchCheckLayerAvailability`,
 //! `ecr:BatchGetImage`, `ecr:GetDownloadUrlForLayer`; push adds `ecr:InitiateLayerUpload`,
 //! `ecr:UploadLayerPart`, `ecr:CompleteLayerUpload`, `ecr:PutImage` (AWS's documented push set).
 //!
@@ -62,11 +63,12 @@
 //!
 //! # Lifetime
 //!
-//! AWS documents the authorization token as valid for 12 hours, and `GetAuthorizationToken`
-//! reports an `expiresAt` 12 hours out even when it is called with role-session credentials. The
-//! token "represents your IAM authentication credentials", and ECR evaluates the principal's
-//! permissions when it is used, so Rise treats a token minted from a session as usable only while
-//! that session lives, and reports `expires_at` = min(token expiry, session expiry).
+//! AWS documents the authorization token as valid for 12 hours (`expiresAt` 12 h out) and as
+//! representing the IAM credentials that retrieved it. Its documentation does not say whether a
+//! token minted from role-session credentials outlives the session, so Rise takes the safe reading:
+//! such a token is usable only while its session lives, and `expires_at` = min(token expiry,
+//! session expiry). Should the token outlive the session, callers merely refresh early; they are
+//! never told a credential lives longer than Rise can vouch for.
 //!
 //! The session lasts the requested ttl, but STS allows 900 s (15 min) at least and the role's
 //! maximum session duration (1-12 h) at most; when the backend itself runs as a role (IRSA, ECS
@@ -173,6 +175,9 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const MIN_SESSION: Duration = Duration::from_secs(900);
 /// The longest role session STS grants (a role's maximum session duration is at most 12 h).
 pub const MAX_SESSION: Duration = Duration::from_secs(12 * 3600);
+
+/// ECR refuses longer repository names.
+pub const MAX_REPOSITORY_NAME: usize = 256;
 
 /// ECR actions a pull needs.
 pub const PULL_ACTIONS: &[&str] = &[
@@ -497,6 +502,11 @@ impl RegistryProvider for EcrProvider {
 
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let repository = self.repository_path(&request.repository);
+        if repository.len() > MAX_REPOSITORY_NAME {
+            return Err(ProviderError::Unsupported(format!(
+                "repository name {repository:?} is longer than ECR's {MAX_REPOSITORY_NAME} characters"
+            )));
+        }
         let actions = request.actions.normalise_push();
         if actions.is_empty() {
             return Err(ProviderError::Unsupported(
@@ -965,6 +975,15 @@ mod tests {
         for action in PULL_ACTIONS.iter().chain(PUSH_ACTIONS) {
             assert!(push.contains(action), "{action} in {push}");
         }
+    }
+
+    #[test]
+    fn session_policy_fits_sts_limit_for_the_longest_repository_name() {
+        // STS refuses session policies over 2,048 characters of plaintext.
+        let longest = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+        let arn = format!("arn:aws-us-gov:ecr:us-gov-west-1:123456789012:repository/{longest}");
+        let policy = session_policy(&arn, Actions::PUSH_PULL);
+        assert!(policy.len() < 2048, "{} characters", policy.len());
     }
 
     #[test]
