@@ -1,5 +1,6 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
+mod api;
 mod ecr;
 mod infra;
 mod support;
