@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::support::aws_proxy::RecordingProxy;
 use crate::support::moto::{ACCOUNT_ID, Moto};
+use crate::support::rise::TestRise;
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/rise-push";
 const REGISTRY_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -687,5 +688,124 @@ async fn server_start_up_resolves_references_with_the_default_chain() {
     assert!(
         stderr.contains("registry default") && stderr.contains("aws-secretsmanager:rise/missing"),
         "{stderr}"
+    );
+}
+
+/// `GET /registry/credentials` through the real router: the seed's response shape for a scoped
+/// ECR credential, the policy deciding before any cached credential is served, and a stopped
+/// emulator turning into a 502 that names the registry and the failed operation.
+#[tokio::test]
+async fn credentials_endpoint_serves_ecr_credentials_and_reports_upstream_failure() {
+    let moto = Moto::start().await;
+    let proxy = RecordingProxy::start(moto.endpoint()).await;
+    let rise = TestRise::from_toml(&format!(
+        r#"
+[registry]
+type = "ecr"
+region = "us-east-1"
+account_id = "{ACCOUNT_ID}"
+access_key_id = "AKIDSTATICTEST"
+secret_access_key = "static-secret"
+push_role_arn = "{ROLE_ARN}"
+repo_prefix = "rise/"
+endpoint_url = "{endpoint}"
+connect_timeout = "1s"
+timeout = "4s"
+
+[projects.my-app]
+
+[[projects.my-app.allow]]
+issuer = "local"
+subject = "alice"
+actions = ["push", "pull"]
+
+[[projects.my-app.allow]]
+issuer = "local"
+subject = "bob"
+actions = ["pull"]
+
+[projects.other]
+
+[[projects.other.allow]]
+issuer = "local"
+actions = ["pull"]
+"#,
+        endpoint = proxy.endpoint(),
+    ))
+    .await;
+    let get = |query: &str, sub: &str| {
+        let uri = format!("/registry/credentials?{query}");
+        let token = rise.token(sub, &[]);
+        let rise = &rise;
+        async move {
+            let (status, body) = tokio::time::timeout(HANG_GUARD, rise.get(&uri, Some(&token)))
+                .await
+                .expect("bounded");
+            (status.as_u16(), body)
+        }
+    };
+
+    let (status, body) = get("project=my-app", "alice").await;
+    assert_eq!(status, 200, "{body}");
+    let c = &body["credentials"];
+    assert_eq!(c["registry_url"], REGISTRY_HOST);
+    assert_eq!(c["username"], "AWS");
+    assert_eq!(c["password"], MOTO_PASSWORD);
+    assert_about(
+        c["expires_in"].as_i64().expect("expires_in"),
+        HOUR,
+        "default ttl, within the 1 h max_ttl",
+    );
+    assert_eq!(body["repository"], "rise/my-app");
+    assert_eq!(body["image"], format!("{REGISTRY_HOST}/rise/my-app"));
+    assert_eq!(body["scope"]["actions"], json!(["pull", "push"]));
+    assert_eq!(body["repository_scoped"], true);
+    assert_eq!(body["revocable"], false);
+    assert!(body.get("warnings").is_none(), "{body}");
+
+    // A push credential for my-app is cached now; bob may only pull, and asking for push is
+    // refused by the policy before the cache is consulted.
+    let (status, body) = get("project=my-app&actions=push", "bob").await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let (status, body) = get("project=my-app", "bob").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"]["actions"], json!(["pull"]));
+    assert_eq!(
+        proxy.count("AssumeRole"),
+        2,
+        "bob's pull is its own session"
+    );
+    let roles = assumed_roles(&moto).await;
+    let bob_policy: Value =
+        serde_json::from_str(roles[1]["policy"].as_str().expect("policy")).expect("JSON");
+    assert_eq!(
+        bob_policy["Statement"][0]["Action"],
+        json!([
+            "ecr:BatchCheckLayerAvailability",
+            "ecr:BatchGetImage",
+            "ecr:GetDownloadUrlForLayer"
+        ])
+    );
+
+    // alice again: served from the cache, no new upstream call.
+    let (status, _) = get("project=my-app", "alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(proxy.count("AssumeRole"), 2);
+
+    drop(proxy);
+    drop(moto);
+    let started = tokio::time::Instant::now();
+    let (status, body) = get("project=other", "carol").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream_error");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("registry default") && message.contains("STS AssumeRole"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
     );
 }
