@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod aws_proxy;
 pub mod image;
 pub mod moto;
 pub mod oidc;
