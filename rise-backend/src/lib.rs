@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod tls;

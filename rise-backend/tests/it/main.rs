@@ -1,5 +1,8 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
+mod api;
+mod auth;
+mod ecr;
 mod infra;
 mod ops;
 mod support;

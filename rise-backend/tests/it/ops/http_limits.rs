@@ -284,3 +284,41 @@ async fn real_server_limits_by_peer_address() {
         .expect("stops")
         .expect("graceful shutdown");
 }
+
+/// Through the endpoint with real local-issuer tokens: the caller's bucket is drawn after
+/// authentication and before the project is even looked up, so guessing project names is
+/// limited too; another caller is unaffected.
+#[tokio::test]
+async fn a_caller_over_its_limit_gets_429_from_the_endpoint() {
+    let rise = crate::support::app::TestRise::from_toml(
+        "[rate_limit]\nper_subject = { rate = \"1/min\", burst = 2 }\n",
+    )
+    .await;
+    let alice = rise.token("alice", &[]);
+    for project in ["guess-one", "guess-two"] {
+        let (status, body) = rise
+            .get(
+                &format!("/registry/credentials?project={project}"),
+                Some(&alice),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    }
+    let (status, body) = rise
+        .get("/registry/credentials?project=guess-three", Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many requests for this caller"),
+        "{body}"
+    );
+    let bob = rise.token("bob", &[]);
+    let (status, _) = rise
+        .get("/registry/credentials?project=guess-one", Some(&bob))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "bob has his own bucket");
+}
