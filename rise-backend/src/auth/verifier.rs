@@ -157,6 +157,20 @@ impl Authenticator {
         })
     }
 
+    /// Names of the OIDC issuers whose keys have never been fetched since start-up (readiness:
+    /// their callers would get 503 `issuer_unavailable`). Keys fetched once stay in use while the
+    /// issuer is down, so an issuer never leaves this list's complement again.
+    pub fn issuers_without_keys(&self) -> Vec<&str> {
+        self.issuers
+            .iter()
+            .filter(|issuer| match &issuer.keys {
+                Keys::Fixed(_) => false,
+                Keys::Remote(remote) => remote.snapshot().fetched_at.is_none(),
+            })
+            .map(|issuer| issuer.name.as_str())
+            .collect()
+    }
+
     /// Verify `token` (the bearer JWT, without `Bearer `) and map its claims to a [`Principal`].
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         self.verify_at(token, unix_now()).await

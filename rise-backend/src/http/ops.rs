@@ -23,10 +23,17 @@ pub(super) struct Ready {
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let mut failing = Vec::new();
     let mut passed = Vec::new();
-    // Keys: the local issuer's signing key is loaded while the state is built, which fails
-    // otherwise, so a built state has it. Hook for the verifier: once it can report whether every
-    // OIDC issuer's keys are fetched, check it here (`auth`).
-    passed.push("auth");
+    // Keys: the local issuer's key is loaded while the state is built (which fails otherwise);
+    // an OIDC issuer is ready once its keys have been fetched at least once. Until then a new
+    // replica takes no traffic; afterwards cached keys carry it through an issuer outage.
+    let without_keys = state.auth.issuers_without_keys();
+    if without_keys.is_empty() {
+        passed.push("auth");
+    }
+    for issuer in without_keys {
+        tracing::warn!(%issuer, "readiness: the issuer's keys have not been fetched yet");
+        failing.push(format!("issuer {issuer} keys"));
+    }
     // Providers: configured and their cheap local checks pass (no upstream call).
     if state.registries.is_empty() {
         tracing::warn!("readiness: no registry is configured");

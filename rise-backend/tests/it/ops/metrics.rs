@@ -216,3 +216,51 @@ async fn readyz_calls_every_provider_and_hides_the_detail() {
         "healthz only says the process is up"
     );
 }
+
+/// Readiness waits for an OIDC issuer's keys: not ready while the issuer cannot be reached, ready
+/// once the real oidc-provider has served them.
+#[tokio::test]
+async fn readyz_waits_for_the_issuers_keys() {
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        format!("http://{addr}")
+    };
+    let issuers = |issuer: &str| {
+        format!(
+            "[auth.issuers.corp]\nissuer = {issuer:?}\naudience = \"rise\"\ninsecure_http = true\n"
+        )
+    };
+    let (config, _dir) = load_config("", &issuers(&unreachable));
+    let mut unready = state(&config).await;
+    let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
+    registries.insert("good".into(), Arc::new(ReadyAs(Ok(()))));
+    unready.registries = Arc::new(registries.clone());
+    let app = rise_backend::http::app(unready);
+    let r = send(&app, None, "/readyz", &[]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = body_json(r).await;
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("issuer corp keys"), "{message}");
+
+    let oidc = crate::support::oidc::OidcProvider::start().await;
+    let (config, _dir) = load_config("", &issuers(oidc.issuer()));
+    let mut state = state(&config).await;
+    state.registries = Arc::new(registries);
+    let app = rise_backend::http::app(state);
+    // The first fetch runs in the background from start-up; poll until it has landed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = send(&app, None, "/readyz", &[]).await;
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not ready: {}",
+            body_json(r).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
