@@ -53,6 +53,8 @@ pub enum TlsError {
     NoCertificate(PathBuf),
     #[error("{} holds no PEM private key (expected PKCS#8, PKCS#1 or SEC1)", .0.display())]
     NoKey(PathBuf),
+    #[error("loading the certificate was interrupted: {0}")]
+    Interrupted(String),
     #[error("the certificate in {} and the key in {} are not usable together: {message}", .certificate.display(), .key.display())]
     Rejected {
         certificate: PathBuf,
@@ -148,6 +150,8 @@ impl TlsReloader {
                     None
                 }
             };
+            #[cfg(not(unix))]
+            let mut hangup: Option<()> = None;
             let interval = self.files.watch_interval;
             let mut ticker = (!interval.is_zero()).then(|| {
                 let mut t = tokio::time::interval(interval);
@@ -201,11 +205,7 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 async fn load_blocking(files: TlsConfig) -> Result<Loaded, TlsError> {
     match tokio::task::spawn_blocking(move || load(&files)).await {
         Ok(result) => result,
-        Err(join) => Err(TlsError::Rejected {
-            certificate: PathBuf::new(),
-            key: PathBuf::new(),
-            message: format!("loading was interrupted: {join}"),
-        }),
+        Err(join) => Err(TlsError::Interrupted(join.to_string())),
     }
 }
 
