@@ -12,6 +12,7 @@ use crate::http::AppState;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
 use crate::registry::providers::ProviderConfig;
+use crate::registry::providers::distribution::TokenService;
 
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -34,9 +35,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     };
     let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
+    let token_service = TokenService::from_config(config)?;
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {
-        let provider = build_provider(name, provider_config, config)
+        let provider = build_provider(name, provider_config, config, token_service.as_deref())
             .with_context(|| format!("configuring registry {name}"))?;
         registries.insert(name.to_owned(), provider);
     }
@@ -45,6 +47,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
+        token_service,
     })
 }
 
@@ -52,12 +55,13 @@ fn build_provider(
     name: &str,
     provider_config: &ProviderConfig,
     config: &Config,
+    token_service: Option<&TokenService>,
 ) -> anyhow::Result<Arc<dyn RegistryProvider>> {
-    let _ = (name, config);
+    let _ = config;
     match provider_config {
-        ProviderConfig::Distribution(_) => {
-            anyhow::bail!("distribution provider: not implemented yet")
-        }
+        ProviderConfig::Distribution(_) => Ok(token_service
+            .and_then(|t| t.provider(name))
+            .context("distribution registry missing from the token service")?),
     }
 }
 
