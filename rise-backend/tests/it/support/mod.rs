@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod postgres;
 pub mod process;
 pub mod registry;
+pub mod rise;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
