@@ -1,10 +1,8 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
 mod api;
-<<<<<<< HEAD
 mod auth;
-=======
+mod distribution;
 mod ecr;
->>>>>>> ecr
 mod infra;
 mod support;
