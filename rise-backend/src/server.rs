@@ -58,6 +58,9 @@ fn build_provider(
         ProviderConfig::Distribution(_) => {
             anyhow::bail!("distribution provider: not implemented yet")
         }
+        ProviderConfig::Artifactory(c) => Ok(Arc::new(
+            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)?,
+        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Registry providers. Each module owns its configuration struct (the `type = "..."` table) and
 //! an implementation of [`RegistryProvider`](super::RegistryProvider).
 
+pub mod artifactory;
 pub mod distribution;
 
 use serde::Deserialize;
@@ -11,12 +12,15 @@ use serde::Deserialize;
 pub enum ProviderConfig {
     /// Rise is the token server of a CNCF Distribution registry.
     Distribution(distribution::DistributionConfig),
+    /// JFrog Artifactory: minted access tokens or the seed's static credentials.
+    Artifactory(artifactory::ArtifactoryConfig),
 }
 
 impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Distribution(_) => "distribution",
+            ProviderConfig::Artifactory(_) => "artifactory",
         }
     }
 }

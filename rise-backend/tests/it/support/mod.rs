@@ -1,0 +1,3 @@
+//! Shared test support: spawners for real parts and protocol-faithful fakes.
+
+pub mod fake_artifactory;
