@@ -1,4 +1,6 @@
-//! All integration tests: one binary, one module per area.
+//! Integration tests of rise-backend against real dependencies (see support/).
 
+mod api;
 mod artifactory;
+mod infra;
 mod support;
