@@ -770,3 +770,277 @@ async fn missing_docker_config_is_reported() {
         other => panic!("expected Misconfigured, got {other:?}"),
     }
 }
+
+// --- Through the HTTP router, in-process ------------------------------------------------
+
+mod api {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
+
+    use crate::support::fake_artifactory::{
+        ADMIN_TOKEN, Failure, FakeArtifactory, SERVICE_PASSWORD, SERVICE_USER,
+    };
+    use crate::support::rise::TestRise;
+
+    async fn rise(fake: &FakeArtifactory) -> TestRise {
+        TestRise::from_toml(&format!(
+            r#"
+[registry]
+type = "artifactory"
+base_url = "{base}"
+repository = "docker-local"
+insecure_http = true
+admin_token = "{ADMIN_TOKEN}"
+request_timeout = "500ms"
+
+[registries.legacy]
+type = "artifactory"
+base_url = "{base}"
+repository = "docker-local"
+insecure_http = true
+username = "{SERVICE_USER}"
+password = "{SERVICE_PASSWORD}"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+groups = ["developers"]
+actions = ["push", "pull"]
+
+[projects.legacy-app]
+registry = "legacy"
+[[projects.legacy-app.allow]]
+issuer = "local"
+groups = ["developers"]
+actions = ["push", "pull"]
+"#,
+            base = fake.base_url()
+        ))
+        .await
+    }
+
+    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
+        let (s, body) = got;
+        assert_eq!(*s, status, "{body}");
+        assert_eq!(
+            body,
+            &json!({"error": code, "message": body["message"].clone()}),
+            "an error body is exactly error and message"
+        );
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains(part), "{message:?} lacks {part:?}");
+    }
+
+    #[tokio::test]
+    async fn scoped_token_through_the_api() {
+        let fake = FakeArtifactory::start().await;
+        let rise = rise(&fake).await;
+        let token = rise.token("alice", &["developers"]);
+        let (status, body) = rise
+            .get("/registry/credentials?project=my-app", Some(&token))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let minted = fake.tokens();
+        assert_eq!(minted.len(), 1);
+        let creds = &body["credentials"];
+        assert_eq!(creds["registry_url"], fake.host());
+        assert_eq!(creds["username"], "rise-my-app");
+        assert_eq!(creds["password"], minted[0].access_token);
+        let expires_in = creds["expires_in"].as_u64().expect("number");
+        assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+        assert_eq!(body["repository"], "docker-local/my-app");
+        assert_eq!(
+            body["image"],
+            format!("{}/docker-local/my-app", fake.host())
+        );
+        assert_eq!(
+            body["scope"],
+            json!({"repository": "docker-local/my-app", "actions": ["pull", "push"]})
+        );
+        assert_eq!(body["repository_scoped"], true);
+        assert_eq!(body["revocable"], true);
+        assert!(body.get("warnings").is_none(), "{body}");
+        assert_eq!(minted[0].scope, "artifact:docker-local/my-app/**:r,w,d");
+        assert!(
+            minted[0].description.contains("for alice of issuer local"),
+            "{}",
+            minted[0].description
+        );
+
+        let (status, body) = rise
+            .get(
+                "/registry/credentials?project=my-app&actions=pull&ttl=15m",
+                Some(&token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(fake.tokens()[1].scope, "artifact:docker-local/my-app/**:r");
+        assert_eq!(fake.tokens()[1].expires_in, 900);
+    }
+
+    #[tokio::test]
+    async fn static_credentials_come_with_a_warning() {
+        let fake = FakeArtifactory::start().await;
+        let rise = rise(&fake).await;
+        let token = rise.token("alice", &["developers"]);
+        let (status, body) = rise
+            .get("/registry/credentials?project=legacy-app", Some(&token))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["credentials"]["username"], SERVICE_USER);
+        assert_eq!(body["credentials"]["password"], SERVICE_PASSWORD);
+        assert_eq!(body["registry"], "legacy");
+        assert_eq!(body["repository_scoped"], false);
+        assert_eq!(body["revocable"], false);
+        let warnings = body["warnings"].as_array().expect("warnings");
+        assert!(
+            warnings.iter().any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("not limited to repository docker-local/legacy-app"))),
+            "{body}"
+        );
+        assert!(fake.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn upstream_failures_are_502_or_504_naming_the_registry() {
+        let fake = FakeArtifactory::start().await;
+        let rise = rise(&fake).await;
+        let token = rise.token("alice", &["developers"]);
+        let uri = "/registry/credentials?project=my-app";
+        let leaked = "fake-at-should-never-be-logged";
+
+        fake.set_failure(Some(Failure::Status(500)));
+        let got = rise.get(uri, Some(&token)).await;
+        check_error(
+            &got,
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "registry default: Artifactory create token failed",
+        );
+        assert!(!got.1.to_string().contains(leaked), "{}", got.1);
+
+        fake.set_failure(Some(Failure::Malformed));
+        let got = rise.get(uri, Some(&token)).await;
+        check_error(
+            &got,
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "registry default",
+        );
+        assert!(!got.1.to_string().contains("eyJmalformed"), "{}", got.1);
+
+        fake.set_failure(Some(Failure::Status(401)));
+        let got = rise.get(uri, Some(&token)).await;
+        check_error(
+            &got,
+            StatusCode::BAD_GATEWAY,
+            "provider_misconfigured",
+            "registry default is misconfigured",
+        );
+
+        fake.set_failure(Some(Failure::Hang));
+        let got = tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
+            .await
+            .expect("the request ends on Rise's upstream timeout");
+        check_error(
+            &got,
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "registry default: Artifactory create token did not answer in time",
+        );
+
+        fake.set_failure(None);
+        fake.stop();
+        tokio::task::yield_now().await;
+        // A fresh router state has no pooled connection to the stopped fake.
+        let fresh = self::rise(&fake).await;
+        let token = fresh.token("alice", &["developers"]);
+        let got = fresh.get(uri, Some(&token)).await;
+        check_error(
+            &got,
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "registry default",
+        );
+    }
+
+    /// A `MakeWriter` that appends to a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    /// Every log line of successes and failures, at TRACE (reqwest and hyper included), is free
+    /// of the admin token, the backend password and every minted token.
+    #[tokio::test]
+    async fn logs_carry_no_secrets() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .finish();
+        // The test runtime is single-threaded, so a thread-local default sees every event.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let fake = FakeArtifactory::start().await;
+        let rise = rise(&fake).await;
+        let token = rise.token("alice", &["developers"]);
+        for failure in [
+            None,
+            Some(Failure::Status(500)),
+            Some(Failure::Status(401)),
+            Some(Failure::Malformed),
+            Some(Failure::NonExpiring),
+            Some(Failure::Hang),
+        ] {
+            fake.set_failure(failure);
+            for project in ["my-app", "legacy-app"] {
+                let uri = format!("/registry/credentials?project={project}");
+                tokio::time::timeout(super::GUARD, rise.get(&uri, Some(&token)))
+                    .await
+                    .expect("bounded");
+            }
+        }
+        let logs =
+            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8 logs");
+        assert!(
+            logs.contains("artifactory credential not issued"),
+            "the capture works: {logs}"
+        );
+        let mut secrets: Vec<String> = fake.tokens().into_iter().map(|t| t.access_token).collect();
+        assert!(!secrets.is_empty());
+        secrets.extend(
+            [
+                ADMIN_TOKEN,
+                SERVICE_PASSWORD,
+                "fake-at-should-never-be-logged",
+                "eyJmalformed-secret-token-value",
+                token.as_str(),
+            ]
+            .map(str::to_owned),
+        );
+        for s in &secrets {
+            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
+        }
+    }
+}

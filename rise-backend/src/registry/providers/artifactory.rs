@@ -482,6 +482,9 @@ impl ArtifactoryProvider {
             force_revocable: self.force_revocable.then_some(true),
         };
         let secrets = [backend.secret()];
+        // Artifactory counts the lifetime from its own issue time, which is after this instant:
+        // counting from here never overstates the lifetime.
+        let sent_at = SystemTime::now();
         let created = self
             .access
             .create_token(backend.auth(), &body, &secrets)
@@ -534,7 +537,7 @@ impl ArtifactoryProvider {
             registry_url: self.registry_host.clone(),
             username: docker_username,
             password: created.access_token,
-            expires_at: SystemTime::now() + granted_secs_duration,
+            expires_at: sent_at + granted_secs_duration,
             repository: path,
             granted_actions: if repository_scoped {
                 request.actions
