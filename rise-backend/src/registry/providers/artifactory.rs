@@ -4,7 +4,7 @@
 //!
 //! Tested against a fake Artifactory built from JFrog's public REST documentation
 //! (`tests/it/support/fake_artifactory.rs`), never against a real instance: the request and
-//! response shapes are in [`access`], with the documents they come from.
+//! response shapes are in `artifactory/access.rs`, with the documents they come from.
 //!
 //! # Configuration
 //!
@@ -82,8 +82,14 @@
 //! (`DELETE /access/api/v1/tokens/{id}`). Artifactory makes tokens that live shorter than its
 //! `revocable-expiry-threshold` (6 h by default) non-revocable unless they carry
 //! `force_revocable` (Artifactory 7.50.3+), which Rise sets by default; `revocable` in the
-//! response is false when neither holds. Short tokens (under the 3 h persistency threshold) are
-//! not listed in Artifactory's token UI.
+//! response is false when neither holds. Tokens under Artifactory's persistency threshold (3 h by
+//! default) are not stored in its token list; JFrog documents `force_revocable` as making a token
+//! revocable regardless of other settings, and Rise relies on that, but how the two interact is
+//! not documented and was not verified against a real instance.
+//!
+//! Think before wrapping this provider in a shared credential cache (`CachingProvider`):
+//! each token's `description` names the caller it was minted for (Artifactory's audit
+//! trail), and revoking a shared token cuts off every caller it was served to.
 //!
 //! # Failures
 //!
