@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 use reqwest::header::ACCEPT;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::keys::KeySet;
 use crate::config::OidcIssuerConfig;
@@ -38,9 +39,14 @@ pub(crate) struct Snapshot {
     pub(crate) keys: KeySet,
     /// When these keys were fetched; `None` until a fetch has succeeded.
     pub(crate) fetched_at: Option<Instant>,
-    /// Increases with every successful fetch; tokens verified under an older generation are
-    /// re-verified (see the verified-token cache).
+    /// Increases with every successful fetch: how waiting callers tell that someone fetched.
+    pub(crate) epoch: u64,
+    /// Increases when a fetch brings a different JWKS document; tokens verified under an older
+    /// generation are verified afresh (see the verified-token cache). A routine refresh that
+    /// returns the same document keeps the generation.
     pub(crate) generation: u64,
+    /// SHA-256 of the JWKS document these keys came from.
+    digest: [u8; 32],
 }
 
 #[derive(Debug, Default)]
@@ -103,17 +109,31 @@ impl RemoteKeys {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn background_refresh_running(&self) -> bool {
+        self.background_refresh_running.load(Ordering::Acquire)
+    }
+
     pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         // A poisoned lock only means a writer panicked between two plain stores; the Arc inside
         // is always a complete snapshot.
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    pub(crate) fn generation(&self) -> u64 {
+    fn epoch(&self) -> u64 {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .generation
+            .epoch
+    }
+
+    /// The current generation, for a token verified earlier that is about to be accepted again;
+    /// like a fresh verification, this starts a background refresh when the keys are stale, so
+    /// a key the issuer withdrew is noticed even if every request carries a cached token.
+    pub(crate) fn generation_for_reuse(self: &Arc<Self>) -> u64 {
+        let snapshot = self.snapshot();
+        self.refresh_if_stale(&snapshot);
+        snapshot.generation
     }
 
     /// Fetch keys in the background when `snapshot` is older than the cache TTL.
@@ -121,7 +141,10 @@ impl RemoteKeys {
         let stale = snapshot
             .fetched_at
             .is_some_and(|at| at.elapsed() >= self.cache_ttl);
-        if !stale || self.background_refresh_running.swap(true, Ordering::AcqRel) {
+        if !stale || self.background_refresh_running.load(Ordering::Acquire) {
+            return;
+        }
+        if self.background_refresh_running.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -130,7 +153,7 @@ impl RemoteKeys {
             return;
         };
         let this = Arc::clone(self);
-        let seen = snapshot.generation;
+        let seen = snapshot.epoch;
         runtime.spawn(async move {
             this.refresh_unless_changed(seen).await;
             this.background_refresh_running
@@ -138,11 +161,11 @@ impl RemoteKeys {
         });
     }
 
-    /// Refetch unless the key set changed since the caller saw generation `seen`, or the refresh
-    /// floor forbids it. Concurrent callers share one fetch.
+    /// Refetch unless someone fetched since the caller saw epoch `seen`, or the refresh floor
+    /// forbids it. Concurrent callers share one fetch.
     pub(crate) async fn refresh_unless_changed(&self, seen: u64) {
         let mut state = self.refresh.lock().await;
-        if self.generation() != seen {
+        if self.epoch() != seen {
             return;
         }
         if state
@@ -153,13 +176,18 @@ impl RemoteKeys {
         }
         state.last_attempt = Some(Instant::now());
         match self.fetch(&mut state).await {
-            Ok(keys) => {
+            Ok((keys, digest)) => {
                 let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-                let generation = current.generation + 1;
+                let changed = current.fetched_at.is_none() || current.digest != digest;
+                if changed {
+                    tracing::info!(issuer = %self.issuer_name, keys = keys.len(), "the issuer's keys changed");
+                }
                 *current = Arc::new(Snapshot {
                     keys,
                     fetched_at: Some(Instant::now()),
-                    generation,
+                    epoch: current.epoch + 1,
+                    generation: current.generation + u64::from(changed),
+                    digest,
                 });
             }
             Err(error) => {
@@ -168,7 +196,7 @@ impl RemoteKeys {
         }
     }
 
-    async fn fetch(&self, state: &mut RefreshState) -> Result<KeySet, String> {
+    async fn fetch(&self, state: &mut RefreshState) -> Result<(KeySet, [u8; 32]), String> {
         let jwks_uri = match (&self.configured_jwks_uri, &state.discovered_jwks_uri) {
             (Some(uri), _) | (None, Some(uri)) => uri.clone(),
             (None, None) => {
@@ -188,8 +216,8 @@ impl RemoteKeys {
         for reason in &skipped {
             tracing::warn!(issuer = %self.issuer_name, %jwks_uri, reason, "ignoring a published key");
         }
-        tracing::info!(issuer = %self.issuer_name, %jwks_uri, keys = keys.len(), "fetched the issuer's keys");
-        Ok(keys)
+        tracing::debug!(issuer = %self.issuer_name, %jwks_uri, keys = keys.len(), "fetched the issuer's keys");
+        Ok((keys, Sha256::digest(&body).into()))
     }
 
     async fn discover(&self) -> Result<Url, String> {

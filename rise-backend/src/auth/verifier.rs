@@ -170,7 +170,7 @@ impl Authenticator {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(principal) = self.verified.get(&digest, now, self.leeway, |i| {
-            self.issuers.get(i).map(Issuer::generation)
+            self.issuers.get(i).map(Issuer::generation_for_reuse)
         }) {
             return Ok(principal);
         }
@@ -237,7 +237,7 @@ impl Issuer {
                     check_signature(Some(key), kid, alg, signing_input, signature)?;
                     return Ok(snapshot.generation);
                 }
-                remote.refresh_unless_changed(snapshot.generation).await;
+                remote.refresh_unless_changed(snapshot.epoch).await;
                 let snapshot = remote.snapshot();
                 match self.find(&snapshot.keys, kid)? {
                     None if snapshot.fetched_at.is_none() => {
@@ -268,10 +268,11 @@ impl Issuer {
         }
     }
 
-    fn generation(&self) -> u64 {
+    /// The key-set generation a cached verification must match to be reused.
+    fn generation_for_reuse(&self) -> u64 {
         match &self.keys {
             Keys::Fixed(_) => 0,
-            Keys::Remote(remote) => remote.generation(),
+            Keys::Remote(remote) => remote.generation_for_reuse(),
         }
     }
 

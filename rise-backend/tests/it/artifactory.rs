@@ -783,7 +783,7 @@ mod api {
     use crate::support::fake_artifactory::{
         ADMIN_TOKEN, Failure, FakeArtifactory, SERVICE_PASSWORD, SERVICE_USER,
     };
-    use crate::support::rise::TestRise;
+    use crate::support::app::TestRise;
 
     async fn rise(fake: &FakeArtifactory) -> TestRise {
         TestRise::from_toml(&format!(

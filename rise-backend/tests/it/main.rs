@@ -2,5 +2,7 @@
 
 mod api;
 mod artifactory;
+mod auth;
+mod ecr;
 mod infra;
 mod support;

@@ -708,22 +708,51 @@ async fn cached_keys_survive_an_outage() {
         .expect("still cached");
 }
 
+/// Wait (bounded) until no background refresh runs and the fetch count is stable.
+async fn settle(auth: &Authenticator, idp: &FakeIdp) -> u64 {
+    let Keys::Remote(remote) = &auth.issuers[0].keys else {
+        panic!("a remote issuer");
+    };
+    for _ in 0..500 {
+        let hits = idp.hits();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if !remote.background_refresh_running() && idp.hits() == hits {
+            return hits;
+        }
+    }
+    panic!("background refreshes never settled");
+}
+
 #[tokio::test]
 async fn stale_keys_are_refreshed_in_the_background() {
     let k = keys();
     let idp = FakeIdp::start(ec_jwks("ec", &k.ec)).await;
     let auth = idp.authenticator(Duration::ZERO, Duration::ZERO).await;
-    auth.verify(&idp.token(&k.ec, "ec")).await.expect("valid");
+    let token = idp.token(&k.ec, "ec");
+    auth.verify(&token).await.expect("valid");
+    let before = settle(&auth, &idp).await;
+    // The refreshes returned the same JWKS, so the token is still a verified-cache hit...
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let cached_generation = auth
+        .verified
+        .entries
+        .read()
+        .expect("lock")
+        .get(&digest)
+        .map(|v| v.generation);
+    assert_eq!(
+        cached_generation,
+        Some(auth.issuers[0].generation_for_reuse())
+    );
+    // ...and reusing it notices the stale keys like a fresh verification would.
+    auth.verify(&token).await.expect("valid");
+    assert!(settle(&auth, &idp).await > before, "no refresh on reuse");
     let before = idp.hits();
     auth.verify(&idp.token(&k.ec, "ec")).await.expect("valid");
-    // Not a timing assertion: wait (bounded) for the background fetch to happen at all.
-    for _ in 0..500 {
-        if idp.hits() > before {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no background refresh after the cache TTL");
+    assert!(
+        settle(&auth, &idp).await > before,
+        "no refresh on a new token"
+    );
 }
 
 #[tokio::test]

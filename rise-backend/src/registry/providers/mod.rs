@@ -3,6 +3,7 @@
 
 pub mod artifactory;
 pub mod distribution;
+pub mod ecr;
 
 use serde::Deserialize;
 
@@ -12,6 +13,8 @@ use serde::Deserialize;
 pub enum ProviderConfig {
     /// Rise is the token server of a CNCF Distribution registry.
     Distribution(distribution::DistributionConfig),
+    /// AWS Elastic Container Registry.
+    Ecr(Box<ecr::EcrConfig>),
     /// JFrog Artifactory: minted access tokens or the seed's static credentials.
     Artifactory(artifactory::ArtifactoryConfig),
 }
@@ -20,6 +23,7 @@ impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Distribution(_) => "distribution",
+            ProviderConfig::Ecr(_) => "ecr",
             ProviderConfig::Artifactory(_) => "artifactory",
         }
     }

@@ -9,14 +9,16 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod app;
+pub mod aws_proxy;
 pub mod fake_artifactory;
 pub mod image;
 pub mod moto;
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod recording_proxy;
 pub mod registry;
-pub mod rise;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
