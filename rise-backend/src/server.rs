@@ -76,6 +76,9 @@ async fn build_provider(
                 },
             )))
         }
+        ProviderConfig::Artifactory(c) => Ok(Arc::new(
+            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)?,
+        )),
     }
 }
 

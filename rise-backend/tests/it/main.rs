@@ -1,6 +1,7 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
 mod api;
+mod artifactory;
 mod auth;
 mod distribution;
 mod ecr;

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod aws_proxy;
+pub mod fake_artifactory;
 pub mod image;
 pub mod moto;
 pub mod oidc;
