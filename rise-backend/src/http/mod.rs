@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod ops;
 pub mod ratelimit;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub use ratelimit::{ClientIp, RateLimited, RateLimits};
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
+use crate::registry::providers::distribution::TokenService;
 
 /// Everything a handler may use. Providers hold their own secrets; handlers never see them.
 #[derive(Clone)]
@@ -32,6 +34,8 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// The token server of the Distribution registries (`/token`); `None` when there are none.
+    pub token_service: Option<Arc<TokenService>>,
     /// Rate limits and the client-address resolver; `RateLimits::disabled()` in tests that do not
     /// exercise them.
     pub rate_limits: Arc<RateLimits>,
@@ -42,8 +46,9 @@ pub fn app(state: AppState) -> Router {
     crate::metrics::install();
     Router::new()
         .route("/registry/credentials", get(credentials::get_credentials))
-        // Routes above are rate limited by client address (add `/token` above this line); a
-        // `route_layer` applies only to the routes added before it.
+        .route("/token", get(token::get_token).post(token::post_token))
+        // Routes above are rate limited by client address; a `route_layer` applies only to the
+        // routes added before it.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit_by_client_ip,

@@ -97,6 +97,7 @@ actions = ["pull"]
             registries: Arc::new(HashMap::new()),
             default_ttl: std::time::Duration::from_secs(3600),
             rate_limits: Arc::new(rise_backend::http::RateLimits::disabled()),
+            token_service: None,
         };
         Rise {
             app: rise_backend::http::app(state),

@@ -1,7 +1,9 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
 mod api;
+mod artifactory;
 mod auth;
+mod distribution;
 mod ecr;
 mod infra;
 mod ops;

@@ -322,3 +322,76 @@ async fn a_caller_over_its_limit_gets_429_from_the_endpoint() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "bob has his own bucket");
 }
+
+/// `/token` draws from the same caller bucket as `/registry/credentials` (a grant counts as the
+/// caller it was issued to), and its failed Basic authentications count against the address.
+#[tokio::test]
+async fn token_endpoint_shares_the_callers_bucket_and_counts_bad_passwords() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use base64::Engine;
+
+    let rise = crate::support::app::TestRise::from_toml(
+        r#"
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+actions = ["push", "pull"]
+
+[rate_limit]
+per_subject = { rate = "1/min", burst = 3 }
+auth_failures_per_ip = { rate = "1/min", burst = 2 }
+"#,
+    )
+    .await;
+    let alice = rise.token("alice", &[]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=my-app", Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let basic = |user: &str, password: &str| {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {encoded}")
+    };
+    let grant = basic(
+        body["credentials"]["username"].as_str().unwrap_or_default(),
+        body["credentials"]["password"].as_str().unwrap_or_default(),
+    );
+    let token = |authorization: String, peer: &str| {
+        let addr: std::net::SocketAddr = peer.parse().expect("peer");
+        Request::get("/token?service=rise-registry&scope=repository:my-app:pull")
+            .header("authorization", authorization)
+            .extension(axum::extract::ConnectInfo(addr))
+            .body(Body::empty())
+            .expect("request")
+    };
+    let peer = "192.0.2.80:1000";
+    for _ in 0..2 {
+        let (status, body) = rise.send(token(grant.clone(), peer)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = rise.send(token(grant.clone(), peer)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited");
+
+    // Wrong passwords from one address: two 401s, then 429 before the password is looked at.
+    let guesser = "198.51.100.80:1000";
+    for _ in 0..2 {
+        let (status, _) = rise.send(token(basic("x", "guess"), guesser)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = rise.send(token(basic("x", "guess"), guesser)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failed authentications"),
+        "{body}"
+    );
+}
