@@ -166,7 +166,19 @@ impl AccessClient {
         }
     }
 
+    /// One Access API call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
     async fn send(
+        &self,
+        operation: &'static str,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
+        let started = std::time::Instant::now();
+        let result = self.send_and_read(operation, builder).await;
+        crate::metrics::record_upstream_latency("artifactory", operation, started.elapsed());
+        result
+    }
+
+    async fn send_and_read(
         &self,
         operation: &'static str,
         builder: reqwest::RequestBuilder,
