@@ -2,9 +2,11 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod http;
 pub mod policy;
 pub mod registry;
 pub mod server;
+pub mod store;

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extractors, JSON wire types and error mapping. The only layer that knows
 //! HTTP or JSON; below it, auth, policy and providers speak domain types.
 
+pub mod audit;
 mod credentials;
 pub mod error;
 mod extract;
@@ -14,8 +15,9 @@ use axum::http::Uri;
 use axum::routing::get;
 
 pub use error::ApiError;
-pub use extract::RequestId;
+pub use extract::{ClientInfo, RequestId};
 
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// Every issuance and refusal is recorded here before the response leaves.
+    pub audit: AuditLog,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -35,6 +39,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
+        .route("/audit", get(audit::get_audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())
