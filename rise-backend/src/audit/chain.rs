@@ -105,17 +105,17 @@ mod tests {
         assert_eq!(base, seal(GENESIS, 1, &fields()), "deterministic");
         assert_ne!(base, seal(&base, 1, &fields()), "prev_hash is hashed");
         assert_ne!(base, seal(GENESIS, 2, &fields()), "position is hashed");
-        let variants: Vec<Box<dyn Fn(&mut RecordFields)>> = vec![
-            Box::new(|f| f.time_ms += 1),
-            Box::new(|f| f.subject = "mallory".into()),
-            Box::new(|f| f.groups = "[\"admins\"]".into()),
-            Box::new(|f| f.client_ip = None),
-            Box::new(|f| f.user_agent = Some(String::new())),
-            Box::new(|f| f.actions_granted = "pull".into()),
-            Box::new(|f| f.result = "denied".into()),
-            Box::new(|f| f.expires_ms = None),
-            Box::new(|f| f.fingerprint = Some("sha256:01".into())),
-            Box::new(|f| f.credential_id = Some("x".into())),
+        let variants: [fn(&mut RecordFields); 10] = [
+            |f| f.time_ms += 1,
+            |f| f.subject = "mallory".into(),
+            |f| f.groups = "[\"admins\"]".into(),
+            |f| f.client_ip = None,
+            |f| f.user_agent = Some(String::new()),
+            |f| f.actions_granted = "pull".into(),
+            |f| f.result = "denied".into(),
+            |f| f.expires_ms = None,
+            |f| f.fingerprint = Some("sha256:01".into()),
+            |f| f.credential_id = Some("x".into()),
         ];
         for change in variants {
             let mut f = fields();

@@ -39,7 +39,7 @@ pub const SQLITE_FILE: &str = "rise.db";
 const CHAIN: &str = "audit";
 
 /// Advisory lock key serialising schema migrations of replicas that start together.
-const MIGRATION_LOCK: i64 = 0x7269_7365_6d69_67; // "risemig"
+const MIGRATION_LOCK: i64 = 0x0072_6973_656d_6967; // "risemig"
 
 /// A failure of the durable store. Messages carry no credentials (URLs are never included).
 #[derive(Debug, thiserror::Error)]
@@ -358,7 +358,7 @@ impl Store {
                 .bind(i64::from(filter.limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| decode_record(r)).collect()
+            rows.iter().map(decode_record).collect()
         })
     }
 
@@ -374,7 +374,7 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(|r| decode_record(r)).collect()
+            rows.iter().map(decode_record).collect()
         })
     }
 
