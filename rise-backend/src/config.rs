@@ -780,4 +780,48 @@ mod tests {
         let err = load(&[&f], &[]).expect_err("too lenient").to_string();
         assert!(err.contains("60s"), "{err}");
     }
+
+    #[test]
+    fn database_url_is_secret_and_may_come_from_a_file() {
+        let c = load(&[], &[]).expect("loads");
+        assert!(
+            c.database.resolve_url().expect("no url").is_none(),
+            "SQLite by default"
+        );
+
+        let url = "postgres://rise:hunter2@db.internal/rise";
+        let c = load(&[], &[("RISE_DATABASE__URL", url)]).expect("loads");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "password in Debug: {debug}");
+        let resolved = c.database.resolve_url().expect("url").expect("set");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&resolved), url);
+
+        let secret = file(&format!("{url}\n"));
+        let f = file(&format!(
+            "[database]\nurl_file = {:?}\n",
+            secret.path().display().to_string()
+        ));
+        let c = load(&[&f], &[]).expect("loads");
+        let resolved = c.database.resolve_url().expect("url").expect("set");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&resolved), url);
+
+        let err = load(&[&f], &[("RISE_DATABASE__URL", url)])
+            .expect_err("both ways")
+            .to_string();
+        assert!(err.contains("one way"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn audit_admins_must_name_a_configured_issuer() {
+        let ok = file("[audit]\nadmins = [{ issuer = \"local\", subject = \"admin\" }]\n");
+        let c = load(&[&ok], &[]).expect("loads");
+        assert_eq!(c.audit.admins.len(), 1);
+        let bad = file("[audit]\nadmins = [{ issuer = \"corp\", subject = \"admin\" }]\n");
+        let err = load(&[&bad], &[]).expect_err("unknown issuer").to_string();
+        assert!(err.contains("audit.admins[0]"), "{err}");
+        let typo = file("[audit]\nadmins = [{ issuer = \"local\", subjet = \"admin\" }]\n");
+        let err = load(&[&typo], &[]).expect_err("typo").to_string();
+        assert!(err.contains("subjet"), "{err}");
+    }
 }

@@ -111,20 +111,35 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open the configured store and bring its schema up to date.
+    /// Open the configured store (creating the SQLite file if needed) and bring its schema up
+    /// to date.
     pub async fn open(db: &DatabaseConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(db, data_dir, true).await
+    }
+
+    /// Like [`open`](Self::open), but a missing SQLite file is an error: for tools that read
+    /// the log, so a mistyped data directory is not reported as an empty, intact log.
+    pub async fn open_existing(db: &DatabaseConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(db, data_dir, false).await
+    }
+
+    async fn open_with(
+        db: &DatabaseConfig,
+        data_dir: &Path,
+        create: bool,
+    ) -> Result<Store, StoreError> {
         let url = db
             .resolve_url()
             .map_err(|e| StoreError::Open(e.to_string()))?;
         match url {
-            None => Self::open_sqlite(&data_dir.join(SQLITE_FILE), true).await,
+            None => Self::open_sqlite(&data_dir.join(SQLITE_FILE), create).await,
             Some(url) => {
                 let text = url.expose_secret();
                 if text.starts_with("postgres://") || text.starts_with("postgresql://") {
                     Self::open_postgres(&url, db.max_connections, db.acquire_timeout).await
                 } else if let Some(path) = text.strip_prefix("sqlite:") {
                     let path = path.strip_prefix("//").unwrap_or(path);
-                    Self::open_sqlite(Path::new(path), true).await
+                    Self::open_sqlite(Path::new(path), create).await
                 } else {
                     Err(StoreError::Open(
                         "database.url must start with postgres://, postgresql:// or sqlite:".into(),
