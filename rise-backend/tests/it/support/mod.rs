@@ -14,7 +14,9 @@ pub mod moto;
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod recording_proxy;
 pub mod registry;
+pub mod rise;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
