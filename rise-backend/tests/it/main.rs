@@ -1,6 +1,7 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
 mod api;
+mod audit_api;
 mod audit_store;
 mod auth;
 mod infra;
