@@ -8,5 +8,6 @@ pub mod config;
 pub mod http;
 pub mod policy;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod store;

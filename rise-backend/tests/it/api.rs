@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::rise::TestRise;
+use crate::support::app::TestRise;
 
 const CONFIG: &str = r#"
 [registry]

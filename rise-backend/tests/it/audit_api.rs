@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
 
-use crate::support::rise::TestRise;
+use crate::support::app::TestRise;
 
 const CONFIG: &str = r#"
 [registry]

@@ -4,5 +4,6 @@ mod api;
 mod audit_api;
 mod audit_store;
 mod auth;
+mod ecr;
 mod infra;
 mod support;

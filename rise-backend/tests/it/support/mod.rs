@@ -9,6 +9,8 @@
 // Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod app;
+pub mod aws_proxy;
 pub mod image;
 pub mod moto;
 pub mod oidc;
@@ -16,7 +18,6 @@ pub mod postgres;
 pub mod process;
 pub mod recording_proxy;
 pub mod registry;
-pub mod rise;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
