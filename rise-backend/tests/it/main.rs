@@ -2,6 +2,7 @@
 
 mod api;
 mod audit_api;
+mod audit_crash;
 mod audit_store;
 mod auth;
 mod ecr;
