@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extractors, JSON wire types and error mapping. The only layer that knows
 //! HTTP or JSON; below it, auth, policy and providers speak domain types.
 
+pub mod audit;
 mod credentials;
 pub mod error;
 mod extract;
@@ -15,8 +16,9 @@ use axum::http::Uri;
 use axum::routing::get;
 
 pub use error::ApiError;
-pub use extract::RequestId;
+pub use extract::{ClientInfo, RequestId};
 
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
@@ -32,6 +34,8 @@ pub struct AppState {
     pub default_ttl: Duration,
     /// The token server of the Distribution registries (`/token`); `None` when there are none.
     pub token_service: Option<Arc<TokenService>>,
+    /// Every issuance and refusal is recorded here before the response leaves.
+    pub audit: AuditLog,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -40,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
         .route("/token", get(token::get_token).post(token::post_token))
+        .route("/audit", get(audit::get_audit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())

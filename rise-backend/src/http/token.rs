@@ -29,11 +29,16 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::extract::RequestId;
+use super::extract::{ClientInfo, RequestId};
 use super::{ApiError, AppState};
+use crate::audit::{self, AuditRecord, CallerInfo, Operation, Outcome};
 use crate::auth::AuthError;
+use crate::registry::Actions;
 use crate::registry::providers::distribution::token::parse_scopes;
-use crate::registry::providers::distribution::{GrantCheck, MintError, ScopeError, TokenCaller};
+use crate::registry::providers::distribution::token::{Access, RegistryToken, RepositoryScope};
+use crate::registry::providers::distribution::{
+    DistributionProvider, GrantCheck, MintError, ScopeError, TokenCaller,
+};
 
 /// The body of a successful reply. `token` and `access_token` are the same JWT: older clients
 /// read the first, OAuth2 clients the second.
@@ -57,16 +62,18 @@ struct TokenParams {
 pub(super) async fn get_token(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    client: ClientInfo,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = parse_params(raw.unwrap_or_default().as_bytes(), Method::Get)?;
-    issue(&state, &request_id, params, &headers).await
+    issue(&state, &request_id, params, &headers, client).await
 }
 
 pub(super) async fn post_token(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    client: ClientInfo,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -80,7 +87,7 @@ pub(super) async fn post_token(
         ));
     }
     let params = parse_params(&body, Method::Post)?;
-    issue(&state, &request_id, params, &headers).await
+    issue(&state, &request_id, params, &headers, client).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -135,11 +142,15 @@ fn parse_params(input: &[u8], method: Method) -> Result<TokenParams, ApiError> {
     Ok(params)
 }
 
+/// Every exchange whose service and scopes parse is audited, refused or not, and a token leaves
+/// only after its record is durable (503 `audit_unavailable` otherwise), as on the credentials
+/// endpoint. A refusal before the caller is known is recorded with an empty issuer and subject.
 async fn issue(
     state: &AppState,
     request_id: &str,
     params: TokenParams,
     headers: &HeaderMap,
+    client: ClientInfo,
 ) -> Result<Response, ApiError> {
     let service = params.service.ok_or_else(|| {
         ApiError::BadRequest(
@@ -166,7 +177,87 @@ async fn issue(
         None => basic_password(headers)?,
     };
 
-    let caller = match registry.check_grant(password.expose_secret()) {
+    let mut record = AuditRecord::begin(
+        Operation::Token,
+        request_id,
+        CallerInfo {
+            issuer: String::new(),
+            subject: String::new(),
+            groups: Vec::new(),
+            client_ip: client.ip,
+            user_agent: client.user_agent,
+        },
+    );
+    record.registry = Some(registry.name().to_owned());
+    record.repository = scopes
+        .first()
+        .map(|s| scopes_summary(&scopes, s.name.as_str()));
+    record.actions_requested =
+        Actions::from_iter_actions(scopes.iter().flat_map(|s| s.actions.iter()));
+    let caller = match resolve_caller(state, &registry, &password).await {
+        Ok(caller) => caller,
+        Err(err) => return refuse(state, record, err).await,
+    };
+    drop(password);
+    record.caller.issuer = caller.issuer().to_owned();
+    record.caller.subject = caller.subject().to_owned();
+    if let TokenCaller::Principal(p) = &caller {
+        record.caller.groups = p.groups.clone();
+    }
+
+    let access = registry.authorize(&caller, &scopes, &state.policy);
+    record.actions_granted =
+        Actions::from_iter_actions(access.iter().flat_map(|a| a.actions.iter()));
+    let token = match registry.registry_token(&caller, &access, SystemTime::now()) {
+        Ok(token) => token,
+        Err(e) => {
+            let err = match e {
+                MintError::CallerExpired => ApiError::BadCredentials {
+                    code: "credentials_expired",
+                    message: "the credentials expire now: get new ones".into(),
+                },
+                MintError::Internal(detail) => ApiError::Internal(detail),
+            };
+            return refuse(state, record, err).await;
+        }
+    };
+    record.outcome = Outcome::Granted;
+    record.reason = "issued".into();
+    record.expires_at = Some(token.expires_at);
+    record.fingerprint = Some(audit::fingerprint(token.token.expose_secret()));
+    let audit_id = state.audit.record(&record).await?;
+    respond(
+        request_id, &registry, &caller, &scopes, &access, &token, audit_id,
+    )
+}
+
+/// Record a refusal, then return it (or 503 when the record cannot be written).
+async fn refuse(
+    state: &AppState,
+    mut record: AuditRecord,
+    err: ApiError,
+) -> Result<Response, ApiError> {
+    let (status, code, _) = err.parts();
+    record.refused(status.is_server_error(), code);
+    state.audit.record(&record).await?;
+    Err(err)
+}
+
+/// `first` plus how many more repositories were asked for, e.g. `my-app (+1 more)`.
+fn scopes_summary(scopes: &[RepositoryScope], first: &str) -> String {
+    match scopes.len() {
+        0 | 1 => first.to_owned(),
+        n => format!("{first} (+{} more)", n - 1),
+    }
+}
+
+/// The caller behind the password: a Rise grant, or a JWT of a trusted issuer.
+async fn resolve_caller(
+    state: &AppState,
+    registry: &DistributionProvider,
+    password: &SecretString,
+) -> Result<TokenCaller, ApiError> {
+    Ok(match registry.check_grant(password.expose_secret()) {
         GrantCheck::Valid(grant) => TokenCaller::Grant(grant),
         GrantCheck::Invalid(e) => {
             return Err(ApiError::BadCredentials {
@@ -186,19 +277,19 @@ async fn issue(
                 });
             }
         },
-    };
-    drop(password);
+    })
+}
 
-    let access = registry.authorize(&caller, &scopes, &state.policy);
-    let token = registry
-        .registry_token(&caller, &access, SystemTime::now())
-        .map_err(|e| match e {
-            MintError::CallerExpired => ApiError::BadCredentials {
-                code: "credentials_expired",
-                message: "the credentials expire now: get new ones".into(),
-            },
-            MintError::Internal(detail) => ApiError::Internal(detail),
-        })?;
+/// Log the issuance and serialise the token response.
+fn respond(
+    request_id: &str,
+    registry: &DistributionProvider,
+    caller: &TokenCaller,
+    scopes: &[RepositoryScope],
+    access: &[Access],
+    token: &RegistryToken,
+    audit_id: i64,
+) -> Result<Response, ApiError> {
     let summary: Vec<String> = access
         .iter()
         .map(|a| format!("{}:{}", a.name, a.actions))
@@ -212,6 +303,7 @@ async fn issue(
         subject = %caller.subject(),
         requested = scopes.len(),
         access = %summary.join(" "),
+        audit_id,
         "registry token issued"
     );
     let expires_in = token

@@ -780,10 +780,10 @@ mod api {
     use axum::http::StatusCode;
     use serde_json::{Value, json};
 
+    use crate::support::app::TestRise;
     use crate::support::fake_artifactory::{
         ADMIN_TOKEN, Failure, FakeArtifactory, SERVICE_PASSWORD, SERVICE_USER,
     };
-    use crate::support::app::TestRise;
 
     async fn rise(fake: &FakeArtifactory) -> TestRise {
         TestRise::from_toml(&format!(
