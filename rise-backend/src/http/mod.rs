@@ -4,6 +4,7 @@
 mod credentials;
 pub mod error;
 mod extract;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub use extract::RequestId;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
+use crate::registry::providers::distribution::TokenService;
 
 /// Everything a handler may use. Providers hold their own secrets; handlers never see them.
 #[derive(Clone)]
@@ -28,6 +30,8 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// The token server of the Distribution registries (`/token`); `None` when there are none.
+    pub token_service: Option<Arc<TokenService>>,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -35,6 +39,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
+        .route("/token", get(token::get_token).post(token::post_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -3,6 +3,7 @@
 mod api;
 mod artifactory;
 mod auth;
+mod distribution;
 mod ecr;
 mod infra;
 mod support;
