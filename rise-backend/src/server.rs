@@ -15,6 +15,7 @@ use crate::policy::Policy;
 use crate::registry::RegistryProvider;
 use crate::registry::cache::{CacheSettings, CachingProvider};
 use crate::registry::providers::ProviderConfig;
+use crate::registry::providers::distribution::TokenService;
 use crate::registry::providers::ecr::EcrProvider;
 use crate::store::Store;
 
@@ -39,6 +40,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     };
     let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
+    let token_service = TokenService::from_config(config)?;
     let store = Store::open(&config.database, &config.server.data_dir)
         .await
         .context("opening the database")?;
@@ -46,7 +48,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let audit = AuditLog::start(store, AuditSettings::from(&config.audit));
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {
-        let provider = build_provider(name, provider_config, config)
+        let provider = build_provider(name, provider_config, config, token_service.as_deref())
             .await
             .with_context(|| format!("configuring registry {name}"))?;
         registries.insert(name.to_owned(), provider);
@@ -57,6 +59,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
         audit,
+        token_service,
     })
 }
 
@@ -64,12 +67,13 @@ async fn build_provider(
     name: &str,
     provider_config: &ProviderConfig,
     config: &Config,
+    token_service: Option<&TokenService>,
 ) -> anyhow::Result<Arc<dyn RegistryProvider>> {
-    let _ = (name, config);
+    let _ = config;
     match provider_config {
-        ProviderConfig::Distribution(_) => {
-            anyhow::bail!("distribution provider: not implemented yet")
-        }
+        ProviderConfig::Distribution(_) => Ok(token_service
+            .and_then(|t| t.provider(name))
+            .context("distribution registry missing from the token service")?),
         ProviderConfig::Ecr(ecr) => {
             let provider = EcrProvider::from_config(name, ecr).await?;
             // STS and ECR calls are slow and rate-limited: share them and reuse their results.
@@ -81,6 +85,9 @@ async fn build_provider(
                 },
             )))
         }
+        ProviderConfig::Artifactory(c) => Ok(Arc::new(
+            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)?,
+        )),
     }
 }
 

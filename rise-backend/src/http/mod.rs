@@ -5,6 +5,7 @@ pub mod audit;
 mod credentials;
 pub mod error;
 mod extract;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
+use crate::registry::providers::distribution::TokenService;
 
 /// Everything a handler may use. Providers hold their own secrets; handlers never see them.
 #[derive(Clone)]
@@ -32,6 +34,8 @@ pub struct AppState {
     pub default_ttl: Duration,
     /// Every issuance and refusal is recorded here before the response leaves.
     pub audit: AuditLog,
+    /// The token server of the Distribution registries (`/token`); `None` when there are none.
+    pub token_service: Option<Arc<TokenService>>,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -40,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
         .route("/audit", get(audit::get_audit))
+        .route("/token", get(token::get_token).post(token::post_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -102,6 +102,7 @@ actions = ["pull"]
                     .expect("in-memory audit store"),
                 rise_backend::audit::AuditSettings::default(),
             ),
+            token_service: None,
         };
         Rise {
             app: rise_backend::http::app(state),
