@@ -58,8 +58,8 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
-        token_service,
         audit,
+        token_service,
     })
 }
 

@@ -32,10 +32,10 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
-    /// The token server of the Distribution registries (`/token`); `None` when there are none.
-    pub token_service: Option<Arc<TokenService>>,
     /// Every issuance and refusal is recorded here before the response leaves.
     pub audit: AuditLog,
+    /// The token server of the Distribution registries (`/token`); `None` when there are none.
+    pub token_service: Option<Arc<TokenService>>,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -43,8 +43,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
-        .route("/token", get(token::get_token).post(token::post_token))
         .route("/audit", get(audit::get_audit))
+        .route("/token", get(token::get_token).post(token::post_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())

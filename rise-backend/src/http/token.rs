@@ -34,11 +34,8 @@ use super::{ApiError, AppState};
 use crate::audit::{self, AuditRecord, CallerInfo, Operation, Outcome};
 use crate::auth::AuthError;
 use crate::registry::Actions;
-use crate::registry::providers::distribution::token::parse_scopes;
-use crate::registry::providers::distribution::token::{Access, RegistryToken, RepositoryScope};
-use crate::registry::providers::distribution::{
-    DistributionProvider, GrantCheck, MintError, ScopeError, TokenCaller,
-};
+use crate::registry::providers::distribution::token::{RepositoryScope, parse_scopes};
+use crate::registry::providers::distribution::{GrantCheck, MintError, ScopeError, TokenCaller};
 
 /// The body of a successful reply. `token` and `access_token` are the same JWT: older clients
 /// read the first, OAuth2 clients the second.
@@ -67,7 +64,7 @@ pub(super) async fn get_token(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = parse_params(raw.unwrap_or_default().as_bytes(), Method::Get)?;
-    issue(&state, &request_id, params, &headers, client).await
+    issue(&state, &request_id, client, params, &headers).await
 }
 
 pub(super) async fn post_token(
@@ -87,7 +84,7 @@ pub(super) async fn post_token(
         ));
     }
     let params = parse_params(&body, Method::Post)?;
-    issue(&state, &request_id, params, &headers, client).await
+    issue(&state, &request_id, client, params, &headers).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -142,15 +139,12 @@ fn parse_params(input: &[u8], method: Method) -> Result<TokenParams, ApiError> {
     Ok(params)
 }
 
-/// Every exchange whose service and scopes parse is audited, refused or not, and a token leaves
-/// only after its record is durable (503 `audit_unavailable` otherwise), as on the credentials
-/// endpoint. A refusal before the caller is known is recorded with an empty issuer and subject.
 async fn issue(
     state: &AppState,
     request_id: &str,
+    client: ClientInfo,
     params: TokenParams,
     headers: &HeaderMap,
-    client: ClientInfo,
 ) -> Result<Response, ApiError> {
     let service = params.service.ok_or_else(|| {
         ApiError::BadRequest(
@@ -177,87 +171,7 @@ async fn issue(
         None => basic_password(headers)?,
     };
 
-    let mut record = AuditRecord::begin(
-        Operation::Token,
-        request_id,
-        CallerInfo {
-            issuer: String::new(),
-            subject: String::new(),
-            groups: Vec::new(),
-            client_ip: client.ip,
-            user_agent: client.user_agent,
-        },
-    );
-    record.registry = Some(registry.name().to_owned());
-    record.repository = scopes
-        .first()
-        .map(|s| scopes_summary(&scopes, s.name.as_str()));
-    record.actions_requested =
-        Actions::from_iter_actions(scopes.iter().flat_map(|s| s.actions.iter()));
-    let caller = match resolve_caller(state, &registry, &password).await {
-        Ok(caller) => caller,
-        Err(err) => return refuse(state, record, err).await,
-    };
-    drop(password);
-    record.caller.issuer = caller.issuer().to_owned();
-    record.caller.subject = caller.subject().to_owned();
-    if let TokenCaller::Principal(p) = &caller {
-        record.caller.groups = p.groups.clone();
-    }
-
-    let access = registry.authorize(&caller, &scopes, &state.policy);
-    record.actions_granted =
-        Actions::from_iter_actions(access.iter().flat_map(|a| a.actions.iter()));
-    let token = match registry.registry_token(&caller, &access, SystemTime::now()) {
-        Ok(token) => token,
-        Err(e) => {
-            let err = match e {
-                MintError::CallerExpired => ApiError::BadCredentials {
-                    code: "credentials_expired",
-                    message: "the credentials expire now: get new ones".into(),
-                },
-                MintError::Internal(detail) => ApiError::Internal(detail),
-            };
-            return refuse(state, record, err).await;
-        }
-    };
-    record.outcome = Outcome::Granted;
-    record.reason = "issued".into();
-    record.expires_at = Some(token.expires_at);
-    record.fingerprint = Some(audit::fingerprint(token.token.expose_secret()));
-    let audit_id = state.audit.record(&record).await?;
-    respond(
-        request_id, &registry, &caller, &scopes, &access, &token, audit_id,
-    )
-}
-
-/// Record a refusal, then return it (or 503 when the record cannot be written).
-async fn refuse(
-    state: &AppState,
-    mut record: AuditRecord,
-    err: ApiError,
-) -> Result<Response, ApiError> {
-    let (status, code, _) = err.parts();
-    record.refused(status.is_server_error(), code);
-    state.audit.record(&record).await?;
-    Err(err)
-}
-
-/// `first` plus how many more repositories were asked for, e.g. `my-app (+1 more)`.
-fn scopes_summary(scopes: &[RepositoryScope], first: &str) -> String {
-    match scopes.len() {
-        0 | 1 => first.to_owned(),
-        n => format!("{first} (+{} more)", n - 1),
-    }
-}
-
-/// The caller behind the password: a Rise grant, or a JWT of a trusted issuer.
-async fn resolve_caller(
-    state: &AppState,
-    registry: &DistributionProvider,
-    password: &SecretString,
-) -> Result<TokenCaller, ApiError> {
-    Ok(match registry.check_grant(password.expose_secret()) {
+    let caller = match registry.check_grant(password.expose_secret()) {
         GrantCheck::Valid(grant) => TokenCaller::Grant(grant),
         GrantCheck::Invalid(e) => {
             return Err(ApiError::BadCredentials {
@@ -277,19 +191,43 @@ async fn resolve_caller(
                 });
             }
         },
-    })
-}
+    };
+    drop(password);
 
-/// Log the issuance and serialise the token response.
-fn respond(
-    request_id: &str,
-    registry: &DistributionProvider,
-    caller: &TokenCaller,
-    scopes: &[RepositoryScope],
-    access: &[Access],
-    token: &RegistryToken,
-    audit_id: i64,
-) -> Result<Response, ApiError> {
+    // From here on the caller is known: every outcome is audited, and the token leaves only
+    // after its record is committed.
+    let mut record = token_record(state, request_id, client, &caller, registry.name(), &scopes);
+    let access = registry.authorize(&caller, &scopes, &state.policy);
+    let minted = registry
+        .registry_token(&caller, &access, SystemTime::now())
+        .map_err(|e| match e {
+            MintError::CallerExpired => ApiError::BadCredentials {
+                code: "credentials_expired",
+                message: "the credentials expire now: get new ones".into(),
+            },
+            MintError::Internal(detail) => ApiError::Internal(detail),
+        });
+    let token = match minted {
+        Ok(token) => token,
+        Err(err) => {
+            let (status, code, _) = err.parts();
+            record.refused(status.is_server_error(), code);
+            state.audit.record(&record).await?;
+            return Err(err);
+        }
+    };
+    record.outcome = Outcome::Granted;
+    record.actions_granted =
+        Actions::from_iter_actions(access.iter().flat_map(|a| a.actions.iter()));
+    record.reason = if access.is_empty() && !scopes.is_empty() {
+        // A token without access is still a token: the registry will answer insufficient_scope.
+        "issued_without_access".into()
+    } else {
+        "issued".into()
+    };
+    record.expires_at = Some(token.expires_at);
+    record.fingerprint = Some(audit::fingerprint(token.token.expose_secret()));
+    let audit_id = state.audit.record(&record).await?;
     let summary: Vec<String> = access
         .iter()
         .map(|a| format!("{}:{}", a.name, a.actions))
@@ -320,6 +258,49 @@ fn respond(
         issued_at: humantime::format_rfc3339_seconds(token.issued_at).to_string(),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// The audit record of a token exchange by `caller`. Several scopes are recorded in one record:
+/// `repository` and `project` list them space-separated, actions are their union.
+/// `credential_id` is the id (`jti`) of the Rise grant presented, linking the exchange to the
+/// `/registry/credentials` record that issued it (absent for callers using a JWT directly).
+fn token_record(
+    state: &AppState,
+    request_id: &str,
+    client: ClientInfo,
+    caller: &TokenCaller,
+    registry: &str,
+    scopes: &[RepositoryScope],
+) -> AuditRecord {
+    let (groups, credential_id) = match caller {
+        TokenCaller::Principal(p) => (p.groups.clone(), None),
+        TokenCaller::Grant(g) => (Vec::new(), Some(g.claims.jti.clone())),
+    };
+    let mut record = AuditRecord::begin(
+        Operation::Token,
+        request_id,
+        CallerInfo {
+            issuer: caller.issuer().to_owned(),
+            subject: caller.subject().to_owned(),
+            groups,
+            client_ip: client.ip,
+            user_agent: client.user_agent,
+        },
+    );
+    let join = |items: Vec<String>| (!items.is_empty()).then(|| items.join(" "));
+    record.registry = Some(registry.to_owned());
+    record.repository = join(scopes.iter().map(|s| s.name.to_string()).collect());
+    record.project = join(
+        scopes
+            .iter()
+            .filter_map(|s| state.policy.project_for_repository(registry, &s.name))
+            .map(|p| p.name.to_string())
+            .collect(),
+    );
+    record.actions_requested =
+        Actions::from_iter_actions(scopes.iter().flat_map(|s| s.actions.iter()));
+    record.credential_id = credential_id;
+    record
 }
 
 /// The password of `Authorization: Basic base64(user:password)`; the username is ignored.

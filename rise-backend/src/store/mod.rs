@@ -315,47 +315,20 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::Corrupt("the audit_chain head row is missing".into()))?;
-            let mut id: i64 = head.try_get("head_id")?;
-            let mut prev: String = head.try_get("head_hash")?;
-            let mut ids = Vec::with_capacity(records.len());
-            for f in records {
-                id += 1;
-                let hash = chain::seal(&prev, id, f);
-                sqlx::query(INSERT_RECORD)
-                    .bind(id)
-                    .bind(f.time_ms)
-                    .bind(&f.request_id)
-                    .bind(&f.operation)
-                    .bind(&f.issuer)
-                    .bind(&f.subject)
-                    .bind(&f.groups)
-                    .bind(&f.client_ip)
-                    .bind(&f.user_agent)
-                    .bind(&f.project)
-                    .bind(&f.registry)
-                    .bind(&f.repository)
-                    .bind(&f.actions_requested)
-                    .bind(&f.actions_granted)
-                    .bind(&f.result)
-                    .bind(&f.reason)
-                    .bind(f.expires_ms)
-                    .bind(&f.fingerprint)
-                    .bind(&f.credential_id)
-                    .bind(&prev)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?;
-                prev = hash;
-                ids.push(id);
-            }
+            let batch = Sealed::new(
+                head.try_get("head_id")?,
+                head.try_get("head_hash")?,
+                records,
+            );
+            insert_sealed(&mut *tx, &batch).await?;
             sqlx::query("UPDATE audit_chain SET head_id = $1, head_hash = $2 WHERE name = $3")
-                .bind(id)
-                .bind(&prev)
+                .bind(batch.head_id())
+                .bind(batch.head_hash())
                 .bind(CHAIN)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(ids)
+            Ok(batch.ids)
         })
     }
 
@@ -403,6 +376,124 @@ impl Store {
                 .ok_or_else(|| StoreError::Corrupt("the audit_chain head row is missing".into()))?;
             Ok((row.try_get("head_id")?, row.try_get("head_hash")?))
         })
+    }
+}
+
+/// A batch with its chain positions and hashes, in column order for binding.
+struct Sealed<'a> {
+    records: &'a [&'a RecordFields],
+    ids: Vec<i64>,
+    prev_hashes: Vec<String>,
+    hashes: Vec<String>,
+    /// The head before the batch, for an empty batch.
+    previous_head: (i64, String),
+}
+
+impl<'a> Sealed<'a> {
+    fn new(head_id: i64, head_hash: String, records: &'a [&'a RecordFields]) -> Self {
+        let mut ids = Vec::with_capacity(records.len());
+        let mut prev_hashes = Vec::with_capacity(records.len());
+        let mut hashes = Vec::with_capacity(records.len());
+        let mut id = head_id;
+        let mut prev = head_hash.clone();
+        for f in records {
+            id += 1;
+            let hash = chain::seal(&prev, id, f);
+            ids.push(id);
+            prev_hashes.push(std::mem::replace(&mut prev, hash.clone()));
+            hashes.push(hash);
+        }
+        Self {
+            records,
+            ids,
+            prev_hashes,
+            hashes,
+            previous_head: (head_id, head_hash),
+        }
+    }
+
+    fn head_id(&self) -> i64 {
+        self.ids.last().copied().unwrap_or(self.previous_head.0)
+    }
+
+    fn head_hash(&self) -> &str {
+        self.hashes.last().unwrap_or(&self.previous_head.1)
+    }
+
+    fn column<T>(&self, get: impl Fn(&RecordFields) -> T) -> Vec<T> {
+        self.records.iter().map(|f| get(f)).collect()
+    }
+}
+
+/// Insert a sealed batch. SQLite runs in-process, so a prepared INSERT per row is cheap;
+/// PostgreSQL gets the whole batch in ONE statement (arrays + `UNNEST`), one round trip.
+trait InsertSealed {
+    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError>;
+}
+
+async fn insert_sealed<E: InsertSealed>(conn: E, batch: &Sealed<'_>) -> Result<(), StoreError> {
+    conn.insert(batch).await
+}
+
+impl InsertSealed for &mut sqlx::SqliteConnection {
+    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError> {
+        for (i, f) in batch.records.iter().enumerate() {
+            sqlx::query(INSERT_RECORD)
+                .bind(batch.ids[i])
+                .bind(f.time_ms)
+                .bind(&f.request_id)
+                .bind(&f.operation)
+                .bind(&f.issuer)
+                .bind(&f.subject)
+                .bind(&f.groups)
+                .bind(&f.client_ip)
+                .bind(&f.user_agent)
+                .bind(&f.project)
+                .bind(&f.registry)
+                .bind(&f.repository)
+                .bind(&f.actions_requested)
+                .bind(&f.actions_granted)
+                .bind(&f.result)
+                .bind(&f.reason)
+                .bind(f.expires_ms)
+                .bind(&f.fingerprint)
+                .bind(&f.credential_id)
+                .bind(&batch.prev_hashes[i])
+                .bind(&batch.hashes[i])
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl InsertSealed for &mut sqlx::PgConnection {
+    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError> {
+        sqlx::query(INSERT_RECORDS_UNNEST)
+            .bind(&batch.ids)
+            .bind(batch.column(|f| f.time_ms))
+            .bind(batch.column(|f| f.request_id.clone()))
+            .bind(batch.column(|f| f.operation.clone()))
+            .bind(batch.column(|f| f.issuer.clone()))
+            .bind(batch.column(|f| f.subject.clone()))
+            .bind(batch.column(|f| f.groups.clone()))
+            .bind(batch.column(|f| f.client_ip.clone()))
+            .bind(batch.column(|f| f.user_agent.clone()))
+            .bind(batch.column(|f| f.project.clone()))
+            .bind(batch.column(|f| f.registry.clone()))
+            .bind(batch.column(|f| f.repository.clone()))
+            .bind(batch.column(|f| f.actions_requested.clone()))
+            .bind(batch.column(|f| f.actions_granted.clone()))
+            .bind(batch.column(|f| f.result.clone()))
+            .bind(batch.column(|f| f.reason.clone()))
+            .bind(batch.column(|f| f.expires_ms))
+            .bind(batch.column(|f| f.fingerprint.clone()))
+            .bind(batch.column(|f| f.credential_id.clone()))
+            .bind(&batch.prev_hashes)
+            .bind(&batch.hashes)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
     }
 }
 
@@ -458,6 +549,16 @@ const INSERT_RECORD: &str = "INSERT INTO audit_log (
     expires_ms, fingerprint, credential_id, prev_hash, hash
 ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
           $20, $21)";
+
+const INSERT_RECORDS_UNNEST: &str = "INSERT INTO audit_log (
+    id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
+    project, registry, repository, actions_requested, actions_granted, result, reason,
+    expires_ms, fingerprint, credential_id, prev_hash, hash
+) SELECT * FROM UNNEST(
+    $1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[],
+    $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[],
+    $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::TEXT[]
+)";
 
 const SELECT_FILTERED: &str = "SELECT * FROM audit_log
     WHERE id > $1

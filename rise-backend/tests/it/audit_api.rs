@@ -259,3 +259,56 @@ async fn unwritable_audit_store_fails_requests_with_503() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "recovers with the store");
 }
+
+/// A `/token` exchange is audited too, linked to the grant it used.
+#[tokio::test]
+async fn token_exchanges_are_recorded() {
+    use base64::Engine as _;
+    let rise = rise().await;
+    let alice = rise.token("alice", &["developers"]);
+    let (status, grant) = rise
+        .get("/registry/credentials?project=my-app", Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    let password = grant["credentials"]["password"].as_str().expect("password");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"));
+    let req = Request::get(
+        "/token?service=rise-registry&scope=repository:my-app:pull,push&scope=repository:other:pull",
+    )
+    .header("authorization", format!("Basic {basic}"))
+    .header("user-agent", "skopeo/1.9.3")
+    .body(Body::empty())
+    .expect("request");
+    let (status, body) = rise.send(req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().expect("token");
+
+    let records = audit_records(&rise, "").await;
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let (issued, exchanged) = (&records[0], &records[1]);
+    assert_eq!(exchanged["operation"], "token");
+    assert_eq!(exchanged["caller"]["subject"], "alice");
+    assert_eq!(exchanged["caller"]["issuer"], "local");
+    assert_eq!(exchanged["caller"]["user_agent"], "skopeo/1.9.3");
+    assert_eq!(exchanged["registry"], "default");
+    assert_eq!(exchanged["repository"], "my-app other");
+    assert_eq!(exchanged["project"], "my-app", "`other` is no project");
+    assert_eq!(
+        exchanged["actions_requested"],
+        serde_json::json!(["pull", "push"])
+    );
+    assert_eq!(
+        exchanged["actions_granted"],
+        serde_json::json!(["pull", "push"])
+    );
+    assert_eq!(exchanged["result"], "granted");
+    assert_eq!(
+        exchanged["credential_fingerprint"],
+        rise_backend::audit::fingerprint(token)
+    );
+    assert_eq!(
+        exchanged["credential_id"], issued["credential_id"],
+        "the exchange names the grant it used"
+    );
+    assert!(issued["credential_id"].is_string(), "{issued}");
+}

@@ -96,13 +96,13 @@ actions = ["pull"]
             policy: Arc::new(Policy::from_config(&config).expect("policy")),
             registries: Arc::new(HashMap::new()),
             default_ttl: std::time::Duration::from_secs(3600),
-            token_service: None,
             audit: rise_backend::audit::AuditLog::start(
                 rise_backend::store::Store::open_in_memory()
                     .await
                     .expect("in-memory audit store"),
                 rise_backend::audit::AuditSettings::default(),
             ),
+            token_service: None,
         };
         Rise {
             app: rise_backend::http::app(state),
