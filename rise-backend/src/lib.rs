@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod http;
@@ -11,4 +12,5 @@ pub mod ratelimit;
 pub mod registry;
 pub mod secrets;
 pub mod server;
+pub mod store;
 pub mod tls;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::audit::{AuditLog, AuditSettings};
 use crate::auth::{Authenticator, LocalIssuer};
 use crate::config::{Config, ServerConfig};
 use crate::http::{AppState, RateLimits};
@@ -17,6 +18,7 @@ use crate::registry::cache::{CacheSettings, CachingProvider};
 use crate::registry::providers::ProviderConfig;
 use crate::registry::providers::distribution::TokenService;
 use crate::registry::providers::ecr::EcrProvider;
+use crate::store::Store;
 use crate::tls::TlsReloader;
 
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
@@ -41,6 +43,11 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
     let token_service = TokenService::from_config(config)?;
+    let store = Store::open(&config.database, &config.server.data_dir)
+        .await
+        .context("opening the database")?;
+    tracing::info!(kind = store.kind(), "database ready");
+    let audit = AuditLog::start(store, AuditSettings::from(&config.audit));
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {
         let provider = build_provider(name, provider_config, config, token_service.as_deref())
@@ -54,6 +61,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
+        audit,
         token_service,
         rate_limits,
     })
@@ -82,7 +90,8 @@ async fn build_provider(
             )))
         }
         ProviderConfig::Artifactory(c) => Ok(Arc::new(
-            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)?,
+            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)
+                .await?,
         )),
     }
 }
@@ -101,7 +110,7 @@ const TLS_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serve `state` on a bound `listener` until `shutdown` completes: HTTPS with a reloadable
 /// certificate when `[server.tls]` is set, plain HTTP otherwise. Handlers see the TCP peer as
-/// `ConnectInfo<SocketAddr>` (the rate limits' client address).
+/// `ConnectInfo<SocketAddr>` (the client address of the rate limits and the audit log).
 pub async fn run(
     listener: tokio::net::TcpListener,
     server: &ServerConfig,

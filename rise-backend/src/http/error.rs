@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::ratelimit::RateLimited;
+use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::registry::{Action, NameError, ProviderError};
 
@@ -47,6 +48,12 @@ pub enum ApiError {
     /// `/readyz`: the named checks failed; their detail is logged, not returned.
     #[error("not ready: {}", .failing.join(", "))]
     NotReady { failing: Vec<String> },
+    /// The audit record could not be committed, so nothing was handed out (fail closed).
+    #[error(transparent)]
+    AuditUnavailable(#[from] AuditError),
+    /// The caller may not read the audit log.
+    #[error("subject {subject} (issuer {issuer}) is not an audit administrator")]
+    NotAuditAdmin { subject: String, issuer: String },
     /// Something went wrong inside Rise; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -156,6 +163,18 @@ impl ApiError {
                 format!(
                     "not ready: {} failing; the detail is logged on the server",
                     failing.join(", ")
+                ),
+            ),
+            ApiError::AuditUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log cannot be written right now, so Rise issued nothing; try again shortly".into(),
+            ),
+            ApiError::NotAuditAdmin { .. } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{self}; an operator can add it to `[audit] admins` in the Rise configuration"
                 ),
             ),
             ApiError::Internal(_) => (
@@ -336,6 +355,27 @@ mod tests {
             "method",
         );
         check(
+            AuditError::Store("disk full at /var/lib/rise".into()).into(),
+            503,
+            "audit_unavailable",
+            "issued nothing",
+        );
+        check(
+            AuditError::Overloaded(8192).into(),
+            503,
+            "audit_unavailable",
+            "try again",
+        );
+        check(
+            ApiError::NotAuditAdmin {
+                subject: "bob".into(),
+                issuer: "local".into(),
+            },
+            403,
+            "forbidden",
+            "subject bob (issuer local) is not an audit administrator",
+        );
+        check(
             ApiError::Internal("db at /secret/path".into()),
             500,
             "internal_error",
@@ -356,5 +396,7 @@ mod tests {
         assert!(!m.contains("hunter2"));
         let (_, _, m) = ApiError::Internal("/var/lib/rise/key.pem".into()).parts();
         assert!(!m.contains("key.pem"));
+        let (_, _, m) = ApiError::from(AuditError::Store("/var/lib/rise/rise.db".into())).parts();
+        assert!(!m.contains("rise.db"));
     }
 }

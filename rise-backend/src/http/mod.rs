@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extractors, JSON wire types and error mapping. The only layer that knows
 //! HTTP or JSON; below it, auth, policy and providers speak domain types.
 
+pub mod audit;
 mod credentials;
 pub mod error;
 mod extract;
@@ -18,9 +19,10 @@ use axum::middleware;
 use axum::routing::get;
 
 pub use error::ApiError;
-pub use extract::RequestId;
+pub use extract::{ClientInfo, RequestId};
 pub use ratelimit::{ClientIp, RateLimited, RateLimits};
 
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
@@ -34,6 +36,8 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// Every issuance and refusal is recorded here before the response leaves.
+    pub audit: AuditLog,
     /// The token server of the Distribution registries (`/token`); `None` when there are none.
     pub token_service: Option<Arc<TokenService>>,
     /// Rate limits and the client-address resolver; `RateLimits::disabled()` in tests that do not
@@ -46,6 +50,7 @@ pub fn app(state: AppState) -> Router {
     crate::metrics::install();
     Router::new()
         .route("/registry/credentials", get(credentials::get_credentials))
+        .route("/audit", get(audit::get_audit))
         .route("/token", get(token::get_token).post(token::post_token))
         // Routes above are rate limited by client address; a `route_layer` applies only to the
         // routes added before it.

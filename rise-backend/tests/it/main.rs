@@ -2,6 +2,9 @@
 
 mod api;
 mod artifactory;
+mod audit_api;
+mod audit_crash;
+mod audit_store;
 mod auth;
 mod distribution;
 mod ecr;

@@ -9,6 +9,28 @@ use rise_backend::http::{ApiError, RateLimited};
 use super::{Served, body_json, load_config, retry_after, send, state};
 
 const CREDENTIALS: &str = "/registry/credentials?project=my-app";
+
+/// The audit records of `subject` whose reason is `reason`, oldest first.
+async fn audited(
+    state: &rise_backend::http::AppState,
+    subject: &str,
+    reason: &str,
+) -> Vec<rise_backend::audit::RecordFields> {
+    let filter = rise_backend::audit::AuditFilter {
+        subject: Some(subject.to_owned()),
+        limit: 1000,
+        ..Default::default()
+    };
+    state
+        .audit
+        .query(&filter)
+        .await
+        .expect("reading the audit log")
+        .into_iter()
+        .map(|r| r.fields)
+        .filter(|f| f.reason == reason)
+        .collect()
+}
 const BAD_TOKEN: (&str, &str) = ("authorization", "Bearer not.a.valid-token");
 
 /// Limits that leave only the one under test within reach.
@@ -321,6 +343,12 @@ async fn a_caller_over_its_limit_gets_429_from_the_endpoint() {
         .get("/registry/credentials?project=guess-one", Some(&bob))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "bob has his own bucket");
+
+    let denied = audited(&rise.state, "alice", "rate_limited").await;
+    assert_eq!(denied.len(), 1, "the 429 is audited once: {denied:?}");
+    assert_eq!(denied[0].result, "denied");
+    assert_eq!(denied[0].operation, "credentials");
+    assert_eq!(denied[0].project.as_deref(), Some("guess-three"));
 }
 
 /// `/token` draws from the same caller bucket as `/registry/credentials` (a grant counts as the
@@ -378,6 +406,10 @@ auth_failures_per_ip = { rate = "1/min", burst = 2 }
     let (status, body) = rise.send(token(grant.clone(), peer)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"], "rate_limited");
+    let denied = audited(&rise.state, "alice", "rate_limited").await;
+    assert_eq!(denied.len(), 1, "the 429 is audited once: {denied:?}");
+    assert_eq!(denied[0].result, "denied");
+    assert_eq!(denied[0].client_ip.as_deref(), Some("192.0.2.80"));
 
     // Wrong passwords from one address: two 401s, then 429 before the password is looked at.
     let guesser = "198.51.100.80:1000";
@@ -394,4 +426,45 @@ auth_failures_per_ip = { rate = "1/min", burst = 2 }
             .contains("failed authentications"),
         "{body}"
     );
+}
+
+/// Behind a trusted proxy the audit log records the client the proxy reports, not the proxy; a
+/// forwarding header from anyone else is ignored.
+#[tokio::test]
+async fn audit_records_the_client_behind_a_trusted_proxy() {
+    use axum::body::Body;
+    use axum::http::Request;
+
+    let rise = crate::support::app::TestRise::from_toml(
+        // Continues the `[server]` table the helper starts.
+        "trusted_proxy_header = \"x-forwarded-for\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let request = |who: &str, peer: &str, forwarded: &str| {
+        let addr: std::net::SocketAddr = peer.parse().expect("peer");
+        Request::get("/registry/credentials?project=nope")
+            .header("authorization", format!("Bearer {}", rise.token(who, &[])))
+            .header("x-forwarded-for", forwarded)
+            .extension(axum::extract::ConnectInfo(addr))
+            .body(Body::empty())
+            .expect("request")
+    };
+    let (status, _) = rise
+        .send(request(
+            "carol",
+            "127.0.0.1:9000",
+            "198.51.100.1, 203.0.113.9",
+        ))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = rise
+        .send(request("dave", "192.0.2.44:9000", "203.0.113.9"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let carol = audited(&rise.state, "carol", "project_not_found").await;
+    assert_eq!(carol.len(), 1);
+    assert_eq!(carol[0].client_ip.as_deref(), Some("203.0.113.9"));
+    let dave = audited(&rise.state, "dave", "project_not_found").await;
+    assert_eq!(dave.len(), 1);
+    assert_eq!(dave[0].client_ip.as_deref(), Some("192.0.2.44"));
 }

@@ -20,6 +20,7 @@ pub mod process;
 pub mod recording_proxy;
 pub mod registry;
 pub mod rise;
+pub mod rise_process;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};
