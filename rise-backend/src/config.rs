@@ -84,6 +84,10 @@ pub struct AuthConfig {
     pub local: LocalIssuerConfig,
     #[serde(default)]
     pub issuers: BTreeMap<String, OidcIssuerConfig>,
+    /// The issuer `rise login` uses by default (one of `issuers`, with a `client_id`). Without
+    /// it, the only issuer that has a `client_id`.
+    #[serde(default)]
+    pub login_issuer: Option<String>,
 }
 
 /// The built-in development issuer, whose tokens `rise-backend token issue` mints.
@@ -331,6 +335,17 @@ impl Config {
                     "auth.issuers.{LOCAL_ISSUER_NAME} is reserved for the built-in development issuer; pick another name"
                 )));
             }
+        }
+        if let Some(name) = &self.auth.login_issuer
+            && self
+                .auth
+                .issuers
+                .get(name)
+                .is_none_or(|i| i.client_id.is_none())
+        {
+            return Err(ConfigError::Semantic(format!(
+                "auth.login_issuer names {name:?}, which is not an issuer under [auth.issuers] with a client_id"
+            )));
         }
         for (project, p) in &self.projects {
             if !self.all_registries().any(|(name, _)| name == p.registry) {

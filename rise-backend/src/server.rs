@@ -45,6 +45,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
+        auth_meta: Arc::new(crate::http::meta::AuthMeta::from_config(&config.auth)),
     })
 }
 

@@ -4,6 +4,7 @@
 mod credentials;
 pub mod error;
 mod extract;
+pub mod meta;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// What `GET /auth/config` publishes for `rise login`.
+    pub auth_meta: Arc<meta::AuthMeta>,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -35,6 +38,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
+        .route("/auth/config", get(meta::auth_config))
+        .route("/auth/whoami", get(meta::whoami))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())
