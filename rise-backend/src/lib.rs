@@ -7,4 +7,5 @@ pub mod config;
 pub mod http;
 pub mod policy;
 pub mod registry;
+pub mod secrets;
 pub mod server;

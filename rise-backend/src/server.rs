@@ -11,7 +11,9 @@ use crate::config::Config;
 use crate::http::AppState;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
+use crate::registry::cache::{CacheSettings, CachingProvider};
 use crate::registry::providers::ProviderConfig;
+use crate::registry::providers::ecr::EcrProvider;
 
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -37,6 +39,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {
         let provider = build_provider(name, provider_config, config)
+            .await
             .with_context(|| format!("configuring registry {name}"))?;
         registries.insert(name.to_owned(), provider);
     }
@@ -49,7 +52,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     })
 }
 
-fn build_provider(
+async fn build_provider(
     name: &str,
     provider_config: &ProviderConfig,
     config: &Config,
@@ -58,6 +61,17 @@ fn build_provider(
     match provider_config {
         ProviderConfig::Distribution(_) => {
             anyhow::bail!("distribution provider: not implemented yet")
+        }
+        ProviderConfig::Ecr(ecr) => {
+            let provider = EcrProvider::from_config(name, ecr).await?;
+            // STS and ECR calls are slow and rate-limited: share them and reuse their results.
+            Ok(Arc::new(CachingProvider::new(
+                Arc::new(provider),
+                CacheSettings {
+                    refresh_margin: ecr.refresh_margin,
+                    ..CacheSettings::default()
+                },
+            )))
         }
     }
 }

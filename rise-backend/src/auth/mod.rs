@@ -76,6 +76,10 @@ impl AuthError {
     }
 }
 
+mod jwks;
+mod keys;
+mod local;
 mod verifier;
 
-pub use verifier::{Authenticator, LocalIssuer};
+pub use local::{KEY_FILE as LOCAL_ISSUER_KEY_FILE, LocalIssuer};
+pub use verifier::Authenticator;

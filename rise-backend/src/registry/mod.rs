@@ -3,6 +3,7 @@
 //! This module speaks domain types only: no HTTP, no JSON wire formats. The HTTP layer turns a
 //! request into a [`CredentialRequest`], a provider turns that into an [`IssuedCredential`].
 
+pub mod cache;
 pub mod names;
 pub mod providers;
 

@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn hostile_input_is_truncated_in_messages() {
         let long = "X".repeat(10_000);
-        let msg = ProjectName::parse(&long).unwrap_err().to_string();
+        let msg = ProjectName::parse(&long).expect_err("too long").to_string();
         assert!(msg.len() < 400, "message is {} bytes", msg.len());
     }
 }

@@ -2,6 +2,7 @@
 //! an implementation of [`RegistryProvider`](super::RegistryProvider).
 
 pub mod distribution;
+pub mod ecr;
 
 use serde::Deserialize;
 
@@ -11,12 +12,15 @@ use serde::Deserialize;
 pub enum ProviderConfig {
     /// Rise is the token server of a CNCF Distribution registry.
     Distribution(distribution::DistributionConfig),
+    /// AWS Elastic Container Registry.
+    Ecr(Box<ecr::EcrConfig>),
 }
 
 impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Distribution(_) => "distribution",
+            ProviderConfig::Ecr(_) => "ecr",
         }
     }
 }

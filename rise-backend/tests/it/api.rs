@@ -1,0 +1,293 @@
+//! The HTTP surface of `GET /registry/credentials`, in-process: the seed's response contract, every
+//! refusal's status and JSON body, and policy decisions. The provider is the real distribution
+//! token server (its registry is not needed to mint a grant).
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::app::TestRise;
+
+const CONFIG: &str = r#"
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[registries.second]
+type = "distribution"
+url = "127.0.0.1:5001"
+service = "second-registry"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+groups = ["developers"]
+actions = ["push", "pull"]
+[[projects.my-app.allow]]
+issuer = "local"
+groups = ["readers"]
+actions = ["pull"]
+
+[projects.other-app]
+registry = "second"
+repository = "team/other"
+ttl = "10m"
+[[projects.other-app.allow]]
+issuer = "local"
+subject = "ci-*"
+actions = ["push"]
+"#;
+
+async fn rise() -> TestRise {
+    TestRise::from_toml(CONFIG).await
+}
+
+/// Assert the JSON error body: the code, and a message that contains `message_part`.
+fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, message_part: &str) {
+    let (s, body) = got;
+    assert_eq!(*s, status, "body: {body}");
+    assert_eq!(body["error"], code, "body: {body}");
+    let message = body["message"].as_str().expect("message is a string");
+    assert!(
+        message.contains(message_part),
+        "message {message:?} lacks {message_part:?}"
+    );
+    assert_eq!(
+        body.as_object().map(|o| o.len()),
+        Some(2),
+        "an error body has exactly `error` and `message`: {body}"
+    );
+}
+
+#[tokio::test]
+async fn seed_response_contract() {
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=my-app", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The seed's fields, with their types.
+    let creds = &body["credentials"];
+    assert_eq!(creds["registry_url"], "127.0.0.1:5000");
+    assert!(creds["username"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(creds["password"].as_str().is_some_and(|p| p.len() > 20));
+    let expires_in = creds["expires_in"]
+        .as_u64()
+        .expect("expires_in is a number");
+    assert!(
+        (3590..=3600).contains(&expires_in),
+        "default lifetime is 1h, got {expires_in}"
+    );
+    assert_eq!(body["repository"], "my-app");
+
+    // The additive facts.
+    assert_eq!(body["project"], "my-app");
+    assert_eq!(body["registry"], "default");
+    assert_eq!(body["image"], "127.0.0.1:5000/my-app");
+    assert_eq!(
+        body["scope"],
+        json!({"repository": "my-app", "actions": ["pull", "push"]})
+    );
+    assert_eq!(body["repository_scoped"], true);
+    assert!(body["revocable"].is_boolean());
+    let expires_at = body["expires_at"].as_str().expect("expires_at");
+    assert!(humantime::parse_rfc3339(expires_at).is_ok(), "{expires_at}");
+    assert!(
+        body.get("warnings").is_none(),
+        "no warnings for a scoped, fresh grant: {body}"
+    );
+}
+
+#[tokio::test]
+async fn caller_may_ask_for_less() {
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let (status, body) = rise
+        .get(
+            "/registry/credentials?project=my-app&actions=pull&ttl=15m",
+            Some(&token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"]["actions"], json!(["pull"]));
+    let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
+    assert!((890..=900).contains(&expires_in), "{expires_in}");
+}
+
+#[tokio::test]
+async fn default_actions_are_what_the_policy_allows() {
+    let rise = rise().await;
+    let token = rise.token("rita", &["readers"]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=my-app", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"]["actions"], json!(["pull"]));
+}
+
+#[tokio::test]
+async fn project_on_another_registry_with_its_own_repository_and_ttl() {
+    let rise = rise().await;
+    let token = rise.token("ci-build", &[]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=other-app", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["registry"], "second");
+    assert_eq!(body["credentials"]["registry_url"], "127.0.0.1:5001");
+    assert_eq!(body["repository"], "team/other");
+    assert_eq!(body["image"], "127.0.0.1:5001/team/other");
+    assert_eq!(
+        body["scope"]["actions"],
+        json!(["pull", "push"]),
+        "push implies pull"
+    );
+    let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
+    assert!(
+        (590..=600).contains(&expires_in),
+        "project ttl is 10m, got {expires_in}"
+    );
+}
+
+#[tokio::test]
+async fn policy_denials_name_project_action_and_subject() {
+    let rise = rise().await;
+    let reader = rise.token("rita", &["readers"]);
+    check_error(
+        &rise
+            .get(
+                "/registry/credentials?project=my-app&actions=push",
+                Some(&reader),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "project my-app: push denied for subject rita (issuer local)",
+    );
+    let stranger = rise.token("eve", &["ops"]);
+    check_error(
+        &rise
+            .get("/registry/credentials?project=my-app", Some(&stranger))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "project my-app",
+    );
+    // Allowed on one project is not allowed on another.
+    let ci = rise.token("ci-build", &[]);
+    check_error(
+        &rise
+            .get("/registry/credentials?project=my-app", Some(&ci))
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "subject ci-build",
+    );
+}
+
+#[tokio::test]
+async fn bad_requests() {
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let t = Some(token.as_str());
+    check_error(
+        &rise.get("/registry/credentials", t).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "project",
+    );
+    check_error(
+        &rise.get("/registry/credentials?project=My%20App", t).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_project",
+        "lowercase",
+    );
+    check_error(
+        &rise
+            .get("/registry/credentials?project=my-app&actions=delete", t)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_actions",
+        "push",
+    );
+    check_error(
+        &rise
+            .get("/registry/credentials?project=my-app&scope=all", t)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "unknown query parameter",
+    );
+    check_error(
+        &rise.get("/registry/credentials?project=nope", t).await,
+        StatusCode::NOT_FOUND,
+        "project_not_found",
+        "nope",
+    );
+    let long = "a".repeat(100_000);
+    let (status, body) = rise
+        .get(&format!("/registry/credentials?project={long}"), t)
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+}
+
+#[tokio::test]
+async fn authentication_refusals() {
+    let rise = rise().await;
+    let uri = "/registry/credentials?project=my-app";
+    check_error(
+        &rise.get(uri, None).await,
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        "Authorization",
+    );
+    check_error(
+        &rise.get(uri, Some("not-a-jwt")).await,
+        StatusCode::UNAUTHORIZED,
+        "malformed_token",
+        "",
+    );
+
+    // A token of another Rise's local issuer: same `iss`, different key.
+    let other = TestRise::from_toml(CONFIG).await;
+    let foreign = other.token("alice", &["developers"]);
+    let (status, body) = rise.get(uri, Some(&foreign)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"] == "unknown_key" || body["error"] == "bad_signature",
+        "{body}"
+    );
+
+    // Basic instead of Bearer.
+    let req = axum::http::Request::get(uri)
+        .header("authorization", "Basic YWxpY2U6cGFzcw==")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    check_error(
+        &rise.send(req).await,
+        StatusCode::UNAUTHORIZED,
+        "malformed_authorization",
+        "Bearer",
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_json() {
+    let rise = rise().await;
+    check_error(
+        &rise.get("/nope", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "/nope",
+    );
+    let req = axum::http::Request::post("/registry/credentials?project=my-app")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    check_error(
+        &rise.send(req).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method",
+    );
+}

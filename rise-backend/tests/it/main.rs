@@ -1,0 +1,7 @@
+//! Integration tests of rise-backend against real dependencies (see support/).
+
+mod api;
+mod auth;
+mod ecr;
+mod infra;
+mod support;

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Benchmark: requests/s and p50/p99 latency of GET /registry/credentials and GET /token next to a
+# trivial GET /healthz, in one run, at 64 concurrent connections, with RS256 access tokens from
+# the real oidc-provider used by the tests. Prints a table and the throughput ratios.
+#
+#   scripts/bench.sh [DURATION_SECONDS]      (default 10 per endpoint)
+#
+# The load generator (wrk) and the broker share this machine's cores; the ratios between
+# endpoints measured in one run are what to compare, not the absolute figures across machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNECTIONS=64
+THREADS=2
+
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk (Debian package) for the load generator" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+fi
+scripts/setup-test-deps.sh >/dev/null
+cargo build --release -q -p rise-backend
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A real OIDC provider issuing RS256 JWT access tokens.
+node rise-backend/tests/fixtures/oidc/server.mjs --port 0 >"$work/oidc.out" 2>"$work/oidc.err" &
+pids+=($!)
+for _ in $(seq 100); do grep -q '^READY ' "$work/oidc.out" 2>/dev/null && break; sleep 0.1; done
+issuer="$(sed -n 's/^READY //p' "$work/oidc.out")"
+[ -n "$issuer" ] || { echo "oidc-provider did not start" >&2; cat "$work/oidc.err" >&2; exit 1; }
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+cat >"$work/rise.toml" <<TOML
+[server]
+listen = "127.0.0.1:$port"
+data_dir = "$work/data"
+
+[auth.issuers.bench]
+issuer = "$issuer"
+audience = "rise"
+insecure_http = true
+
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "bench"
+actions = ["push", "pull"]
+TOML
+RISE_LOG=warn target/release/rise-backend serve --config "$work/rise.toml" 2>"$work/rise.err" &
+pids+=($!)
+base="http://127.0.0.1:$port"
+for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+
+token="$(curl -sf -u ci-app:ci-secret -d grant_type=client_credentials -d resource=urn:rise "$issuer/token" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
+alg="$(python3 - "$token" <<'PY'
+import base64, json, sys
+h = sys.argv[1].split(".")[0]
+print(json.loads(base64.urlsafe_b64decode(h + "=" * (-len(h) % 4)))["alg"])
+PY
+)"
+creds="$(curl -sf -H "Authorization: Bearer $token" "$base/registry/credentials?project=my-app")"
+basic="$(printf '%s' "$creds" | python3 -c 'import json,sys,base64; c=json.load(sys.stdin)["credentials"]; print(base64.b64encode((c["username"]+":"+c["password"]).encode()).decode())')"
+
+run() { # name, url, header...
+  local name="$1" url="$2"; shift 2
+  local args=()
+  for h in "$@"; do args+=(-H "$h"); done
+  # One warm-up second, then the measured run.
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "${args[@]}" "$url" >/dev/null
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${args[@]}" "$url" >"$work/$name.txt"
+  local rps p50 p99 non2xx
+  rps="$(awk '/^Requests\/sec/ {print $2}' "$work/$name.txt")"
+  p50="$(awk '$1=="50%" {print $2}' "$work/$name.txt")"
+  p99="$(awk '$1=="99%" {print $2}' "$work/$name.txt")"
+  non2xx="$(awk '/Non-2xx/ {print $NF}' "$work/$name.txt")"
+  printf '%-24s %12s %10s %10s %s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:+(non-2xx: $non2xx)}"
+  echo "$rps" >"$work/$name.rps"
+}
+
+echo "Rise benchmark: $CONNECTIONS connections, ${DURATION}s per endpoint, caller tokens $alg from oidc-provider, $(nproc) cores"
+printf '%-24s %12s %10s %10s\n' endpoint "requests/s" p50 p99
+run healthz "$base/healthz"
+run credentials "$base/registry/credentials?project=my-app" "Authorization: Bearer $token"
+run token "$base/token?service=rise-registry&scope=repository:my-app:pull,push&account=rise" "Authorization: Basic $basic"
+python3 - "$work" <<'PY'
+import sys, pathlib
+d = pathlib.Path(sys.argv[1])
+h = float((d / "healthz.rps").read_text())
+for name in ("credentials", "token"):
+    r = float((d / f"{name}.rps").read_text())
+    print(f"ratio {name}/healthz = {r / h:.2f}")
+PY
