@@ -13,6 +13,7 @@ use crate::policy::Policy;
 use crate::registry::RegistryProvider;
 use crate::registry::cache::{CacheSettings, CachingProvider};
 use crate::registry::providers::ProviderConfig;
+use crate::registry::providers::distribution::TokenService;
 use crate::registry::providers::ecr::EcrProvider;
 
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
@@ -36,9 +37,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     };
     let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
+    let token_service = TokenService::from_config(config)?;
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {
-        let provider = build_provider(name, provider_config, config)
+        let provider = build_provider(name, provider_config, config, token_service.as_deref())
             .await
             .with_context(|| format!("configuring registry {name}"))?;
         registries.insert(name.to_owned(), provider);
@@ -48,6 +50,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
+        token_service,
         auth_meta: Arc::new(crate::http::meta::AuthMeta::from_config(&config.auth)),
     })
 }
@@ -56,12 +59,13 @@ async fn build_provider(
     name: &str,
     provider_config: &ProviderConfig,
     config: &Config,
+    token_service: Option<&TokenService>,
 ) -> anyhow::Result<Arc<dyn RegistryProvider>> {
-    let _ = (name, config);
+    let _ = config;
     match provider_config {
-        ProviderConfig::Distribution(_) => {
-            anyhow::bail!("distribution provider: not implemented yet")
-        }
+        ProviderConfig::Distribution(_) => Ok(token_service
+            .and_then(|t| t.provider(name))
+            .context("distribution registry missing from the token service")?),
         ProviderConfig::Ecr(ecr) => {
             let provider = EcrProvider::from_config(name, ecr).await?;
             // STS and ECR calls are slow and rate-limited: share them and reuse their results.

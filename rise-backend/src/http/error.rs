@@ -14,6 +14,10 @@ use crate::registry::{Action, NameError, ProviderError};
 pub enum ApiError {
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
+    /// `/token` refused the Basic credentials (a Rise grant or a JWT of a trusted issuer); the
+    /// challenge is `Basic` so registry clients know to send a username and password.
+    #[error("{message}")]
+    BadCredentials { code: &'static str, message: String },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error(transparent)]
@@ -77,6 +81,9 @@ impl ApiError {
                 self.to_string(),
             ),
             ApiError::Unauthenticated(e) => (StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+            ApiError::BadCredentials { code, message } => {
+                (StatusCode::UNAUTHORIZED, code, message.clone())
+            }
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
             ApiError::InvalidName(e) => {
                 let code = match e {
@@ -159,9 +166,13 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if status == StatusCode::UNAUTHORIZED {
+            let challenge = match self {
+                ApiError::BadCredentials { .. } => "Basic realm=\"rise\"",
+                _ => "Bearer realm=\"rise\"",
+            };
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"rise\""),
+                HeaderValue::from_static(challenge),
             );
         }
         response
@@ -192,6 +203,15 @@ mod tests {
             "Bearer",
         );
         check(AuthError::Expired.into(), 401, "token_expired", "expired");
+        check(
+            ApiError::BadCredentials {
+                code: "grant_expired",
+                message: "the Rise grant has expired".into(),
+            },
+            401,
+            "grant_expired",
+            "grant has expired",
+        );
         check(
             AuthError::IssuerUnavailable("x".into()).into(),
             503,

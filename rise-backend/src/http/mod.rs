@@ -5,6 +5,7 @@ mod credentials;
 pub mod error;
 mod extract;
 pub mod meta;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use extract::RequestId;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
+use crate::registry::providers::distribution::TokenService;
 
 /// Everything a handler may use. Providers hold their own secrets; handlers never see them.
 #[derive(Clone)]
@@ -31,6 +33,8 @@ pub struct AppState {
     pub default_ttl: Duration,
     /// What `GET /auth/config` publishes for `rise login`.
     pub auth_meta: Arc<meta::AuthMeta>,
+    /// The token server of the Distribution registries (`/token`); `None` when there are none.
+    pub token_service: Option<Arc<TokenService>>,
 }
 
 /// The application router; tests drive it in-process with `oneshot`.
@@ -40,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/registry/credentials", get(credentials::get_credentials))
         .route("/auth/config", get(meta::auth_config))
         .route("/auth/whoami", get(meta::whoami))
+        .route("/token", get(token::get_token).post(token::post_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -96,6 +96,7 @@ actions = ["pull"]
             policy: Arc::new(Policy::from_config(&config).expect("policy")),
             registries: Arc::new(HashMap::new()),
             default_ttl: std::time::Duration::from_secs(3600),
+            token_service: None,
             auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(&config.auth)),
         };
         Rise {

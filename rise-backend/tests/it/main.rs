@@ -2,6 +2,7 @@
 
 mod api;
 mod auth;
+mod distribution;
 mod ecr;
 mod infra;
 mod support;

@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod process;
 pub mod recording_proxy;
 pub mod registry;
+pub mod rise;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,356 @@
+//! `GET /token` and `POST /token`: Rise as the token server of Distribution registries.
+//!
+//! GET follows the Docker registry token spec:
+//! `GET /token?service=SVC&scope=repository:NAME:pull,push[&scope=...][&account=U][&offline_token=true][&client_id=C]`
+//! with `Authorization: Basic base64(user:password)`. POST is the spec's OAuth2 form: an
+//! `application/x-www-form-urlencoded` body with `grant_type=password` (`username`, `password`) or
+//! `grant_type=refresh_token` (`refresh_token`), plus `service`, `scope` (space-separated) and
+//! `client_id`. Either way the reply is
+//! `{"token": JWT, "access_token": JWT, "expires_in": SECONDS, "issued_at": RFC3339}`.
+//!
+//! The password is a Rise grant from `/registry/credentials`, or, beyond the spec, a JWT of a
+//! trusted issuer (so `docker login -u oidc -p $CI_JWT` works without calling Rise first); the
+//! username is ignored. Parameters the spec defines but Rise does not use (`account`,
+//! `client_id`, `offline_token`, `access_type`) and unknown ones are accepted and ignored, since
+//! registry clients, not people, write these requests. Rise never returns a `refresh_token`, so
+//! clients keep using the grant or JWT they logged in with.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::extract::RequestId;
+use super::{ApiError, AppState};
+use crate::auth::AuthError;
+use crate::registry::providers::distribution::token::parse_scopes;
+use crate::registry::providers::distribution::{GrantCheck, MintError, ScopeError, TokenCaller};
+
+/// The body of a successful reply. `token` and `access_token` are the same JWT: older clients
+/// read the first, OAuth2 clients the second.
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    token: &'a str,
+    access_token: &'a str,
+    expires_in: u64,
+    issued_at: String,
+}
+
+/// A `/token` request after parsing, whichever method it came by.
+#[derive(Default)]
+struct TokenParams {
+    service: Option<String>,
+    scopes: Vec<String>,
+    /// From the POST form (`password` or `refresh_token`); GET carries it in `Authorization`.
+    password: Option<SecretString>,
+}
+
+pub(super) async fn get_token(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = parse_params(raw.unwrap_or_default().as_bytes(), Method::Get)?;
+    issue(&state, &request_id, params, &headers).await
+}
+
+pub(super) async fn post_token(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE)
+        && !content_type
+            .to_str()
+            .is_ok_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+    {
+        return Err(ApiError::BadRequest(
+            "POST /token takes an application/x-www-form-urlencoded body (grant_type, service, scope, client_id, ...)".into(),
+        ));
+    }
+    let params = parse_params(&body, Method::Post)?;
+    issue(&state, &request_id, params, &headers).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Get,
+    Post,
+}
+
+fn parse_params(input: &[u8], method: Method) -> Result<TokenParams, ApiError> {
+    let mut params = TokenParams::default();
+    let mut grant_type = None;
+    let mut password = None;
+    let mut refresh_token = None;
+    for (k, v) in form_urlencoded::parse(input) {
+        let duplicate = match k.as_ref() {
+            "service" => params.service.replace(v.into_owned()).is_some(),
+            "scope" => {
+                params.scopes.push(v.into_owned());
+                false
+            }
+            "grant_type" if method == Method::Post => grant_type.replace(v.into_owned()).is_some(),
+            "password" if method == Method::Post => password
+                .replace(SecretString::from(v.into_owned()))
+                .is_some(),
+            "refresh_token" if method == Method::Post => refresh_token
+                .replace(SecretString::from(v.into_owned()))
+                .is_some(),
+            _ => false,
+        };
+        if duplicate {
+            return Err(ApiError::BadRequest(format!("parameter {k} given twice")));
+        }
+    }
+    if method == Method::Post {
+        params.password = match grant_type.as_deref() {
+            Some("password") => password,
+            Some("refresh_token") => refresh_token,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported grant_type {:?}: use password or refresh_token",
+                    other.chars().take(40).collect::<String>()
+                )));
+            }
+            None => {
+                return Err(ApiError::BadRequest(
+                    "missing grant_type: use grant_type=password or grant_type=refresh_token"
+                        .into(),
+                ));
+            }
+        };
+    }
+    Ok(params)
+}
+
+async fn issue(
+    state: &AppState,
+    request_id: &str,
+    params: TokenParams,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let service = params.service.ok_or_else(|| {
+        ApiError::BadRequest(
+            "missing parameter service: registry clients send the service of the registry's challenge".into(),
+        )
+    })?;
+    let registry = state
+        .token_service
+        .as_ref()
+        .and_then(|t| t.registry_for_service(&service))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown service {:?}: this Rise server issues tokens only for the services of its distribution registries",
+                service.chars().take(80).collect::<String>()
+            ))
+        })?
+        .clone();
+    let scopes = parse_scopes(params.scopes.iter().map(String::as_str)).map_err(|e| match e {
+        ScopeError::Repository(name) => ApiError::InvalidName(name),
+        other => ApiError::BadRequest(other.to_string()),
+    })?;
+    let password = match params.password {
+        Some(p) => p,
+        None => basic_password(headers)?,
+    };
+
+    let caller = match registry.check_grant(password.expose_secret()) {
+        GrantCheck::Valid(grant) => TokenCaller::Grant(grant),
+        GrantCheck::Invalid(e) => {
+            return Err(ApiError::BadCredentials {
+                code: e.code(),
+                message: e.to_string(),
+            });
+        }
+        GrantCheck::NotAGrant => match state.auth.verify(password.expose_secret()).await {
+            Ok(principal) => TokenCaller::Principal(Arc::new(principal)),
+            Err(e @ AuthError::IssuerUnavailable(_)) => return Err(e.into()),
+            Err(e) => {
+                return Err(ApiError::BadCredentials {
+                    code: e.code(),
+                    message: format!(
+                        "the password is neither a Rise grant nor a valid token of a trusted issuer: {e}"
+                    ),
+                });
+            }
+        },
+    };
+    drop(password);
+
+    let access = registry.authorize(&caller, &scopes, &state.policy);
+    let token = registry
+        .registry_token(&caller, &access, SystemTime::now())
+        .map_err(|e| match e {
+            MintError::CallerExpired => ApiError::BadCredentials {
+                code: "credentials_expired",
+                message: "the credentials expire now: get new ones".into(),
+            },
+            MintError::Internal(detail) => ApiError::Internal(detail),
+        })?;
+    let summary: Vec<String> = access
+        .iter()
+        .map(|a| format!("{}:{}", a.name, a.actions))
+        .collect();
+    tracing::info!(
+        request_id,
+        service = %registry.service(),
+        registry = %registry.name(),
+        caller = caller.kind(),
+        issuer = %caller.issuer(),
+        subject = %caller.subject(),
+        requested = scopes.len(),
+        access = %summary.join(" "),
+        "registry token issued"
+    );
+    let expires_in = token
+        .expires_at
+        .duration_since(token.issued_at)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // The single place a registry token is exposed: the client asked for it.
+    let jwt = token.token.expose_secret();
+    let body = TokenResponse {
+        token: jwt,
+        access_token: jwt,
+        expires_in,
+        issued_at: humantime::format_rfc3339_seconds(token.issued_at).to_string(),
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// The password of `Authorization: Basic base64(user:password)`; the username is ignored.
+fn basic_password(headers: &HeaderMap) -> Result<SecretString, ApiError> {
+    let refuse = |message: &str| ApiError::BadCredentials {
+        code: "invalid_credentials",
+        message: message.to_owned(),
+    };
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        refuse("missing credentials: log in with username `rise` and the password from /registry/credentials, or any username and a token of a trusted issuer")
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| refuse("malformed Authorization header: expected Basic credentials"))?;
+    let (scheme, encoded) = value
+        .split_once(' ')
+        .ok_or_else(|| refuse("malformed Authorization header: expected Basic credentials"))?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(refuse(
+            "the token endpoint takes Basic credentials (username and password), not a bearer token",
+        ));
+    }
+    let decoded = Zeroizing::new(
+        STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| refuse("malformed Basic credentials: not base64"))?,
+    );
+    let text = std::str::from_utf8(&decoded)
+        .map_err(|_| refuse("malformed Basic credentials: not UTF-8"))?;
+    let (_, password) = text
+        .split_once(':')
+        .ok_or_else(|| refuse("malformed Basic credentials: expected username:password"))?;
+    if password.is_empty() {
+        return Err(refuse("empty password"));
+    }
+    Ok(SecretString::from(password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn basic(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn basic_credentials() {
+        let ok = basic(&format!(
+            "Basic {}",
+            STANDARD.encode("rise:s3cret:with:colons")
+        ));
+        assert_eq!(
+            basic_password(&ok).expect("valid").expose_secret(),
+            "s3cret:with:colons"
+        );
+        for (headers, fragment) in [
+            (HeaderMap::new(), "missing credentials"),
+            (basic("Bearer abc"), "not a bearer token"),
+            (basic("Basic !!!"), "not base64"),
+            (
+                basic(&format!("Basic {}", STANDARD.encode("nocolon"))),
+                "username:password",
+            ),
+            (
+                basic(&format!("Basic {}", STANDARD.encode("rise:"))),
+                "empty password",
+            ),
+            (basic("Basic"), "malformed"),
+        ] {
+            let err = basic_password(&headers).expect_err(fragment);
+            let (status, code, message) = err.parts();
+            assert_eq!(status.as_u16(), 401);
+            assert_eq!(code, "invalid_credentials");
+            assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+        }
+    }
+
+    #[test]
+    fn params() {
+        let p = parse_params(
+            b"account=rise&scope=repository%3Amy-app%3Apull%2Cpush&scope=repository:b:pull&service=svc&client_id=docker&offline_token=true&password=ignored",
+            Method::Get,
+        )
+        .expect("parses");
+        assert_eq!(p.service.as_deref(), Some("svc"));
+        assert_eq!(
+            p.scopes,
+            ["repository:my-app:pull,push", "repository:b:pull"]
+        );
+        assert!(
+            p.password.is_none(),
+            "GET never takes a password from the query"
+        );
+
+        let p = parse_params(
+            b"grant_type=refresh_token&refresh_token=abc&client_id=containers%2Fimage&service=svc&scope=repository%3Aa%3Apull+repository%3Ab%3Apull",
+            Method::Post,
+        )
+        .expect("parses");
+        assert_eq!(p.password.as_ref().map(|s| s.expose_secret()), Some("abc"));
+        assert_eq!(p.scopes, ["repository:a:pull repository:b:pull"]);
+
+        let p = parse_params(
+            b"grant_type=password&username=u&password=pw&service=svc",
+            Method::Post,
+        )
+        .expect("parses");
+        assert_eq!(p.password.as_ref().map(|s| s.expose_secret()), Some("pw"));
+
+        for (input, method) in [
+            (&b"service=a&service=b"[..], Method::Get),
+            (b"service=a", Method::Post),
+            (b"grant_type=authorization_code&service=a", Method::Post),
+        ] {
+            let err = parse_params(input, method).err().expect("refused");
+            assert_eq!(err.parts().0.as_u16(), 400);
+        }
+    }
+}

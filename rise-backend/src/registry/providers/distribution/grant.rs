@@ -1,0 +1,361 @@
+//! Grants: the password `/registry/credentials` hands out for a Distribution registry.
+//!
+//! A grant is an HS256 JWT that Rise signs and that only Rise ever verifies (at `/token`, where a
+//! registry client trades it for a registry token). A symmetric key is the right tool here: no
+//! third party needs to verify grants, so publishing a public key would buy nothing, and HMAC
+//! costs about a microsecond to mint and to check, which keeps the credential path near the speed
+//! of the HTTP floor. The 256-bit secret is generated into `<data_dir>/keys/registry-grant.key`
+//! (0600, created atomically) so every Rise process sharing the data directory accepts the
+//! grants of the others.
+//!
+//! A grant names the caller (issuer and subject), the registry, one repository and the actions
+//! the policy allowed, expires at `exp` (no leeway: Rise's own clock made it), and carries a
+//! `jti` for audit.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::SecretString;
+use secrecy::zeroize::Zeroizing;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::keys::{keys_dir, read_or_create};
+use crate::registry::{Actions, RepositoryName};
+
+/// The `iss` of every grant; keeps grants apart from any other HS256 token.
+const GRANT_ISSUER: &str = "rise:registry-grant";
+/// Grants carry `kid = rise-grant:<fingerprint of the secret>`: the prefix says "this is a grant",
+/// the fingerprint says which Rise secret made it.
+const KID_PREFIX: &str = "rise-grant:";
+const GRANT_KEY_FILE: &str = "registry-grant.key";
+
+/// The HMAC key grants are signed with.
+pub struct GrantKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    kid: String,
+    validation: Validation,
+}
+
+/// What a grant says. Field names are short because grants travel in every registry login.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GrantClaims {
+    iss: String,
+    /// The caller's subject.
+    pub sub: String,
+    /// The configured name of the issuer that vouched for the caller.
+    pub idp: String,
+    /// The configured registry name.
+    pub reg: String,
+    pub repo: RepositoryName,
+    pub act: Actions,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+/// A grant whose signature, issuer and expiry have been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub claims: GrantClaims,
+}
+
+impl Grant {
+    pub fn expires_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.claims.exp)
+    }
+}
+
+/// The outcome of looking at a password as a grant.
+#[derive(Debug)]
+pub enum GrantCheck {
+    /// It is a valid grant of this Rise server.
+    Valid(Grant),
+    /// It claims to be a grant but is not acceptable.
+    Invalid(GrantError),
+    /// It is not a grant at all (maybe a JWT of a trusted issuer).
+    NotAGrant,
+}
+
+/// Why a grant was refused. Messages never contain the grant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("the Rise grant has expired: ask /registry/credentials for a new one")]
+    Expired,
+    #[error("the Rise grant is for registry {0:?}, not this one")]
+    WrongRegistry(String),
+    #[error("the Rise grant was issued by another Rise server (its grant key differs)")]
+    OtherServer,
+    #[error("the Rise grant is invalid (bad signature or malformed)")]
+    Invalid,
+}
+
+impl GrantError {
+    /// Stable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GrantError::Expired => "grant_expired",
+            GrantError::WrongRegistry(_) => "grant_wrong_registry",
+            GrantError::OtherServer | GrantError::Invalid => "invalid_grant",
+        }
+    }
+}
+
+impl GrantKey {
+    /// Load `<data_dir>/keys/registry-grant.key`, generating a random 256-bit secret if missing.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        let path = keys_dir(data_dir)?.join(GRANT_KEY_FILE);
+        let content = read_or_create(&path, || {
+            let mut secret = Zeroizing::new([0u8; 32]);
+            aws_lc_rs::rand::fill(secret.as_mut_slice())
+                .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+            let mut text = Zeroizing::new(vec![0u8; 64]);
+            let len = STANDARD
+                .encode_slice(secret.as_slice(), text.as_mut_slice())
+                .map_err(|e| anyhow::anyhow!("encoding the grant secret: {e}"))?;
+            text.truncate(len);
+            text.push(b'\n');
+            Ok(text)
+        })?;
+        let secret = Zeroizing::new(
+            STANDARD
+                .decode(content.trim_ascii())
+                .ok()
+                .filter(|s| s.len() >= 32)
+                .with_context(|| {
+                    format!(
+                        "{} must hold at least 32 base64-encoded random bytes; delete it to generate a new one (outstanding grants become invalid)",
+                        path.display()
+                    )
+                })?,
+        );
+        Ok(Self::from_secret(&secret))
+    }
+
+    /// A key from raw secret bytes (tests).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let fingerprint = Sha256::digest(secret);
+        let kid = format!(
+            "{KID_PREFIX}{}",
+            data_encoding::BASE32_NOPAD.encode(&fingerprint[..5])
+        );
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        validation.set_issuer(&[GRANT_ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            kid,
+            validation,
+        }
+    }
+
+    /// Sign a grant.
+    pub fn mint(&self, claims: NewGrant<'_>) -> anyhow::Result<(SecretString, GrantClaims)> {
+        let claims = GrantClaims {
+            iss: GRANT_ISSUER.to_owned(),
+            sub: claims.subject.to_owned(),
+            idp: claims.issuer.to_owned(),
+            reg: claims.registry.to_owned(),
+            repo: claims.repository.clone(),
+            act: claims.actions,
+            iat: unix_secs(claims.issued_at),
+            exp: unix_secs(claims.expires_at),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| anyhow::anyhow!("signing a grant: {e}"))?;
+        Ok((SecretString::from(token), claims))
+    }
+
+    /// Look at `password` as a grant of this key. Expiry is checked against the system clock.
+    pub fn check(&self, password: &str) -> GrantCheck {
+        let Ok(header) = jsonwebtoken::decode_header(password) else {
+            return GrantCheck::NotAGrant;
+        };
+        match header.kid.as_deref() {
+            Some(kid) if kid == self.kid && header.alg == Algorithm::HS256 => {}
+            Some(kid) if kid.starts_with(KID_PREFIX) => {
+                return GrantCheck::Invalid(GrantError::OtherServer);
+            }
+            _ => return GrantCheck::NotAGrant,
+        }
+        match jsonwebtoken::decode::<GrantClaims>(password, &self.decoding, &self.validation) {
+            Ok(data) => GrantCheck::Valid(Grant {
+                claims: data.claims,
+            }),
+            Err(e) => GrantCheck::Invalid(match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => GrantError::Expired,
+                _ => GrantError::Invalid,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for GrantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The inputs of [`GrantKey::mint`].
+#[derive(Debug, Clone)]
+pub struct NewGrant<'a> {
+    pub subject: &'a str,
+    pub issuer: &'a str,
+    pub registry: &'a str,
+    pub repository: &'a RepositoryName,
+    pub actions: Actions,
+    pub issued_at: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+pub(super) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use secrecy::ExposeSecret;
+
+    fn repo(name: &str) -> RepositoryName {
+        RepositoryName::parse(name).expect("valid")
+    }
+
+    fn mint(key: &GrantKey, issued_at: SystemTime, ttl: Duration) -> String {
+        let r = repo("my-app");
+        key.mint(NewGrant {
+            subject: "alice",
+            issuer: "local",
+            registry: "default",
+            repository: &r,
+            actions: Actions::PUSH_PULL,
+            issued_at,
+            expires_at: issued_at + ttl,
+        })
+        .expect("mint")
+        .0
+        .expose_secret()
+        .to_owned()
+    }
+
+    #[test]
+    fn valid_grant_round_trips() {
+        let key = GrantKey::from_secret(&[7; 32]);
+        let token = mint(&key, SystemTime::now(), Duration::from_secs(300));
+        let GrantCheck::Valid(grant) = key.check(&token) else {
+            panic!("a fresh grant is valid");
+        };
+        assert_eq!(grant.claims.sub, "alice");
+        assert_eq!(grant.claims.idp, "local");
+        assert_eq!(grant.claims.reg, "default");
+        assert_eq!(grant.claims.repo, repo("my-app"));
+        assert_eq!(grant.claims.act, Actions::PUSH_PULL);
+        assert!(!grant.claims.jti.is_empty());
+    }
+
+    #[test]
+    fn grants_are_refused_when_tampered_expired_or_foreign() {
+        let key = GrantKey::from_secret(&[7; 32]);
+        let now = SystemTime::now();
+        let token = mint(&key, now, Duration::from_secs(300));
+        let (header, rest) = token.split_once('.').expect("jwt");
+        let (_, signature) = rest.split_once('.').expect("jwt");
+
+        // Claims rewritten to another repository, signature kept.
+        let mut claims: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(rest.split('.').next().expect("claims"))
+                .expect("b64"),
+        )
+        .expect("json");
+        claims["repo"] = "other-app".into();
+        let forged = format!(
+            "{header}.{}.{signature}",
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        // The signature's last character flipped.
+        let mut flipped = token.clone();
+        let last = flipped.pop().expect("non-empty");
+        flipped.push(if last == 'A' { 'B' } else { 'A' });
+        // alg swapped to none, signature dropped.
+        let none_header = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#,
+            key.kid
+        ));
+        let alg_none = format!("{none_header}.{}.", rest.split('.').next().expect("claims"));
+
+        let expired = mint(
+            &key,
+            now - Duration::from_secs(3600),
+            Duration::from_secs(60),
+        );
+        let other_server = mint(
+            &GrantKey::from_secret(&[8; 32]),
+            now,
+            Duration::from_secs(300),
+        );
+
+        let check = |token: &str| match key.check(token) {
+            GrantCheck::Valid(_) => "valid",
+            GrantCheck::Invalid(GrantError::Expired) => "expired",
+            GrantCheck::Invalid(GrantError::OtherServer) => "other_server",
+            GrantCheck::Invalid(_) => "invalid",
+            GrantCheck::NotAGrant => "not_a_grant",
+        };
+        for (token, expect) in [
+            (token.as_str(), "valid"),
+            (forged.as_str(), "invalid"),
+            (flipped.as_str(), "invalid"),
+            (alg_none.as_str(), "not_a_grant"),
+            (expired.as_str(), "expired"),
+            (other_server.as_str(), "other_server"),
+            ("not a jwt", "not_a_grant"),
+            ("", "not_a_grant"),
+        ] {
+            assert_eq!(check(token), expect, "{token}");
+        }
+    }
+
+    #[test]
+    fn expiry_has_no_leeway() {
+        let key = GrantKey::from_secret(&[7; 32]);
+        let token = mint(
+            &key,
+            SystemTime::now() - Duration::from_secs(62),
+            Duration::from_secs(60),
+        );
+        assert!(matches!(
+            key.check(&token),
+            GrantCheck::Invalid(GrantError::Expired)
+        ));
+    }
+
+    #[test]
+    fn secret_file_is_created_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = GrantKey::load_or_create(dir.path()).expect("create");
+        let b = GrantKey::load_or_create(dir.path()).expect("load");
+        let token = mint(&a, SystemTime::now(), Duration::from_secs(60));
+        assert!(matches!(b.check(&token), GrantCheck::Valid(_)));
+        let text =
+            std::fs::read_to_string(dir.path().join("keys").join(GRANT_KEY_FILE)).expect("read");
+        assert_eq!(STANDARD.decode(text.trim()).expect("base64").len(), 32);
+        assert!(!format!("{a:?}").contains(text.trim()));
+    }
+}

@@ -1,0 +1,436 @@
+//! Rise as the token server of a CNCF Distribution registry (Docker registry token spec).
+//!
+//! `/registry/credentials` returns a *grant* ([`grant`]): username `rise`, password a short-lived
+//! HS256 JWT naming the caller, registry, repository and actions. The registry, configured with
+//! `auth.token.realm = <public_url>/token`, sends clients to Rise's `/token`, where the grant (or,
+//! beyond the spec, a JWT of a trusted issuer, checked against policy) is traded for a registry
+//! token ([`token`]): a few minutes long, ES256-signed with a key whose certificate the registry
+//! trusts ([`keys`]), granting the intersection of what was asked and what the grant allows.
+//!
+//! Architecture Invariant: this module knows nothing about HTTP; `http::token` parses requests
+//! into [`RepositoryScope`]s and a password, and renders [`RegistryToken`]s.
+
+pub mod grant;
+pub mod keys;
+pub mod token;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use serde::Deserialize;
+
+pub use grant::{Grant, GrantCheck, GrantError, GrantKey};
+pub use keys::{KeySet, SigningKey, TrustedCert, libtrust_key_id};
+pub use token::{Access, MintError, RegistryToken, RepositoryScope, ScopeError};
+
+use self::grant::NewGrant;
+use self::token::TokenSpec;
+use super::ProviderConfig;
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::registry::{
+    Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider, RepositoryName,
+};
+
+/// The username of every grant. Registry clients need one; Rise ignores it.
+pub const USERNAME: &str = "rise";
+
+/// Registry tokens live at least this long: shorter ones expire before a slow client uses them.
+const MIN_TOKEN_TTL: Duration = Duration::from_secs(10);
+/// Registry tokens live at most this long: they cannot be revoked.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Grants live at least this long.
+const MIN_GRANT_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionConfig {
+    /// Host and port clients push to, e.g. `registry.example.com` or `127.0.0.1:5000`.
+    pub url: String,
+    /// The registry's `auth.token.service`; the `aud` of registry tokens.
+    #[serde(default = "defaults::service")]
+    pub service: String,
+    /// The registry's `auth.token.issuer`; the `iss` of registry tokens.
+    #[serde(default = "defaults::issuer")]
+    pub issuer: String,
+    /// Lifetime of registry tokens handed out by `/token` (10s to 1h).
+    #[serde(default = "defaults::token_ttl", with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Longest lifetime of a grant (the credential `/registry/credentials` returns); at least 60s.
+    #[serde(default = "defaults::max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn service() -> String {
+        "rise-registry".into()
+    }
+    pub fn issuer() -> String {
+        "rise".into()
+    }
+    pub fn token_ttl() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn max_ttl() -> Duration {
+        Duration::from_secs(12 * 3600)
+    }
+}
+
+impl DistributionConfig {
+    fn validate(&self) -> Result<(), String> {
+        let url = self.url.as_str();
+        if url.is_empty() || url.contains("://") || url.contains('/') || url.contains(' ') {
+            return Err(format!(
+                "url {url:?} must be the registry's host[:port] without a scheme or path, e.g. registry.example.com or 127.0.0.1:5000"
+            ));
+        }
+        if self.service.trim().is_empty() || self.issuer.trim().is_empty() {
+            return Err("service and issuer may not be empty: they must equal the registry's auth.token.service and auth.token.issuer".into());
+        }
+        if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&self.token_ttl) {
+            return Err(format!(
+                "token_ttl must be between {} and {}",
+                humantime::format_duration(MIN_TOKEN_TTL),
+                humantime::format_duration(MAX_TOKEN_TTL)
+            ));
+        }
+        if self.max_ttl < MIN_GRANT_TTL {
+            return Err(format!(
+                "max_ttl must be at least {}",
+                humantime::format_duration(MIN_GRANT_TTL)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The secrets shared by every Distribution registry of one Rise data directory.
+#[derive(Debug)]
+struct SharedKeys {
+    grant: GrantKey,
+    signing: KeySet,
+}
+
+/// One configured Distribution registry: issues grants, and trades grants for registry tokens.
+#[derive(Debug)]
+pub struct DistributionProvider {
+    name: String,
+    config: DistributionConfig,
+    keys: Arc<SharedKeys>,
+}
+
+/// Who is asking `/token` for a registry token.
+#[derive(Debug, Clone)]
+pub enum TokenCaller {
+    /// A grant from `/registry/credentials`; access is what the grant names.
+    Grant(Grant),
+    /// A JWT of a trusted issuer used directly as the password; access comes from policy.
+    Principal(Arc<Principal>),
+}
+
+impl TokenCaller {
+    pub fn subject(&self) -> &str {
+        match self {
+            TokenCaller::Grant(g) => &g.claims.sub,
+            TokenCaller::Principal(p) => &p.subject,
+        }
+    }
+
+    /// The configured name of the issuer that vouched for the caller.
+    pub fn issuer(&self) -> &str {
+        match self {
+            TokenCaller::Grant(g) => &g.claims.idp,
+            TokenCaller::Principal(p) => &p.issuer,
+        }
+    }
+
+    /// `grant` or `jwt`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenCaller::Grant(_) => "grant",
+            TokenCaller::Principal(_) => "jwt",
+        }
+    }
+
+    fn expires_at(&self) -> SystemTime {
+        match self {
+            TokenCaller::Grant(g) => g.expires_at(),
+            TokenCaller::Principal(p) => p.expires_at,
+        }
+    }
+}
+
+impl DistributionProvider {
+    /// The configured registry name (`default` for `[registry]`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The registry's `auth.token.service`.
+    pub fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    /// [`RegistryProvider::issue`] at a given time: lets tests mint grants that are already
+    /// expired without waiting.
+    pub fn issue_at(
+        &self,
+        request: &CredentialRequest,
+        now: SystemTime,
+    ) -> Result<IssuedCredential, ProviderError> {
+        if request.registry != self.name {
+            return Err(ProviderError::Misconfigured(format!(
+                "request for registry {} reached provider {}",
+                request.registry, self.name
+            )));
+        }
+        // Credentials never outlive the caller's token.
+        let expires_at =
+            (now + request.ttl.min(self.config.max_ttl)).min(request.principal.expires_at);
+        let (password, claims) = self
+            .keys
+            .grant
+            .mint(NewGrant {
+                subject: &request.principal.subject,
+                issuer: &request.principal.issuer,
+                registry: &self.name,
+                repository: &request.repository,
+                actions: request.actions,
+                issued_at: now,
+                expires_at,
+            })
+            .map_err(|e| ProviderError::Misconfigured(e.to_string()))?;
+        Ok(IssuedCredential {
+            registry_url: self.config.url.clone(),
+            username: USERNAME.to_owned(),
+            password,
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+            repository: self.repository_path(&request.repository),
+            granted_actions: request.actions,
+            repository_scoped: true,
+            revocable: false,
+            credential_id: Some(claims.jti),
+        })
+    }
+
+    /// Look at a `/token` password as a grant for this registry.
+    pub fn check_grant(&self, password: &str) -> GrantCheck {
+        match self.keys.grant.check(password) {
+            GrantCheck::Valid(g) if g.claims.reg != self.name => {
+                GrantCheck::Invalid(GrantError::WrongRegistry(g.claims.reg))
+            }
+            other => other,
+        }
+    }
+
+    /// What `caller` may do on `repository` of this registry.
+    pub fn allowed_actions(
+        &self,
+        caller: &TokenCaller,
+        repository: &RepositoryName,
+        policy: &Policy,
+    ) -> Actions {
+        match caller {
+            TokenCaller::Grant(g) if &g.claims.repo == repository => g.claims.act,
+            TokenCaller::Grant(_) => Actions::NONE,
+            TokenCaller::Principal(p) => policy
+                .project_for_repository(&self.name, repository)
+                .filter(|project| project.registry == self.name)
+                .map(|project| project.allowed_actions(p))
+                .unwrap_or(Actions::NONE),
+        }
+    }
+
+    /// The access a token for `caller` asking for `scopes` carries.
+    pub fn authorize(
+        &self,
+        caller: &TokenCaller,
+        scopes: &[RepositoryScope],
+        policy: &Policy,
+    ) -> Vec<Access> {
+        token::intersect(scopes, |repo| self.allowed_actions(caller, repo, policy))
+    }
+
+    /// Mint the registry token for `caller` with `access`: `token_ttl` long, never outliving the
+    /// caller's credential, checked against the registry's invariants before it is returned.
+    pub fn registry_token(
+        &self,
+        caller: &TokenCaller,
+        access: &[Access],
+        now: SystemTime,
+    ) -> Result<RegistryToken, MintError> {
+        token::mint(
+            &self.keys.signing,
+            &TokenSpec {
+                issuer: &self.config.issuer,
+                service: &self.config.service,
+                subject: caller.subject(),
+                access,
+                now,
+                expires_at: (now + self.config.token_ttl).min(caller.expires_at()),
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl RegistryProvider for DistributionProvider {
+    fn kind(&self) -> &'static str {
+        "distribution"
+    }
+
+    fn registry_url(&self) -> String {
+        self.config.url.clone()
+    }
+
+    fn max_ttl(&self) -> Duration {
+        self.config.max_ttl
+    }
+
+    async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
+        self.issue_at(request, SystemTime::now())
+    }
+}
+
+/// Every Distribution registry this Rise server is the token server of, by `service`.
+#[derive(Debug)]
+pub struct TokenService {
+    by_service: HashMap<String, Arc<DistributionProvider>>,
+    by_name: HashMap<String, Arc<DistributionProvider>>,
+}
+
+impl TokenService {
+    /// Load or create the keys in the data directory and build a provider per Distribution
+    /// registry; `None` when no Distribution registry is configured.
+    pub fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Self>>> {
+        let registries: Vec<(&str, &DistributionConfig)> =
+            distribution_registries(config).collect();
+        if registries.is_empty() {
+            return Ok(None);
+        }
+        let data_dir = &config.server.data_dir;
+        let keys = Arc::new(SharedKeys {
+            grant: GrantKey::load_or_create(data_dir)?,
+            signing: KeySet::load_or_create(data_dir)?,
+        });
+        let mut by_service: HashMap<String, Arc<DistributionProvider>> = HashMap::new();
+        let mut by_name = HashMap::new();
+        for (name, registry) in registries {
+            registry
+                .validate()
+                .map_err(|m| anyhow::anyhow!("registry {name}: {m}"))?;
+            let provider = Arc::new(DistributionProvider {
+                name: name.to_owned(),
+                config: registry.clone(),
+                keys: keys.clone(),
+            });
+            if let Some(other) = by_service.insert(registry.service.clone(), provider.clone()) {
+                bail!(
+                    "registries {} and {name} both use service {:?}: /token tells registries apart by service, give each its own",
+                    other.name,
+                    registry.service
+                );
+            }
+            by_name.insert(name.to_owned(), provider);
+        }
+        tracing::info!(
+            kid = %keys.signing.current().kid(),
+            registries = by_name.len(),
+            "registry token signing key loaded"
+        );
+        Ok(Some(Arc::new(Self {
+            by_service,
+            by_name,
+        })))
+    }
+
+    /// The registry whose `auth.token.service` is `service`.
+    pub fn registry_for_service(&self, service: &str) -> Option<&Arc<DistributionProvider>> {
+        self.by_service.get(service)
+    }
+
+    /// The provider of the registry configured as `name`.
+    pub fn provider(&self, name: &str) -> Option<Arc<DistributionProvider>> {
+        self.by_name.get(name).cloned()
+    }
+}
+
+fn distribution_registries(config: &Config) -> impl Iterator<Item = (&str, &DistributionConfig)> {
+    config.all_registries().filter_map(|(name, p)| match p {
+        ProviderConfig::Distribution(d) => Some((name, d)),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    })
+}
+
+/// For `rise-backend registry-config`: write the certificate bundle to
+/// `<data_dir>/registry-bundle.pem` and return the `auth: token:` YAML a registry's config.yml
+/// needs to trust Rise.
+pub fn registry_config_snippet(config: &Config, registry: Option<&str>) -> anyhow::Result<String> {
+    let registries: Vec<(&str, &DistributionConfig)> = distribution_registries(config).collect();
+    let names = || {
+        registries
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (name, registry) = match registry {
+        Some(wanted) => registries
+            .iter()
+            .find(|(n, _)| *n == wanted)
+            .copied()
+            .with_context(|| {
+                format!(
+                    "no distribution registry named {wanted:?} is configured (configured: {})",
+                    names()
+                )
+            })?,
+        None => match registries.as_slice() {
+            [only] => *only,
+            [] => bail!("no registry of type \"distribution\" is configured"),
+            _ => bail!(
+                "several distribution registries are configured ({}): choose one with --registry",
+                names()
+            ),
+        },
+    };
+    registry
+        .validate()
+        .map_err(|m| anyhow::anyhow!("registry {name}: {m}"))?;
+    let data_dir: &Path = &config.server.data_dir;
+    let keys = KeySet::load_or_create(data_dir)?;
+    let bundle = keys.write_bundle(data_dir)?;
+    Ok(render_snippet(
+        name,
+        &format!("{}/token", config.server.public_url()),
+        registry,
+        &bundle.display().to_string(),
+    ))
+}
+
+fn render_snippet(name: &str, realm: &str, registry: &DistributionConfig, bundle: &str) -> String {
+    // JSON strings are valid YAML double-quoted scalars, so any value is quoted safely.
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "# Token authentication by Rise for registry {name:?} (paste into the registry's config.yml).\n\
+         # Equivalent environment variables:\n\
+         #   REGISTRY_AUTH_TOKEN_REALM={realm} REGISTRY_AUTH_TOKEN_SERVICE={service} REGISTRY_AUTH_TOKEN_ISSUER={issuer} REGISTRY_AUTH_TOKEN_ROOTCERTBUNDLE={bundle}\n\
+         auth:\n  token:\n    realm: {qrealm}\n    service: {qservice}\n    issuer: {qissuer}\n    rootcertbundle: {qbundle}\n",
+        service = registry.service,
+        issuer = registry.issuer,
+        qrealm = q(realm),
+        qservice = q(&registry.service),
+        qissuer = q(&registry.issuer),
+        qbundle = q(bundle),
+    )
+}
+
+#[cfg(test)]
+mod tests;
