@@ -133,6 +133,10 @@ pub struct OidcIssuerConfig {
     /// OAuth client id the CLI uses for `rise login` (published by the backend).
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Scopes `rise login` asks for (published by the backend); the CLI's default
+    /// (`openid offline_access`) when absent.
+    #[serde(default)]
+    pub login_scopes: Option<Vec<String>>,
     /// Allow `http://` issuer URLs (tests, local development). Never for production.
     #[serde(default, deserialize_with = "lenient::bool")]
     pub insecure_http: bool,

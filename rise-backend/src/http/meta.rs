@@ -28,6 +28,9 @@ pub struct PublishedIssuer {
     pub client_id: String,
     /// The audience the backend expects in tokens (informational).
     pub audience: String,
+    /// Scopes to ask for; absent when the CLI's default applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
 }
 
 impl AuthMeta {
@@ -41,6 +44,7 @@ impl AuthMeta {
                     issuer: i.issuer.clone(),
                     client_id: i.client_id.clone()?,
                     audience: i.audience.clone(),
+                    scopes: i.login_scopes.clone(),
                 })
             })
             .collect();
@@ -117,6 +121,7 @@ audience = "rise"
                     issuer: "https://idp.example.com".into(),
                     client_id: "rise-cli".into(),
                     audience: "rise".into(),
+                    scopes: None,
                 }],
                 default_issuer: Some("corp".into()),
             }

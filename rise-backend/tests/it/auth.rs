@@ -97,7 +97,9 @@ actions = ["pull"]
             registries: Arc::new(HashMap::new()),
             default_ttl: std::time::Duration::from_secs(3600),
             token_service: None,
-            auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(&config.auth)),
+            auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(
+                &config.auth,
+            )),
         };
         Rise {
             app: rise_backend::http::app(state),

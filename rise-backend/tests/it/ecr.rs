@@ -21,9 +21,9 @@ use rise_backend::secrets::{SecretError, SecretResolver, SecretSettings, SecretS
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
+use crate::support::app::TestRise;
 use crate::support::aws_proxy::RecordingProxy;
 use crate::support::moto::{ACCOUNT_ID, Moto};
-use crate::support::app::TestRise;
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/rise-push";
 const REGISTRY_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
