@@ -103,6 +103,9 @@ actions = ["pull"]
                 rise_backend::audit::AuditSettings::default(),
             ),
             token_service: None,
+            auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(
+                &config.auth,
+            )),
         };
         Rise {
             app: rise_backend::http::app(state),
