@@ -75,10 +75,11 @@ impl CliEnv {
     async fn start() -> Self {
         let oidc = OidcProvider::start().await;
         let reserved = ReservedRise::bind().await;
+        let server_toml = reserved.server_toml();
         let config = |registry: &str| {
             format!(
                 "{}[registry]\ntype = \"distribution\"\nurl = {registry:?}\n{}",
-                reserved.server_toml(),
+                server_toml,
                 policy(oidc.issuer())
             )
         };
@@ -637,7 +638,6 @@ async fn the_helper_fetches_fresh_credentials_inside_the_margin() {
     assert_eq!(docker_config["credHelpers"][env.registry.addr()], "rise");
 
     let get = |margin: &'static str| {
-        let ci = ci;
         let env = &env;
         async move {
             let run = env
