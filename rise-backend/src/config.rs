@@ -109,6 +109,10 @@ pub struct AuthConfig {
     pub local: LocalIssuerConfig,
     #[serde(default)]
     pub issuers: BTreeMap<String, OidcIssuerConfig>,
+    /// The issuer `rise login` uses by default (one of `issuers`, with a `client_id`). Without
+    /// it, the only issuer that has a `client_id`.
+    #[serde(default)]
+    pub login_issuer: Option<String>,
 }
 
 /// The built-in development issuer, whose tokens `rise-backend token issue` mints.
@@ -278,6 +282,10 @@ pub struct OidcIssuerConfig {
     /// OAuth client id the CLI uses for `rise login` (published by the backend).
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Scopes `rise login` asks for (published by the backend); the CLI's default
+    /// (`openid offline_access`) when absent.
+    #[serde(default)]
+    pub login_scopes: Option<Vec<String>>,
     /// Allow `http://` issuer URLs (tests, local development). Never for production.
     #[serde(default, deserialize_with = "lenient::bool")]
     pub insecure_http: bool,
@@ -572,6 +580,17 @@ impl Config {
                     "auth.issuers.{LOCAL_ISSUER_NAME} is reserved for the built-in development issuer; pick another name"
                 )));
             }
+        }
+        if let Some(name) = &self.auth.login_issuer
+            && self
+                .auth
+                .issuers
+                .get(name)
+                .is_none_or(|i| i.client_id.is_none())
+        {
+            return Err(ConfigError::Semantic(format!(
+                "auth.login_issuer names {name:?}, which is not an issuer under [auth.issuers] with a client_id"
+            )));
         }
         for (project, p) in &self.projects {
             if !self.all_registries().any(|(name, _)| name == p.registry) {

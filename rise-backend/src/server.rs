@@ -63,6 +63,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         default_ttl: DEFAULT_TTL,
         audit,
         token_service,
+        auth_meta: Arc::new(crate::http::meta::AuthMeta::from_config(&config.auth)),
         rate_limits,
     })
 }

@@ -5,6 +5,7 @@ pub mod audit;
 mod credentials;
 pub mod error;
 mod extract;
+pub mod meta;
 mod ops;
 pub mod ratelimit;
 mod token;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub default_ttl: Duration,
     /// Every issuance and refusal is recorded here before the response leaves.
     pub audit: AuditLog,
+    /// What `GET /auth/config` publishes for `rise login`.
+    pub auth_meta: Arc<meta::AuthMeta>,
     /// The token server of the Distribution registries (`/token`); `None` when there are none.
     pub token_service: Option<Arc<TokenService>>,
     /// Rate limits and the client-address resolver; `RateLimits::disabled()` in tests that do not
@@ -51,6 +54,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/registry/credentials", get(credentials::get_credentials))
         .route("/audit", get(audit::get_audit))
+        .route("/auth/config", get(meta::auth_config))
+        .route("/auth/whoami", get(meta::whoami))
         .route("/token", get(token::get_token).post(token::post_token))
         // Routes above are rate limited by client address; a `route_layer` applies only to the
         // routes added before it.

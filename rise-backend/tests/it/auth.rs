@@ -104,6 +104,9 @@ actions = ["pull"]
             ),
             rate_limits: Arc::new(rise_backend::http::RateLimits::disabled()),
             token_service: None,
+            auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(
+                &config.auth,
+            )),
         };
         Rise {
             app: rise_backend::http::app(state),

@@ -6,6 +6,7 @@ mod audit_api;
 mod audit_crash;
 mod audit_store;
 mod auth;
+mod cli;
 mod distribution;
 mod ecr;
 mod infra;

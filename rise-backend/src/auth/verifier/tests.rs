@@ -467,6 +467,7 @@ fn auth_config(issuers: BTreeMap<String, OidcIssuerConfig>) -> AuthConfig {
         leeway: Duration::from_secs(60),
         local: local_config(),
         issuers,
+        login_issuer: None,
     }
 }
 
@@ -588,6 +589,7 @@ impl FakeIdp {
             jwks_cache_ttl: ttl,
             jwks_refresh_floor: floor,
             client_id: None,
+            login_scopes: None,
             insecure_http: true,
         }
     }

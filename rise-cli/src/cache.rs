@@ -1,0 +1,235 @@
+//! Brokered registry credentials cached per identity and scope (`<cache>/credentials.json`, 0600),
+//! so the credential helper does not ask the backend on every `docker` call, and asks again once
+//! a cached credential is within the margin of its expiry.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::Grant;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::fsutil;
+use crate::session::secret_serde;
+
+/// Fresh credentials are fetched when a cached one expires within this long, unless configured.
+pub const DEFAULT_MARGIN: Duration = Duration::from_secs(300);
+
+/// Who asked for what: the cache key's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope<'a> {
+    pub backend: &'a str,
+    /// A non-secret name of the caller (see [`crate::jwt::identity`]).
+    pub identity: &'a str,
+    pub project: &'a str,
+    pub actions: &'a str,
+}
+
+impl Scope<'_> {
+    /// A hash, so the file does not list who used which project in clear.
+    fn key(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [self.backend, self.identity, self.project, self.actions] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    #[serde(default)]
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    backend: String,
+    registry_url: String,
+    username: String,
+    #[serde(with = "secret_serde")]
+    password: secrecy::SecretString,
+    /// Unix seconds.
+    expires_at: u64,
+    repository: String,
+    image: String,
+    project: String,
+    #[serde(default)]
+    actions: Vec<String>,
+}
+
+/// A cached grant for `scope` that is still valid for longer than `margin`.
+pub fn get(ctx: &Context, scope: &Scope<'_>, margin: Duration) -> Result<Option<Grant>, CliError> {
+    let file: CacheFile = read(ctx)?;
+    let Some(e) = file.entries.get(&scope.key()) else {
+        return Ok(None);
+    };
+    let expires_at = UNIX_EPOCH + Duration::from_secs(e.expires_at);
+    let fresh_enough = expires_at
+        .duration_since(SystemTime::now())
+        .is_ok_and(|left| left > margin);
+    if !fresh_enough {
+        return Ok(None);
+    }
+    Ok(Some(Grant {
+        registry_url: e.registry_url.clone(),
+        username: e.username.clone(),
+        password: e.password.clone(),
+        expires_at,
+        repository: e.repository.clone(),
+        image: e.image.clone(),
+        project: e.project.clone(),
+        actions: e.actions.clone(),
+        warnings: Vec::new(),
+    }))
+}
+
+/// Remember `grant` for `scope`, dropping expired entries.
+pub fn put(ctx: &Context, scope: &Scope<'_>, grant: &Grant) -> Result<(), CliError> {
+    let mut file: CacheFile = read(ctx)?;
+    let now = unix(SystemTime::now());
+    file.entries.retain(|_, e| e.expires_at > now);
+    file.entries.insert(
+        scope.key(),
+        Entry {
+            backend: scope.backend.to_owned(),
+            registry_url: grant.registry_url.clone(),
+            username: grant.username.clone(),
+            password: grant.password.clone(),
+            expires_at: unix(grant.expires_at),
+            repository: grant.repository.clone(),
+            image: grant.image.clone(),
+            project: grant.project.clone(),
+            actions: grant.actions.clone(),
+        },
+    );
+    fsutil::write_json_private(&ctx.credentials_cache_file(), &file)
+}
+
+/// Forget cached credentials for a registry host (helper `erase`) or a backend (`rise logout`).
+/// Returns how many were removed.
+pub fn forget(
+    ctx: &Context,
+    registry_host: Option<&str>,
+    backend: Option<&str>,
+) -> Result<usize, CliError> {
+    let path = ctx.credentials_cache_file();
+    if !path.exists() {
+        return Ok(0);
+    }
+    let mut file: CacheFile = read(ctx)?;
+    let before = file.entries.len();
+    file.entries.retain(|_, e| {
+        let host_matches = registry_host.is_some_and(|h| e.registry_url.eq_ignore_ascii_case(h));
+        let backend_matches = backend.is_some_and(|b| e.backend == b);
+        !(host_matches || backend_matches)
+    });
+    let removed = before - file.entries.len();
+    if removed > 0 {
+        fsutil::write_json_private(&path, &file)?;
+    }
+    Ok(removed)
+}
+
+/// Usernames of cached credentials by registry host (helper `list`).
+pub fn usernames(ctx: &Context) -> Result<BTreeMap<String, String>, CliError> {
+    let file: CacheFile = read(ctx)?;
+    Ok(file
+        .entries
+        .into_values()
+        .map(|e| (e.registry_url, e.username))
+        .collect())
+}
+
+fn read(ctx: &Context) -> Result<CacheFile, CliError> {
+    // A cache that cannot be parsed (older version, truncated) is worthless, not an error.
+    match fsutil::read_json_or_default(&ctx.credentials_cache_file()) {
+        Ok(f) => Ok(f),
+        Err(CliError::Input(_)) => Ok(CacheFile::default()),
+        Err(e) => Err(e),
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn grant(password: &str, ttl: Duration) -> Grant {
+        Grant {
+            registry_url: "127.0.0.1:5000".into(),
+            username: "rise".into(),
+            password: password.to_owned().into(),
+            expires_at: SystemTime::now() + ttl,
+            repository: "my-app".into(),
+            image: "127.0.0.1:5000/my-app".into(),
+            project: "my-app".into(),
+            actions: vec!["pull".into(), "push".into()],
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn cached_until_inside_the_margin_and_keyed_by_identity_and_scope() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([
+            (
+                "RISE_CONFIG_DIR".to_owned(),
+                dir.path().join("c").display().to_string(),
+            ),
+            (
+                "RISE_CACHE_DIR".to_owned(),
+                dir.path().join("k").display().to_string(),
+            ),
+        ])
+        .expect("ctx");
+        let alice = Scope {
+            backend: "http://b",
+            identity: "idp alice",
+            project: "my-app",
+            actions: "push,pull",
+        };
+        let bob = Scope {
+            identity: "idp bob",
+            ..alice.clone()
+        };
+        let pull = Scope {
+            actions: "pull",
+            ..alice.clone()
+        };
+        put(&ctx, &alice, &grant("s1", Duration::from_secs(600))).expect("put");
+        let got = get(&ctx, &alice, Duration::from_secs(60))
+            .expect("get")
+            .expect("cached");
+        assert_eq!(got.password.expose_secret(), "s1");
+        assert!(get(&ctx, &bob, Duration::ZERO).expect("get").is_none());
+        assert!(get(&ctx, &pull, Duration::ZERO).expect("get").is_none());
+        // Inside the margin: not handed out.
+        assert!(
+            get(&ctx, &alice, Duration::from_secs(900))
+                .expect("get")
+                .is_none()
+        );
+        assert_eq!(
+            usernames(&ctx)
+                .expect("list")
+                .get("127.0.0.1:5000")
+                .map(String::as_str),
+            Some("rise")
+        );
+        assert_eq!(
+            forget(&ctx, Some("127.0.0.1:5000"), None).expect("forget"),
+            1
+        );
+        assert!(get(&ctx, &alice, Duration::ZERO).expect("get").is_none());
+    }
+}

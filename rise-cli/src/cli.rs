@@ -1,0 +1,608 @@
+//! The `rise` command line: argument definitions and one function per command.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+
+use crate::auth_file::{self, AuthFile};
+use crate::backend::{Backend, CredentialQuery, Grant};
+use crate::cache;
+use crate::context::{Context, parse_duration};
+use crate::error::{CliError, EXIT_CODES_HELP};
+use crate::oidc;
+use crate::push::{self, Broker, PushOptions, progress::Reporter};
+use crate::registries::{Mapping, RegistryMap};
+use crate::session::{self, StoredLogin, TokenSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rise",
+    version,
+    about = "Sign in to Rise, get short-lived registry credentials, push images",
+    long_about = "Sign in to Rise, get short-lived registry credentials for a project, and push images \
+                  without a container daemon.\n\n\
+                  In CI, set RISE_TOKEN (or RISE_TOKEN_FILE) to the job's OIDC token and RISE_BACKEND \
+                  to the backend URL instead of running `rise login`.",
+    after_long_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// Rise backend URL [default: the backend of the last `rise login`]
+    #[arg(long, global = true, env = "RISE_BACKEND", value_name = "URL")]
+    pub backend: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sign in with the backend's identity provider (device code by default)
+    Login(LoginArgs),
+    /// Forget the stored login for the backend (and revoke its refresh token)
+    Logout,
+    /// Show who the backend takes you for
+    Whoami,
+    /// Registry credentials and container-tool setup
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Push an OCI image layout or a `docker save` archive to the project's registry
+    Push(PushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Which of the backend's identity providers to use [default: the backend's default]
+    #[arg(long, value_name = "NAME")]
+    pub issuer: Option<String>,
+    /// Sign in in a browser (authorization code + PKCE, redirect to 127.0.0.1) instead of with a device code
+    #[arg(long)]
+    pub browser: bool,
+    /// With --browser: print the sign-in URL instead of opening a browser
+    #[arg(long, requires = "browser")]
+    pub no_open: bool,
+    /// OAuth scopes to ask for [default: the backend's, else "openid offline_access"]
+    #[arg(long)]
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Print short-lived credentials for a project's repository
+    Credentials(CredentialsArgs),
+    /// Set up docker/podman/skopeo/buildah to use Rise credentials for a project's registry
+    Login(RegistryLoginArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialsArgs {
+    /// The Rise project
+    #[arg(long)]
+    pub project: String,
+    /// Actions to ask for: pull, push or push,pull [default: all the project allows you]
+    #[arg(long)]
+    pub actions: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Lifetime to ask for (at least 60s), e.g. 15m [default: the project's]
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The backend's JSON response
+    Json,
+    /// RISE_REGISTRY_* variables, one per line, for `set -a; . file` or $GITHUB_ENV
+    Env,
+    /// A Docker config.json with the credential under `auths` (for DOCKER_CONFIG or REGISTRY_AUTH_FILE)
+    DockerConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryLoginArgs {
+    /// The Rise project
+    #[arg(long)]
+    pub project: String,
+    /// Which tools' auth file to set up: docker ($DOCKER_CONFIG/config.json or ~/.docker/config.json),
+    /// podman ($REGISTRY_AUTH_FILE or $XDG_RUNTIME_DIR/containers/auth.json; also skopeo and buildah), or all
+    #[arg(long, value_enum, default_value_t = ClientKind::Docker)]
+    pub client: ClientKind,
+    /// Write the short-lived credential itself into `auths` instead of registering the helper
+    #[arg(long)]
+    pub store_password: bool,
+    /// Actions the helper asks for: pull, push or push,pull [default: all the project allows you]
+    #[arg(long)]
+    pub actions: Option<String>,
+    /// The helper fetches fresh credentials when cached ones expire within this long
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub margin: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientKind {
+    Docker,
+    Podman,
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The Rise project
+    #[arg(long)]
+    pub project: String,
+    /// An OCI image layout directory or a `docker save` archive
+    #[arg(value_name = "IMAGE_SOURCE")]
+    pub source: PathBuf,
+    /// The tag to push as
+    #[arg(long)]
+    pub tag: String,
+    /// Which image of a source that holds several (its ref name or RepoTags entry)
+    #[arg(long = "ref", value_name = "NAME")]
+    pub reference: Option<String>,
+    /// Blobs uploaded at once
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub jobs: u16,
+    /// Renew the credential before a step when it expires within this long
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub refresh_margin: Duration,
+    /// Upload at most this many bytes per second per blob, e.g. 500K, 10M
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
+    pub limit_rate: Option<u64>,
+    /// Lifetime to ask for each credential (at least 60s) [default: the project's]
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Speak plain HTTP to the registry (it already does for 127.0.0.0/8 and localhost). Never
+    /// for registries reached over a network: credentials would travel in clear text
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+/// `500K`, `10M`, `1G` or plain bytes.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&s[..i], 1024),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&s[..i], 1024 * 1024),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&s[..i], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    match num.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n.saturating_mul(mult)),
+        _ => Err(format!(
+            "invalid rate {s:?}: give bytes per second such as 500K or 10M"
+        )),
+    }
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli, ctx: Context) -> Result<(), CliError> {
+    let backend_flag = cli.backend.as_deref();
+    match cli.command {
+        Command::Login(args) => login(&ctx, backend_flag, args).await,
+        Command::Logout => logout(&ctx, backend_flag).await,
+        Command::Whoami => whoami(&ctx, backend_flag).await,
+        Command::Registry(RegistryCommand::Credentials(args)) => {
+            credentials(&ctx, backend_flag, args).await
+        }
+        Command::Registry(RegistryCommand::Login(args)) => {
+            registry_login(&ctx, backend_flag, args).await
+        }
+        Command::Push(args) => push_image(&ctx, backend_flag, args).await,
+    }
+}
+
+fn out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .map_err(|e| CliError::Other(format!("cannot write to standard output: {e}")))
+}
+
+fn note(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+async fn login(ctx: &Context, backend_flag: Option<&str>, args: LoginArgs) -> Result<(), CliError> {
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let http = ctx.http()?;
+    let backend = Backend::new(&backend_url, http.clone())?;
+    let config = backend.auth_config().await?;
+    let wanted = args.issuer.clone().or(config.default_issuer.clone());
+    let issuer = match (&wanted, config.issuers.as_slice()) {
+        (_, []) => {
+            return Err(CliError::Auth(format!(
+                "the backend {backend_url} offers no sign-in for people (no issuer with a client_id); use RISE_TOKEN, or ask its operator to set one up"
+            )));
+        }
+        (Some(name), list) => list.iter().find(|i| &i.name == name).ok_or_else(|| {
+            CliError::Input(format!(
+                "the backend {backend_url} has no sign-in issuer {name:?}; choose one of: {}",
+                list.iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?,
+        (None, [one]) => one,
+        (None, list) => {
+            return Err(CliError::Input(format!(
+                "the backend {backend_url} offers several issuers: pick one with --issuer ({})",
+                list.iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    };
+    let scope = args
+        .scope
+        .clone()
+        .or_else(|| issuer.scopes.as_ref().map(|s| s.join(" ")))
+        .unwrap_or_else(|| oidc::DEFAULT_SCOPES.to_owned());
+    let meta = oidc::discover(&http, &issuer.issuer).await?;
+    let tokens = if args.browser {
+        let no_open = args.no_open;
+        oidc::auth_code_flow(&http, &meta, &issuer.client_id, &scope, |url| {
+            note(&format!(
+                "To sign in, open this URL in a browser:\n\n    {url}\n"
+            ));
+            if !no_open {
+                open_browser(url);
+            }
+            note("Waiting for the browser to finish signing in...");
+        })
+        .await?
+    } else {
+        oidc::device_flow(&http, &meta, &issuer.client_id, &scope, |code| {
+            let url = code
+                .verification_uri_complete
+                .as_deref()
+                .unwrap_or(&code.verification_uri);
+            note(&format!(
+                "To sign in, open {url}\nand confirm the code {}\nWaiting for you to finish signing in...",
+                code.user_code
+            ));
+        })
+        .await?
+    };
+    let login = StoredLogin::new(&issuer.name, &meta, &issuer.client_id, tokens, None);
+    let has_refresh = login.refresh_token.is_some();
+    let token = login.bearer().clone();
+    session::save_login(ctx, &backend_url, login)?;
+    let me = backend.whoami(&token).await?;
+    out(&format!(
+        "Logged in to {backend_url} as {} (issuer {}).\n",
+        me.subject, me.issuer
+    ))?;
+    if !has_refresh {
+        note(
+            "note: the identity provider issued no refresh token: run `rise login` again when the token expires",
+        );
+    }
+    Ok(())
+}
+
+fn open_browser(url: &str) {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let _ = std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
+async fn logout(ctx: &Context, backend_flag: Option<&str>) -> Result<(), CliError> {
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let removed = session::remove_login(ctx, &backend_url)?;
+    cache::forget(ctx, None, Some(&backend_url))?;
+    let Some(login) = removed else {
+        out(&format!("Not logged in to {backend_url}; nothing to do.\n"))?;
+        return Ok(());
+    };
+    let mut revoked = false;
+    if let (Some(endpoint), Some(refresh)) = (&login.revocation_endpoint, &login.refresh_token) {
+        revoked = oidc::revoke(&ctx.http()?, endpoint, &login.client_id, refresh).await;
+    }
+    out(&format!(
+        "Logged out of {backend_url}{}.\n",
+        if revoked {
+            " and revoked the refresh token"
+        } else {
+            ""
+        }
+    ))
+}
+
+async fn whoami(ctx: &Context, backend_flag: Option<&str>) -> Result<(), CliError> {
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let http = ctx.http()?;
+    let backend = Backend::new(&backend_url, http.clone())?;
+    let caller = session::caller_token(ctx, &http, backend.url()).await?;
+    let me = backend.whoami(&caller.token).await?;
+    let source = match &caller.source {
+        TokenSource::Env => "RISE_TOKEN".to_owned(),
+        TokenSource::File(p) => format!("RISE_TOKEN_FILE ({})", p.display()),
+        TokenSource::Login => "rise login".to_owned(),
+    };
+    let mut text = format!("subject: {}\nissuer:  {}\n", me.subject, me.issuer);
+    if !me.groups.is_empty() {
+        text.push_str(&format!("groups:  {}\n", me.groups.join(", ")));
+    }
+    if let Some(exp) = &me.expires_at {
+        text.push_str(&format!("expires: {exp}\n"));
+    }
+    text.push_str(&format!("backend: {backend_url}\ntoken:   from {source}\n"));
+    out(&text)
+}
+
+async fn fetch_grant(
+    ctx: &Context,
+    backend_flag: Option<&str>,
+    query: &CredentialQuery,
+) -> Result<(Backend, crate::backend::GrantResponse), CliError> {
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let http = ctx.http()?;
+    let backend = Backend::new(&backend_url, http.clone())?;
+    let caller = session::caller_token(ctx, &http, backend.url()).await?;
+    let response = backend.credentials(&caller.token, query).await?;
+    Ok((backend, response))
+}
+
+async fn credentials(
+    ctx: &Context,
+    backend_flag: Option<&str>,
+    args: CredentialsArgs,
+) -> Result<(), CliError> {
+    let query = CredentialQuery {
+        project: args.project,
+        actions: args.actions,
+        ttl: args.ttl,
+    };
+    let (_, response) = fetch_grant(ctx, backend_flag, &query).await?;
+    for w in &response.grant.warnings {
+        note(&format!("warning: {w}"));
+    }
+    // Exposed because the user asked for the credential on stdout.
+    let text = match args.format {
+        Format::Json => format!("{}\n", response.body.expose_secret().trim_end()),
+        Format::Env => env_lines(&response.grant),
+        Format::DockerConfig => docker_config(&response.grant)?,
+    };
+    out(&text)
+}
+
+/// `RISE_REGISTRY_*=value` lines, single-quoted where the shell needs it.
+pub fn env_lines(g: &Grant) -> String {
+    let expires = humantime::format_rfc3339_seconds(g.expires_at).to_string();
+    let vars = [
+        ("RISE_REGISTRY_URL", g.registry_url.as_str()),
+        ("RISE_REGISTRY_USERNAME", g.username.as_str()),
+        ("RISE_REGISTRY_PASSWORD", g.password.expose_secret()),
+        ("RISE_REGISTRY_REPOSITORY", g.repository.as_str()),
+        ("RISE_REGISTRY_IMAGE", g.image.as_str()),
+        ("RISE_REGISTRY_EXPIRES_AT", expires.as_str()),
+    ];
+    vars.iter()
+        .map(|(k, v)| format!("{k}={}\n", shell_quote(v)))
+        .collect()
+}
+
+fn shell_quote(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@+=,".contains(&b));
+    if plain {
+        v.to_owned()
+    } else {
+        format!("'{}'", v.replace('\'', r"'\''"))
+    }
+}
+
+/// A Docker config.json holding the credential under `auths`.
+pub fn docker_config(g: &Grant) -> Result<String, CliError> {
+    let auth = STANDARD.encode(format!("{}:{}", g.username, g.password.expose_secret()));
+    let doc = serde_json::json!({ "auths": { g.registry_url.clone(): { "auth": auth } } });
+    serde_json::to_string_pretty(&doc)
+        .map(|s| s + "\n")
+        .map_err(|e| CliError::Other(format!("cannot encode the config: {e}")))
+}
+
+async fn registry_login(
+    ctx: &Context,
+    backend_flag: Option<&str>,
+    args: RegistryLoginArgs,
+) -> Result<(), CliError> {
+    let query = CredentialQuery {
+        project: args.project.clone(),
+        actions: args.actions.clone(),
+        ttl: None,
+    };
+    // Asking once proves the caller may use the project and tells where its registry is.
+    let (backend, response) = fetch_grant(ctx, backend_flag, &query).await?;
+    let grant = response.grant;
+    let host = grant.registry_url.clone();
+    let files: Vec<AuthFile> = match args.client {
+        ClientKind::Docker => vec![AuthFile::Docker],
+        ClientKind::Podman => vec![AuthFile::Containers],
+        ClientKind::All => vec![AuthFile::Docker, AuthFile::Containers],
+    };
+    let mut text = String::new();
+    if args.store_password {
+        // Podman and skopeo look up `auths` by host/repository too, so several projects on one
+        // host keep separate entries there; Docker only looks up the host.
+        for file in files {
+            let path = file.path(ctx)?;
+            let key = match file {
+                AuthFile::Docker => host.clone(),
+                AuthFile::Containers => format!("{host}/{}", grant.repository),
+            };
+            for n in
+                auth_file::store_password(&path, &key, &host, &grant.username, &grant.password)?
+            {
+                note(&format!("note: {n}"));
+            }
+            text.push_str(&format!(
+                "Stored a credential for {key} in {}.\n",
+                path.display()
+            ));
+        }
+        let left = grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "It expires in {} (at {}): run this again then, or leave out --store-password to use the credential helper.\n",
+            humantime::format_duration(Duration::from_secs(left.as_secs())),
+            humantime::format_rfc3339_seconds(grant.expires_at)
+        ));
+    } else {
+        let mut map = RegistryMap::load(ctx)?;
+        map.upsert(Mapping {
+            host: host.clone(),
+            repository: grant.repository.clone(),
+            project: args.project.clone(),
+            backend: backend.url().to_owned(),
+            actions: args.actions.clone(),
+            margin_secs: Some(args.margin.as_secs()),
+        });
+        map.save(ctx)?;
+        for file in files {
+            let path = file.path(ctx)?;
+            for n in auth_file::register_helper(&path, &host)? {
+                note(&format!("note: {n}"));
+            }
+            text.push_str(&format!(
+                "Registered the Rise credential helper for {host} in {}.\n",
+                path.display()
+            ));
+        }
+        text.push_str(&format!(
+            "Pushes to {}:TAG now use short-lived credentials for project {}.\n",
+            grant.image, args.project
+        ));
+        if !helper_on_path(ctx) {
+            note(
+                "warning: docker-credential-rise is not on your PATH: container tools will not find the helper; install it next to `rise`",
+            );
+        }
+    }
+    out(&text)
+}
+
+fn helper_on_path(_ctx: &Context) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| dir.join("docker-credential-rise").is_file())
+}
+
+async fn push_image(
+    ctx: &Context,
+    backend_flag: Option<&str>,
+    args: PushArgs,
+) -> Result<(), CliError> {
+    push::validate_tag(&args.tag)?;
+    let image = push::source::open(&args.source, args.reference.as_deref())?;
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let http = ctx.http()?;
+    let broker = Broker {
+        ctx: ctx.clone(),
+        http: http.clone(),
+        backend: Backend::new(&backend_url, http)?,
+        query: CredentialQuery {
+            project: args.project.clone(),
+            actions: Some("push,pull".into()),
+            ttl: args.ttl,
+        },
+    };
+    let options = PushOptions {
+        tag: args.tag.clone(),
+        jobs: usize::from(args.jobs),
+        refresh_margin: args.refresh_margin,
+        limit_rate: args.limit_rate,
+        insecure_http: args.insecure_http,
+    };
+    let reporter = Reporter::for_stderr();
+    let outcome = push::push(&broker, &image, &options, &reporter).await?;
+    reporter.note(&format!(
+        "pushed {} blobs, {} already present{}",
+        outcome.pushed,
+        outcome.skipped,
+        match outcome.renewals {
+            0 => String::new(),
+            1 => ", renewed the credential once".to_owned(),
+            n => format!(", renewed the credential {n} times"),
+        }
+    ));
+    out(&format!("{}@{}\n", outcome.reference, outcome.digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant() -> Grant {
+        Grant {
+            registry_url: "127.0.0.1:5000".into(),
+            username: "rise".into(),
+            password: "pa'ss word".to_owned().into(),
+            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            repository: "my-app".into(),
+            image: "127.0.0.1:5000/my-app".into(),
+            project: "my-app".into(),
+            actions: vec!["pull".into(), "push".into()],
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn env_format_quotes_for_the_shell() {
+        insta::assert_snapshot!(env_lines(&grant()), @r"
+        RISE_REGISTRY_URL=127.0.0.1:5000
+        RISE_REGISTRY_USERNAME=rise
+        RISE_REGISTRY_PASSWORD='pa'\''ss word'
+        RISE_REGISTRY_REPOSITORY=my-app
+        RISE_REGISTRY_IMAGE=127.0.0.1:5000/my-app
+        RISE_REGISTRY_EXPIRES_AT=2027-01-15T08:00:00Z
+        ");
+    }
+
+    #[test]
+    fn docker_config_format() {
+        insta::assert_snapshot!(docker_config(&grant()).expect("json"), @r#"
+        {
+          "auths": {
+            "127.0.0.1:5000": {
+              "auth": "cmlzZTpwYSdzcyB3b3Jk"
+            }
+          }
+        }
+        "#);
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500K"), Ok(500 * 1024));
+        assert_eq!(parse_rate("2m"), Ok(2 * 1024 * 1024));
+        assert_eq!(parse_rate("100"), Ok(100));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

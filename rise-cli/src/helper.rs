@@ -1,0 +1,254 @@
+//! The Docker credential-helper protocol, spoken by `docker-credential-rise`.
+//!
+//! `get` reads a server URL on stdin and prints `{"ServerURL","Username","Secret"}`: brokered
+//! credentials for the project that `rise registry login` mapped to that registry, from the cache
+//! while they stay valid for longer than the margin, else fresh from the backend. `store` accepts
+//! and ignores what `docker login` hands it (Rise brokers credentials itself; a `docker login`
+//! must not fail); `erase` forgets cached credentials for the host; `list` names the hosts with
+//! cached credentials.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use crate::backend::{Backend, CredentialQuery};
+use crate::cache::{self, DEFAULT_MARGIN, Scope};
+use crate::context::{Context, parse_duration, vars};
+use crate::error::CliError;
+use crate::registries::{Lookup, Mapping, RegistryMap, split_server_url};
+use crate::session;
+
+/// The message Docker's helper client recognises as "no credentials here" (not an error).
+pub const NOT_FOUND: &str = "credentials not found in native keychain";
+
+/// What the helper prints and its exit status.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: i32,
+}
+
+#[derive(Serialize)]
+struct Credentials<'a> {
+    #[serde(rename = "ServerURL")]
+    server_url: &'a str,
+    #[serde(rename = "Username")]
+    username: &'a str,
+    #[serde(rename = "Secret")]
+    secret: &'a str,
+}
+
+/// Run one helper action with its stdin.
+pub async fn handle(ctx: &Context, action: &str, input: &str) -> Outcome {
+    match action {
+        "get" => match get(ctx, input.trim()).await {
+            Ok(Some((out, warnings))) => Outcome {
+                stdout: out,
+                stderr: warnings,
+                status: 0,
+            },
+            Ok(None) => Outcome {
+                stdout: format!("{NOT_FOUND}\n"),
+                status: 1,
+                ..Outcome::default()
+            },
+            // Docker and containers/image show the helper's stdout when it fails.
+            Err(e) => Outcome {
+                stdout: format!("docker-credential-rise: {e}\n"),
+                status: 1,
+                ..Outcome::default()
+            },
+        },
+        "store" => Outcome {
+            stderr: "docker-credential-rise: not storing: Rise fetches fresh credentials on every use\n".into(),
+            ..Outcome::default()
+        },
+        "erase" => {
+            let (host, _) = split_server_url(input.trim());
+            match cache::forget(ctx, Some(host), None) {
+                Ok(_) => Outcome::default(),
+                Err(e) => Outcome {
+                    stdout: format!("docker-credential-rise: {e}\n"),
+                    status: 1,
+                    ..Outcome::default()
+                },
+            }
+        }
+        "list" => match list(ctx) {
+            Ok(out) => Outcome {
+                stdout: out,
+                ..Outcome::default()
+            },
+            Err(e) => Outcome {
+                stdout: format!("docker-credential-rise: {e}\n"),
+                status: 1,
+                ..Outcome::default()
+            },
+        },
+        "version" | "--version" | "-v" => Outcome {
+            stdout: format!("docker-credential-rise {}\n", env!("CARGO_PKG_VERSION")),
+            ..Outcome::default()
+        },
+        _ => Outcome {
+            stdout: "Usage: docker-credential-rise <get|store|erase|list|version>\n\
+                     A Docker credential helper that fetches short-lived registry credentials from Rise.\n\
+                     Set it up with `rise registry login --project NAME`.\n"
+                .into(),
+            status: 1,
+            ..Outcome::default()
+        },
+    }
+}
+
+async fn get(ctx: &Context, server_url: &str) -> Result<Option<(String, String)>, CliError> {
+    let map = RegistryMap::load(ctx)?;
+    let mut warnings = String::new();
+    let mapping = match map.lookup(server_url) {
+        Lookup::None => return Ok(None),
+        Lookup::One(m) => m,
+        Lookup::Ambiguous(m, others) => {
+            let names: Vec<&str> = others.iter().map(|o| o.project.as_str()).collect();
+            warnings.push_str(&format!(
+                "docker-credential-rise: {server_url} is shared by projects {} and {}; using {} (registered last); run `rise registry login --project NAME` to switch\n",
+                m.project,
+                names.join(", "),
+                m.project
+            ));
+            m
+        }
+    };
+    let margin = margin(ctx, mapping)?;
+    let grant = credentials_for(ctx, mapping, margin).await?;
+    let body = Credentials {
+        server_url,
+        username: &grant.username,
+        // Exposed to the container tool that asked for it, on the helper's stdout.
+        secret: grant.password.expose_secret(),
+    };
+    let out = serde_json::to_string(&body)
+        .map_err(|e| CliError::Other(format!("cannot encode credentials: {e}")))?;
+    Ok(Some((out + "\n", warnings)))
+}
+
+/// Cached credentials for the mapping's project while they outlive `margin`, else fresh ones.
+pub async fn credentials_for(
+    ctx: &Context,
+    mapping: &Mapping,
+    margin: Duration,
+) -> Result<crate::backend::Grant, CliError> {
+    let http = ctx.http()?;
+    let backend = Backend::new(&mapping.backend, http.clone())?;
+    let caller = session::caller_token(ctx, &http, backend.url()).await?;
+    let actions = mapping.actions.clone().unwrap_or_default();
+    let scope = Scope {
+        backend: backend.url(),
+        identity: &caller.identity,
+        project: &mapping.project,
+        actions: &actions,
+    };
+    if let Some(grant) = cache::get(ctx, &scope, margin)? {
+        return Ok(grant);
+    }
+    let query = CredentialQuery {
+        project: mapping.project.clone(),
+        actions: mapping.actions.clone(),
+        ttl: None,
+    };
+    let response = backend.credentials(&caller.token, &query).await?;
+    cache::put(ctx, &scope, &response.grant)?;
+    Ok(response.grant)
+}
+
+/// `RISE_CREDENTIAL_MARGIN`, else the mapping's margin, else [`DEFAULT_MARGIN`].
+pub fn margin(ctx: &Context, mapping: &Mapping) -> Result<Duration, CliError> {
+    if let Some(v) = ctx.var(vars::CREDENTIAL_MARGIN) {
+        return parse_duration(v)
+            .map_err(|m| CliError::Input(format!("{}: {m}", vars::CREDENTIAL_MARGIN)));
+    }
+    Ok(mapping
+        .margin_secs
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_MARGIN))
+}
+
+fn list(ctx: &Context) -> Result<String, CliError> {
+    let map = RegistryMap::load(ctx)?;
+    let cached = cache::usernames(ctx)?;
+    let listed: BTreeMap<String, String> = map
+        .registries
+        .iter()
+        .map(|m| {
+            let user = cached.get(&m.host).cloned().unwrap_or_default();
+            (m.host.clone(), user)
+        })
+        .collect();
+    serde_json::to_string(&listed)
+        .map(|s| s + "\n")
+        .map_err(|e| CliError::Other(format!("cannot encode the list: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(dir: &std::path::Path) -> Context {
+        Context::from_env([
+            (
+                "RISE_CONFIG_DIR".to_owned(),
+                dir.join("c").display().to_string(),
+            ),
+            (
+                "RISE_CACHE_DIR".to_owned(),
+                dir.join("k").display().to_string(),
+            ),
+        ])
+        .expect("ctx")
+    }
+
+    #[tokio::test]
+    async fn unknown_hosts_are_not_found_and_store_never_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ctx(dir.path());
+        let out = handle(&c, "get", "unknown.example.com\n").await;
+        assert_eq!(out.stdout.trim(), NOT_FOUND);
+        assert_eq!(out.status, 1);
+        let out = handle(
+            &c,
+            "store",
+            r#"{"ServerURL":"x","Username":"u","Secret":"s"}"#,
+        )
+        .await;
+        assert_eq!(out.status, 0);
+        assert_eq!(handle(&c, "store", "garbage").await.status, 0);
+        assert_eq!(handle(&c, "erase", "x").await.status, 0);
+        assert_eq!(handle(&c, "list", "").await.stdout, "{}\n");
+        assert_eq!(handle(&c, "bogus", "").await.status, 1);
+    }
+
+    #[tokio::test]
+    async fn mapped_host_without_login_says_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ctx(dir.path());
+        let mut map = RegistryMap::default();
+        map.upsert(Mapping {
+            host: "127.0.0.1:5000".into(),
+            repository: "my-app".into(),
+            project: "my-app".into(),
+            backend: "http://127.0.0.1:9".into(),
+            actions: None,
+            margin_secs: None,
+        });
+        map.save(&c).expect("save");
+        let out = handle(&c, "get", "127.0.0.1:5000").await;
+        assert_eq!(out.status, 1);
+        assert!(
+            out.stdout
+                .contains("rise login --backend http://127.0.0.1:9"),
+            "{}",
+            out.stdout
+        );
+    }
+}

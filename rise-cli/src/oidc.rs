@@ -1,0 +1,522 @@
+//! Signing a person in against an OpenID Connect provider: the device authorization grant
+//! (RFC 8628), the authorization code grant with PKCE (RFC 7636) and a loopback redirect
+//! (RFC 8252), refresh (RFC 6749 §6) and revocation (RFC 7009). The CLI is a public client: it
+//! sends its `client_id` and no secret.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::backend::{describe_reqwest, json_problem};
+use crate::error::CliError;
+
+/// Scopes asked for when the backend names none: an ID token and a refresh token.
+pub const DEFAULT_SCOPES: &str = "openid offline_access";
+/// Polling interval when the provider names none (RFC 8628 §3.2).
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long `rise login --browser` waits for the browser to come back.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The parts of the provider's discovery document the client uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderMetadata {
+    pub issuer: String,
+    pub token_endpoint: String,
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+}
+
+/// Tokens from the provider.
+#[derive(Debug, Deserialize)]
+pub struct TokenSet {
+    pub access_token: SecretString,
+    #[serde(default)]
+    pub refresh_token: Option<SecretString>,
+    #[serde(default)]
+    pub id_token: Option<SecretString>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+}
+
+/// What the person must do to finish a device sign-in.
+#[derive(Debug, Clone)]
+pub struct DeviceCode {
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeviceAuthorizationWire {
+    device_code: SecretString,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    expires_in: u64,
+    #[serde(default)]
+    interval: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorWire {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// Why a refresh failed: the refresh token is no good (sign in again) or the provider is away.
+#[derive(Debug)]
+pub enum RefreshError {
+    Rejected,
+    Failed(CliError),
+}
+
+/// OIDC discovery (`<issuer>/.well-known/openid-configuration`).
+pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ProviderMetadata, CliError> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let unavailable = |why: &str| {
+        CliError::Unavailable(format!(
+            "cannot read the sign-in configuration of {issuer}: {why}; ask the Rise operator to check the issuer URL"
+        ))
+    };
+    let response = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| unavailable(describe_reqwest(&e)))?;
+    if !response.status().is_success() {
+        return Err(unavailable(&format!("HTTP {}", response.status().as_u16())));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| unavailable(describe_reqwest(&e)))?;
+    let meta: ProviderMetadata =
+        serde_json::from_slice(&bytes).map_err(|e| unavailable(json_problem(&e)))?;
+    if meta.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(unavailable(&format!(
+            "it names itself {:?}, not {issuer:?}",
+            meta.issuer
+        )));
+    }
+    Ok(meta)
+}
+
+/// The device authorization grant: show the person a code, poll until they confirm it.
+pub async fn device_flow(
+    http: &reqwest::Client,
+    meta: &ProviderMetadata,
+    client_id: &str,
+    scope: &str,
+    show: impl FnOnce(&DeviceCode),
+) -> Result<TokenSet, CliError> {
+    let endpoint = meta.device_authorization_endpoint.as_deref().ok_or_else(|| {
+        CliError::Auth(format!(
+            "the identity provider {} does not offer device sign-in: run `rise login --browser`",
+            meta.issuer
+        ))
+    })?;
+    let response = http
+        .post(endpoint)
+        .form(&[("client_id", client_id), ("scope", scope)])
+        .send()
+        .await
+        .map_err(|e| provider_unreachable(meta, &e))?;
+    let started = tokio::time::Instant::now();
+    let wire: DeviceAuthorizationWire = read_oauth(meta, response).await?;
+    show(&DeviceCode {
+        user_code: wire.user_code.clone(),
+        verification_uri: wire.verification_uri.clone(),
+        verification_uri_complete: wire.verification_uri_complete.clone(),
+    });
+    let deadline = started + Duration::from_secs(wire.expires_in);
+    let mut interval = wire
+        .interval
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_INTERVAL);
+    loop {
+        tokio::time::sleep(interval).await;
+        if tokio::time::Instant::now() > deadline {
+            return Err(expired_code());
+        }
+        let response = http
+            .post(&meta.token_endpoint)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", wire.device_code.expose_secret()),
+                ("client_id", client_id),
+            ])
+            .send()
+            .await
+            .map_err(|e| provider_unreachable(meta, &e))?;
+        match token_or_error(meta, response).await? {
+            Ok(tokens) => return Ok(tokens),
+            Err(err) => match err.error.as_str() {
+                "authorization_pending" => {}
+                "slow_down" => interval += Duration::from_secs(5),
+                "access_denied" => {
+                    return Err(CliError::Auth(
+                        "the sign-in was denied at the identity provider: run `rise login` to try again".into(),
+                    ));
+                }
+                "expired_token" => return Err(expired_code()),
+                _ => return Err(refused(meta, &err)),
+            },
+        }
+    }
+}
+
+fn expired_code() -> CliError {
+    CliError::Auth(
+        "the sign-in code expired before it was confirmed: run `rise login` again".into(),
+    )
+}
+
+/// The authorization code grant with PKCE and a loopback redirect: `open` is given the URL the
+/// person must visit; a one-shot listener on 127.0.0.1 receives the code.
+pub async fn auth_code_flow(
+    http: &reqwest::Client,
+    meta: &ProviderMetadata,
+    client_id: &str,
+    scope: &str,
+    open: impl FnOnce(&str),
+) -> Result<TokenSet, CliError> {
+    let endpoint = meta.authorization_endpoint.as_deref().ok_or_else(|| {
+        CliError::Auth(format!(
+            "the identity provider {} does not offer browser sign-in: run `rise login` (device sign-in)",
+            meta.issuer
+        ))
+    })?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| {
+            CliError::Other(format!(
+                "cannot listen on 127.0.0.1 for the sign-in redirect: {e}"
+            ))
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| CliError::Other(format!("cannot listen on 127.0.0.1: {e}")))?
+        .port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let verifier = random_token(32)?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let state = random_token(16)?;
+    let mut url = reqwest::Url::parse(endpoint).map_err(|_| {
+        CliError::Unavailable(format!(
+            "the identity provider {} publishes an invalid authorization endpoint",
+            meta.issuer
+        ))
+    })?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", &redirect_uri)
+            .append_pair("scope", scope)
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        // OpenID Connect Core §11: a refresh token for offline use needs explicit consent.
+        if scope.split(' ').any(|s| s == "offline_access") {
+            q.append_pair("prompt", "consent");
+        }
+    }
+    open(url.as_str());
+    let params = tokio::time::timeout(BROWSER_TIMEOUT, receive_redirect(&listener))
+        .await
+        .map_err(|_| {
+            CliError::Auth(
+                "the browser did not come back within 5 minutes: run `rise login --browser` again"
+                    .into(),
+            )
+        })??;
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.as_str())
+    };
+    if get("state") != Some(state.as_str()) {
+        return Err(CliError::Auth(
+            "the sign-in redirect carried the wrong state (another sign-in in progress?): run `rise login --browser` again".into(),
+        ));
+    }
+    if let Some(error) = get("error") {
+        return Err(refused(
+            meta,
+            &OAuthErrorWire {
+                error: error.to_owned(),
+                error_description: get("error_description").map(str::to_owned),
+            },
+        ));
+    }
+    let code = get("code").ok_or_else(|| {
+        CliError::Auth(
+            "the sign-in redirect carried no code: run `rise login --browser` again".into(),
+        )
+    })?;
+    let response = http
+        .post(&meta.token_endpoint)
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("client_id", client_id),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| provider_unreachable(meta, &e))?;
+    token_or_error(meta, response)
+        .await?
+        .map_err(|err| refused(meta, &err))
+}
+
+/// Wait for `GET /callback?...` on the loopback listener, answer it, return its query pairs.
+async fn receive_redirect(
+    listener: &tokio::net::TcpListener,
+) -> Result<Vec<(String, String)>, CliError> {
+    loop {
+        let (mut stream, _) = listener
+            .accept()
+            .await
+            .map_err(|e| CliError::Other(format!("sign-in redirect listener failed: {e}")))?;
+        let mut buf = Vec::with_capacity(2048);
+        let mut chunk = [0u8; 1024];
+        // Only the request line matters; stop at the end of the headers or 16 KiB.
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("GET "))
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or("");
+        let Some(query) = target
+            .strip_prefix("/callback?")
+            .or(if target == "/callback" {
+                Some("")
+            } else {
+                None
+            })
+        else {
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        };
+        let body = "<!doctype html><title>Rise</title><p>Sign-in finished. You can close this window and return to the terminal.</p>";
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return Ok(form_pairs(query));
+    }
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://x/?{query}"))
+        .map(|u| {
+            u.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Exchange a refresh token for fresh tokens.
+pub async fn refresh(
+    http: &reqwest::Client,
+    token_endpoint: &str,
+    client_id: &str,
+    refresh_token: &SecretString,
+) -> Result<TokenSet, RefreshError> {
+    let response = http
+        .post(token_endpoint)
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .map_err(|e| {
+            RefreshError::Failed(CliError::Unavailable(format!(
+                "cannot reach the identity provider to renew your login: {}; try again shortly",
+                describe_reqwest(&e)
+            )))
+        })?;
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|e| {
+            RefreshError::Failed(CliError::Unavailable(format!(
+                "the identity provider answered the renewal in an unexpected format ({})",
+                json_problem(&e)
+            )))
+        });
+    }
+    match serde_json::from_slice::<OAuthErrorWire>(&bytes) {
+        Ok(err)
+            if matches!(
+                err.error.as_str(),
+                "invalid_grant" | "invalid_client" | "unauthorized_client"
+            ) =>
+        {
+            Err(RefreshError::Rejected)
+        }
+        _ => Err(RefreshError::Failed(CliError::Unavailable(format!(
+            "the identity provider failed to renew your login (HTTP {}); try again shortly",
+            status.as_u16()
+        )))),
+    }
+}
+
+/// Revoke a token (RFC 7009), best effort: logging out must work offline too.
+pub async fn revoke(
+    http: &reqwest::Client,
+    endpoint: &str,
+    client_id: &str,
+    token: &SecretString,
+) -> bool {
+    http.post(endpoint)
+        .form(&[
+            ("token", token.expose_secret()),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// A token response, or the OAuth error it carried.
+async fn token_or_error(
+    meta: &ProviderMetadata,
+    response: reqwest::Response,
+) -> Result<Result<TokenSet, OAuthErrorWire>, CliError> {
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| provider_unreachable(meta, &e))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map(Ok).map_err(|e| {
+            CliError::Unavailable(format!(
+                "the identity provider {} sent tokens in an unexpected format ({})",
+                meta.issuer,
+                json_problem(&e)
+            ))
+        });
+    }
+    match serde_json::from_slice::<OAuthErrorWire>(&bytes) {
+        Ok(err) => Ok(Err(err)),
+        Err(_) => Err(CliError::Unavailable(format!(
+            "the identity provider {} answered HTTP {} to the token request; try again shortly",
+            meta.issuer,
+            status.as_u16()
+        ))),
+    }
+}
+
+async fn read_oauth<T: serde::de::DeserializeOwned>(
+    meta: &ProviderMetadata,
+    response: reqwest::Response,
+) -> Result<T, CliError> {
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| provider_unreachable(meta, &e))?;
+    if !status.is_success() {
+        return match serde_json::from_slice::<OAuthErrorWire>(&bytes) {
+            Ok(err) => Err(refused(meta, &err)),
+            Err(_) => Err(CliError::Unavailable(format!(
+                "the identity provider {} answered HTTP {}; try again shortly",
+                meta.issuer,
+                status.as_u16()
+            ))),
+        };
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        CliError::Unavailable(format!(
+            "the identity provider {} answered in an unexpected format ({})",
+            meta.issuer,
+            json_problem(&e)
+        ))
+    })
+}
+
+fn refused(meta: &ProviderMetadata, err: &OAuthErrorWire) -> CliError {
+    // The description is the provider's text for the person; bounded so it cannot flood.
+    let description: String = err
+        .error_description
+        .as_deref()
+        .unwrap_or("no description")
+        .chars()
+        .take(200)
+        .collect();
+    CliError::Auth(format!(
+        "the identity provider {} refused the sign-in ({}: {description}); ask the Rise operator whether the client is set up for this flow",
+        meta.issuer, err.error
+    ))
+}
+
+fn provider_unreachable(meta: &ProviderMetadata, e: &reqwest::Error) -> CliError {
+    CliError::Unavailable(format!(
+        "cannot reach the identity provider {}: {}; check your network and try again",
+        meta.issuer,
+        describe_reqwest(e)
+    ))
+}
+
+/// `bytes` random bytes, base64url: PKCE verifiers (RFC 7636 §4.1 wants 43-128 chars) and states.
+fn random_token(bytes: usize) -> Result<String, CliError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|e| CliError::Other(format!("the system random number generator failed: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_verifier_is_long_enough_and_random() {
+        let a = random_token(32).expect("random");
+        let b = random_token(32).expect("random");
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn redirect_query_is_decoded() {
+        let pairs = form_pairs("code=a%2Fb&state=xyz&error_description=no+way");
+        assert_eq!(pairs[0], ("code".into(), "a/b".into()));
+        assert_eq!(pairs[2].1, "no way");
+    }
+}
