@@ -13,9 +13,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 
-use crate::policy::Rule;
+use secrecy::SecretString;
+
+use crate::policy::{Pattern, Rule};
 use crate::registry::providers::ProviderConfig;
-use crate::registry::{ProjectName, RepositoryName};
+use crate::registry::{Actions, ProjectName, RepositoryName};
 
 /// The name under which the seed's single `[registry]` table is known.
 pub const DEFAULT_REGISTRY: &str = "default";
@@ -52,6 +54,11 @@ pub struct Config {
     pub registries: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub projects: BTreeMap<ProjectName, ProjectConfig>,
+    /// Where durable state (the audit log) lives; SQLite in `data_dir` unless a URL is given.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +109,130 @@ pub struct LocalIssuerConfig {
     /// The longest lifetime `token issue` will mint.
     #[serde(with = "humantime_serde")]
     pub max_ttl: Duration,
+}
+
+/// `[database]`: the durable store. Without `url`, Rise keeps its state in SQLite at
+/// `<data_dir>/rise.db`; with `url = "postgres://..."` several replicas share one PostgreSQL.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db` (or `sqlite:PATH`). A secret: it usually carries a
+    /// password, so it is redacted in `Debug` and never logged.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// A file whose content is the URL (e.g. a mounted secret); exclusive with `url`.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Connections in the pool (PostgreSQL); SQLite uses a small fixed pool.
+    #[serde(
+        default = "defaults::db_max_connections",
+        deserialize_with = "lenient::u64"
+    )]
+    pub max_connections: u64,
+    /// How long a request may wait for a pooled connection.
+    #[serde(default = "defaults::db_acquire_timeout", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_file: None,
+            max_connections: defaults::db_max_connections(),
+            acquire_timeout: defaults::db_acquire_timeout(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The configured URL, read from `url_file` when given that way; `None` means SQLite in
+    /// the data directory.
+    pub fn resolve_url(&self) -> Result<Option<SecretString>, ConfigError> {
+        match (&self.url, &self.url_file) {
+            (Some(_), Some(_)) => Err(ConfigError::Semantic(
+                "both database.url and database.url_file are set; give the URL one way".into(),
+            )),
+            (Some(url), None) => Ok(Some(url.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::Semantic(format!(
+                        "database.url_file: cannot read {}: {}",
+                        path.display(),
+                        e.kind()
+                    ))
+                })?;
+                Ok(Some(SecretString::from(
+                    text.trim_end_matches(['\n', '\r']).to_owned(),
+                )))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// `[audit]`: who may read the audit log, and the bounds of the audit writer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Principals that may read `GET /audit`, e.g.
+    /// `admins = [{ issuer = "local", subject = "admin" }]`. Empty: nobody (use the CLI).
+    #[serde(default)]
+    pub admins: Vec<AdminRule>,
+    /// Records waiting for the writer; beyond this, requests fail with 503 instead of
+    /// queueing without bound.
+    #[serde(
+        default = "defaults::audit_queue_capacity",
+        deserialize_with = "lenient::u64"
+    )]
+    pub queue_capacity: u64,
+    /// Most records committed in one transaction.
+    #[serde(
+        default = "defaults::audit_max_batch",
+        deserialize_with = "lenient::u64"
+    )]
+    pub max_batch: u64,
+    /// How long a request waits for its record to be committed before failing with 503.
+    #[serde(default = "defaults::audit_commit_timeout", with = "humantime_serde")]
+    pub commit_timeout: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            admins: Vec::new(),
+            queue_capacity: defaults::audit_queue_capacity(),
+            max_batch: defaults::audit_max_batch(),
+            commit_timeout: defaults::audit_commit_timeout(),
+        }
+    }
+}
+
+/// One audit administrator: the matching part of a policy rule (no actions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRule {
+    /// The configured issuer name (`local` or a key of `[auth.issuers]`).
+    pub issuer: String,
+    #[serde(default)]
+    pub subject: Option<Pattern>,
+    #[serde(default)]
+    pub groups: Vec<Pattern>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, Pattern>,
+}
+
+impl AdminRule {
+    /// The equivalent policy rule, so admins are matched exactly like project rules.
+    pub fn to_rule(&self) -> Rule {
+        Rule {
+            actions: Actions::PULL,
+            issuer: Some(self.issuer.clone()),
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
+            claims: self.claims.clone(),
+        }
+    }
 }
 
 /// The name the local issuer has in policy rules.
@@ -177,6 +308,21 @@ mod defaults {
     }
     pub fn registry() -> String {
         super::DEFAULT_REGISTRY.into()
+    }
+    pub fn db_max_connections() -> u64 {
+        10
+    }
+    pub fn db_acquire_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn audit_queue_capacity() -> u64 {
+        8192
+    }
+    pub fn audit_max_batch() -> u64 {
+        1024
+    }
+    pub fn audit_commit_timeout() -> Duration {
+        Duration::from_secs(10)
     }
 }
 
@@ -372,6 +518,20 @@ impl Config {
                 })?;
             }
         }
+        for (i, admin) in self.audit.admins.iter().enumerate() {
+            if admin.issuer != LOCAL_ISSUER_NAME && !self.auth.issuers.contains_key(&admin.issuer) {
+                return Err(ConfigError::Semantic(format!(
+                    "audit.admins[{i}] names issuer {:?}, which is not configured under [auth.issuers]",
+                    admin.issuer
+                )));
+            }
+        }
+        if self.audit.queue_capacity == 0 || self.audit.max_batch == 0 {
+            return Err(ConfigError::Semantic(
+                "audit.queue_capacity and audit.max_batch must be at least 1".into(),
+            ));
+        }
+        self.database.resolve_url()?;
         Ok(())
     }
 }
@@ -638,5 +798,49 @@ mod tests {
         let f = file("[auth]\nleeway = \"5m\"\n");
         let err = load(&[&f], &[]).expect_err("too lenient").to_string();
         assert!(err.contains("60s"), "{err}");
+    }
+
+    #[test]
+    fn database_url_is_secret_and_may_come_from_a_file() {
+        let c = load(&[], &[]).expect("loads");
+        assert!(
+            c.database.resolve_url().expect("no url").is_none(),
+            "SQLite by default"
+        );
+
+        let url = "postgres://rise:hunter2@db.internal/rise";
+        let c = load(&[], &[("RISE_DATABASE__URL", url)]).expect("loads");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "password in Debug: {debug}");
+        let resolved = c.database.resolve_url().expect("url").expect("set");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&resolved), url);
+
+        let secret = file(&format!("{url}\n"));
+        let f = file(&format!(
+            "[database]\nurl_file = {:?}\n",
+            secret.path().display().to_string()
+        ));
+        let c = load(&[&f], &[]).expect("loads");
+        let resolved = c.database.resolve_url().expect("url").expect("set");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&resolved), url);
+
+        let err = load(&[&f], &[("RISE_DATABASE__URL", url)])
+            .expect_err("both ways")
+            .to_string();
+        assert!(err.contains("one way"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn audit_admins_must_name_a_configured_issuer() {
+        let ok = file("[audit]\nadmins = [{ issuer = \"local\", subject = \"admin\" }]\n");
+        let c = load(&[&ok], &[]).expect("loads");
+        assert_eq!(c.audit.admins.len(), 1);
+        let bad = file("[audit]\nadmins = [{ issuer = \"corp\", subject = \"admin\" }]\n");
+        let err = load(&[&bad], &[]).expect_err("unknown issuer").to_string();
+        assert!(err.contains("audit.admins[0]"), "{err}");
+        let typo = file("[audit]\nadmins = [{ issuer = \"local\", subjet = \"admin\" }]\n");
+        let err = load(&[&typo], &[]).expect_err("typo").to_string();
+        assert!(err.contains("subjet"), "{err}");
     }
 }

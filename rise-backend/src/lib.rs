@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod http;
@@ -9,3 +10,4 @@ pub mod policy;
 pub mod registry;
 pub mod secrets;
 pub mod server;
+pub mod store;

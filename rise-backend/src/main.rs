@@ -1,10 +1,12 @@
 //! `rise-backend`: the Rise credential broker.
 
+use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rise_backend::audit::{AuditFilter, Outcome};
 use rise_backend::auth::LocalIssuer;
 use rise_backend::config::{Config, Sources};
 use tracing_subscriber::EnvFilter;
@@ -48,6 +50,48 @@ enum Command {
     },
     /// Load and validate the configuration, then exit.
     CheckConfig,
+    /// The audit log: verify its hash chain, or export it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain from the first record and report the first broken link (exit
+    /// status 1 when there is one).
+    Verify,
+    /// Print records as JSON lines, oldest first.
+    Export {
+        /// Only records at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<SystemTime>,
+        /// Only records before this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<SystemTime>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// granted, denied or failed.
+        #[arg(long, value_parser = parse_outcome)]
+        result: Option<Outcome>,
+    },
+}
+
+fn parse_time(v: &str) -> Result<SystemTime, String> {
+    if let Ok(secs) = v.parse::<u64>() {
+        return SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(|| "out of range".to_owned());
+    }
+    humantime::parse_rfc3339_weak(v)
+        .map_err(|_| "give RFC 3339 (2026-01-02T03:04:05Z) or Unix seconds".to_owned())
+}
+
+fn parse_outcome(v: &str) -> Result<Outcome, String> {
+    Outcome::parse(v).ok_or_else(|| "use granted, denied or failed".to_owned())
 }
 
 #[derive(Subcommand)]
@@ -130,6 +174,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 registry.as_deref(),
             )?;
             print!("{snippet}");
+            Ok(())
+        }
+        Command::Audit { command } => run_audit(&config, command).await,
+    }
+}
+
+async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
+    let store =
+        rise_backend::store::Store::open_existing(&config.database, &config.server.data_dir)
+            .await
+            .context("opening the audit store")?;
+    match command {
+        AuditCommand::Verify => {
+            let report = rise_backend::audit::verify(&store).await?;
+            match report.broken {
+                None => {
+                    println!(
+                        "audit chain intact: {} records, head {} {}",
+                        report.records, report.head_id, report.head_hash
+                    );
+                    Ok(())
+                }
+                Some(broken) => anyhow::bail!(
+                    "audit chain BROKEN: {broken} ({} records before it verified)",
+                    report.records
+                ),
+            }
+        }
+        AuditCommand::Export {
+            since,
+            until,
+            project,
+            subject,
+            result,
+        } => {
+            let mut filter = AuditFilter {
+                project,
+                subject,
+                result,
+                since,
+                until,
+                limit: rise_backend::http::audit::MAX_LIMIT,
+                ..AuditFilter::default()
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            loop {
+                let page = store.audit_page(&filter).await?;
+                for record in &page {
+                    writeln!(out, "{}", rise_backend::http::audit::export_line(record))?;
+                }
+                match page.last() {
+                    Some(last) if page.len() == filter.limit as usize => filter.after_id = last.id,
+                    _ => break,
+                }
+            }
+            out.flush()?;
             Ok(())
         }
     }

@@ -146,11 +146,16 @@ impl Project {
 pub struct Policy {
     projects: BTreeMap<ProjectName, Project>,
     by_repository: HashMap<(String, RepositoryName), ProjectName>,
+    /// `[audit] admins`: who may read the audit log.
+    audit_admins: Vec<Rule>,
 }
 
 impl Policy {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let mut policy = Policy::default();
+        let mut policy = Policy {
+            audit_admins: config.audit.admins.iter().map(|a| a.to_rule()).collect(),
+            ..Policy::default()
+        };
         for (name, p) in &config.projects {
             let repository = match &p.repository {
                 Some(r) => r.clone(),
@@ -195,6 +200,11 @@ impl Policy {
 
     pub fn projects(&self) -> impl Iterator<Item = &Project> {
         self.projects.values()
+    }
+
+    /// Whether `principal` may read the audit log (`[audit] admins`).
+    pub fn is_audit_admin(&self, principal: &Principal) -> bool {
+        self.audit_admins.iter().any(|r| r.matches(principal))
     }
 }
 

@@ -1,11 +1,13 @@
 //! Wiring: configuration in, a ready [`AppState`] out.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::audit::{AuditLog, AuditSettings};
 use crate::auth::{Authenticator, LocalIssuer};
 use crate::config::Config;
 use crate::http::AppState;
@@ -15,6 +17,7 @@ use crate::registry::cache::{CacheSettings, CachingProvider};
 use crate::registry::providers::ProviderConfig;
 use crate::registry::providers::distribution::TokenService;
 use crate::registry::providers::ecr::EcrProvider;
+use crate::store::Store;
 
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -38,6 +41,11 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
     let token_service = TokenService::from_config(config)?;
+    let store = Store::open(&config.database, &config.server.data_dir)
+        .await
+        .context("opening the database")?;
+    tracing::info!(kind = store.kind(), "database ready");
+    let audit = AuditLog::start(store, AuditSettings::from(&config.audit));
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {
         let provider = build_provider(name, provider_config, config, token_service.as_deref())
@@ -50,6 +58,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         policy,
         registries: Arc::new(registries),
         default_ttl: DEFAULT_TTL,
+        audit,
         token_service,
         auth_meta: Arc::new(crate::http::meta::AuthMeta::from_config(&config.auth)),
     })
@@ -77,6 +86,10 @@ async fn build_provider(
                 },
             )))
         }
+        ProviderConfig::Artifactory(c) => Ok(Arc::new(
+            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)
+                .await?,
+        )),
     }
 }
 
@@ -88,7 +101,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, public_url = %config.server.public_url(), "rise-backend listening");
-    axum::serve(listener, crate::http::app(state))
+    // ConnectInfo gives handlers the peer address for the audit log.
+    let app = crate::http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())

@@ -21,7 +21,7 @@ pub struct Principal {
     pub groups: Vec<String>,
     /// All claims of the token, for policy rules that match on any claim.
     pub claims: Map<String, Value>,
-    /// When the caller's token expires; credentials never outlive their caller's token by policy.
+    /// When the caller's token expires (a registry token from `/token` never outlives it).
     pub expires_at: SystemTime,
 }
 

@@ -1,5 +1,6 @@
 //! `GET /registry/credentials?project=NAME[&actions=pull,push][&ttl=15m]`: the seed's endpoint.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
@@ -9,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use super::extract::{Caller, RequestId};
+use super::extract::{Caller, ClientInfo, RequestId};
 use super::{ApiError, AppState};
+use crate::audit::{AuditRecord, CallerInfo, Operation};
+use crate::auth::Principal;
 use crate::registry::{Action, Actions, CredentialRequest, IssuedCredential, ProjectName};
 
 /// The parsed query. Unknown parameters are refused so a typo (`action=pull`) does not silently
@@ -107,23 +110,74 @@ struct Scope<'a> {
     actions: Vec<Action>,
 }
 
+/// Every outcome after authentication is audited, and the response waits for the audit commit:
+/// a credential leaves only once its record is durable; if the record cannot be written the
+/// caller gets 503 `audit_unavailable` instead (also for refusals, so an unwritable audit log is
+/// never silent).
 pub(super) async fn get_credentials(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    client: ClientInfo,
     RawQuery(raw): RawQuery,
     Caller(principal): Caller,
 ) -> Result<Response, ApiError> {
-    let query = CredentialsQuery::parse(raw.as_deref())?;
+    let mut record = AuditRecord::begin(
+        Operation::Credentials,
+        &request_id,
+        CallerInfo::new(&principal, client.ip, client.user_agent),
+    );
+    match issue(&state, request_id, raw.as_deref(), principal, &mut record).await {
+        Ok((request, credential)) => {
+            record.granted(&credential);
+            let audit_id = state.audit.record(&record).await?;
+            tracing::info!(
+                request_id = %request.request_id,
+                project = %request.project,
+                registry = %request.registry,
+                subject = %request.principal.subject,
+                issuer = %request.principal.issuer,
+                actions = %credential.granted_actions,
+                audit_id,
+                "credential issued"
+            );
+            let body = render(&request, &credential);
+            Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+        }
+        Err(err) => {
+            let (status, code, _) = err.parts();
+            record.refused(status.is_server_error(), code);
+            state.audit.record(&record).await?;
+            Err(err)
+        }
+    }
+}
+
+/// Authorise and mint; fills `record` with what it learns on the way.
+async fn issue(
+    state: &AppState,
+    request_id: String,
+    raw: Option<&str>,
+    principal: Arc<Principal>,
+    record: &mut AuditRecord,
+) -> Result<(CredentialRequest, IssuedCredential), ApiError> {
+    let query = CredentialsQuery::parse(raw)?;
+    record.project = Some(query.project.to_string());
+    if let Some(actions) = query.actions {
+        record.actions_requested = actions.normalise_push();
+    }
     let project = state
         .policy
         .project(&query.project)
         .ok_or_else(|| ApiError::ProjectNotFound(query.project.to_string()))?;
+    record.registry = Some(project.registry.clone());
+    record.repository = Some(project.repository.to_string());
     let allowed = project.allowed_actions(&principal);
     // Without `actions`, the caller gets everything the policy allows (push implies pull).
     let wanted = query
         .actions
         .map(Actions::normalise_push)
         .unwrap_or(allowed);
+    record.actions_requested = wanted;
     if allowed.is_empty() || !wanted.is_subset_of(allowed) {
         let denied = if allowed.is_empty() {
             wanted
@@ -150,7 +204,7 @@ pub(super) async fn get_credentials(
         .min(provider.max_ttl());
     let request = CredentialRequest {
         request_id,
-        principal: principal.clone(),
+        principal,
         project: project.name.clone(),
         registry: project.registry.clone(),
         repository: project.repository.clone(),
@@ -164,17 +218,8 @@ pub(super) async fn get_credentials(
             registry: project.registry.clone(),
             source,
         })?;
-    tracing::info!(
-        request_id = %request.request_id,
-        project = %request.project,
-        registry = %request.registry,
-        subject = %principal.subject,
-        issuer = %principal.issuer,
-        actions = %credential.granted_actions,
-        "credential issued"
-    );
-    let body = render(&request, &credential);
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+    record.repository = Some(credential.repository.clone());
+    Ok((request, credential))
 }
 
 fn render<'a>(request: &'a CredentialRequest, c: &'a IssuedCredential) -> CredentialsResponse<'a> {

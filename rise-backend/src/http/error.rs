@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::registry::{Action, NameError, ProviderError};
 
@@ -41,6 +42,12 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The audit record could not be committed, so nothing was handed out (fail closed).
+    #[error(transparent)]
+    AuditUnavailable(#[from] AuditError),
+    /// The caller may not read the audit log.
+    #[error("subject {subject} (issuer {issuer}) is not an audit administrator")]
+    NotAuditAdmin { subject: String, issuer: String },
     /// Something went wrong inside Rise; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -138,6 +145,18 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "this endpoint does not accept that method".into(),
+            ),
+            ApiError::AuditUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log cannot be written right now, so Rise issued nothing; try again shortly".into(),
+            ),
+            ApiError::NotAuditAdmin { .. } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{self}; an operator can add it to `[audit] admins` in the Rise configuration"
+                ),
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -291,6 +310,27 @@ mod tests {
             "method",
         );
         check(
+            AuditError::Store("disk full at /var/lib/rise".into()).into(),
+            503,
+            "audit_unavailable",
+            "issued nothing",
+        );
+        check(
+            AuditError::Overloaded(8192).into(),
+            503,
+            "audit_unavailable",
+            "try again",
+        );
+        check(
+            ApiError::NotAuditAdmin {
+                subject: "bob".into(),
+                issuer: "local".into(),
+            },
+            403,
+            "forbidden",
+            "subject bob (issuer local) is not an audit administrator",
+        );
+        check(
             ApiError::Internal("db at /secret/path".into()),
             500,
             "internal_error",
@@ -311,5 +351,7 @@ mod tests {
         assert!(!m.contains("hunter2"));
         let (_, _, m) = ApiError::Internal("/var/lib/rise/key.pem".into()).parts();
         assert!(!m.contains("key.pem"));
+        let (_, _, m) = ApiError::from(AuditError::Store("/var/lib/rise/rise.db".into())).parts();
+        assert!(!m.contains("rise.db"));
     }
 }

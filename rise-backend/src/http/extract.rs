@@ -1,9 +1,10 @@
-//! Extractors: the authenticated [`Principal`] and a request id.
+//! Extractors: the authenticated [`Principal`], a request id and the client's address.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 
 use super::{ApiError, AppState};
@@ -59,5 +60,39 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             Some(v) => v.to_owned(),
             None => uuid::Uuid::new_v4().to_string(),
         }))
+    }
+}
+
+/// The connection's peer address and the `User-Agent`, for the audit log. The address is the TCP
+/// peer (absent when the router runs without `ConnectInfo`, as in `oneshot` tests); forwarding
+/// headers are not trusted, since any client can set them.
+pub struct ClientInfo {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// Longest `User-Agent` kept; longer values are cut so a client cannot bloat the audit log.
+const MAX_USER_AGENT: usize = 256;
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_USER_AGENT)
+                    .collect::<String>()
+            })
+            .filter(|v| !v.is_empty());
+        Ok(ClientInfo { ip, user_agent })
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP edge: routes, extractors, JSON wire types and error mapping. The only layer that knows
 //! HTTP or JSON; below it, auth, policy and providers speak domain types.
 
+pub mod audit;
 mod credentials;
 pub mod error;
 mod extract;
@@ -16,8 +17,9 @@ use axum::http::Uri;
 use axum::routing::get;
 
 pub use error::ApiError;
-pub use extract::RequestId;
+pub use extract::{ClientInfo, RequestId};
 
+use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
@@ -31,6 +33,8 @@ pub struct AppState {
     pub registries: Arc<HashMap<String, Arc<dyn RegistryProvider>>>,
     /// Credential lifetime when neither the caller nor the project asks for another.
     pub default_ttl: Duration,
+    /// Every issuance and refusal is recorded here before the response leaves.
+    pub audit: AuditLog,
     /// What `GET /auth/config` publishes for `rise login`.
     pub auth_meta: Arc<meta::AuthMeta>,
     /// The token server of the Distribution registries (`/token`); `None` when there are none.
@@ -42,6 +46,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/registry/credentials", get(credentials::get_credentials))
+        .route("/audit", get(audit::get_audit))
         .route("/auth/config", get(meta::auth_config))
         .route("/auth/whoami", get(meta::whoami))
         .route("/token", get(token::get_token).post(token::post_token))

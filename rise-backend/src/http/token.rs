@@ -29,10 +29,12 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use super::extract::RequestId;
+use super::extract::{ClientInfo, RequestId};
 use super::{ApiError, AppState};
+use crate::audit::{self, AuditRecord, CallerInfo, Operation, Outcome};
 use crate::auth::AuthError;
-use crate::registry::providers::distribution::token::parse_scopes;
+use crate::registry::Actions;
+use crate::registry::providers::distribution::token::{RepositoryScope, parse_scopes};
 use crate::registry::providers::distribution::{GrantCheck, MintError, ScopeError, TokenCaller};
 
 /// The body of a successful reply. `token` and `access_token` are the same JWT: older clients
@@ -57,16 +59,18 @@ struct TokenParams {
 pub(super) async fn get_token(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    client: ClientInfo,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let params = parse_params(raw.unwrap_or_default().as_bytes(), Method::Get)?;
-    issue(&state, &request_id, params, &headers).await
+    issue(&state, &request_id, client, params, &headers).await
 }
 
 pub(super) async fn post_token(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
+    client: ClientInfo,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -80,7 +84,7 @@ pub(super) async fn post_token(
         ));
     }
     let params = parse_params(&body, Method::Post)?;
-    issue(&state, &request_id, params, &headers).await
+    issue(&state, &request_id, client, params, &headers).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -138,6 +142,7 @@ fn parse_params(input: &[u8], method: Method) -> Result<TokenParams, ApiError> {
 async fn issue(
     state: &AppState,
     request_id: &str,
+    client: ClientInfo,
     params: TokenParams,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -189,8 +194,11 @@ async fn issue(
     };
     drop(password);
 
+    // From here on the caller is known: every outcome is audited, and the token leaves only
+    // after its record is committed.
+    let mut record = token_record(state, request_id, client, &caller, registry.name(), &scopes);
     let access = registry.authorize(&caller, &scopes, &state.policy);
-    let token = registry
+    let minted = registry
         .registry_token(&caller, &access, SystemTime::now())
         .map_err(|e| match e {
             MintError::CallerExpired => ApiError::BadCredentials {
@@ -198,7 +206,28 @@ async fn issue(
                 message: "the credentials expire now: get new ones".into(),
             },
             MintError::Internal(detail) => ApiError::Internal(detail),
-        })?;
+        });
+    let token = match minted {
+        Ok(token) => token,
+        Err(err) => {
+            let (status, code, _) = err.parts();
+            record.refused(status.is_server_error(), code);
+            state.audit.record(&record).await?;
+            return Err(err);
+        }
+    };
+    record.outcome = Outcome::Granted;
+    record.actions_granted =
+        Actions::from_iter_actions(access.iter().flat_map(|a| a.actions.iter()));
+    record.reason = if access.is_empty() && !scopes.is_empty() {
+        // A token without access is still a token: the registry will answer insufficient_scope.
+        "issued_without_access".into()
+    } else {
+        "issued".into()
+    };
+    record.expires_at = Some(token.expires_at);
+    record.fingerprint = Some(audit::fingerprint(token.token.expose_secret()));
+    let audit_id = state.audit.record(&record).await?;
     let summary: Vec<String> = access
         .iter()
         .map(|a| format!("{}:{}", a.name, a.actions))
@@ -212,6 +241,7 @@ async fn issue(
         subject = %caller.subject(),
         requested = scopes.len(),
         access = %summary.join(" "),
+        audit_id,
         "registry token issued"
     );
     let expires_in = token
@@ -228,6 +258,49 @@ async fn issue(
         issued_at: humantime::format_rfc3339_seconds(token.issued_at).to_string(),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// The audit record of a token exchange by `caller`. Several scopes are recorded in one record:
+/// `repository` and `project` list them space-separated, actions are their union.
+/// `credential_id` is the id (`jti`) of the Rise grant presented, linking the exchange to the
+/// `/registry/credentials` record that issued it (absent for callers using a JWT directly).
+fn token_record(
+    state: &AppState,
+    request_id: &str,
+    client: ClientInfo,
+    caller: &TokenCaller,
+    registry: &str,
+    scopes: &[RepositoryScope],
+) -> AuditRecord {
+    let (groups, credential_id) = match caller {
+        TokenCaller::Principal(p) => (p.groups.clone(), None),
+        TokenCaller::Grant(g) => (Vec::new(), Some(g.claims.jti.clone())),
+    };
+    let mut record = AuditRecord::begin(
+        Operation::Token,
+        request_id,
+        CallerInfo {
+            issuer: caller.issuer().to_owned(),
+            subject: caller.subject().to_owned(),
+            groups,
+            client_ip: client.ip,
+            user_agent: client.user_agent,
+        },
+    );
+    let join = |items: Vec<String>| (!items.is_empty()).then(|| items.join(" "));
+    record.registry = Some(registry.to_owned());
+    record.repository = join(scopes.iter().map(|s| s.name.to_string()).collect());
+    record.project = join(
+        scopes
+            .iter()
+            .filter_map(|s| state.policy.project_for_repository(registry, &s.name))
+            .map(|p| p.name.to_string())
+            .collect(),
+    );
+    record.actions_requested =
+        Actions::from_iter_actions(scopes.iter().flat_map(|s| s.actions.iter()));
+    record.credential_id = credential_id;
+    record
 }
 
 /// The password of `Authorization: Basic base64(user:password)`; the username is ignored.

@@ -225,7 +225,7 @@ async fn bad_requests() {
         "project_not_found",
         "nope",
     );
-    let long = "a".repeat(100_000);
+    let long = "a".repeat(60_000);
     let (status, body) = rise
         .get(&format!("/registry/credentials?project={long}"), t)
         .await;

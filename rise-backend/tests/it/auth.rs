@@ -96,6 +96,12 @@ actions = ["pull"]
             policy: Arc::new(Policy::from_config(&config).expect("policy")),
             registries: Arc::new(HashMap::new()),
             default_ttl: std::time::Duration::from_secs(3600),
+            audit: rise_backend::audit::AuditLog::start(
+                rise_backend::store::Store::open_in_memory()
+                    .await
+                    .expect("in-memory audit store"),
+                rise_backend::audit::AuditSettings::default(),
+            ),
             token_service: None,
             auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(
                 &config.auth,

@@ -1,6 +1,10 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
 mod api;
+mod artifactory;
+mod audit_api;
+mod audit_crash;
+mod audit_store;
 mod auth;
 mod cli;
 mod distribution;

@@ -1,6 +1,7 @@
 //! Registry providers. Each module owns its configuration struct (the `type = "..."` table) and
 //! an implementation of [`RegistryProvider`](super::RegistryProvider).
 
+pub mod artifactory;
 pub mod distribution;
 pub mod ecr;
 
@@ -14,6 +15,8 @@ pub enum ProviderConfig {
     Distribution(distribution::DistributionConfig),
     /// AWS Elastic Container Registry.
     Ecr(Box<ecr::EcrConfig>),
+    /// JFrog Artifactory: minted access tokens or the seed's static credentials.
+    Artifactory(Box<artifactory::ArtifactoryConfig>),
 }
 
 impl ProviderConfig {
@@ -21,6 +24,7 @@ impl ProviderConfig {
         match self {
             ProviderConfig::Distribution(_) => "distribution",
             ProviderConfig::Ecr(_) => "ecr",
+            ProviderConfig::Artifactory(_) => "artifactory",
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod aws_proxy;
+pub mod fake_artifactory;
 pub mod image;
 pub mod moto;
 pub mod oidc;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod recording_proxy;
 pub mod registry;
 pub mod rise;
+pub mod rise_process;
 pub mod skopeo;
 
 use std::path::{Path, PathBuf};

@@ -190,9 +190,10 @@ impl DistributionProvider {
                 request.registry, self.name
             )));
         }
-        // Credentials never outlive the caller's token.
-        let expires_at =
-            (now + request.ttl.min(self.config.max_ttl)).min(request.principal.expires_at);
+        // The lifetime is the one the HTTP layer settled (caller's ask, project ttl, provider cap),
+        // not the caller's token's: a CI job whose OIDC token lives five minutes may still need the
+        // seed's one-hour credential for a long push. Every provider treats `ttl` the same way.
+        let expires_at = now + request.ttl.min(self.config.max_ttl);
         let (password, claims) = self
             .keys
             .grant

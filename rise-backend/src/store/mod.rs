@@ -1,0 +1,653 @@
+//! The durable store: SQLite in the data directory (the embedded default) or PostgreSQL (for
+//! several replicas), behind one [`Store`].
+//!
+//! Both backends run the same SQL where they can (`$1` placeholders work on both); where they
+//! differ (DDL types, row locks, `BEGIN IMMEDIATE`) the statement is chosen by [`Dialect`].
+//!
+//! **Durability.** "Committed" means the commit has reached stable storage, so it survives a
+//! power loss, not only a crash of Rise:
+//! - SQLite runs in WAL mode with `synchronous = FULL`: every commit fsyncs the WAL before it
+//!   returns. (`NORMAL` would survive `kill -9` but could lose the last commits on power loss.)
+//!   The audit writer commits many records per transaction, so the fsync is shared.
+//! - PostgreSQL connections set `synchronous_commit = on`, so a server default of `off` cannot
+//!   silently weaken the guarantee; the server's own `fsync` setting remains the operator's.
+//!
+//! **Chain.** All records, from every replica, form one hash chain. A batch appends under a lock
+//! on the single `audit_chain` row (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's write lock via
+//! `BEGIN IMMEDIATE`), reads the head there, and assigns gapless ids `head + 1 ..`. Replicas
+//! therefore serialise their *batches*, not their records: the lock is taken once per group
+//! commit.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::audit::{AuditFilter, RecordFields, StoredRecord, chain};
+use crate::config::DatabaseConfig;
+
+/// The file name of the embedded SQLite database inside the data directory.
+pub const SQLITE_FILE: &str = "rise.db";
+
+/// The one chain every record belongs to.
+const CHAIN: &str = "audit";
+
+/// Advisory lock key serialising schema migrations of replicas that start together.
+const MIGRATION_LOCK: i64 = 0x0072_6973_656d_6967; // "risemig"
+
+/// A failure of the durable store. Messages carry no credentials (URLs are never included).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database: {0}")]
+    Open(String),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("the database is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// A handle to the durable store; cheap to clone (it wraps a connection pool).
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Clone, Copy)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        }
+    }
+
+    /// SQLite's default `BEGIN` takes the write lock only at the first write, and a reader
+    /// that then wants to write can fail with SQLITE_BUSY; `IMMEDIATE` takes it up front.
+    fn begin_write(self) -> &'static str {
+        self.pick("BEGIN IMMEDIATE", "BEGIN")
+    }
+}
+
+/// Run `$body` with `$pool` bound to the backend's pool and `$d` to its dialect. The body is
+/// compiled once per backend, so it may use either pool's concrete types.
+macro_rules! on_backend {
+    ($store:expr, |$pool:ident, $d:ident| $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $d = Dialect::Sqlite;
+                $body
+            }
+            Backend::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $d = Dialect::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("kind", &self.kind()).finish()
+    }
+}
+
+impl Store {
+    /// Open the configured store (creating the SQLite file if needed) and bring its schema up
+    /// to date.
+    pub async fn open(db: &DatabaseConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(db, data_dir, true).await
+    }
+
+    /// Like [`open`](Self::open), but a missing SQLite file is an error: for tools that read
+    /// the log, so a mistyped data directory is not reported as an empty, intact log.
+    pub async fn open_existing(db: &DatabaseConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(db, data_dir, false).await
+    }
+
+    async fn open_with(
+        db: &DatabaseConfig,
+        data_dir: &Path,
+        create: bool,
+    ) -> Result<Store, StoreError> {
+        let url = db
+            .resolve_url()
+            .map_err(|e| StoreError::Open(e.to_string()))?;
+        match url {
+            None => Self::open_sqlite(&data_dir.join(SQLITE_FILE), create).await,
+            Some(url) => {
+                let text = url.expose_secret();
+                if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                    Self::open_postgres(&url, db.max_connections, db.acquire_timeout).await
+                } else if let Some(path) = text.strip_prefix("sqlite:") {
+                    let path = path.strip_prefix("//").unwrap_or(path);
+                    Self::open_sqlite(Path::new(path), create).await
+                } else {
+                    Err(StoreError::Open(
+                        "database.url must start with postgres://, postgresql:// or sqlite:".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// SQLite at `path` (WAL, `synchronous = FULL`). With `create = false` a missing file is an
+    /// error, so a mistyped data directory is not mistaken for an empty audit log.
+    pub async fn open_sqlite(path: &Path, create: bool) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        // One writer (the audit writer) plus readers; WAL lets readers run beside the writer.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Open(format!("SQLite database {}: {e}", path.display())))?;
+        let store = Store {
+            backend: Backend::Sqlite(pool),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A private in-memory SQLite database. **Not durable**: for tests and tools only.
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // An in-memory database lives as long as its one connection: keep it forever.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        let store = Store {
+            backend: Backend::Sqlite(pool),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// PostgreSQL at `url`. Errors never repeat the URL: it usually carries a password.
+    pub async fn open_postgres(
+        url: &SecretString,
+        max_connections: u64,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let options = PgConnectOptions::from_str(url.expose_secret())
+            .map_err(|_| {
+                StoreError::Open(
+                    "database.url is not a valid PostgreSQL URL (postgres://user:password@host:port/database)"
+                        .into(),
+                )
+            })?
+            .options([("synchronous_commit", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(u32::try_from(max_connections.max(2)).unwrap_or(u32::MAX))
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Open(format!("PostgreSQL: {}", redact_sqlx(&e))))?;
+        let store = Store {
+            backend: Backend::Postgres(pool),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The SQLite pool, for tools and tests that inspect the database directly.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(p) => Some(p),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL pool, for tools and tests that inspect the database directly.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        on_backend!(self, |pool, d| pool.close().await)
+    }
+
+    /// Apply every migration not yet recorded in `rise_schema_migrations`, under a lock so
+    /// replicas starting together do not race.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        on_backend!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin_write()).await?;
+            if let Dialect::Postgres = d {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS rise_schema_migrations (
+                    version BIGINT PRIMARY KEY,
+                    applied_ms BIGINT NOT NULL
+                )",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM rise_schema_migrations")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let current = current.unwrap_or(0);
+            for &(version, statements) in migrations(d) {
+                if version <= current {
+                    continue;
+                }
+                for &statement in statements {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO rise_schema_migrations (version, applied_ms) VALUES ($1, $2)",
+                )
+                .bind(version)
+                .bind(crate::audit::unix_ms(std::time::SystemTime::now()))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO audit_chain (name, head_id, head_hash) VALUES ($1, 0, $2)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(CHAIN)
+            .bind(chain::GENESIS)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Append `records` to the chain in ONE transaction; returns their ids, in order. Either all
+    /// are durably committed or none is.
+    pub(crate) async fn append_audit(
+        &self,
+        records: &[&RecordFields],
+    ) -> Result<Vec<i64>, StoreError> {
+        on_backend!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin_write()).await?;
+            let head = sqlx::query(d.pick(
+                "SELECT head_id, head_hash FROM audit_chain WHERE name = $1",
+                "SELECT head_id, head_hash FROM audit_chain WHERE name = $1 FOR UPDATE",
+            ))
+            .bind(CHAIN)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the audit_chain head row is missing".into()))?;
+            let batch = Sealed::new(
+                head.try_get("head_id")?,
+                head.try_get("head_hash")?,
+                records,
+            );
+            insert_sealed(&mut *tx, &batch).await?;
+            sqlx::query("UPDATE audit_chain SET head_id = $1, head_hash = $2 WHERE name = $3")
+                .bind(batch.head_id())
+                .bind(batch.head_hash())
+                .bind(CHAIN)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(batch.ids)
+        })
+    }
+
+    /// Records matching `filter`, by ascending id, at most `filter.limit`.
+    pub async fn audit_page(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>, StoreError> {
+        on_backend!(self, |pool, d| {
+            let rows = sqlx::query(SELECT_FILTERED)
+                .bind(filter.after_id)
+                .bind(&filter.project)
+                .bind(&filter.subject)
+                .bind(&filter.issuer)
+                .bind(filter.result.map(|r| r.as_str()))
+                .bind(filter.since.map(crate::audit::unix_ms))
+                .bind(filter.until.map(crate::audit::unix_ms))
+                .bind(i64::from(filter.limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(decode_record).collect()
+        })
+    }
+
+    /// Every record with `id > after_id`, by ascending id, at most `limit` (for verification).
+    pub async fn audit_scan(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        on_backend!(self, |pool, d| {
+            let rows = sqlx::query(SELECT_SCAN)
+                .bind(after_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(decode_record).collect()
+        })
+    }
+
+    /// The chain head: the id and hash of the last record (`0` and the genesis hash when empty).
+    pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        on_backend!(self, |pool, d| {
+            let row = sqlx::query("SELECT head_id, head_hash FROM audit_chain WHERE name = $1")
+                .bind(CHAIN)
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("the audit_chain head row is missing".into()))?;
+            Ok((row.try_get("head_id")?, row.try_get("head_hash")?))
+        })
+    }
+}
+
+/// A batch with its chain positions and hashes, in column order for binding.
+struct Sealed<'a> {
+    records: &'a [&'a RecordFields],
+    ids: Vec<i64>,
+    prev_hashes: Vec<String>,
+    hashes: Vec<String>,
+    /// The head before the batch, for an empty batch.
+    previous_head: (i64, String),
+}
+
+impl<'a> Sealed<'a> {
+    fn new(head_id: i64, head_hash: String, records: &'a [&'a RecordFields]) -> Self {
+        let mut ids = Vec::with_capacity(records.len());
+        let mut prev_hashes = Vec::with_capacity(records.len());
+        let mut hashes = Vec::with_capacity(records.len());
+        let mut id = head_id;
+        let mut prev = head_hash.clone();
+        for f in records {
+            id += 1;
+            let hash = chain::seal(&prev, id, f);
+            ids.push(id);
+            prev_hashes.push(std::mem::replace(&mut prev, hash.clone()));
+            hashes.push(hash);
+        }
+        Self {
+            records,
+            ids,
+            prev_hashes,
+            hashes,
+            previous_head: (head_id, head_hash),
+        }
+    }
+
+    fn head_id(&self) -> i64 {
+        self.ids.last().copied().unwrap_or(self.previous_head.0)
+    }
+
+    fn head_hash(&self) -> &str {
+        self.hashes.last().unwrap_or(&self.previous_head.1)
+    }
+
+    fn column<T>(&self, get: impl Fn(&RecordFields) -> T) -> Vec<T> {
+        self.records.iter().map(|f| get(f)).collect()
+    }
+}
+
+/// Insert a sealed batch. SQLite runs in-process, so a prepared INSERT per row is cheap;
+/// PostgreSQL gets the whole batch in ONE statement (arrays + `UNNEST`), one round trip.
+trait InsertSealed {
+    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError>;
+}
+
+async fn insert_sealed<E: InsertSealed>(conn: E, batch: &Sealed<'_>) -> Result<(), StoreError> {
+    conn.insert(batch).await
+}
+
+impl InsertSealed for &mut sqlx::SqliteConnection {
+    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError> {
+        for (i, f) in batch.records.iter().enumerate() {
+            sqlx::query(INSERT_RECORD)
+                .bind(batch.ids[i])
+                .bind(f.time_ms)
+                .bind(&f.request_id)
+                .bind(&f.operation)
+                .bind(&f.issuer)
+                .bind(&f.subject)
+                .bind(&f.groups)
+                .bind(&f.client_ip)
+                .bind(&f.user_agent)
+                .bind(&f.project)
+                .bind(&f.registry)
+                .bind(&f.repository)
+                .bind(&f.actions_requested)
+                .bind(&f.actions_granted)
+                .bind(&f.result)
+                .bind(&f.reason)
+                .bind(f.expires_ms)
+                .bind(&f.fingerprint)
+                .bind(&f.credential_id)
+                .bind(&batch.prev_hashes[i])
+                .bind(&batch.hashes[i])
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl InsertSealed for &mut sqlx::PgConnection {
+    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError> {
+        sqlx::query(INSERT_RECORDS_UNNEST)
+            .bind(&batch.ids)
+            .bind(batch.column(|f| f.time_ms))
+            .bind(batch.column(|f| f.request_id.clone()))
+            .bind(batch.column(|f| f.operation.clone()))
+            .bind(batch.column(|f| f.issuer.clone()))
+            .bind(batch.column(|f| f.subject.clone()))
+            .bind(batch.column(|f| f.groups.clone()))
+            .bind(batch.column(|f| f.client_ip.clone()))
+            .bind(batch.column(|f| f.user_agent.clone()))
+            .bind(batch.column(|f| f.project.clone()))
+            .bind(batch.column(|f| f.registry.clone()))
+            .bind(batch.column(|f| f.repository.clone()))
+            .bind(batch.column(|f| f.actions_requested.clone()))
+            .bind(batch.column(|f| f.actions_granted.clone()))
+            .bind(batch.column(|f| f.result.clone()))
+            .bind(batch.column(|f| f.reason.clone()))
+            .bind(batch.column(|f| f.expires_ms))
+            .bind(batch.column(|f| f.fingerprint.clone()))
+            .bind(batch.column(|f| f.credential_id.clone()))
+            .bind(&batch.prev_hashes)
+            .bind(&batch.hashes)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+}
+
+/// sqlx's connection errors can quote the host; they never quote the password, but keep only
+/// the kind of failure to be safe.
+fn redact_sqlx(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => format!("server refused: {}", db.message()),
+        sqlx::Error::Io(io) => format!("I/O error: {}", io.kind()),
+        sqlx::Error::Tls(_) => "TLS error".into(),
+        sqlx::Error::PoolTimedOut => "timed out connecting".into(),
+        other => other.to_string(),
+    }
+}
+
+fn decode_record<R>(row: &R) -> Result<StoredRecord, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredRecord {
+        id: row.try_get("id")?,
+        fields: RecordFields {
+            time_ms: row.try_get("time_ms")?,
+            request_id: row.try_get("request_id")?,
+            operation: row.try_get("operation")?,
+            issuer: row.try_get("issuer")?,
+            subject: row.try_get("subject")?,
+            groups: row.try_get("caller_groups")?,
+            client_ip: row.try_get("client_ip")?,
+            user_agent: row.try_get("user_agent")?,
+            project: row.try_get("project")?,
+            registry: row.try_get("registry")?,
+            repository: row.try_get("repository")?,
+            actions_requested: row.try_get("actions_requested")?,
+            actions_granted: row.try_get("actions_granted")?,
+            result: row.try_get("result")?,
+            reason: row.try_get("reason")?,
+            expires_ms: row.try_get("expires_ms")?,
+            fingerprint: row.try_get("fingerprint")?,
+            credential_id: row.try_get("credential_id")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+const INSERT_RECORD: &str = "INSERT INTO audit_log (
+    id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
+    project, registry, repository, actions_requested, actions_granted, result, reason,
+    expires_ms, fingerprint, credential_id, prev_hash, hash
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+          $20, $21)";
+
+const INSERT_RECORDS_UNNEST: &str = "INSERT INTO audit_log (
+    id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
+    project, registry, repository, actions_requested, actions_granted, result, reason,
+    expires_ms, fingerprint, credential_id, prev_hash, hash
+) SELECT * FROM UNNEST(
+    $1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[],
+    $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[],
+    $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::TEXT[]
+)";
+
+const SELECT_FILTERED: &str = "SELECT * FROM audit_log
+    WHERE id > $1
+      AND ($2 IS NULL OR project = $2)
+      AND ($3 IS NULL OR subject = $3)
+      AND ($4 IS NULL OR issuer = $4)
+      AND ($5 IS NULL OR result = $5)
+      AND ($6 IS NULL OR time_ms >= $6)
+      AND ($7 IS NULL OR time_ms < $7)
+    ORDER BY id
+    LIMIT $8";
+
+const SELECT_SCAN: &str = "SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// Versioned schema changes, per dialect. Append new versions; never edit an applied one.
+fn migrations(d: Dialect) -> &'static [(i64, &'static [&'static str])] {
+    match d {
+        Dialect::Sqlite => &[(1, V1_SQLITE)],
+        Dialect::Postgres => &[(1, V1_POSTGRES)],
+    }
+}
+
+const V1_SQLITE: &[&str] = &[
+    // `id INTEGER PRIMARY KEY` is SQLite's rowid: ids are assigned by the writer, not by SQLite.
+    "CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        caller_groups TEXT NOT NULL,
+        client_ip TEXT,
+        user_agent TEXT,
+        project TEXT,
+        registry TEXT,
+        repository TEXT,
+        actions_requested TEXT NOT NULL,
+        actions_granted TEXT NOT NULL,
+        result TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        expires_ms INTEGER,
+        fingerprint TEXT,
+        credential_id TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+    "CREATE INDEX audit_log_project ON audit_log (project, id)",
+    "CREATE INDEX audit_log_subject ON audit_log (subject, id)",
+    "CREATE INDEX audit_log_time ON audit_log (time_ms)",
+    "CREATE INDEX audit_log_fingerprint ON audit_log (fingerprint)",
+    "CREATE TABLE audit_chain (
+        name TEXT PRIMARY KEY,
+        head_id INTEGER NOT NULL,
+        head_hash TEXT NOT NULL
+    )",
+];
+
+const V1_POSTGRES: &[&str] = &[
+    "CREATE TABLE audit_log (
+        id BIGINT PRIMARY KEY,
+        time_ms BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        caller_groups TEXT NOT NULL,
+        client_ip TEXT,
+        user_agent TEXT,
+        project TEXT,
+        registry TEXT,
+        repository TEXT,
+        actions_requested TEXT NOT NULL,
+        actions_granted TEXT NOT NULL,
+        result TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        expires_ms BIGINT,
+        fingerprint TEXT,
+        credential_id TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+    "CREATE INDEX audit_log_project ON audit_log (project, id)",
+    "CREATE INDEX audit_log_subject ON audit_log (subject, id)",
+    "CREATE INDEX audit_log_time ON audit_log (time_ms)",
+    "CREATE INDEX audit_log_fingerprint ON audit_log (fingerprint)",
+    "CREATE TABLE audit_chain (
+        name TEXT PRIMARY KEY,
+        head_id BIGINT NOT NULL,
+        head_hash TEXT NOT NULL
+    )",
+];

@@ -1,0 +1,176 @@
+//! Crash safety of the audit log: the real `rise-backend` binary, hammered with concurrent
+//! credential requests, is SIGKILLed mid-run. After a restart on the same data directory, every
+//! credential any client received has its audit record, and the hash chain verifies.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rise_backend::auth::LocalIssuer;
+use rise_backend::config::{Config, Sources};
+use tokio::sync::Mutex;
+
+use crate::support::process::http_client;
+use crate::support::rise_process::{self, RiseProcess};
+
+const CLIENTS: usize = 32;
+/// Grants received before the kill: enough that many commits are in flight when it lands.
+const GRANTS_BEFORE_KILL: usize = 400;
+
+fn config_text(data_dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+data_dir = {data_dir:?}
+
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+actions = ["push", "pull"]
+"#,
+        data_dir = data_dir.display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_credential_a_client_received_is_audited_after_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("rise.toml");
+    std::fs::write(&config_path, config_text(&dir.path().join("data"))).expect("write config");
+    let config = Config::load(&Sources {
+        files: vec![config_path.clone()],
+        env: vec![],
+    })
+    .expect("config is valid");
+
+    let mut rise = RiseProcess::serve(&config_path).await;
+    // The server created the local issuer's key in the data dir; mint callers' tokens with it.
+    let issuer = LocalIssuer::load_or_create(&config.server.data_dir, &config.auth.local)
+        .expect("local issuer");
+    let url = format!("{}/registry/credentials?project=my-app", rise.url());
+
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let granted = Arc::new(AtomicUsize::new(0));
+    let failed_after_kill = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..CLIENTS {
+        let token = issuer
+            .issue(&format!("client-{c}"), &[], Duration::from_secs(600))
+            .expect("mint token");
+        let (url, received, granted, failed, killed) = (
+            url.clone(),
+            received.clone(),
+            granted.clone(),
+            failed_after_kill.clone(),
+            killed.clone(),
+        );
+        clients.spawn(async move {
+            let http = http_client();
+            loop {
+                let reply = http.get(&url).bearer_auth(&token).send().await;
+                let body = match reply {
+                    Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await,
+                    Ok(r) => panic!("unexpected {} before the kill", r.status()),
+                    Err(e) => Err(e),
+                };
+                match body {
+                    Ok(body) => {
+                        let password = body["credentials"]["password"]
+                            .as_str()
+                            .expect("a 200 carries a password")
+                            .to_owned();
+                        received
+                            .lock()
+                            .await
+                            .push(rise_backend::audit::fingerprint(&password));
+                        granted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The server is gone: this client's in-flight request got nothing.
+                    Err(_) if killed.load(Ordering::SeqCst) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => panic!("request failed before the kill: {e}"),
+                }
+            }
+        });
+    }
+
+    while granted.load(Ordering::SeqCst) < GRANTS_BEFORE_KILL {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    killed.store(true, Ordering::SeqCst);
+    rise.kill().await;
+    while let Some(joined) = clients.join_next().await {
+        joined.expect("client task");
+    }
+    let received = received.lock().await.clone();
+    assert!(received.len() >= GRANTS_BEFORE_KILL);
+    assert!(
+        failed_after_kill.load(Ordering::SeqCst) > 0,
+        "the kill should have caught requests in flight"
+    );
+
+    // Restart on the same data dir: the chain continues where it was.
+    let rise = RiseProcess::serve(&config_path).await;
+    let token = issuer
+        .issue("after-restart", &[], Duration::from_secs(600))
+        .expect("mint token");
+    let reply = http_client()
+        .get(format!(
+            "{}/registry/credentials?project=my-app",
+            rise.url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request after restart");
+    assert!(reply.status().is_success(), "{}", reply.status());
+    let body: serde_json::Value = reply.json().await.expect("JSON body");
+    let after_restart = rise_backend::audit::fingerprint(
+        body["credentials"]["password"]
+            .as_str()
+            .expect("a 200 carries a password"),
+    );
+    drop(rise);
+
+    let verify = rise_process::run(&config_path, &["audit", "verify"]).await;
+    let verify_out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && verify_out.contains("audit chain intact"),
+        "audit verify failed: {verify_out}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let export = rise_process::run(&config_path, &["audit", "export"]).await;
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let audited: HashSet<String> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|r| r["result"] == "granted")
+        .filter_map(|r| r["credential_fingerprint"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = received.iter().filter(|f| !audited.contains(*f)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} credentials clients received have no audit record: {:?}",
+        missing.len(),
+        received.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        audited.contains(&after_restart),
+        "the restarted server records too"
+    );
+}

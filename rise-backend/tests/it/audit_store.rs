@@ -1,0 +1,503 @@
+//! The durable store and the audit log, one suite run against SQLite (a file in a temp dir, as in
+//! production) and against a real PostgreSQL server.
+//!
+//! Each test is an `async fn(Backend)`; `suite!` instantiates it once per backend.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, SystemTime};
+
+use rise_backend::audit::{
+    self, AuditError, AuditFilter, AuditLog, AuditRecord, AuditSettings, CallerInfo, LinkProblem,
+    Operation, Outcome, chain,
+};
+use rise_backend::registry::Actions;
+use rise_backend::store::Store;
+use secrecy::SecretString;
+use tempfile::TempDir;
+
+use crate::support::postgres::Postgres;
+
+/// A store and what keeps it alive. `reopen` opens a second, independent handle on the same
+/// database, as a restarted process or another replica would.
+pub struct Backend {
+    pub store: Store,
+    location: Location,
+}
+
+enum Location {
+    Sqlite {
+        dir: TempDir,
+    },
+    Postgres {
+        url: String,
+        // Declared last: dropped (stopped) after the store that uses it.
+        _server: Box<Postgres>,
+    },
+}
+
+impl Backend {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_sqlite(&dir.path().join("rise.db"), true)
+            .await
+            .expect("open SQLite store");
+        Self {
+            store,
+            location: Location::Sqlite { dir },
+        }
+    }
+
+    async fn postgres() -> Self {
+        let server = Postgres::start().await;
+        let url = server.create_database("rise").await;
+        let store = open_pg(&url).await;
+        Self {
+            store,
+            location: Location::Postgres {
+                url,
+                _server: Box::new(server),
+            },
+        }
+    }
+
+    async fn reopen(&self) -> Store {
+        match &self.location {
+            Location::Sqlite { dir } => Store::open_sqlite(&dir.path().join("rise.db"), false)
+                .await
+                .expect("reopen SQLite store"),
+            Location::Postgres { url, .. } => open_pg(url).await,
+        }
+    }
+
+    /// Run one statement directly against the database, as an attacker with DB access would.
+    async fn execute(&self, sql: String) {
+        let sql = sqlx::AssertSqlSafe(sql);
+        let result = if let Some(pool) = self.store.sqlite_pool() {
+            sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        } else if let Some(pool) = self.store.postgres_pool() {
+            sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        } else {
+            unreachable!("a store is SQLite or PostgreSQL")
+        };
+        result.expect("direct SQL");
+    }
+
+    fn kind(&self) -> &'static str {
+        self.store.kind()
+    }
+}
+
+async fn open_pg(url: &str) -> Store {
+    Store::open_postgres(
+        &SecretString::from(url.to_owned()),
+        8,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("open PostgreSQL store")
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    records_round_trip_exactly,
+    concurrent_records_share_transactions,
+    chain_verifies_across_reopen,
+    verify_names_an_altered_record,
+    verify_names_a_rehashed_record_by_its_successor,
+    verify_names_removed_records,
+    filters_and_paging,
+    store_failure_refuses_the_record,
+    full_queue_refuses_at_once,
+    two_writers_append_to_one_chain,
+);
+
+fn caller(subject: &str) -> CallerInfo {
+    CallerInfo {
+        issuer: "local".into(),
+        subject: subject.into(),
+        groups: vec!["dev".into(), "ops \"quoted\"".into()],
+        client_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
+        user_agent: Some("skopeo/1.9.3".into()),
+    }
+}
+
+fn record(subject: &str, project: &str, outcome: Outcome) -> AuditRecord {
+    let mut r = AuditRecord::begin(
+        Operation::Credentials,
+        &format!("req-{subject}-{project}"),
+        caller(subject),
+    );
+    r.project = Some(project.into());
+    r.registry = Some("default".into());
+    r.repository = Some(project.into());
+    r.actions_requested = Actions::PUSH_PULL;
+    match outcome {
+        Outcome::Granted => {
+            r.outcome = Outcome::Granted;
+            r.reason = "issued".into();
+            r.actions_granted = Actions::PUSH_PULL;
+            r.expires_at = Some(SystemTime::now() + Duration::from_secs(900));
+            r.fingerprint = Some(audit::fingerprint(&format!("secret-{subject}-{project}")));
+        }
+        Outcome::Denied => r.refused(false, "forbidden"),
+        Outcome::Failed => r.refused(true, "upstream_error"),
+    }
+    r
+}
+
+fn log(store: &Store) -> AuditLog {
+    AuditLog::start(store.clone(), AuditSettings::default())
+}
+
+async fn write_n(log: &AuditLog, n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let outcome = [Outcome::Granted, Outcome::Denied, Outcome::Failed][i % 3];
+        ids.push(
+            log.record(&record(&format!("user{i}"), "my-app", outcome))
+                .await
+                .expect("record commits"),
+        );
+    }
+    ids
+}
+
+async fn all_records(store: &Store) -> Vec<audit::StoredRecord> {
+    store.audit_scan(0, 100_000).await.expect("scan")
+}
+
+async fn records_round_trip_exactly(b: Backend) {
+    let log = log(&b.store);
+    let mut r = record("alice", "my-app", Outcome::Granted);
+    r.credential_id = Some("jti-123".into());
+    r.caller.user_agent = Some("ünïcode agent".into());
+    let id = log.record(&r).await.expect("commit");
+    assert_eq!(id, 1, "{}: ids start at 1", b.kind());
+    let stored = all_records(&b.store).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, 1);
+    assert_eq!(
+        stored[0].fields,
+        r.fields(),
+        "{}: stored as given",
+        b.kind()
+    );
+    assert_eq!(stored[0].prev_hash, chain::GENESIS);
+    assert_eq!(stored[0].hash, chain::seal(chain::GENESIS, 1, &r.fields()));
+    // The secret itself is nowhere in the record.
+    assert!(
+        !format!("{:?}", stored[0]).contains("secret-alice"),
+        "credential leaked into the record"
+    );
+}
+
+/// Group commit: N records submitted together are committed in far fewer than N transactions.
+async fn concurrent_records_share_transactions(b: Backend) {
+    const N: usize = 200;
+    let log = log(&b.store);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let log = log.clone();
+        tasks.spawn(async move {
+            log.record(&record(&format!("u{i}"), "my-app", Outcome::Granted))
+                .await
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        ids.push(joined.expect("task").expect("record commits"));
+    }
+    ids.sort();
+    assert_eq!(ids, (1..=N as i64).collect::<Vec<_>>(), "gapless ids");
+    let stats = log.stats();
+    assert_eq!(stats.records, N as u64);
+    assert!(
+        stats.transactions >= 1 && stats.transactions < (N / 2) as u64,
+        "{}: {N} concurrent records took {} transactions: not batched",
+        b.kind(),
+        stats.transactions
+    );
+    let report = audit::verify(&b.store).await.expect("verify");
+    assert_eq!((report.records, report.broken), (N as u64, None));
+}
+
+async fn chain_verifies_across_reopen(b: Backend) {
+    let report = audit::verify(&b.store).await.expect("verify empty");
+    assert_eq!((report.records, report.head_id), (0, 0));
+    assert_eq!(report.broken, None);
+
+    write_n(&log(&b.store), 10).await;
+    let reopened = b.reopen().await;
+    let ids = write_n(&log(&reopened), 5).await;
+    assert_eq!(ids, (11..=15).collect::<Vec<_>>(), "the chain continues");
+    let report = audit::verify(&reopened).await.expect("verify");
+    assert_eq!(report.records, 15);
+    assert_eq!(report.head_id, 15);
+    assert_eq!(report.broken, None, "{}", b.kind());
+}
+
+async fn verify_names_an_altered_record(b: Backend) {
+    write_n(&log(&b.store), 10).await;
+    b.execute("UPDATE audit_log SET subject = 'mallory' WHERE id = 4".into())
+        .await;
+    let report = audit::verify(&b.store).await.expect("verify");
+    let broken = report.broken.expect("tampering detected");
+    assert_eq!((broken.id, &broken.problem), (4, &LinkProblem::Altered));
+    assert_eq!(report.records, 3, "records before the break are intact");
+    assert!(
+        broken.to_string().contains("record 4 was altered"),
+        "{broken}"
+    );
+}
+
+/// An attacker who also recomputes the altered record's hash breaks the link to the next one.
+async fn verify_names_a_rehashed_record_by_its_successor(b: Backend) {
+    write_n(&log(&b.store), 10).await;
+    let stored = all_records(&b.store).await;
+    let mut forged = stored[3].fields.clone();
+    forged.result = "denied".into();
+    let hash = chain::seal(&stored[3].prev_hash, 4, &forged);
+    b.execute(format!(
+        "UPDATE audit_log SET result = 'denied', hash = '{hash}' WHERE id = 4"
+    ))
+    .await;
+    let broken = audit::verify(&b.store)
+        .await
+        .expect("verify")
+        .broken
+        .expect("tampering detected");
+    assert_eq!((broken.id, broken.problem), (5, LinkProblem::Unlinked));
+}
+
+async fn verify_names_removed_records(b: Backend) {
+    write_n(&log(&b.store), 10).await;
+    b.execute("DELETE FROM audit_log WHERE id = 7".into()).await;
+    let broken = audit::verify(&b.store)
+        .await
+        .expect("verify")
+        .broken
+        .expect("removal detected");
+    assert_eq!(
+        (broken.id, broken.problem),
+        (8, LinkProblem::Gap { expected: 7 })
+    );
+
+    b.execute("DELETE FROM audit_log WHERE id >= 7".into())
+        .await;
+    let broken = audit::verify(&b.store)
+        .await
+        .expect("verify")
+        .broken
+        .expect("truncation detected");
+    assert_eq!(
+        (broken.id, broken.problem),
+        (10, LinkProblem::HeadMismatch { last_id: 6 })
+    );
+}
+
+async fn filters_and_paging(b: Backend) {
+    let log = log(&b.store);
+    let before = SystemTime::now() - Duration::from_secs(1);
+    for (subject, project, outcome) in [
+        ("alice", "app-a", Outcome::Granted),
+        ("bob", "app-a", Outcome::Denied),
+        ("alice", "app-b", Outcome::Failed),
+        ("alice", "app-a", Outcome::Granted),
+        ("carol", "app-b", Outcome::Granted),
+    ] {
+        log.record(&record(subject, project, outcome))
+            .await
+            .expect("commit");
+    }
+    let mut old = record("old", "app-a", Outcome::Granted);
+    old.time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    log.record(&old).await.expect("commit");
+
+    let ids = |filter: AuditFilter| {
+        let store = b.store.clone();
+        async move {
+            store
+                .audit_page(&AuditFilter {
+                    limit: filter.limit.max(1),
+                    ..filter
+                })
+                .await
+                .expect("query")
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = AuditFilter {
+        limit: 100,
+        ..AuditFilter::default()
+    };
+    assert_eq!(ids(all.clone()).await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        ids(AuditFilter {
+            project: Some("app-a".into()),
+            ..all.clone()
+        })
+        .await,
+        [1, 2, 4, 6]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            subject: Some("alice".into()),
+            project: Some("app-a".into()),
+            ..all.clone()
+        })
+        .await,
+        [1, 4]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            result: Some(Outcome::Denied),
+            ..all.clone()
+        })
+        .await,
+        [2]
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            issuer: Some("github".into()),
+            ..all.clone()
+        })
+        .await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            since: Some(before),
+            ..all.clone()
+        })
+        .await,
+        [1, 2, 3, 4, 5],
+        "since is inclusive and excludes the old record"
+    );
+    assert_eq!(
+        ids(AuditFilter {
+            until: Some(before),
+            ..all.clone()
+        })
+        .await,
+        [6]
+    );
+    // Paging: after_id + limit walk the filtered set without repeats or holes.
+    let page1 = ids(AuditFilter {
+        limit: 2,
+        ..all.clone()
+    })
+    .await;
+    let page2 = ids(AuditFilter {
+        limit: 2,
+        after_id: 2,
+        ..all.clone()
+    })
+    .await;
+    let page4 = ids(AuditFilter {
+        limit: 2,
+        after_id: 6,
+        ..all.clone()
+    })
+    .await;
+    assert_eq!((page1, page2, page4), (vec![1, 2], vec![3, 4], vec![]));
+}
+
+/// Fail closed: when the store cannot be written, `record` fails and the writer keeps serving.
+async fn store_failure_refuses_the_record(b: Backend) {
+    let log = log(&b.store);
+    log.record(&record("alice", "my-app", Outcome::Granted))
+        .await
+        .expect("commit");
+    b.execute("ALTER TABLE audit_log RENAME TO audit_log_moved".into())
+        .await;
+    let err = log
+        .record(&record("bob", "my-app", Outcome::Granted))
+        .await
+        .expect_err("an unwritable store must refuse the record");
+    assert!(matches!(err, AuditError::Store(_)), "{err:?}");
+    assert_eq!(log.stats().failed_transactions, 1);
+    b.execute("ALTER TABLE audit_log_moved RENAME TO audit_log".into())
+        .await;
+    let id = log
+        .record(&record("carol", "my-app", Outcome::Granted))
+        .await
+        .expect("the writer recovers once the store does");
+    assert_eq!(id, 2, "the failed batch left no trace in the chain");
+    assert_eq!(audit::verify(&b.store).await.expect("verify").broken, None);
+}
+
+/// Backpressure: with the queue full, `record` fails at once instead of queueing without bound.
+async fn full_queue_refuses_at_once(b: Backend) {
+    let log = AuditLog::start(
+        b.store.clone(),
+        AuditSettings {
+            queue_capacity: 1,
+            max_batch: 1,
+            commit_timeout: Duration::from_secs(30),
+        },
+    );
+    // On this single-threaded test runtime the writer cannot run between the two enqueues.
+    let first = record("alice", "my-app", Outcome::Granted);
+    let second = record("bob", "my-app", Outcome::Granted);
+    let (a, b2) = tokio::join!(log.record(&first), log.record(&second));
+    assert_eq!(a.expect("first fits"), 1);
+    assert!(
+        matches!(b2, Err(AuditError::Overloaded(1))),
+        "{}: {b2:?}",
+        b.kind()
+    );
+}
+
+/// Two replicas (independent pools and writers) on one database append to ONE chain.
+async fn two_writers_append_to_one_chain(b: Backend) {
+    const PER_WRITER: usize = 100;
+    let second = b.reopen().await;
+    let logs = [log(&b.store), log(&second)];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, l) in logs.iter().enumerate() {
+        for i in 0..PER_WRITER {
+            let l = l.clone();
+            tasks.spawn(async move {
+                l.record(&record(&format!("w{w}-{i}"), "my-app", Outcome::Granted))
+                    .await
+            });
+        }
+    }
+    let mut ids = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        ids.push(joined.expect("task").expect("record commits"));
+    }
+    ids.sort();
+    assert_eq!(ids, (1..=(2 * PER_WRITER) as i64).collect::<Vec<_>>());
+    let report = audit::verify(&b.store).await.expect("verify");
+    assert_eq!(report.records, (2 * PER_WRITER) as u64);
+    assert_eq!(report.broken, None, "{}", b.kind());
+}

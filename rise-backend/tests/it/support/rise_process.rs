@@ -1,0 +1,83 @@
+//! The `rise-backend` binary as a child process: `serve` on a free port from a config file (the
+//! port is read from its JSON log line), one-shot subcommands, SIGKILL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use tokio::process::Command;
+
+use super::process::{COMMAND_TIMEOUT, ChildProcess, STARTUP_TIMEOUT, run_with_timeout};
+
+/// The binary Cargo built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rise-backend"))
+}
+
+/// `rise-backend --config CONFIG ARGS...` with the configuration environment of this test
+/// process (`RISE_*`) removed, so only `config` decides.
+pub fn command(config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RISE_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg("--config").arg(config).args(args);
+    cmd
+}
+
+/// Runs a one-shot subcommand (e.g. `audit verify`) to completion.
+pub async fn run(config: &Path, args: &[&str]) -> Output {
+    run_with_timeout(command(config, args), COMMAND_TIMEOUT)
+        .await
+        .unwrap_or_else(|err| panic!("rise-backend {args:?}: {err:#}"))
+}
+
+/// A running `rise-backend serve`; SIGKILLed on drop.
+pub struct RiseProcess {
+    process: ChildProcess,
+    addr: SocketAddr,
+}
+
+impl RiseProcess {
+    /// Starts `serve` with `config` (whose `listen` may use port 0) and waits until it listens.
+    pub async fn serve(config: &Path) -> Self {
+        let mut cmd = command(config, &["serve"]);
+        cmd.env("RISE_LOG", "info").env("RISE_LOG_FORMAT", "json");
+        let mut process = ChildProcess::spawn("rise-backend", cmd)
+            .unwrap_or_else(|err| panic!("starting rise-backend: {err:#}"));
+        let line = process
+            .wait_for_line(
+                "waiting for `rise-backend listening`",
+                |line| line.contains("rise-backend listening"),
+                STARTUP_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|err| panic!("log line is not JSON ({err}): {line}"));
+        let addr = event["fields"]["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr in {line}"));
+        Self { process, addr }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.process.logs().text()
+    }
+
+    /// SIGKILL: no graceful shutdown, no flushing, as in a crash.
+    pub async fn kill(&mut self) {
+        self.process
+            .kill()
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"));
+    }
+}
