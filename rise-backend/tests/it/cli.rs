@@ -999,3 +999,68 @@ async fn rise_push_renews_a_grant_that_expires_mid_push() {
     );
     assert!(run.stdout.trim().ends_with(&digest2), "{run:#?}");
 }
+
+#[tokio::test]
+async fn browser_login_with_pkce_and_a_loopback_redirect() {
+    let env = CliEnv::start().await;
+    let mut cmd = env.command("rise", &[]);
+    cmd.args([
+        "login",
+        "--browser",
+        "--no-open",
+        "--backend",
+        &env.rise.url,
+    ]);
+    let mut process =
+        ChildProcess::spawn("rise login --browser", cmd).expect("spawning rise login");
+    let line = process
+        .wait_for_line(
+            "waiting for the sign-in URL",
+            |l| {
+                l.trim_start()
+                    .starts_with(&format!("{}/", env.oidc.issuer()))
+            },
+            COMMAND_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = line.trim().to_owned();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    assert!(
+        url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{url}"
+    );
+    let callback = env
+        .oidc
+        .approve_authorization(&url, "alice")
+        .await
+        .unwrap_or_else(|e| panic!("browser part of the sign-in: {e:#}"));
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    // The "browser" follows the redirect to the CLI's one-shot listener.
+    let page = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(&callback)
+        .send()
+        .await
+        .expect("callback request");
+    assert!(page.status().is_success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = process.try_status() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < COMMAND_TIMEOUT,
+            "{}",
+            process.logs().text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = process.logs().text();
+    assert!(status.success(), "rise login --browser failed: {text}");
+    assert!(text.contains("as alice (issuer corp)"), "{text}");
+    env.rise(&["whoami"], &[]).await.ok();
+}
