@@ -86,7 +86,8 @@ impl CliEnv {
         let preliminary = reserved.load_config(&config("127.0.0.1:1"));
         let snippet = registry_config_snippet(&preliminary, None).expect("registry-config");
         let registry = DistributionRegistry::start(token_auth_from_snippet(&snippet)).await;
-        let rise = reserved.serve(&config(registry.addr())).await;
+        let final_config = config(registry.addr());
+        let rise = reserved.serve(&final_config).await;
         let local = LocalIssuer::load_or_create(&rise.data_dir(), &rise.config.auth.local)
             .expect("local issuer");
         let home = tempfile::Builder::new()
@@ -272,12 +273,39 @@ fn cli_dir() -> PathBuf {
 
 fn cli_binary(name: &str) -> PathBuf {
     let path = cli_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the CLI first (`cargo build -p rise-cli`; `cargo test --workspace` does it)",
-        path.display()
-    );
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: build the CLI first (`cargo build -p rise-cli`; `cargo test --workspace` does it)",
+                path.display()
+            )
+        });
+    // `cargo test -p rise-backend` does not rebuild the CLI: refuse to test a stale binary.
+    let sources = crate::support::repo_root().join("rise-cli/src");
+    if let Some(newest) = newest_mtime(&sources) {
+        assert!(
+            newest <= built,
+            "{} is older than the sources in {}: run `cargo build -p rise-cli` (or `cargo test --workspace`)",
+            path.display(),
+            sources.display()
+        );
+    }
     path
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// An OCI layout whose layers hold `sizes` bytes of random data each (gzip'd tars, so skopeo
@@ -702,31 +730,67 @@ async fn the_helper_fetches_fresh_credentials_inside_the_margin() {
 }
 
 #[tokio::test]
-async fn docker_login_works_through_the_helper_without_a_daemon() {
+async fn client_side_docker_login_works_with_the_helper_registered() {
     let env = CliEnv::start().await;
     let token = env.ci_token("alice");
     let ci = [("RISE_TOKEN", token.as_str())];
     env.rise(&["registry", "login", "--project", "my-app"], &ci)
         .await
         .ok();
-    let docker = require_binary("docker");
-    // `docker login HOST` asks the helper for stored credentials, verifies them against the
-    // registry's token server, and stores them back through the helper.
-    let mut cmd = Command::new(docker);
+    let creds = env
+        .rise(&["registry", "credentials", "--project", "my-app"], &ci)
+        .await
+        .ok();
+    let body: Value = serde_json::from_str(&creds.stdout).expect("credentials JSON");
+    let username = body["credentials"]["username"].as_str().expect("username");
+    let password = body["credentials"]["password"].as_str().expect("password");
+
+    // docker 28 without a daemon logs in client-side with -u/--password-stdin: it checks the
+    // credential against the registry's token server, then hands it to the helper's `store`,
+    // which must not fail the login.
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = Command::new(require_binary("docker"));
     cmd.env_clear();
     for (k, v) in env.env() {
         cmd.env(k, v);
     }
     cmd.env("RISE_TOKEN", &token)
-        .arg("login")
-        .arg(env.registry.addr());
+        .args([
+            "login",
+            "-u",
+            username,
+            "--password-stdin",
+            env.registry.addr(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawning docker");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(password.as_bytes()).await.expect("stdin");
+    drop(stdin);
     let run = Run::from(
-        run_with_timeout(cmd, COMMAND_TIMEOUT)
+        tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
             .await
-            .expect("docker login"),
+            .expect("docker login finished in time")
+            .expect("docker login output"),
     );
     assert_eq!(run.code, 0, "{run:#?}");
     assert!(run.stdout.contains("Login Succeeded"), "{run:#?}");
+
+    // The helper still answers for the registry, and no password landed in config.json.
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(env.path("docker/config.json")).expect("config.json"),
+    )
+    .expect("json");
+    assert_eq!(config["credHelpers"][env.registry.addr()], "rise");
+    assert!(
+        config["auths"][env.registry.addr()].get("auth").is_none(),
+        "{config}"
+    );
+    let get = env.helper("get", env.registry.addr(), &ci).await.ok();
+    assert!(get.stdout.contains("\"Secret\""), "{get:#?}");
 }
 
 #[tokio::test]
@@ -833,7 +897,7 @@ async fn rise_push_uploads_a_multi_layer_layout_and_resumes() {
     assert!(
         denied
             .stderr
-            .contains("project other-app: push denied for subject alice"),
+            .contains("project other-app: pull and push denied for subject alice"),
         "{}",
         denied.stderr
     );
@@ -865,9 +929,10 @@ async fn rise_push_renews_a_grant_that_expires_mid_push() {
     let ci = [("RISE_TOKEN", token.as_str())];
     // 3-second grants; 4 layers of 96 KiB at 64 KiB/s take ~6 s: the grant (and the registry
     // token it caps) expires part-way. With --refresh-margin 0 nothing is renewed ahead of
-    // time: the renewal is driven by the registry refusing the expired credential.
+    // time: only an expired grant is replaced.
     let dir = env.path("image");
     let digest = layout_with_layers(&dir, &[96 * 1024; 4]);
+    let started = Instant::now();
     let run = env
         .rise(
             &[
@@ -887,13 +952,17 @@ async fn rise_push_renews_a_grant_that_expires_mid_push() {
             &ci,
         )
         .await;
+    let took = started.elapsed();
     assert_eq!(run.code, 0, "{run:#?}");
     assert!(
+        took > Duration::from_secs(5),
+        "the rate limit should stretch the push past the grant: {took:?}"
+    );
+    // Each upload starts with a valid token (the registry checks it when a request starts), so
+    // the expiry is noticed before the next step, which renews and goes on.
+    assert!(
         run.stderr
-            .contains("renewing the registry credential: the registry refused it")
-            || run
-                .stderr
-                .contains("renewing the registry credential: it expired"),
+            .contains("renewing the registry credential: it expired"),
         "{}",
         run.stderr
     );
@@ -930,4 +999,69 @@ async fn rise_push_renews_a_grant_that_expires_mid_push() {
         run.stderr
     );
     assert!(run.stdout.trim().ends_with(&digest2), "{run:#?}");
+}
+
+#[tokio::test]
+async fn browser_login_with_pkce_and_a_loopback_redirect() {
+    let env = CliEnv::start().await;
+    let mut cmd = env.command("rise", &[]);
+    cmd.args([
+        "login",
+        "--browser",
+        "--no-open",
+        "--backend",
+        &env.rise.url,
+    ]);
+    let mut process =
+        ChildProcess::spawn("rise login --browser", cmd).expect("spawning rise login");
+    let line = process
+        .wait_for_line(
+            "waiting for the sign-in URL",
+            |l| {
+                l.trim_start()
+                    .starts_with(&format!("{}/", env.oidc.issuer()))
+            },
+            COMMAND_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let url = line.trim().to_owned();
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    assert!(
+        url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "{url}"
+    );
+    let callback = env
+        .oidc
+        .approve_authorization(&url, "alice")
+        .await
+        .unwrap_or_else(|e| panic!("browser part of the sign-in: {e:#}"));
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    // The "browser" follows the redirect to the CLI's one-shot listener.
+    let page = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(&callback)
+        .send()
+        .await
+        .expect("callback request");
+    assert!(page.status().is_success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = process.try_status() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < COMMAND_TIMEOUT,
+            "{}",
+            process.logs().text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = process.logs().text();
+    assert!(status.success(), "rise login --browser failed: {text}");
+    assert!(text.contains("as alice (issuer corp)"), "{text}");
+    env.rise(&["whoami"], &[]).await.ok();
 }

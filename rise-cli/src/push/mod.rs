@@ -428,14 +428,20 @@ fn blob_stream(
         if s.sent >= s.blob.size {
             return Ok(None);
         }
+        // With a rate limit, small chunks (a quarter second's worth) keep the pace even.
+        let chunk_size = match s.limit_rate.filter(|r| *r > 0) {
+            Some(rate) => (rate / 4).clamp(1024, CHUNK as u64),
+            None => CHUNK as u64,
+        };
+        let want = (s.blob.size - s.sent).min(chunk_size) as usize;
         if let Some(rate) = s.limit_rate.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(s.sent as f64 / rate as f64);
+            // This chunk may leave once the bytes before and in it fit the rate.
+            let due = Duration::from_secs_f64((s.sent + want as u64) as f64 / rate as f64);
             let elapsed = s.started.elapsed();
             if due > elapsed {
                 tokio::time::sleep(due - elapsed).await;
             }
         }
-        let want = (s.blob.size - s.sent).min(CHUNK as u64) as usize;
         let chunk = match &s.blob.location {
             Location::Memory(bytes) => bytes.slice(s.sent as usize..s.sent as usize + want),
             Location::File(path) => {
@@ -525,6 +531,37 @@ mod tests {
         for bad in ["", ".x", "-x", "a/b", "a:b", &"x".repeat(129)] {
             assert!(validate_tag(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn registry_refusals_that_a_fresh_grant_may_cure() {
+        use oci_client::errors::{OciEnvelope, OciError};
+        let envelope = |code| OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: String::new(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: String::new(),
+        };
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: String::new(),
+            message: String::new(),
+        };
+        assert!(is_auth_failure(&OciDistributionError::UnauthorizedError {
+            url: String::new()
+        }));
+        assert!(is_auth_failure(
+            &OciDistributionError::AuthenticationFailure(String::new())
+        ));
+        assert!(is_auth_failure(&server(401)));
+        assert!(is_auth_failure(&envelope(OciErrorCode::Denied)));
+        assert!(!is_auth_failure(&server(500)));
+        assert!(!is_auth_failure(&envelope(OciErrorCode::DigestInvalid)));
+        assert!(!is_auth_failure(&OciDistributionError::PushNoDataError));
     }
 
     #[test]

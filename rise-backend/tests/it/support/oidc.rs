@@ -375,6 +375,50 @@ impl OidcProvider {
         bail!("device login as {account}: too many redirects")
     }
 
+    /// Plays the browser's part of an authorization-code sign-in: opens `authorize_url` (built
+    /// by the client), logs in as `account`, and returns the redirect to the client's
+    /// `redirect_uri` (with `code` and `state`) without following it.
+    pub async fn approve_authorization(
+        &self,
+        authorize_url: &str,
+        account: &str,
+    ) -> Result<String> {
+        let mut browser = Browser::new(&self.issuer);
+        let mut location = authorize_url.to_owned();
+        for _ in 0..8 {
+            if !location.starts_with(&self.issuer) && !location.starts_with('/') {
+                return Ok(location);
+            }
+            if location.contains("/interaction/") {
+                let page = browser.get(&location).await?;
+                let prompt = extract_input_value(&page.body, "prompt").unwrap_or_default();
+                let form: Vec<(&str, &str)> = match prompt.as_str() {
+                    "login" => vec![
+                        ("prompt", "login"),
+                        ("login", account),
+                        ("password", "password"),
+                    ],
+                    "consent" => vec![("prompt", "consent")],
+                    _ => bail!("unexpected interaction page {location}: {}", page.body),
+                };
+                let answer = browser.post(&location, &form).await?;
+                location = answer.redirect().with_context(|| {
+                    format!("interaction {prompt}: {} {}", answer.status, answer.body)
+                })?;
+            } else {
+                let page = browser.get(&location).await?;
+                location = page.redirect().with_context(|| {
+                    format!(
+                        "authorization at {location} did not redirect: {} {}",
+                        page.status,
+                        html_text(&page.body)
+                    )
+                })?;
+            }
+        }
+        bail!("authorization as {account}: too many redirects")
+    }
+
     /// Polls the token endpoint for a device code once.
     pub async fn device_token(&self, device_code: &str) -> (StatusCode, Value) {
         self.token_request(
