@@ -360,9 +360,7 @@ pub mod lenient {
             B::S(s) => match s.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => Ok(true),
                 "false" | "0" | "no" => Ok(false),
-                _ => Err(D::Error::custom(format!(
-                    "expected true or false, got {s:?}"
-                ))),
+                _ => Err(D::Error::custom("expected true or false")),
             },
         }
     }
@@ -408,7 +406,7 @@ pub mod lenient {
             N::S(s) => s
                 .trim()
                 .parse()
-                .map_err(|_| D::Error::custom(format!("expected a number, got {s:?}"))),
+                .map_err(|_| D::Error::custom("expected a number")),
         }
     }
 }
@@ -782,6 +780,31 @@ fn resolve_secret_files(
     Ok(())
 }
 
+/// serde quotes a mistyped value (`invalid type: string "hunter2", expected ...`); a secret put in
+/// the wrong key must not reach the log that way. Backtick-quoted field names are kept.
+fn redact_quoted_values(message: &str) -> String {
+    if !message.starts_with("invalid type: string") {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut in_quotes = false;
+    for c in message.chars() {
+        match (c, in_quotes) {
+            ('"', false) => {
+                in_quotes = true;
+                out.push_str("\"<redacted>");
+            }
+            ('"', true) => {
+                in_quotes = false;
+                out.push('"');
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 fn dotted(path: &[String], key: &str) -> String {
     let mut s = path.join(".");
     if !s.is_empty() {
@@ -799,7 +822,7 @@ fn deserialize_with_key(tree: Table, prov: &Provenance) -> Result<Config, Config
         serde_path_to_error::deserialize(value);
     result.map_err(|err| {
         let mut key = err.path().to_string();
-        let message = err.inner().message().to_owned();
+        let message = redact_quoted_values(err.inner().message());
         // serde reports an unknown field by name only; append it to the path it was found under.
         if let Some(field) = message
             .strip_prefix("unknown field `")
@@ -984,6 +1007,16 @@ mod tests {
             .expect_err("bad rate")
             .to_string();
         assert!(err.contains("RISE_RATE_LIMIT__PER_IP__RATE"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_values_are_not_echoed() {
+        let f = file(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[auth.local]\nenabled = \"hunter2-secret\"\n",
+        );
+        let err = load(&[&f], &[]).expect_err("not a bool").to_string();
+        assert!(!err.contains("hunter2-secret"), "{err}");
+        assert!(err.contains("auth.local.enabled"), "{err}");
     }
 
     #[test]
