@@ -86,7 +86,8 @@ async fn build_provider(
             )))
         }
         ProviderConfig::Artifactory(c) => Ok(Arc::new(
-            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)?,
+            crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)
+                .await?,
         )),
     }
 }

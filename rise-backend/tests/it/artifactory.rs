@@ -22,17 +22,18 @@ use crate::support::fake_artifactory::{
 /// Liveness guard for calls that must end on their own timeouts; far above any of them.
 const GUARD: Duration = Duration::from_secs(30);
 
-fn provider(fake: &FakeArtifactory, extra: &str) -> ArtifactoryProvider {
-    try_provider(fake, extra).expect("valid provider configuration")
+async fn provider(fake: &FakeArtifactory, extra: &str) -> ArtifactoryProvider {
+    ArtifactoryProvider::from_config("default", &config(fake, extra))
+        .await
+        .expect("valid provider configuration")
 }
 
-fn try_provider(fake: &FakeArtifactory, extra: &str) -> Result<ArtifactoryProvider, ProviderError> {
+fn config(fake: &FakeArtifactory, extra: &str) -> ArtifactoryConfig {
     let text = format!(
         "base_url = \"{}\"\nrepository = \"docker-local\"\ninsecure_http = true\n{extra}",
         fake.base_url()
     );
-    let config: ArtifactoryConfig = toml::from_str(&text).expect("valid test TOML");
-    ArtifactoryProvider::from_config("default", &config)
+    toml::from_str(&text).expect("valid test TOML")
 }
 
 fn admin_token_config() -> String {
@@ -87,7 +88,7 @@ fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
 #[tokio::test]
 async fn minted_token_is_scoped_to_the_project_repository() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     let before = SystemTime::now();
     let c = issue(
         &p,
@@ -160,7 +161,7 @@ async fn minted_token_is_scoped_to_the_project_repository() {
 #[tokio::test]
 async fn pull_only_requests_get_read_only_tokens() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     let c = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -193,7 +194,7 @@ async fn token_options_follow_configuration() {
             "{}max_ttl = \"30m\"\npush_can_overwrite = false\nforce_revocable = false\ntoken_username = \"ci-{{project}}\"\n",
             admin_token_config()
         ),
-    );
+    ).await;
     assert_eq!(p.max_ttl(), Duration::from_secs(1800));
     let before = SystemTime::now();
     let c = issue(
@@ -217,7 +218,8 @@ async fn token_options_follow_configuration() {
     let long = provider(
         &fake,
         &format!("{}force_revocable = false\n", admin_token_config()),
-    );
+    )
+    .await;
     let c = issue(
         &long,
         &request("my-app", Actions::PULL, Duration::from_secs(8 * 3600)),
@@ -230,7 +232,7 @@ async fn token_options_follow_configuration() {
 #[tokio::test]
 async fn revoke_by_token_id() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     let c = issue(
         &p,
         &request("my-app", Actions::PUSH_PULL, Duration::from_secs(900)),
@@ -257,7 +259,7 @@ async fn revoke_by_token_id() {
 #[tokio::test]
 async fn revoke_refuses_what_is_not_a_token_id() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     // `me` would revoke the calling token: Rise's own admin token.
     for bad in ["me", "../tokens", "a/b", ""] {
         let e = p.revoke(bad).await.expect_err(bad);
@@ -274,7 +276,7 @@ async fn admin_user_password_mints_with_basic_auth() {
         &format!(
             "mode = \"access_token\"\nusername = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\n"
         ),
-    );
+    ).await;
     let c = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -300,7 +302,7 @@ async fn user_scoped_tokens_are_reported_unscoped() {
         &format!(
             "mode = \"access_token\"\ntoken_scope = \"user\"\nusername = \"{SERVICE_USER}\"\npassword = \"{SERVICE_PASSWORD}\"\n"
         ),
-    );
+    ).await;
     let c = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -332,7 +334,7 @@ async fn non_admin_cannot_mint_repository_scoped_tokens() {
         &format!(
             "mode = \"access_token\"\nusername = \"{SERVICE_USER}\"\npassword = \"{SERVICE_PASSWORD}\"\n"
         ),
-    );
+    ).await;
     let e = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -352,7 +354,8 @@ async fn static_mode_hands_out_the_backend_credential_honestly() {
         &format!(
             "username = \"{SERVICE_USER}\"\npassword = \"{SERVICE_PASSWORD}\"\nmax_ttl = \"2h\"\n"
         ),
-    );
+    )
+    .await;
     let before = SystemTime::now();
     let c = issue(
         &p,
@@ -379,7 +382,8 @@ async fn upstream_failures_become_provider_errors() {
     let p = provider(
         &fake,
         &format!("{}request_timeout = \"300ms\"\n", admin_token_config()),
-    );
+    )
+    .await;
     let req = request("my-app", Actions::PUSH_PULL, Duration::from_secs(600));
     for (failure, expect) in [
         (Failure::Status(500), "upstream"),
@@ -418,7 +422,7 @@ async fn upstream_failures_become_provider_errors() {
 #[tokio::test]
 async fn wrong_admin_token_is_an_operator_problem() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, "admin_token = \"wrong-admin-token-value\"\n");
+    let p = provider(&fake, "admin_token = \"wrong-admin-token-value\"\n").await;
     let e = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -440,7 +444,7 @@ async fn wrong_admin_token_is_an_operator_problem() {
 #[tokio::test]
 async fn non_expiring_reply_is_revoked_and_refused() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     fake.set_failure(Some(Failure::NonExpiring));
     let e = issue(
         &p,
@@ -458,7 +462,7 @@ async fn non_expiring_reply_is_revoked_and_refused() {
 #[tokio::test]
 async fn widened_scope_is_reported_as_unscoped() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     fake.set_failure(Some(Failure::WidenScope));
     let c = issue(
         &p,
@@ -473,7 +477,7 @@ async fn widened_scope_is_reported_as_unscoped() {
 #[tokio::test]
 async fn stopped_upstream_is_an_upstream_error() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config());
+    let p = provider(&fake, &admin_token_config()).await;
     fake.stop();
     // Let the aborted server task drop its listener.
     tokio::task::yield_now().await;
@@ -496,7 +500,8 @@ async fn revoke_failures_are_provider_errors() {
     let p = provider(
         &fake,
         &format!("{}request_timeout = \"300ms\"\n", admin_token_config()),
-    );
+    )
+    .await;
     let c = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -519,6 +524,96 @@ async fn revoke_failures_are_provider_errors() {
         .expect("bounded")
         .expect_err("hang");
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
+}
+
+// --- Secrets Manager references (the `secrets` module), against moto ----------------------
+
+#[tokio::test]
+async fn secrets_manager_references_are_read_and_rotated() {
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use rise_backend::secrets::{SecretResolver, SecretSettings};
+
+    let moto = crate::support::moto::Moto::start().await;
+    let sdk = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto.endpoint())
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "AKIDARTIFACTORY",
+            "moto-secret",
+            None,
+            None,
+            "test",
+        )))
+        .build();
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    sm.create_secret()
+        .name("rise/artifactory")
+        .secret_string(
+            json!({"admin_token": ADMIN_TOKEN, "password": SERVICE_PASSWORD}).to_string(),
+        )
+        .send()
+        .await
+        .expect("create secret");
+    // Re-read on every use, so rotation needs no clock.
+    let resolver = SecretResolver::new(
+        sdk,
+        SecretSettings {
+            refresh_interval: Duration::ZERO,
+            retry_after_failure: Duration::ZERO,
+            fetch_timeout: Duration::from_secs(5),
+        },
+    );
+    let fake = FakeArtifactory::start().await;
+    let build = |extra: &str| {
+        let config = config(&fake, extra);
+        let resolver = &resolver;
+        async move { ArtifactoryProvider::with_secrets("default", &config, resolver).await }
+    };
+    let req = request("my-app", Actions::PULL, Duration::from_secs(600));
+
+    let minting = build("admin_token = \"aws-secretsmanager:rise/artifactory#admin_token\"\n")
+        .await
+        .expect("reference resolves");
+    issue(&minting, &req).await.expect("token minted");
+    assert_eq!(fake.requests()[0].auth, Auth::Bearer(ADMIN_TOKEN.into()));
+
+    let static_mode = build(&format!(
+        "username = \"{SERVICE_USER}\"\npassword = \"aws-secretsmanager:rise/artifactory#password\"\n"
+    ))
+    .await
+    .expect("reference resolves");
+    let c = issue(&static_mode, &req).await.expect("static credential");
+    assert_eq!(c.password.expose_secret(), SERVICE_PASSWORD);
+    sm.put_secret_value()
+        .secret_id("rise/artifactory")
+        .secret_string(json!({"admin_token": ADMIN_TOKEN, "password": "rotated-pw"}).to_string())
+        .send()
+        .await
+        .expect("rotate");
+    let c = issue(&static_mode, &req).await.expect("static credential");
+    assert_eq!(
+        c.password.expose_secret(),
+        "rotated-pw",
+        "rotation is picked up"
+    );
+
+    // A reference that cannot be read stops the provider from being built, naming the key and
+    // the reference (not a value).
+    let e = build("admin_token = \"aws-secretsmanager:rise/missing\"\n")
+        .await
+        .expect_err("missing secret");
+    match &e {
+        ProviderError::Misconfigured(m) => {
+            assert!(
+                m.contains("admin_token") && m.contains("aws-secretsmanager:rise/missing"),
+                "{m}"
+            )
+        }
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
 }
 
 // --- The backend host's Docker credentials, with real helper executables ------------------
@@ -583,7 +678,7 @@ async fn credential_helper_supplies_static_credentials() {
     ] {
         let home = DockerHome::new(&config);
         home.helper("rise-test", GOOD_HELPER);
-        let p = provider(&fake, &home.config(""));
+        let p = provider(&fake, &home.config("")).await;
         let c = issue(
             &p,
             &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -611,7 +706,8 @@ async fn credential_helper_credentials_mint_tokens() {
     let p = provider(
         &fake,
         &home.config("mode = \"access_token\"\ntoken_scope = \"user\"\n"),
-    );
+    )
+    .await;
     let c = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -635,7 +731,7 @@ async fn inline_auths_entry_is_used_without_a_helper() {
     let auth = base64::engine::general_purpose::STANDARD.encode("svc:inline-pass");
     let home =
         DockerHome::new(&json!({"auths": {format!("https://{}", fake.host()): {"auth": auth}}}));
-    let p = provider(&fake, &home.config(""));
+    let p = provider(&fake, &home.config("")).await;
     let c = issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -647,7 +743,7 @@ async fn inline_auths_entry_is_used_without_a_helper() {
 }
 
 async fn helper_error(home: &DockerHome, fake: &FakeArtifactory) -> ProviderError {
-    let p = provider(fake, &home.config(""));
+    let p = provider(fake, &home.config("")).await;
     issue(
         &p,
         &request("my-app", Actions::PULL, Duration::from_secs(600)),
@@ -757,7 +853,7 @@ async fn missing_docker_config_is_reported() {
     let fake = FakeArtifactory::start().await;
     let home = DockerHome::new(&json!({}));
     std::fs::remove_file(home.path("config.json")).expect("remove");
-    let p = provider(&fake, &home.config(""));
+    let p = provider(&fake, &home.config("")).await;
     assert!(p.ready().is_err(), "readiness reports the missing config");
     let e = issue(
         &p,

@@ -26,6 +26,11 @@
 //! max_ttl = "12h"           # longest lifetime handed out
 //! ```
 //!
+//! `password` and `admin_token` may also be `aws-secretsmanager:<name-or-arn>[#json-key]`
+//! references (see [`crate::secrets`]): read at start-up with the backend's AWS identity and
+//! re-read every `secret_refresh_interval` (default 5m), so a rotated secret is used without a
+//! restart.
+//!
 //! Other keys: `token_username` (the Artifactory user name minted tokens are issued to; `{project}`
 //! is replaced by the project; default `rise-{project}` with repository scope),
 //! `push_can_overwrite` (default true: `push` also grants Delete/Overwrite, which Artifactory
@@ -119,6 +124,7 @@ use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
 };
+use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
 
 /// The `[registry]` table with `type = "artifactory"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -130,11 +136,19 @@ pub struct ArtifactoryConfig {
     pub repository: String,
     #[serde(default)]
     pub username: Option<String>,
+    /// A value or an `aws-secretsmanager:` reference.
     #[serde(default)]
-    pub password: Option<SecretString>,
-    /// An admin access token, used only to mint and revoke tokens; never handed out.
+    pub password: Option<SecretSource>,
+    /// An admin access token, used only to mint and revoke tokens; never handed out. A value or
+    /// an `aws-secretsmanager:` reference.
     #[serde(default)]
-    pub admin_token: Option<SecretString>,
+    pub admin_token: Option<SecretSource>,
+    /// How often `aws-secretsmanager:` references are re-read.
+    #[serde(
+        default = "defaults::secret_refresh_interval",
+        with = "humantime_serde"
+    )]
+    pub secret_refresh_interval: Duration,
     /// Use the backend host's Docker credentials (`docker login`) for `base_url`'s host.
     #[serde(default, deserialize_with = "lenient::bool")]
     pub use_credential_helper: bool,
@@ -210,6 +224,9 @@ mod defaults {
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)
     }
+    pub fn secret_refresh_interval() -> Duration {
+        Duration::from_secs(300)
+    }
 }
 
 /// The default user name of repository-scoped tokens.
@@ -237,23 +254,22 @@ pub struct ArtifactoryProvider {
     max_ttl: Duration,
 }
 
+/// The backend's own credential. Configured secrets are [`Secret`]s: a Secrets Manager reference
+/// re-reads itself, so every use asks for the current value.
 #[derive(Debug)]
 enum BackendCredential {
-    UserPassword {
-        username: String,
-        password: SecretString,
-    },
-    AdminToken(SecretString),
+    UserPassword { username: String, password: Secret },
+    AdminToken(Secret),
     DockerHelper(DockerCredentialSource),
 }
 
 /// The backend credential resolved for one call (a helper is asked afresh each time).
-enum ResolvedCredential<'a> {
-    Token(&'a SecretString),
+enum ResolvedCredential {
+    Token(SecretString),
     User(DockerCredential),
 }
 
-impl ResolvedCredential<'_> {
+impl ResolvedCredential {
     fn auth(&self) -> AccessAuth<'_> {
         match self {
             ResolvedCredential::Token(token) => AccessAuth::Bearer(token),
@@ -280,9 +296,36 @@ impl ResolvedCredential<'_> {
 }
 
 impl ArtifactoryProvider {
-    /// Validate `config` and build the provider. `name` is the registry's configured name and
-    /// is used in error messages and logs.
-    pub fn from_config(name: &str, config: &ArtifactoryConfig) -> Result<Self, ProviderError> {
+    /// Validate `config` and build the provider; `aws-secretsmanager:` references are read now,
+    /// with the AWS SDK's default credential chain. `name` is the registry's configured name,
+    /// used in error messages and logs.
+    pub async fn from_config(
+        name: &str,
+        config: &ArtifactoryConfig,
+    ) -> Result<Self, ProviderError> {
+        let settings = SecretSettings {
+            refresh_interval: config.secret_refresh_interval,
+            ..SecretSettings::default()
+        };
+        let has_reference = [&config.password, &config.admin_token]
+            .into_iter()
+            .flatten()
+            .any(|s| matches!(s, SecretSource::AwsSecretsManager(_)));
+        let resolver = if has_reference {
+            SecretResolver::from_environment(settings).await
+        } else {
+            // Nothing to read: an empty SDK configuration avoids probing the environment.
+            SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
+        };
+        Self::with_secrets(name, config, &resolver).await
+    }
+
+    /// As [`from_config`](Self::from_config), reading references with `secrets`.
+    pub async fn with_secrets(
+        name: &str,
+        config: &ArtifactoryConfig,
+        secrets: &SecretResolver,
+    ) -> Result<Self, ProviderError> {
         let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
         let platform_url = parse_base_url(&config.base_url, config.insecure_http).map_err(bad)?;
         let registry_host = match (platform_url.host_str(), platform_url.port()) {
@@ -297,7 +340,7 @@ impl ArtifactoryProvider {
                 repository_key.chars().take(80).collect::<String>()
             )));
         }
-        let backend = backend_credential(name, config)?;
+        let backend = backend_credential(name, config, secrets).await?;
         let mode = match (config.mode, &backend) {
             (Some(Mode::Static), BackendCredential::AdminToken(_)) => {
                 return Err(bad(
@@ -381,13 +424,15 @@ impl ArtifactoryProvider {
         }
     }
 
-    async fn resolve_backend(&self) -> Result<ResolvedCredential<'_>, ProviderError> {
+    async fn resolve_backend(&self) -> Result<ResolvedCredential, ProviderError> {
         Ok(match &self.backend {
-            BackendCredential::AdminToken(token) => ResolvedCredential::Token(token),
+            BackendCredential::AdminToken(token) => {
+                ResolvedCredential::Token(token.current().await)
+            }
             BackendCredential::UserPassword { username, password } => {
                 ResolvedCredential::User(DockerCredential {
                     username: username.clone(),
-                    secret: password.clone(),
+                    secret: password.current().await,
                 })
             }
             BackendCredential::DockerHelper(source) => {
@@ -637,9 +682,10 @@ impl RegistryProvider for ArtifactoryProvider {
     }
 }
 
-fn backend_credential(
+async fn backend_credential(
     name: &str,
     config: &ArtifactoryConfig,
+    secrets: &SecretResolver,
 ) -> Result<BackendCredential, ProviderError> {
     let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
     let env_prefix = if name == crate::config::DEFAULT_REGISTRY {
@@ -662,11 +708,23 @@ fn backend_credential(
                 .into(),
         ));
     }
-    if let Some(token) = &config.admin_token {
-        if token.expose_secret().trim().is_empty() {
-            return Err(bad("admin_token is empty".into()));
+    let resolve = |key: &'static str, source: &SecretSource| {
+        let source = source.clone();
+        async move {
+            let secret = secrets
+                .resolve(&source)
+                .await
+                .map_err(|e| bad(format!("{key}: {e}")))?;
+            if secret.current().await.expose_secret().trim().is_empty() {
+                return Err(bad(format!("{key} is empty")));
+            }
+            Ok(secret)
         }
-        return Ok(BackendCredential::AdminToken(token.clone()));
+    };
+    if let Some(token) = &config.admin_token {
+        return Ok(BackendCredential::AdminToken(
+            resolve("admin_token", token).await?,
+        ));
     }
     if config.use_credential_helper {
         return DockerCredentialSource::new(
@@ -684,14 +742,14 @@ fn backend_credential(
                     "username is empty (set username or {env_prefix}USERNAME)"
                 )));
             }
-            if password.expose_secret().is_empty() {
-                return Err(bad(format!(
-                    "password is empty (set password, password_file or {env_prefix}PASSWORD)"
-                )));
-            }
+            let password = resolve("password", password).await.map_err(|e| {
+                ProviderError::Misconfigured(format!(
+                    "{e} (set password, password_file or {env_prefix}PASSWORD)"
+                ))
+            })?;
             Ok(BackendCredential::UserPassword {
                 username: username.trim().to_owned(),
-                password: password.clone(),
+                password,
             })
         }
         (Some(_), None) => Err(bad(format!(
@@ -853,15 +911,19 @@ mod tests {
         toml::from_str(toml_text).expect("valid test config")
     }
 
-    fn provider(toml_text: &str) -> Result<ArtifactoryProvider, String> {
-        ArtifactoryProvider::from_config("default", &config(toml_text)).map_err(|e| e.to_string())
+    async fn provider(toml_text: &str) -> Result<ArtifactoryProvider, String> {
+        ArtifactoryProvider::from_config("default", &config(toml_text))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     const BASE: &str = "base_url = \"https://company.jfrog.io\"\nrepository = \"docker-local\"\n";
 
-    #[test]
-    fn registry_host_and_repository_path() {
-        let p = provider(&format!("{BASE}username = \"u\"\npassword = \"p\"\n")).expect("valid");
+    #[tokio::test]
+    async fn registry_host_and_repository_path() {
+        let p = provider(&format!("{BASE}username = \"u\"\npassword = \"p\"\n"))
+            .await
+            .expect("valid");
         assert_eq!(p.registry_url(), "company.jfrog.io");
         let repo = RepositoryName::parse("team/my-app").expect("valid");
         assert_eq!(p.repository_path(&repo), "docker-local/team/my-app");
@@ -869,6 +931,7 @@ mod tests {
         let p = provider(
             "base_url = \"http://127.0.0.1:8082/artifactory/\"\nrepository = \"docker-local\"\nadmin_token = \"t\"\ninsecure_http = true\n",
         )
+        .await
         .expect("valid");
         assert_eq!(p.registry_url(), "127.0.0.1:8082");
         assert_eq!(p.mode, Mode::AccessToken);
@@ -907,46 +970,66 @@ mod tests {
         check("https://host/?x=1", false, Err("query"));
     }
 
-    #[test]
-    fn credential_combinations() {
-        let err = |extra: &str| provider(&format!("{BASE}{extra}")).expect_err(extra);
-        assert!(err("").contains("RISE_REGISTRY__USERNAME"));
-        assert!(err("username = \"u\"\n").contains("RISE_REGISTRY__PASSWORD"));
-        assert!(err("password = \"p\"\n").contains("username"));
-        assert!(
-            err("admin_token = \"t\"\nusername = \"u\"\npassword = \"p\"\n").contains("one way")
-        );
-        assert!(err("use_credential_helper = true\nadmin_token = \"t\"\n").contains("one way"));
-        assert!(err("admin_token = \"t\"\nmode = \"static\"\n").contains("never be handed out"));
-        assert!(
-            err("admin_token = \"t\"\ntoken_scope = \"user\"\n").contains("token_username"),
-            "user scope with an admin token needs a named user"
-        );
-        assert!(err("admin_token = \"t\"\ntoken_username = \"a b\"\n").contains("token_username"));
-        assert!(err("admin_token = \"t\"\nmax_ttl = \"0s\"\n").contains("max_ttl"));
+    #[tokio::test]
+    async fn credential_combinations() {
+        for (extra, part) in [
+            ("", "RISE_REGISTRY__USERNAME"),
+            ("username = \"u\"\n", "RISE_REGISTRY__PASSWORD"),
+            ("username = \"u\"\npassword = \"\"\n", "password is empty"),
+            ("password = \"p\"\n", "username"),
+            (
+                "admin_token = \"t\"\nusername = \"u\"\npassword = \"p\"\n",
+                "one way",
+            ),
+            (
+                "use_credential_helper = true\nadmin_token = \"t\"\n",
+                "one way",
+            ),
+            ("admin_token = \" \"\n", "admin_token is empty"),
+            (
+                "admin_token = \"t\"\nmode = \"static\"\n",
+                "never be handed out",
+            ),
+            // User scope with an admin token needs a named (narrow) user.
+            (
+                "admin_token = \"t\"\ntoken_scope = \"user\"\n",
+                "token_username",
+            ),
+            (
+                "admin_token = \"t\"\ntoken_username = \"a b\"\n",
+                "token_username",
+            ),
+            ("admin_token = \"t\"\nmax_ttl = \"0s\"\n", "max_ttl"),
+        ] {
+            let e = provider(&format!("{BASE}{extra}")).await.expect_err(extra);
+            assert!(e.contains(part), "{extra:?}: {e}");
+        }
         let e =
             ArtifactoryProvider::from_config("eu", &config(&format!("{BASE}username = \"u\"\n")))
+                .await
                 .expect_err("named registry")
                 .to_string();
         assert!(e.contains("RISE_REGISTRIES__EU__PASSWORD"), "{e}");
     }
 
-    #[test]
-    fn repository_key_rules() {
+    #[tokio::test]
+    async fn repository_key_rules() {
         for bad in ["Docker-Local", "a/b", "", "docker local"] {
             let e = provider(&format!(
                 "base_url = \"https://h\"\nrepository = \"{bad}\"\nadmin_token = \"t\"\n"
             ))
+            .await
             .expect_err(bad);
             assert!(e.contains("repository"), "{e}");
         }
     }
 
-    #[test]
-    fn debug_shows_no_secret() {
+    #[tokio::test]
+    async fn debug_shows_no_secret() {
         let p = provider(&format!(
             "{BASE}username = \"svc\"\npassword = \"hunter2-password\"\n"
         ))
+        .await
         .expect("valid");
         let shown = format!("{p:?}");
         assert!(!shown.contains("hunter2-password"), "{shown}");
@@ -997,8 +1080,6 @@ mod tests {
 mod seed_config_tests {
     use std::io::Write;
 
-    use secrecy::ExposeSecret;
-
     use super::*;
     use crate::config::{Config, Sources};
     use crate::registry::providers::ProviderConfig;
@@ -1016,6 +1097,13 @@ mod seed_config_tests {
         .map_err(|e| e.to_string())
     }
 
+    fn value(source: Option<&SecretSource>) -> Option<&str> {
+        match source {
+            Some(SecretSource::Value(v)) => Some(v.expose_secret()),
+            _ => None,
+        }
+    }
+
     fn artifactory(c: &Config) -> &ArtifactoryConfig {
         match &c.registry {
             Some(ProviderConfig::Artifactory(a)) => a,
@@ -1023,8 +1111,8 @@ mod seed_config_tests {
         }
     }
 
-    #[test]
-    fn seed_static_credentials_example() {
+    #[tokio::test]
+    async fn seed_static_credentials_example() {
         let c = load(
             r#"
 [registry]
@@ -1039,8 +1127,10 @@ password = "pass"
         .expect("the seed's example loads");
         let a = artifactory(&c);
         assert_eq!(a.username.as_deref(), Some("user"));
-        assert_eq!(a.password.as_ref().map(|p| p.expose_secret()), Some("pass"));
-        let p = ArtifactoryProvider::from_config("default", a).expect("valid provider");
+        assert_eq!(value(a.password.as_ref()), Some("pass"));
+        let p = ArtifactoryProvider::from_config("default", a)
+            .await
+            .expect("valid provider");
         assert_eq!(p.mode, Mode::Static);
         assert_eq!(p.registry_url(), "company.jfrog.io");
         assert_eq!(
@@ -1065,8 +1155,8 @@ use_credential_helper = true
         assert!(artifactory(&c).use_credential_helper);
     }
 
-    #[test]
-    fn seed_production_example_with_environment_credentials() {
+    #[tokio::test]
+    async fn seed_production_example_with_environment_credentials() {
         let text = r#"
 [registry]
 type = "artifactory"
@@ -1084,14 +1174,14 @@ repository = "docker-local"
         .expect("loads with env credentials");
         let a = artifactory(&c);
         assert_eq!(a.username.as_deref(), Some("service-account"));
-        assert_eq!(
-            a.password.as_ref().map(|p| p.expose_secret()),
-            Some("from-vault")
-        );
-        ArtifactoryProvider::from_config("default", a).expect("valid provider");
+        assert_eq!(value(a.password.as_ref()), Some("from-vault"));
+        ArtifactoryProvider::from_config("default", a)
+            .await
+            .expect("valid provider");
         // Without them the provider says which variables to set.
         let c = load(text, &[]).expect("loads");
         let e = ArtifactoryProvider::from_config("default", artifactory(&c))
+            .await
             .expect_err("no credentials")
             .to_string();
         assert!(e.contains("RISE_REGISTRY__PASSWORD"), "{e}");
@@ -1114,10 +1204,7 @@ repository = "docker-local"
         )
         .expect("loads");
         let a = artifactory(&c);
-        assert_eq!(
-            a.admin_token.as_ref().map(|t| t.expose_secret()),
-            Some("token-from-file")
-        );
+        assert_eq!(value(a.admin_token.as_ref()), Some("token-from-file"));
         assert_eq!(a.max_ttl, Duration::from_secs(7200));
         assert!(!a.force_revocable);
     }

@@ -16,7 +16,7 @@ pub enum ProviderConfig {
     /// AWS Elastic Container Registry.
     Ecr(Box<ecr::EcrConfig>),
     /// JFrog Artifactory: minted access tokens or the seed's static credentials.
-    Artifactory(artifactory::ArtifactoryConfig),
+    Artifactory(Box<artifactory::ArtifactoryConfig>),
 }
 
 impl ProviderConfig {
