@@ -1,4 +1,4 @@
-//! Crash safety of the audit log: the real `rise-backend` binary, hammered with concurrent
+//! Crash safety of the audit log, and the `audit` subcommands: the real `rise-backend` binary, hammered with concurrent
 //! credential requests, is SIGKILLed mid-run. After a restart on the same data directory, every
 //! credential any client received has its audit record, and the hash chain verifies.
 
@@ -160,9 +160,18 @@ async fn every_credential_a_client_received_is_audited_after_kill_9() {
         "{}",
         String::from_utf8_lossy(&export.stderr)
     );
-    let audited: HashSet<String> = String::from_utf8_lossy(&export.stdout)
+    let exported: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .collect();
+    assert!(
+        exported
+            .iter()
+            .all(|r| r["caller"]["client_ip"] == "127.0.0.1"),
+        "the TCP peer is recorded"
+    );
+    let audited: HashSet<String> = exported
+        .iter()
         .filter(|r| r["result"] == "granted")
         .filter_map(|r| r["credential_fingerprint"].as_str().map(str::to_owned))
         .collect();
@@ -178,4 +187,83 @@ async fn every_credential_a_client_received_is_audited_after_kill_9() {
         audited.contains(&after_restart),
         "the restarted server records too"
     );
+}
+
+/// `rise-backend audit verify` exits non-zero and names the first broken record; `audit export`
+/// filters by time.
+#[tokio::test]
+async fn audit_cli_verifies_and_exports() {
+    use rise_backend::audit::{AuditLog, AuditRecord, AuditSettings, CallerInfo, Operation};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let config_path = dir.path().join("rise.toml");
+    std::fs::write(&config_path, config_text(&data_dir)).expect("write config");
+
+    let missing = rise_process::run(&config_path, &["audit", "verify"]).await;
+    assert!(
+        !missing.status.success(),
+        "verify must not report a missing database as an intact empty log"
+    );
+
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    let store = rise_backend::store::Store::open_sqlite(&data_dir.join("rise.db"), true)
+        .await
+        .expect("store");
+    let log = AuditLog::start(store.clone(), AuditSettings::default());
+    for (i, secs) in [1_000_000_000u64, 1_500_000_000, 1_700_000_000]
+        .iter()
+        .enumerate()
+    {
+        let mut r = AuditRecord::begin(
+            Operation::Credentials,
+            &format!("r{i}"),
+            CallerInfo {
+                issuer: "local".into(),
+                subject: format!("user{i}"),
+                groups: vec![],
+                client_ip: None,
+                user_agent: None,
+            },
+        );
+        r.time = std::time::UNIX_EPOCH + Duration::from_secs(*secs);
+        r.refused(false, "forbidden");
+        log.record(&r).await.expect("commit");
+    }
+
+    let ok = rise_process::run(&config_path, &["audit", "verify"]).await;
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("audit chain intact: 3 records"), "{out}");
+
+    let export = rise_process::run(
+        &config_path,
+        &["audit", "export", "--since", "2020-01-01T00:00:00Z"],
+    )
+    .await;
+    let subjects: Vec<String> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .map(|r| {
+            r["caller"]["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(subjects, ["user2"]);
+
+    sqlx::query("UPDATE audit_log SET reason = 'issued' WHERE id = 2")
+        .execute(store.sqlite_pool().expect("SQLite"))
+        .await
+        .expect("tamper");
+    let broken = rise_process::run(&config_path, &["audit", "verify"]).await;
+    let err = String::from_utf8_lossy(&broken.stderr);
+    assert!(!broken.status.success(), "tampering went unnoticed");
+    assert!(err.contains("record 2 was altered"), "{err}");
+    assert!(err.contains("1 records before it verified"), "{err}");
 }
