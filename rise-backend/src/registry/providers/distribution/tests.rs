@@ -151,7 +151,7 @@ fn issue_returns_a_grant_scoped_to_the_repository() {
 }
 
 #[test]
-fn grant_lifetime_is_capped_by_max_ttl_and_caller_expiry() {
+fn grant_lifetime_is_capped_by_max_ttl_not_by_the_caller_token() {
     let f = fixture("");
     let provider = service(&f).provider("default").expect("default");
     let now = SystemTime::now();
