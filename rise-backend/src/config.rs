@@ -35,6 +35,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "client_secret",
     "private_key",
     "api_key",
+    "sealing_key",
 ];
 
 /// Built-in defaults under every configuration.
@@ -62,6 +63,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Where generated signing keys live (files, or sealed in a shared database).
+    #[serde(default)]
+    pub keys: crate::keyring::KeysConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -555,6 +559,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_server()?;
         self.rate_limit.validate().map_err(ConfigError::Semantic)?;
+        self.keys.validate().map_err(ConfigError::Semantic)?;
         if self.auth.leeway > Duration::from_secs(60) {
             return Err(ConfigError::Semantic(
                 "auth.leeway may be at most 60s: a larger clock skew lets expired tokens in".into(),

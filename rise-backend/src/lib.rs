@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod keyring;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;

@@ -69,6 +69,23 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The keys Rise generated: show them, or rotate them.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the key IDs of the registry token keys (current, next, previous) and of the grant
+    /// keys, and where they are kept.
+    Show,
+    /// Rotate the registry token keys and the grant keys: the next key (already in registries'
+    /// certificate bundles) starts signing, the current one is retired but stays trusted, and a
+    /// fresh next key is made. Running servers pick it up within `keys.reload_interval`. Then
+    /// run `registry-config` and restart registries at leisure, before the next rotation.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -197,15 +214,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::RegistryConfig { registry } => {
-            let snippet = rise_backend::registry::providers::distribution::registry_config_snippet(
-                &config,
-                registry.as_deref(),
-            )?;
+            let keyring = open_keyring(&config).await?;
+            let snippet =
+                rise_backend::registry::providers::distribution::registry_config_snippet_from(
+                    &config,
+                    registry.as_deref(),
+                    &keyring,
+                )
+                .await?;
             print!("{snippet}");
             Ok(())
         }
         Command::Audit { command } => run_audit(&config, command).await,
+        Command::Keys { command } => run_keys(&config, command).await,
     }
+}
+
+/// The keyring a server with this configuration uses (opening the database when keys live there).
+async fn open_keyring(config: &Config) -> anyhow::Result<rise_backend::keyring::Keyring> {
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!(
+            "creating data directory {}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let store = rise_backend::store::Store::open(&config.database, &config.server.data_dir)
+        .await
+        .context("opening the database")?;
+    rise_backend::keyring::Keyring::for_store(&store, &config.server.data_dir, &config.keys)
+}
+
+async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    use rise_backend::registry::providers::distribution::{
+        GRANT_KEYS, GrantKeys, KeySet, REGISTRY_TOKEN_KEYS,
+    };
+    let keyring = open_keyring(config).await?;
+    if let KeysCommand::Rotate = command {
+        keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
+        keyring.rotate(&GRANT_KEYS).await?;
+        println!("rotated the registry token keys and the grant keys");
+    }
+    let signing = KeySet::load(&keyring).await?;
+    let grant = GrantKeys::load(&keyring).await?;
+    println!("keys in {}", keyring.describe());
+    let slots = ["current", "next", "previous"];
+    for (slot, cert) in slots.iter().zip(signing.trusted()) {
+        println!("registry token {slot:<8} {}", cert.kid());
+    }
+    for (slot, kid) in slots.iter().zip(grant.kids()) {
+        println!("grant          {slot:<8} {kid}");
+    }
+    if let KeysCommand::Rotate = command {
+        println!(
+            "servers sign with the new current key within keys.reload_interval ({}); run `rise-backend registry-config` and restart registries before the next rotation so they trust the new next key",
+            humantime::format_duration(config.keys.reload_interval)
+        );
+    }
+    Ok(())
 }
 
 async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {

@@ -43,6 +43,12 @@ pub struct RateLimitConfig {
     /// evicted, which only ever makes a limit more lenient for the evicted key.
     #[serde(deserialize_with = "lenient::u64")]
     pub max_buckets: u64,
+    /// How many replicas serve behind one load balancer. Each replica enforces its share of every
+    /// quota (rate / replicas, burst / replicas rounded up), so together they never allow more
+    /// than the configured limit (plus at most `replicas - 1` of burst). The tolerance runs the
+    /// other way: a caller whose requests all reach one replica gets only that replica's share.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub replicas: u64,
 }
 
 impl RateLimitConfig {
@@ -59,6 +65,9 @@ impl RateLimitConfig {
                 q.validate()
                     .map_err(|message| format!("rate_limit.{name}: {message}"))?;
             }
+        }
+        if !(1..=1000).contains(&self.replicas) {
+            return Err("rate_limit.replicas must be between 1 and 1000".into());
         }
         if !(1_000..=100_000_000).contains(&self.max_buckets) {
             return Err("rate_limit.max_buckets must be between 1000 and 100000000".into());
@@ -90,6 +99,15 @@ impl QuotaConfig {
 
     pub fn quota(&self) -> Quota {
         Quota::new(self.rate, self.burst)
+    }
+
+    /// One replica's share of this quota when `replicas` replicas enforce it together.
+    pub fn share(&self, replicas: u64) -> Quota {
+        let replicas = replicas.max(1);
+        Quota::new(
+            Rate(self.rate.as_per_second() / replicas as f64),
+            self.burst.div_ceil(replicas),
+        )
     }
 }
 
@@ -653,10 +671,50 @@ mod tests {
             per_project: None,
             auth_failures_per_ip: q(1),
             max_buckets,
+            replicas: 1,
         };
         assert!(config(50, 100_000).validate().is_ok());
         let err = config(0, 100_000).validate().expect_err("zero burst");
         assert!(err.contains("rate_limit.per_subject"), "{err}");
         assert!(config(50, 10).validate().is_err());
+        let none = RateLimitConfig {
+            replicas: 0,
+            ..config(50, 100_000)
+        };
+        assert!(none.validate().expect_err("zero").contains("replicas"));
+    }
+
+    #[test]
+    fn replicas_together_allow_at_most_the_configured_quota() {
+        let quota = QuotaConfig {
+            rate: Rate::per_second(10.0).expect("rate"),
+            burst: 5,
+        };
+        // Three replicas, each with its own buckets, one caller spreading requests over all.
+        let clock = ManualClock::default();
+        clock.advance(Duration::from_secs(1000));
+        let replicas: Vec<_> = (0..3)
+            .map(|_| InMemoryRateLimiter::with_clock(1000, clock.clone()))
+            .collect();
+        let share = quota.share(3);
+        let mut allowed = 0;
+        for i in 0..30 {
+            if replicas[i % 3].decide(ALICE, share, true).is_allowed() {
+                allowed += 1;
+            }
+        }
+        // Burst 5 over 3 replicas: 2 each (rounded up), so 6 at once, never 30.
+        assert_eq!(allowed, 6);
+        // Over one second the three shares refill 10/3 per second each: 10 in all.
+        let mut refilled = 0;
+        for step in 0..100 {
+            clock.advance(Duration::from_millis(10));
+            if replicas[step % 3].decide(ALICE, share, true).is_allowed() {
+                refilled += 1;
+            }
+        }
+        assert!((9..=11).contains(&refilled), "{refilled} in one second");
+        // One replica alone gives a third.
+        assert_eq!(quota.share(1).interval_ns * 3, share.interval_ns);
     }
 }

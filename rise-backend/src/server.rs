@@ -12,6 +12,7 @@ use crate::audit::{AuditLog, AuditSettings};
 use crate::auth::{Authenticator, LocalIssuer};
 use crate::config::{Config, ServerConfig};
 use crate::http::{AppState, RateLimits};
+use crate::keyring::Keyring;
 use crate::policy::Policy;
 use crate::registry::RegistryProvider;
 use crate::registry::cache::{CacheSettings, CachingProvider};
@@ -42,11 +43,17 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     };
     let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
-    let token_service = TokenService::from_config(config)?;
     let store = Store::open(&config.database, &config.server.data_dir)
         .await
         .context("opening the database")?;
     tracing::info!(kind = store.kind(), "database ready");
+    let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
+    let token_service = TokenService::from_config(config, &keyring).await?;
+    if let Some(service) = &token_service {
+        // Picks up `rise-backend keys rotate` (run anywhere) without a restart; stops with the
+        // service.
+        service.spawn_key_reloader(config.keys.reload_interval);
+    }
     let audit = AuditLog::start(store, AuditSettings::from(&config.audit));
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
     for (name, provider_config) in config.all_registries() {

@@ -12,6 +12,9 @@ use serde::Serialize;
 
 use super::{ApiError, AppState};
 
+/// How long `/readyz` waits for the database.
+const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Serialize)]
 pub(super) struct Ready {
     status: &'static str,
@@ -52,8 +55,18 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
     if !failing.iter().any(|f| f.starts_with("registr")) {
         passed.push("registries");
     }
-    // Hook for the audit store (branch `audit`): ping the store here, pushing "store" onto
-    // `failing` (detail to the log) or `passed`.
+    // The store: every credential needs its audit record committed, so no store, no service.
+    match tokio::time::timeout(STORE_PING_TIMEOUT, state.audit.store().ping()).await {
+        Ok(Ok(())) => passed.push("store"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            failing.push("store".to_owned());
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?STORE_PING_TIMEOUT, "readiness: the database did not answer in time");
+            failing.push("store".to_owned());
+        }
+    }
     if failing.is_empty() {
         Ok(Json(Ready {
             status: "ready",

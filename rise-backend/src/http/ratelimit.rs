@@ -116,10 +116,10 @@ impl RateLimits {
         limiter: Arc<dyn RateLimiter>,
     ) -> anyhow::Result<Self> {
         let quotas = config.enabled.then(|| Quotas {
-            per_subject: config.per_subject.quota(),
-            per_ip: config.per_ip.quota(),
-            per_project: config.per_project.map(|q| q.quota()),
-            auth_failures_per_ip: config.auth_failures_per_ip.quota(),
+            per_subject: config.per_subject.share(config.replicas),
+            per_ip: config.per_ip.share(config.replicas),
+            per_project: config.per_project.map(|q| q.share(config.replicas)),
+            auth_failures_per_ip: config.auth_failures_per_ip.share(config.replicas),
         });
         Ok(RateLimits {
             limiter,

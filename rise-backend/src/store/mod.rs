@@ -22,6 +22,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -224,6 +225,97 @@ impl Store {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
+    }
+
+    /// Whether several replicas may share this store (PostgreSQL); SQLite is one host's.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// A round trip to the database, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_backend!(self, |pool, d| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// The stored value of key slot `name` (see `keyring`), if any.
+    pub async fn key_get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        on_backend!(self, |pool, d| {
+            Ok(
+                sqlx::query_scalar("SELECT value FROM rise_keys WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        })
+    }
+
+    /// The stored value of key slot `name`, storing `value` first if the slot is empty. The
+    /// first writer wins: concurrent callers all get the same value back.
+    pub async fn key_get_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        on_backend!(self, |pool, d| {
+            sqlx::query(
+                "INSERT INTO rise_keys (name, value, updated_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(crate::audit::unix_ms(std::time::SystemTime::now()))
+            .execute(pool)
+            .await?;
+            self.key_get(name)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(format!("key slot {name} vanished")))
+        })
+    }
+
+    /// Rotate the slots `[previous, current, next]` in one transaction: `previous ← current`,
+    /// `current ← next`, `next ← fresh`. `reseal((from, to), value)` re-encodes a value for its
+    /// new slot. Concurrent rotations serialise on the row locks (SQLite: the write lock).
+    pub async fn key_rotate(
+        &self,
+        rows: &[String; 3],
+        fresh: String,
+        reseal: impl Fn((&str, &str), &str) -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
+        let [previous, current, next] = rows;
+        let now = crate::audit::unix_ms(std::time::SystemTime::now());
+        on_backend!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin_write()).await?;
+            let select = d.pick(
+                "SELECT value FROM rise_keys WHERE name = $1",
+                "SELECT value FROM rise_keys WHERE name = $1 FOR UPDATE",
+            );
+            let mut read = async |name: &str| -> anyhow::Result<String> {
+                let value: Option<String> = sqlx::query_scalar(select)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                value.with_context(|| format!("key slot {name} is empty: nothing to rotate"))
+            };
+            let old_current = read(current).await?;
+            let old_next = read(next).await?;
+            let updates = [
+                (previous, reseal((current, previous), &old_current)?),
+                (current, reseal((next, current), &old_next)?),
+                (next, fresh),
+            ];
+            for (name, value) in updates {
+                sqlx::query(
+                    "INSERT INTO rise_keys (name, value, updated_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                )
+                .bind(name.as_str())
+                .bind(value)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// The SQLite pool, for tools and tests that inspect the database directly.
@@ -576,8 +668,8 @@ const SELECT_SCAN: &str = "SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIM
 /// Versioned schema changes, per dialect. Append new versions; never edit an applied one.
 fn migrations(d: Dialect) -> &'static [(i64, &'static [&'static str])] {
     match d {
-        Dialect::Sqlite => &[(1, V1_SQLITE)],
-        Dialect::Postgres => &[(1, V1_POSTGRES)],
+        Dialect::Sqlite => &[(1, V1_SQLITE), (2, V2_KEYS)],
+        Dialect::Postgres => &[(1, V1_POSTGRES), (2, V2_KEYS)],
     }
 }
 
@@ -651,3 +743,10 @@ const V1_POSTGRES: &[&str] = &[
         head_hash TEXT NOT NULL
     )",
 ];
+
+/// Generated keys shared by replicas (`keyring`): one row per slot, values sealed.
+const V2_KEYS: &[&str] = &["CREATE TABLE rise_keys (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    )"];

@@ -24,7 +24,7 @@ use secrecy::zeroize::Zeroizing;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::keys::{keys_dir, read_or_create};
+use crate::keyring::{FamilyKeys, KeyFamily, Keyring, keys_dir, load_files};
 use crate::registry::{Actions, RepositoryName};
 
 /// The `iss` of every grant; keeps grants apart from any other HS256 token.
@@ -33,6 +33,100 @@ const GRANT_ISSUER: &str = "rise:registry-grant";
 /// the fingerprint says which Rise secret made it.
 const KID_PREFIX: &str = "rise-grant:";
 const GRANT_KEY_FILE: &str = "registry-grant.key";
+
+/// The grant secrets in the keyring: `current` signs; `next` and `previous` are accepted too, so
+/// a rotation never refuses a grant another replica (or this one, before the rotation) made.
+pub const GRANT_KEYS: KeyFamily = KeyFamily {
+    name: "registry-grant",
+    files: [
+        GRANT_KEY_FILE,
+        "registry-grant-next.key",
+        "registry-grant-previous.key",
+    ],
+    generate: generate_secret,
+};
+
+/// A fresh 256-bit secret, base64 and a newline.
+fn generate_secret() -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(secret.as_mut_slice())
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let mut text = Zeroizing::new(vec![0u8; 64]);
+    let len = STANDARD
+        .encode_slice(secret.as_slice(), text.as_mut_slice())
+        .map_err(|e| anyhow::anyhow!("encoding the grant secret: {e}"))?;
+    text.truncate(len);
+    text.push(b'\n');
+    Ok(text)
+}
+
+/// Every grant key this server accepts; the first signs.
+#[derive(Debug)]
+pub struct GrantKeys {
+    current: GrantKey,
+    others: Vec<GrantKey>,
+}
+
+impl GrantKeys {
+    /// Load the grant keys from `<data_dir>/keys/`, generating `current` and `next` if missing.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::from_family(&load_files(&keys_dir(data_dir)?, &GRANT_KEYS)?)
+    }
+
+    /// Load the grant keys from `keyring`, generating `current` and `next` if missing.
+    pub async fn load(keyring: &Keyring) -> anyhow::Result<Self> {
+        Self::from_family(&keyring.load(&GRANT_KEYS).await?)
+            .with_context(|| format!("grant keys in {}", keyring.describe()))
+    }
+
+    pub fn from_family(keys: &FamilyKeys) -> anyhow::Result<Self> {
+        let current = GrantKey::from_stored(&keys.current).context("the current grant key")?;
+        let mut others = vec![GrantKey::from_stored(&keys.next).context("the next grant key")?];
+        if let Some(previous) = &keys.previous {
+            others.push(GrantKey::from_stored(previous).context("the previous grant key")?);
+        }
+        Ok(Self { current, others })
+    }
+
+    /// One key that both signs and is the only one accepted (tests).
+    pub fn single(key: GrantKey) -> Self {
+        Self {
+            current: key,
+            others: Vec::new(),
+        }
+    }
+
+    /// The key that signs new grants.
+    pub fn current(&self) -> &GrantKey {
+        &self.current
+    }
+
+    /// The `kid`s of every accepted key, the signing one first.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&self.current)
+            .chain(&self.others)
+            .map(|k| k.kid.as_str())
+    }
+
+    /// Look at `password` as a grant of any accepted key.
+    pub fn check(&self, password: &str) -> GrantCheck {
+        let Ok(header) = jsonwebtoken::decode_header(password) else {
+            return GrantCheck::NotAGrant;
+        };
+        let Some(kid) = header.kid.as_deref() else {
+            return GrantCheck::NotAGrant;
+        };
+        match std::iter::once(&self.current)
+            .chain(&self.others)
+            .find(|k| k.kid == kid)
+        {
+            Some(key) if header.alg == Algorithm::HS256 => key.verify(password),
+            Some(_) => GrantCheck::Invalid(GrantError::Invalid),
+            None if kid.starts_with(KID_PREFIX) => GrantCheck::Invalid(GrantError::OtherServer),
+            None => GrantCheck::NotAGrant,
+        }
+    }
+}
 
 /// The HMAC key grants are signed with.
 pub struct GrantKey {
@@ -109,30 +203,19 @@ impl GrantError {
 impl GrantKey {
     /// Load `<data_dir>/keys/registry-grant.key`, generating a random 256-bit secret if missing.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        let path = keys_dir(data_dir)?.join(GRANT_KEY_FILE);
-        let content = read_or_create(&path, || {
-            let mut secret = Zeroizing::new([0u8; 32]);
-            aws_lc_rs::rand::fill(secret.as_mut_slice())
-                .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-            let mut text = Zeroizing::new(vec![0u8; 64]);
-            let len = STANDARD
-                .encode_slice(secret.as_slice(), text.as_mut_slice())
-                .map_err(|e| anyhow::anyhow!("encoding the grant secret: {e}"))?;
-            text.truncate(len);
-            text.push(b'\n');
-            Ok(text)
-        })?;
+        Ok(GrantKeys::load_or_create(data_dir)?.current)
+    }
+
+    /// A key from its stored form: at least 32 random bytes, base64.
+    fn from_stored(content: &[u8]) -> anyhow::Result<Self> {
         let secret = Zeroizing::new(
             STANDARD
                 .decode(content.trim_ascii())
                 .ok()
                 .filter(|s| s.len() >= 32)
-                .with_context(|| {
-                    format!(
-                        "{} must hold at least 32 base64-encoded random bytes; delete it to generate a new one (outstanding grants become invalid)",
-                        path.display()
-                    )
-                })?,
+                .context(
+                    "a grant secret must be at least 32 base64-encoded random bytes; delete it to generate a new one (outstanding grants become invalid)",
+                )?,
         );
         Ok(Self::from_secret(&secret))
     }
@@ -179,16 +262,28 @@ impl GrantKey {
 
     /// Look at `password` as a grant of this key. Expiry is checked against the system clock.
     pub fn check(&self, password: &str) -> GrantCheck {
-        let Ok(header) = jsonwebtoken::decode_header(password) else {
-            return GrantCheck::NotAGrant;
-        };
-        match header.kid.as_deref() {
-            Some(kid) if kid == self.kid && header.alg == Algorithm::HS256 => {}
-            Some(kid) if kid.starts_with(KID_PREFIX) => {
-                return GrantCheck::Invalid(GrantError::OtherServer);
+        match jsonwebtoken::decode_header(password) {
+            Ok(header) if header.kid.as_deref() == Some(self.kid.as_str()) => {
+                if header.alg == Algorithm::HS256 {
+                    self.verify(password)
+                } else {
+                    GrantCheck::Invalid(GrantError::Invalid)
+                }
             }
-            _ => return GrantCheck::NotAGrant,
+            Ok(header)
+                if header
+                    .kid
+                    .as_deref()
+                    .is_some_and(|k| k.starts_with(KID_PREFIX)) =>
+            {
+                GrantCheck::Invalid(GrantError::OtherServer)
+            }
+            _ => GrantCheck::NotAGrant,
         }
+    }
+
+    /// Verify signature and claims of a grant whose header names this key.
+    fn verify(&self, password: &str) -> GrantCheck {
         match jsonwebtoken::decode::<GrantClaims>(password, &self.decoding, &self.validation) {
             Ok(data) => GrantCheck::Valid(Grant {
                 claims: data.claims,
@@ -357,5 +452,32 @@ mod tests {
             std::fs::read_to_string(dir.path().join("keys").join(GRANT_KEY_FILE)).expect("read");
         assert_eq!(STANDARD.decode(text.trim()).expect("base64").len(), 32);
         assert!(!format!("{a:?}").contains(text.trim()));
+    }
+
+    #[tokio::test]
+    async fn grants_of_every_slot_stay_valid_across_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::files(dir.path()).expect("keyring");
+        let before = GrantKeys::load(&keyring).await.expect("load");
+        let old = mint(before.current(), SystemTime::now(), Duration::from_secs(60));
+        keyring.rotate(&GRANT_KEYS).await.expect("rotate");
+        let after = GrantKeys::load(&keyring).await.expect("reload");
+        let new = mint(after.current(), SystemTime::now(), Duration::from_secs(60));
+        let before_kids: Vec<&str> = before.kids().collect();
+        assert_eq!(after.current().kid, before_kids[1], "next became current");
+        // A replica that has not reloaded yet accepts grants of the new current key (its next);
+        // a reloaded one accepts grants of the retired key (its previous).
+        assert!(matches!(before.check(&new), GrantCheck::Valid(_)));
+        assert!(matches!(after.check(&old), GrantCheck::Valid(_)));
+        assert!(matches!(after.check(&new), GrantCheck::Valid(_)));
+        keyring.rotate(&GRANT_KEYS).await.expect("rotate again");
+        let later = GrantKeys::load(&keyring).await.expect("reload");
+        assert!(
+            matches!(
+                later.check(&old),
+                GrantCheck::Invalid(GrantError::OtherServer)
+            ),
+            "two rotations retire a key for good"
+        );
     }
 }

@@ -28,12 +28,22 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use secrecy::zeroize::Zeroizing;
 use sha2::{Digest, Sha256};
 
-/// Directory under the data dir that holds every key Rise generates for registries.
-pub const KEYS_DIR: &str = "keys";
+pub use crate::keyring::KEYS_DIR;
+use crate::keyring::{FamilyKeys, KeyFamily, Keyring, keys_dir, load_files, temp_path};
+
 /// The key that signs registry tokens now.
 const CURRENT_KEY_FILE: &str = "registry-token-current.pem";
 /// The key published in the bundle ahead of a rotation; it signs nothing yet.
 const NEXT_KEY_FILE: &str = "registry-token-next.pem";
+/// The key the last rotation retired; still in the bundle so its tokens stay valid.
+const PREVIOUS_KEY_FILE: &str = "registry-token-previous.pem";
+
+/// The registry-token signing keys in the keyring.
+pub const REGISTRY_TOKEN_KEYS: KeyFamily = KeyFamily {
+    name: "registry-token",
+    files: [CURRENT_KEY_FILE, NEXT_KEY_FILE, PREVIOUS_KEY_FILE],
+    generate: generate_key_file,
+};
 /// The certificate bundle `registry-config` writes for registries to trust.
 pub const BUNDLE_FILE: &str = "registry-bundle.pem";
 
@@ -61,23 +71,34 @@ pub struct TrustedCert {
 }
 
 impl KeySet {
-    /// Load `<data_dir>/keys/registry-token-{current,next}.pem`, generating whichever is missing.
+    /// Load the keys from `<data_dir>/keys/`, generating `current` and `next` if missing.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        let dir = keys_dir(data_dir)?;
-        let current = SigningKey::load_or_create(&dir.join(CURRENT_KEY_FILE))?;
-        let next = SigningKey::load_or_create(&dir.join(NEXT_KEY_FILE))?;
+        Self::from_family(&load_files(&keys_dir(data_dir)?, &REGISTRY_TOKEN_KEYS)?)
+    }
+
+    /// Load the keys from `keyring`, generating `current` and `next` if missing.
+    pub async fn load(keyring: &Keyring) -> anyhow::Result<Self> {
+        Self::from_family(&keyring.load(&REGISTRY_TOKEN_KEYS).await?)
+            .with_context(|| format!("registry token keys in {}", keyring.describe()))
+    }
+
+    /// `current` signs; `next` and `previous` are trusted beside it.
+    pub fn from_family(keys: &FamilyKeys) -> anyhow::Result<Self> {
+        let current = SigningKey::from_pem(&keys.current).context("the current key")?;
+        let next = SigningKey::from_pem(&keys.next).context("the next key")?;
         if next.kid() == current.kid() {
             bail!(
-                "{} and {} hold the same key: delete {} so a fresh next key is generated",
-                CURRENT_KEY_FILE,
-                NEXT_KEY_FILE,
-                dir.join(NEXT_KEY_FILE).display()
+                "the current and the next registry token key are the same key: delete the next one so a fresh one is generated"
             );
         }
-        Ok(Self {
-            current,
-            extra: vec![next.cert],
-        })
+        let mut extra = vec![next.cert];
+        if let Some(previous) = &keys.previous {
+            let previous = SigningKey::from_pem(previous).context("the previous key")?;
+            if previous.kid() != current.kid() {
+                extra.push(previous.cert);
+            }
+        }
+        Ok(Self { current, extra })
     }
 
     /// Build a key set from keys already in memory (tests, and a later rotation).
@@ -142,12 +163,6 @@ impl std::fmt::Debug for KeySet {
 }
 
 impl SigningKey {
-    /// Load the key file at `path`, generating it first if it does not exist.
-    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
-        let content = read_or_create(path, generate_key_file)?;
-        Self::from_pem(&content).with_context(|| format!("key file {}", path.display()))
-    }
-
     /// Generate a fresh key in memory (tests).
     pub fn generate() -> anyhow::Result<Self> {
         Self::from_pem(&generate_key_file()?)
@@ -249,87 +264,6 @@ pub fn libtrust_key_id(spki_der: &[u8]) -> String {
         .map(|c| std::str::from_utf8(c).unwrap_or_default())
         .collect();
     groups.join(":")
-}
-
-/// `<data_dir>/keys`, created 0700 if missing.
-pub(super) fn keys_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
-    let dir = data_dir.join(KEYS_DIR);
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(&dir)
-        .with_context(|| format!("creating key directory {}", dir.display()))?;
-    Ok(dir)
-}
-
-/// Read a secret file, or create it with `make`'s content if it does not exist. Creation is
-/// atomic and first-writer-wins: the content is written to a private temporary file which is then
-/// hard-linked to `path`; if another process linked first, its file is the one read back.
-pub(super) fn read_or_create(
-    path: &Path,
-    make: impl FnOnce() -> anyhow::Result<Zeroizing<Vec<u8>>>,
-) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    match read_private(path) {
-        Ok(content) => return Ok(content),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let content = make()?;
-    let tmp = temp_path(path);
-    let created = (|| -> io::Result<()> {
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp)?;
-        f.write_all(&content)?;
-        f.sync_all()?;
-        match fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(()),
-            // Another process created it between our read and our link: use theirs.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
-    })();
-    let _ = fs::remove_file(&tmp);
-    created.with_context(|| format!("creating {}", path.display()))?;
-    read_private(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Read a file that must be private to its owner.
-fn read_private(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
-    let content = Zeroizing::new(fs::read(path)?);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{} is readable by other users (mode {:o}): run `chmod 600 {}`",
-                    path.display(),
-                    mode & 0o777,
-                    path.display()
-                ),
-            ));
-        }
-    }
-    Ok(content)
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ))
 }
 
 /// A new key file: PKCS#8 P-256 private key, then a self-signed certificate for it.
@@ -509,10 +443,17 @@ wr3mcytrCFoCIQD76m3QGZ7fEdsxGNyZTaWNA9z6AZN4IAg3mqcSUK9XUg==
     #[test]
     fn concurrent_creators_agree_on_one_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("k.pem");
-        let kids: Vec<String> = std::thread::scope(|s| {
+        let kids: Vec<(String, String)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| SigningKey::load_or_create(&path).map(|k| k.kid().to_owned())))
+                .map(|_| {
+                    s.spawn(|| {
+                        KeySet::load_or_create(dir.path()).map(|k| {
+                            let kids: Vec<String> =
+                                k.trusted().map(|c| c.kid().to_owned()).collect();
+                            (kids[0].clone(), kids[1].clone())
+                        })
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -520,8 +461,27 @@ wr3mcytrCFoCIQD76m3QGZ7fEdsxGNyZTaWNA9z6AZN4IAg3mqcSUK9XUg==
                 .collect()
         });
         assert!(kids.iter().all(|k| k == &kids[0]), "{kids:?}");
-        let leftovers = fs::read_dir(dir.path()).expect("ls").count();
-        assert_eq!(leftovers, 1, "temporary files are cleaned up");
+        let leftovers = fs::read_dir(dir.path().join(KEYS_DIR)).expect("ls").count();
+        assert_eq!(leftovers, 2, "temporary files are cleaned up");
+    }
+
+    #[tokio::test]
+    async fn rotation_promotes_next_and_keeps_the_retired_key_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keyring = Keyring::files(dir.path()).expect("keyring");
+        let before = KeySet::load(&keyring).await.expect("load");
+        let before_kids: Vec<String> = before.trusted().map(|c| c.kid().to_owned()).collect();
+        keyring.rotate(&REGISTRY_TOKEN_KEYS).await.expect("rotate");
+        let after = KeySet::load(&keyring).await.expect("reload");
+        let after_kids: Vec<String> = after.trusted().map(|c| c.kid().to_owned()).collect();
+        assert_eq!(after.current().kid(), before_kids[1], "next became current");
+        assert_eq!(after_kids.len(), 3, "current, a fresh next, and previous");
+        assert_eq!(
+            after_kids[2], before_kids[0],
+            "the retired key stays trusted"
+        );
+        assert!(!before_kids.contains(&after_kids[1]), "next is fresh");
+        assert_eq!(after.bundle_pem().matches("BEGIN CERTIFICATE").count(), 3);
     }
 
     #[cfg(unix)]
@@ -529,10 +489,10 @@ wr3mcytrCFoCIQD76m3QGZ7fEdsxGNyZTaWNA9z6AZN4IAg3mqcSUK9XUg==
     fn key_readable_by_others_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("k.pem");
-        SigningKey::load_or_create(&path).expect("create");
+        KeySet::load_or_create(dir.path()).expect("create");
+        let path = dir.path().join(KEYS_DIR).join(CURRENT_KEY_FILE);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        let err = SigningKey::load_or_create(&path).expect_err("world-readable key");
+        let err = KeySet::load_or_create(dir.path()).expect_err("world-readable key");
         assert!(format!("{err:#}").contains("chmod 600"), "{err:#}");
     }
 }

@@ -23,8 +23,8 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-pub use grant::{Grant, GrantCheck, GrantError, GrantKey};
-pub use keys::{KeySet, SigningKey, TrustedCert, libtrust_key_id};
+pub use grant::{GRANT_KEYS, Grant, GrantCheck, GrantError, GrantKey, GrantKeys};
+pub use keys::{KeySet, REGISTRY_TOKEN_KEYS, SigningKey, TrustedCert, libtrust_key_id};
 pub use token::{Access, MintError, RegistryToken, RepositoryScope, ScopeError};
 
 use self::grant::NewGrant;
@@ -32,6 +32,7 @@ use self::token::TokenSpec;
 use super::ProviderConfig;
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::keyring::Keyring;
 use crate::policy::Policy;
 use crate::registry::{
     Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider, RepositoryName,
@@ -110,11 +111,49 @@ impl DistributionConfig {
     }
 }
 
-/// The secrets shared by every Distribution registry of one Rise data directory.
+/// The keys shared by every Distribution registry of this server.
 #[derive(Debug)]
 struct SharedKeys {
-    grant: GrantKey,
+    grant: GrantKeys,
     signing: KeySet,
+}
+
+impl SharedKeys {
+    async fn load(keyring: &Keyring) -> anyhow::Result<Self> {
+        Ok(Self {
+            grant: GrantKeys::load(keyring).await?,
+            signing: KeySet::load(keyring).await?,
+        })
+    }
+
+    /// Which keys these are: changes exactly when a rotation happened.
+    fn generation(&self) -> String {
+        let signing = self.signing.trusted().map(TrustedCert::kid);
+        let grant = self.grant.kids();
+        signing.chain(grant).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The current [`SharedKeys`], replaced whole when a rotation is picked up. A request takes one
+/// snapshot and uses it throughout.
+#[derive(Debug)]
+struct LiveKeys(std::sync::RwLock<Arc<SharedKeys>>);
+
+impl LiveKeys {
+    fn get(&self) -> Arc<SharedKeys> {
+        // A panic while holding the lock cannot leave an `Arc` half-written.
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, keys: SharedKeys) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+    }
 }
 
 /// One configured Distribution registry: issues grants, and trades grants for registry tokens.
@@ -122,7 +161,7 @@ struct SharedKeys {
 pub struct DistributionProvider {
     name: String,
     config: DistributionConfig,
-    keys: Arc<SharedKeys>,
+    keys: Arc<LiveKeys>,
 }
 
 /// Who is asking `/token` for a registry token.
@@ -196,7 +235,9 @@ impl DistributionProvider {
         let expires_at = now + request.ttl.min(self.config.max_ttl);
         let (password, claims) = self
             .keys
+            .get()
             .grant
+            .current()
             .mint(NewGrant {
                 subject: &request.principal.subject,
                 issuer: &request.principal.issuer,
@@ -222,7 +263,7 @@ impl DistributionProvider {
 
     /// Look at a `/token` password as a grant for this registry.
     pub fn check_grant(&self, password: &str) -> GrantCheck {
-        match self.keys.grant.check(password) {
+        match self.keys.get().grant.check(password) {
             GrantCheck::Valid(g) if g.claims.reg != self.name => {
                 GrantCheck::Invalid(GrantError::WrongRegistry(g.claims.reg))
             }
@@ -267,7 +308,7 @@ impl DistributionProvider {
         now: SystemTime,
     ) -> Result<RegistryToken, MintError> {
         token::mint(
-            &self.keys.signing,
+            &self.keys.get().signing,
             &TokenSpec {
                 issuer: &self.config.issuer,
                 service: &self.config.service,
@@ -304,22 +345,25 @@ impl RegistryProvider for DistributionProvider {
 pub struct TokenService {
     by_service: HashMap<String, Arc<DistributionProvider>>,
     by_name: HashMap<String, Arc<DistributionProvider>>,
+    keys: Arc<LiveKeys>,
+    keyring: Keyring,
 }
 
 impl TokenService {
-    /// Load or create the keys in the data directory and build a provider per Distribution
-    /// registry; `None` when no Distribution registry is configured.
-    pub fn from_config(config: &Config) -> anyhow::Result<Option<Arc<Self>>> {
+    /// Load (or create) the keys in `keyring` and build a provider per Distribution registry;
+    /// `None` when no Distribution registry is configured.
+    pub async fn from_config(
+        config: &Config,
+        keyring: &Keyring,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
         let registries: Vec<(&str, &DistributionConfig)> =
             distribution_registries(config).collect();
         if registries.is_empty() {
             return Ok(None);
         }
-        let data_dir = &config.server.data_dir;
-        let keys = Arc::new(SharedKeys {
-            grant: GrantKey::load_or_create(data_dir)?,
-            signing: KeySet::load_or_create(data_dir)?,
-        });
+        let loaded = SharedKeys::load(keyring).await?;
+        let current_kid = loaded.signing.current().kid().to_owned();
+        let keys = Arc::new(LiveKeys(std::sync::RwLock::new(Arc::new(loaded))));
         let mut by_service: HashMap<String, Arc<DistributionProvider>> = HashMap::new();
         let mut by_name = HashMap::new();
         for (name, registry) in registries {
@@ -341,14 +385,56 @@ impl TokenService {
             by_name.insert(name.to_owned(), provider);
         }
         tracing::info!(
-            kid = %keys.signing.current().kid(),
+            kid = %current_kid,
             registries = by_name.len(),
+            keys = %keyring.describe(),
             "registry token signing key loaded"
         );
         Ok(Some(Arc::new(Self {
             by_service,
             by_name,
+            keys,
+            keyring: keyring.clone(),
         })))
+    }
+
+    /// Re-read the keys; returns whether they changed (a rotation was picked up). On an error
+    /// the keys in use stay.
+    pub async fn reload_keys(&self) -> anyhow::Result<bool> {
+        let fresh = SharedKeys::load(&self.keyring).await?;
+        if fresh.generation() == self.keys.get().generation() {
+            return Ok(false);
+        }
+        tracing::info!(
+            kid = %fresh.signing.current().kid(),
+            "registry token and grant keys rotated"
+        );
+        self.keys.replace(fresh);
+        Ok(true)
+    }
+
+    /// Re-read the keys every `interval` until the service is dropped.
+    pub fn spawn_key_reloader(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                if let Err(e) = service.reload_keys().await {
+                    tracing::warn!(error = %format!("{e:#}"), "reloading the signing keys failed; the loaded keys stay in use");
+                }
+            }
+        })
+    }
+
+    /// The `kid` of the key that signs registry tokens now.
+    pub fn signing_kid(&self) -> String {
+        self.keys.get().signing.current().kid().to_owned()
     }
 
     /// The registry whose `auth.token.service` is `service`.
@@ -374,6 +460,27 @@ fn distribution_registries(config: &Config) -> impl Iterator<Item = (&str, &Dist
 /// `<data_dir>/registry-bundle.pem` and return the `auth: token:` YAML a registry's config.yml
 /// needs to trust Rise.
 pub fn registry_config_snippet(config: &Config, registry: Option<&str>) -> anyhow::Result<String> {
+    let (name, registry) = select_registry(config, registry)?;
+    let keys = KeySet::load_or_create(&config.server.data_dir)?;
+    finish_snippet(config, name, registry, &keys)
+}
+
+/// [`registry_config_snippet`] with the keys of `keyring` (the database, for replicas).
+pub async fn registry_config_snippet_from(
+    config: &Config,
+    registry: Option<&str>,
+    keyring: &Keyring,
+) -> anyhow::Result<String> {
+    let (name, registry) = select_registry(config, registry)?;
+    let keys = KeySet::load(keyring).await?;
+    finish_snippet(config, name, registry, &keys)
+}
+
+/// The Distribution registry `registry` names, or the only one.
+fn select_registry<'c>(
+    config: &'c Config,
+    registry: Option<&str>,
+) -> anyhow::Result<(&'c str, &'c DistributionConfig)> {
     let registries: Vec<(&str, &DistributionConfig)> = distribution_registries(config).collect();
     let names = || {
         registries
@@ -405,8 +512,16 @@ pub fn registry_config_snippet(config: &Config, registry: Option<&str>) -> anyho
     registry
         .validate()
         .map_err(|m| anyhow::anyhow!("registry {name}: {m}"))?;
+    Ok((name, registry))
+}
+
+fn finish_snippet(
+    config: &Config,
+    name: &str,
+    registry: &DistributionConfig,
+    keys: &KeySet,
+) -> anyhow::Result<String> {
     let data_dir: &Path = &config.server.data_dir;
-    let keys = KeySet::load_or_create(data_dir)?;
     let bundle = keys.write_bundle(data_dir)?;
     Ok(render_snippet(
         name,

@@ -63,8 +63,21 @@ fn fixture(extra: &str) -> Fixture {
     Fixture { _dir: dir, config }
 }
 
+/// Runs a future whose I/O is all synchronous (the file keyring) to completion.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+fn token_service(config: &Config) -> anyhow::Result<Option<Arc<TokenService>>> {
+    let keyring = crate::keyring::Keyring::files(&config.server.data_dir)?;
+    block_on(TokenService::from_config(config, &keyring))
+}
+
 fn service(f: &Fixture) -> Arc<TokenService> {
-    TokenService::from_config(&f.config)
+    token_service(&f.config)
         .expect("keys load")
         .expect("distribution registries are configured")
 }
@@ -333,9 +346,7 @@ fn registry_tokens_never_outlive_the_caller() {
 fn conflicting_or_invalid_registry_config_is_refused() {
     let check = |extra: &str, fragment: &str| {
         let f = fixture(extra);
-        let err = TokenService::from_config(&f.config)
-            .expect_err(fragment)
-            .to_string();
+        let err = token_service(&f.config).expect_err(fragment).to_string();
         assert!(err.contains(fragment), "{err:?} lacks {fragment:?}");
     };
     check(
@@ -419,7 +430,7 @@ fn token_service_is_absent_without_distribution_registries() {
         env: Vec::new(),
     })
     .expect("loads");
-    assert!(TokenService::from_config(&config).expect("ok").is_none());
+    assert!(token_service(&config).expect("ok").is_none());
     assert!(
         !dir.path().join(keys::KEYS_DIR).exists(),
         "no keys are generated for nothing"

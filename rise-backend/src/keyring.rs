@@ -1,0 +1,540 @@
+//! The keyring: where Rise keeps the key material it generates itself, and how it rotates it.
+//!
+//! A key *family* (the registry-token signing keys, the grant HMAC secrets) has three slots:
+//! `current` signs, `next` is already trusted (published in the registry's certificate bundle,
+//! accepted when checking grants) but signs nothing yet, and `previous` is the key `current`
+//! replaced, kept trusted so that what it signed stays valid until it expires. A rotation moves
+//! every slot one step (`previous ← current ← next ← fresh`), so no replica ever meets a
+//! signature it does not trust: whatever a replica that has not reloaded yet signs with was
+//! `current` or `next` before, and both are trusted by every replica before and after.
+//!
+//! Two places hold the slots:
+//! - **Files** (the embedded default, one host): `<data_dir>/keys/`, one 0600 file per slot,
+//!   created atomically first-writer-wins, so processes sharing the data directory agree.
+//! - **The database** (PostgreSQL, several replicas): table `rise_keys`, one row per slot, each
+//!   value sealed with AES-256-GCM under `[keys] sealing_key` (the row name is the associated
+//!   data, so a value cannot be moved to another slot). A database dump alone yields no key.
+//!
+//! Replicas pick up a rotation by re-reading the slots every `[keys] reload_interval`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::store::Store;
+
+/// Directory under the data dir that holds every key Rise generates.
+pub const KEYS_DIR: &str = "keys";
+/// Serialises rotations of file-backed keys on one host.
+const ROTATE_LOCK_FILE: &str = ".rotate.lock";
+/// Prefix of a sealed value in `rise_keys` (format version 1).
+const SEALED_PREFIX: &str = "sealed:v1:";
+
+/// `[keys]`: where generated keys live and how often replicas look for a rotation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// 32 random bytes, base64 (`openssl rand -base64 32`), that seal the keys stored in
+    /// PostgreSQL. Required with a PostgreSQL database; unused with SQLite (keys stay in files).
+    /// A secret: may be given as `sealing_key_file`.
+    #[serde(default)]
+    pub sealing_key: Option<SecretString>,
+    /// How often a running server re-reads its keys to pick up a rotation.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            sealing_key: None,
+            reload_interval: default_reload_interval(),
+        }
+    }
+}
+
+impl KeysConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.reload_interval)
+        {
+            return Err("keys.reload_interval must be between 100ms and 1h".into());
+        }
+        Ok(())
+    }
+}
+
+/// A slot of a key family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Current,
+    Next,
+    Previous,
+}
+
+impl Slot {
+    fn as_str(self) -> &'static str {
+        match self {
+            Slot::Current => "current",
+            Slot::Next => "next",
+            Slot::Previous => "previous",
+        }
+    }
+}
+
+/// A family of keys: its name, its file names, and how a fresh key is made.
+#[derive(Debug)]
+pub struct KeyFamily {
+    /// Row names in `rise_keys` are `<name>/<slot>`.
+    pub name: &'static str,
+    /// File names under `<data_dir>/keys/` for `current`, `next` and `previous`.
+    pub files: [&'static str; 3],
+    /// A fresh key's stored form.
+    pub generate: fn() -> anyhow::Result<Zeroizing<Vec<u8>>>,
+}
+
+impl KeyFamily {
+    fn file(&self, slot: Slot) -> &'static str {
+        match slot {
+            Slot::Current => self.files[0],
+            Slot::Next => self.files[1],
+            Slot::Previous => self.files[2],
+        }
+    }
+
+    fn row(&self, slot: Slot) -> String {
+        format!("{}/{}", self.name, slot.as_str())
+    }
+}
+
+/// The stored forms of one family's keys: `current` and `next` always exist (generated on first
+/// use), `previous` once a rotation happened.
+pub struct FamilyKeys {
+    pub current: Zeroizing<Vec<u8>>,
+    pub next: Zeroizing<Vec<u8>>,
+    pub previous: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// Where generated keys live; cheap to clone.
+#[derive(Clone)]
+pub struct Keyring {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// The data directory; keys are in its `keys/` (created on first use).
+    Files {
+        data_dir: PathBuf,
+    },
+    Database {
+        store: Store,
+        sealer: Sealer,
+    },
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("location", &self.describe())
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// Keys in `<data_dir>/keys/` (created 0700 when a key is first needed).
+    pub fn files(data_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            backend: Backend::Files {
+                data_dir: data_dir.to_path_buf(),
+            },
+        })
+    }
+
+    /// Keys in the database, sealed with `sealing_key` (base64 of 32 bytes).
+    pub fn database(store: Store, sealing_key: &SecretString) -> anyhow::Result<Self> {
+        Ok(Self {
+            backend: Backend::Database {
+                store,
+                sealer: Sealer::new(sealing_key)?,
+            },
+        })
+    }
+
+    /// The keyring a server with this store uses: the database when it is PostgreSQL (shared by
+    /// the replicas), files in the data directory otherwise.
+    pub fn for_store(store: &Store, data_dir: &Path, config: &KeysConfig) -> anyhow::Result<Self> {
+        if store.is_shared() {
+            let key = config.sealing_key.as_ref().context(
+                "keys.sealing_key is required with a PostgreSQL database: replicas share their signing keys through the database, sealed with it. Generate one with `openssl rand -base64 32` and set it (or keys.sealing_key_file, or RISE_KEYS__SEALING_KEY)",
+            )?;
+            Self::database(store.clone(), key)
+        } else {
+            Self::files(data_dir)
+        }
+    }
+
+    /// Where the keys are, for logs and messages.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Files { data_dir } => {
+                format!("files in {}", data_dir.join(KEYS_DIR).display())
+            }
+            Backend::Database { .. } => "the database (sealed)".to_owned(),
+        }
+    }
+
+    /// The family's keys, generating `current` and `next` if they do not exist yet.
+    pub async fn load(&self, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
+        match &self.backend {
+            Backend::Files { data_dir } => load_files(&keys_dir(data_dir)?, family),
+            Backend::Database { store, sealer } => {
+                let mut keys = Vec::with_capacity(3);
+                for slot in [Slot::Current, Slot::Next] {
+                    let row = family.row(slot);
+                    let fresh = sealer.seal(&row, &(family.generate)()?)?;
+                    // First writer wins: every replica reads back the same row.
+                    let stored = store.key_get_or_insert(&row, &fresh).await?;
+                    keys.push(sealer.open(&row, &stored)?);
+                }
+                let row = family.row(Slot::Previous);
+                let previous = match store.key_get(&row).await? {
+                    Some(stored) => Some(sealer.open(&row, &stored)?),
+                    None => None,
+                };
+                let next = keys.pop().context("next key")?;
+                let current = keys.pop().context("current key")?;
+                Ok(FamilyKeys {
+                    current,
+                    next,
+                    previous,
+                })
+            }
+        }
+    }
+
+    /// Rotate the family: `previous ← current ← next ← a fresh key`, atomically with respect
+    /// to other rotations. Running servers pick it up within their reload interval.
+    pub async fn rotate(&self, family: &KeyFamily) -> anyhow::Result<()> {
+        // Make sure current and next exist, so a rotation never promotes nothing.
+        self.load(family).await?;
+        match &self.backend {
+            Backend::Files { data_dir } => rotate_files(&keys_dir(data_dir)?, family),
+            Backend::Database { store, sealer } => {
+                let rows = [
+                    family.row(Slot::Previous),
+                    family.row(Slot::Current),
+                    family.row(Slot::Next),
+                ];
+                let fresh = sealer.seal(&rows[2], &(family.generate)()?)?;
+                store
+                    .key_rotate(&rows, fresh, |row, value| {
+                        // Values are sealed to their row name: re-seal them for their new row.
+                        let (from, to) = row;
+                        let plain = sealer.open(from, value)?;
+                        sealer.seal(to, &plain)
+                    })
+                    .await
+            }
+        }
+    }
+}
+
+/// The family's keys from the files in `dir` (the keys directory), generating `current` and
+/// `next` if they do not exist yet.
+pub fn load_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
+    let path = |slot| dir.join(family.file(slot));
+    let current = read_or_create(&path(Slot::Current), family.generate)?;
+    let next = read_or_create(&path(Slot::Next), family.generate)?;
+    let previous = match read_private(&path(Slot::Previous)) {
+        Ok(content) => Some(content),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading {}", path(Slot::Previous).display()));
+        }
+    };
+    Ok(FamilyKeys {
+        current,
+        next,
+        previous,
+    })
+}
+
+/// `previous ← current ← next ← fresh`, under an exclusive lock file. Every step is an atomic
+/// rename, so a reader always sees a complete file; a reader that finds `next` missing between
+/// the last two steps creates one, and the rotation then keeps that one.
+fn rotate_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<()> {
+    let lock_path = dir.join(ROTATE_LOCK_FILE);
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let path = |slot| dir.join(family.file(slot));
+    let current = read_private(&path(Slot::Current))
+        .with_context(|| format!("reading {}", path(Slot::Current).display()))?;
+    write_private_replacing(&path(Slot::Previous), &current)?;
+    fs::rename(path(Slot::Next), path(Slot::Current)).with_context(|| {
+        format!(
+            "promoting {} to {}",
+            path(Slot::Next).display(),
+            path(Slot::Current).display()
+        )
+    })?;
+    read_or_create(&path(Slot::Next), family.generate)?;
+    drop(lock);
+    Ok(())
+}
+
+/// AES-256-GCM under the configured sealing key; the row name is the associated data.
+#[derive(Clone)]
+struct Sealer {
+    key: std::sync::Arc<LessSafeKey>,
+}
+
+impl Sealer {
+    fn new(sealing_key: &SecretString) -> anyhow::Result<Self> {
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(sealing_key.expose_secret().trim())
+                .ok()
+                .filter(|b| b.len() == 32)
+                .context(
+                    "keys.sealing_key must be 32 random bytes in base64 (`openssl rand -base64 32`)",
+                )?,
+        );
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| anyhow::anyhow!("keys.sealing_key is not a valid AES-256 key"))?;
+        Ok(Self {
+            key: std::sync::Arc::new(LessSafeKey::new(key)),
+        })
+    }
+
+    fn seal(&self, row: &str, plain: &[u8]) -> anyhow::Result<String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce)
+            .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        let mut buf = Zeroizing::new(plain.to_vec());
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(row.as_bytes()),
+                &mut *buf,
+            )
+            .map_err(|_| anyhow::anyhow!("sealing key {row} failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(format!("{SEALED_PREFIX}{}", STANDARD.encode(out)))
+    }
+
+    fn open(&self, row: &str, stored: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        let Some(b64) = stored.strip_prefix(SEALED_PREFIX) else {
+            bail!("key {row} in the database is not sealed: refusing to use it");
+        };
+        let mut raw = Zeroizing::new(
+            STANDARD
+                .decode(b64)
+                .ok()
+                .filter(|r| r.len() > NONCE_LEN)
+                .with_context(|| format!("key {row} in the database is malformed"))?,
+        );
+        let (nonce, sealed) = raw.split_at_mut(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| anyhow::anyhow!("key {row} in the database is malformed"))?;
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(row.as_bytes()), sealed)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "key {row} in the database cannot be opened: keys.sealing_key differs from the one it was sealed with, or the row was altered"
+                )
+            })?;
+        Ok(Zeroizing::new(plain.to_vec()))
+    }
+}
+
+/// `<data_dir>/keys`, created 0700 if missing.
+pub fn keys_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join(KEYS_DIR);
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&dir)
+        .with_context(|| format!("creating key directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Read a secret file, or create it with `make`'s content if it does not exist. Creation is
+/// atomic and first-writer-wins: the content is written to a private temporary file which is then
+/// hard-linked to `path`; if another process linked first, its file is the one read back.
+pub fn read_or_create(
+    path: &Path,
+    make: impl FnOnce() -> anyhow::Result<Zeroizing<Vec<u8>>>,
+) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    match read_private(path) {
+        Ok(content) => return Ok(content),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let content = make()?;
+    let tmp = temp_path(path);
+    let created = (|| -> io::Result<()> {
+        write_new_private(&tmp, &content)?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            // Another process created it between our read and our link: use theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    created.with_context(|| format!("creating {}", path.display()))?;
+    read_private(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Replace `path` atomically with a new 0600 file holding `content`.
+fn write_private_replacing(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    let tmp = temp_path(path);
+    let written = write_new_private(&tmp, content).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_new_private(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    f.write_all(content)?;
+    f.sync_all()
+}
+
+/// Read a file that must be private to its owner.
+pub fn read_private(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+    let content = Zeroizing::new(fs::read(path)?);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is readable by other users (mode {:o}): run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(content)
+}
+
+/// A unique temporary name beside `path`.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter_family() -> KeyFamily {
+        fn generate() -> anyhow::Result<Zeroizing<Vec<u8>>> {
+            Ok(Zeroizing::new(
+                uuid::Uuid::new_v4().to_string().into_bytes(),
+            ))
+        }
+        KeyFamily {
+            name: "test",
+            files: ["test-current", "test-next", "test-previous"],
+            generate,
+        }
+    }
+
+    #[tokio::test]
+    async fn file_rotation_moves_every_slot_one_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = Keyring::files(dir.path()).expect("keyring");
+        let family = counter_family();
+        let first = ring.load(&family).await.expect("load");
+        assert!(first.previous.is_none());
+        assert_ne!(*first.current, *first.next);
+        let again = ring.load(&family).await.expect("load again");
+        assert_eq!(
+            *again.current, *first.current,
+            "loading twice changes nothing"
+        );
+
+        ring.rotate(&family).await.expect("rotate");
+        let second = ring.load(&family).await.expect("load after rotation");
+        assert_eq!(
+            second.previous.as_deref().map(|p| p.to_vec()),
+            Some(first.current.to_vec())
+        );
+        assert_eq!(*second.current, *first.next);
+        assert_ne!(*second.next, *first.next);
+        assert_ne!(*second.next, *first.current);
+    }
+
+    #[test]
+    fn sealed_values_open_only_under_their_row_and_key() {
+        let key = SecretString::from(STANDARD.encode([9u8; 32]));
+        let sealer = Sealer::new(&key).expect("sealer");
+        let sealed = sealer.seal("a/current", b"secret key").expect("seal");
+        assert!(sealed.starts_with(SEALED_PREFIX));
+        assert!(!sealed.contains("secret key"));
+        assert_eq!(
+            sealer.open("a/current", &sealed).expect("open").as_slice(),
+            b"secret key"
+        );
+        let moved = sealer.open("a/next", &sealed).expect_err("another row");
+        assert!(moved.to_string().contains("cannot be opened"), "{moved}");
+        let other = Sealer::new(&SecretString::from(STANDARD.encode([8u8; 32]))).expect("other");
+        assert!(other.open("a/current", &sealed).is_err());
+        let plain = sealer
+            .open("a/current", "-----BEGIN")
+            .expect_err("unsealed");
+        assert!(plain.to_string().contains("not sealed"), "{plain}");
+    }
+
+    #[test]
+    fn sealing_key_must_be_32_bytes_of_base64() {
+        for bad in ["", "not base64!", &STANDARD.encode([1u8; 16])] {
+            let err = Sealer::new(&SecretString::from(bad.to_owned()))
+                .err()
+                .expect("refused");
+            assert!(err.to_string().contains("32 random bytes"), "{err}");
+            assert!(bad.is_empty() || !err.to_string().contains(bad));
+        }
+    }
+}
