@@ -11,4 +11,5 @@ mod distribution;
 mod ecr;
 mod infra;
 mod ops;
+mod replicas;
 mod support;

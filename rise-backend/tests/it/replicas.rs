@@ -1,0 +1,360 @@
+//! Two Rise replicas sharing one real PostgreSQL: a grant one issues is accepted by the other's
+//! `/token`, both sign registry tokens with the keys sealed in the database, a rotation during
+//! the run refuses nothing, audit records of both land in one intact chain, and rate limits hold
+//! across the pair.
+//!
+//! The registry (real `docker-registry`) sends clients to replica B for tokens; the grants come
+//! from replica A; skopeo pushes through both.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::StatusCode;
+use rise_backend::audit::{AuditFilter, Outcome};
+use rise_backend::keyring::Keyring;
+use rise_backend::registry::providers::distribution::{
+    GRANT_KEYS, GrantKeys, KeySet, REGISTRY_TOKEN_KEYS, registry_config_snippet_from,
+};
+use rise_backend::store::Store;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::distribution::token_auth_from_snippet;
+use crate::support::image::OciLayout;
+use crate::support::oidc::{OidcProvider, decode_jwt};
+use crate::support::postgres::Postgres;
+use crate::support::process::http_client;
+use crate::support::registry::DistributionRegistry;
+use crate::support::rise::{ReservedRise, RiseServer};
+use crate::support::skopeo::{self, Creds};
+
+/// The configured per-subject burst; two replicas together must allow exactly this many.
+const BURST: usize = 40;
+
+fn rise_config(
+    reserved: &ReservedRise,
+    database_url: &str,
+    sealing_key: &str,
+    issuer: &str,
+    registry_addr: &str,
+) -> String {
+    format!(
+        r#"{server}[database]
+url = {database_url:?}
+
+[keys]
+sealing_key = {sealing_key:?}
+reload_interval = "200ms"
+
+[auth.local]
+enabled = false
+
+[auth.issuers.corp]
+issuer = {issuer:?}
+audience = "rise"
+insecure_http = true
+
+[registry]
+type = "distribution"
+url = {registry_addr:?}
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "corp"
+subject = "ci-app"
+actions = ["push"]
+[[projects.my-app.allow]]
+issuer = "corp"
+subject = "ci-other"
+actions = ["pull"]
+
+[rate_limit]
+replicas = 2
+per_subject = {{ rate = "1/h", burst = {BURST} }}
+"#,
+        server = reserved.server_toml()
+    )
+}
+
+struct Pair {
+    a: RiseServer,
+    b: RiseServer,
+    registry: DistributionRegistry,
+    oidc: OidcProvider,
+    store: Store,
+    keyring: Keyring,
+    _postgres: Postgres,
+}
+
+impl Pair {
+    async fn start() -> Self {
+        let postgres = Postgres::start().await;
+        let url = postgres.create_database("rise_replicas").await;
+        let oidc = OidcProvider::start().await;
+        let mut sealing_key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut sealing_key).expect("random");
+        let sealing_key = STANDARD.encode(sealing_key);
+
+        let a = ReservedRise::bind().await;
+        let b = ReservedRise::bind().await;
+        // `rise-backend registry-config` as an operator would run it against the shared database:
+        // the bundle holds the current and the next key, which the replicas will load.
+        let preliminary = a.load_config(&rise_config(
+            &a,
+            &url,
+            &sealing_key,
+            oidc.issuer(),
+            "127.0.0.1:1",
+        ));
+        let store = Store::open(&preliminary.database, a.data_dir())
+            .await
+            .expect("opening the shared database");
+        let keyring =
+            Keyring::for_store(&store, a.data_dir(), &preliminary.keys).expect("database keyring");
+        let snippet = registry_config_snippet_from(&preliminary, None, &keyring)
+            .await
+            .expect("registry-config");
+        let mut auth = token_auth_from_snippet(&snippet);
+        // Registry clients get their tokens from replica B.
+        auth.realm = format!("{}/token", b.url());
+        let registry = DistributionRegistry::start(auth).await;
+
+        let config_a = rise_config(&a, &url, &sealing_key, oidc.issuer(), registry.addr());
+        let config_b = rise_config(&b, &url, &sealing_key, oidc.issuer(), registry.addr());
+        let a = a.serve(&config_a).await;
+        let b = b.serve(&config_b).await;
+        Self {
+            a,
+            b,
+            registry,
+            oidc,
+            store,
+            keyring,
+            _postgres: postgres,
+        }
+    }
+
+    async fn credentials(&self, replica: &RiseServer, token: &str) -> (StatusCode, Value) {
+        let response = http_client()
+            .get(format!(
+                "{}/registry/credentials?project=my-app",
+                replica.url
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("credentials request");
+        let status = response.status();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    async fn grant(&self, replica: &RiseServer, token: &str) -> (String, String) {
+        let (status, body) = self.credentials(replica, token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let c = &body["credentials"];
+        (
+            c["username"].as_str().expect("username").to_owned(),
+            c["password"].as_str().expect("password").to_owned(),
+        )
+    }
+
+    /// `GET /token` on `replica` with a grant, as a registry client would.
+    async fn registry_token(&self, replica: &RiseServer, grant: &(String, String)) -> Value {
+        let response = http_client()
+            .get(format!(
+                "{}/token?service=rise-registry&scope=repository:my-app:pull,push",
+                replica.url
+            ))
+            .basic_auth(&grant.0, Some(&grant.1))
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{} refused a grant: {body}",
+            replica.url
+        );
+        body
+    }
+
+    async fn push(&self, layout: &OciLayout, tag: &str, grant: &(String, String)) {
+        skopeo::copy_to_registry(
+            &layout.dir,
+            &format!("{}/my-app:{tag}", self.registry.addr()),
+            Creds::basic(grant.0.clone(), grant.1.clone()),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "skopeo push of {tag} failed: {e}\nregistry log:\n{}",
+                self.registry.logs()
+            )
+        });
+    }
+}
+
+/// The `kid` in a JWT's header.
+fn kid(jwt: &str) -> String {
+    decode_jwt(jwt).0["kid"]
+        .as_str()
+        .expect("kid in header")
+        .to_owned()
+}
+
+/// Waits until `replica` signs with `expected` (it re-reads keys every 200 ms).
+async fn wait_for_signing_kid(replica: &RiseServer, expected: &str) {
+    let service = replica.state.token_service.clone().expect("token service");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while service.signing_kid() != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{} still signs with {} 20 s after the rotation",
+            replica.url,
+            service.signing_kid()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_grants_keys_audit_and_limits() {
+    let pair = Pair::start().await;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let layout = OciLayout::create(&scratch.path().join("image"), 2).expect("OCI layout");
+    let token = pair.oidc.client_credentials_token("ci-app", "rise").await;
+
+    // Both replicas loaded the same keys from the database.
+    let before = KeySet::load(&pair.keyring).await.expect("keys");
+    let before_kids: Vec<String> = before.trusted().map(|c| c.kid().to_owned()).collect();
+    assert_eq!(before_kids.len(), 2, "current and next before any rotation");
+    for replica in [&pair.a, &pair.b] {
+        let service = replica.state.token_service.clone().expect("token service");
+        assert_eq!(service.signing_kid(), before_kids[0]);
+    }
+    // The keys are sealed at rest: no row holds a PEM or a bare secret.
+    let pool = pair.store.postgres_pool().expect("PostgreSQL store");
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM rise_keys")
+        .fetch_all(pool)
+        .await
+        .expect("reading rise_keys");
+    assert_eq!(
+        rows.len(),
+        4,
+        "{:?}",
+        rows.iter().map(|r| &r.0).collect::<Vec<_>>()
+    );
+    for (name, value) in &rows {
+        assert!(value.starts_with("sealed:v1:"), "{name} is not sealed");
+        assert!(
+            !value.contains("PRIVATE KEY"),
+            "{name} holds a PEM in clear"
+        );
+    }
+
+    // A grant from replica A, traded at replica B (the registry's realm) by skopeo.
+    let grant_a = pair.grant(&pair.a, &token).await;
+    pair.push(&layout, "v1", &grant_a).await;
+    // And directly: B's registry token is signed with the shared current key.
+    let from_b = pair.registry_token(&pair.b, &grant_a).await;
+    assert_eq!(
+        kid(from_b["token"].as_str().expect("token")),
+        before_kids[0]
+    );
+
+    // Rotate while both serve (what `rise-backend keys rotate` does).
+    pair.keyring
+        .rotate(&REGISTRY_TOKEN_KEYS)
+        .await
+        .expect("rotate signing keys");
+    pair.keyring
+        .rotate(&GRANT_KEYS)
+        .await
+        .expect("rotate grant keys");
+    let after = KeySet::load(&pair.keyring).await.expect("keys");
+    assert_eq!(after.current().kid(), before_kids[1], "next became current");
+    wait_for_signing_kid(&pair.a, &before_kids[1]).await;
+    wait_for_signing_kid(&pair.b, &before_kids[1]).await;
+
+    // The grant issued before the rotation still works: B accepts it with the retired grant
+    // key, and signs with the new current key, which the registry trusted from its start.
+    pair.push(&layout, "v2", &grant_a).await;
+    // A grant of the new key from B is accepted by A.
+    let grant_b = pair.grant(&pair.b, &token).await;
+    let new_grant_kid = GrantKeys::load(&pair.keyring)
+        .await
+        .expect("grant keys")
+        .kids()
+        .next()
+        .expect("current grant key")
+        .to_owned();
+    assert_eq!(
+        kid(&grant_b.1),
+        new_grant_kid,
+        "B signs grants with the new key"
+    );
+    assert_ne!(kid(&grant_a.1), new_grant_kid);
+    let from_a = pair.registry_token(&pair.a, &grant_b).await;
+    assert_eq!(
+        kid(from_a["token"].as_str().expect("token")),
+        before_kids[1]
+    );
+    pair.push(&layout, "v3", &grant_b).await;
+
+    // Both replicas' records are in one chain, which verifies.
+    let report = rise_backend::audit::verify(&pair.store)
+        .await
+        .expect("verify");
+    assert!(report.broken.is_none(), "{:?}", report.broken);
+    let records = pair
+        .store
+        .audit_page(&AuditFilter {
+            limit: 1000,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("audit page");
+    assert_eq!(records.len() as u64, report.records);
+    let issued = |grant: &(String, String)| {
+        let jti = decode_jwt(&grant.1).1["jti"]
+            .as_str()
+            .expect("jti")
+            .to_owned();
+        records
+            .iter()
+            .any(|r| r.fields.credential_id.as_deref() == Some(jti.as_str()))
+    };
+    assert!(issued(&grant_a), "A's issuance is audited");
+    assert!(issued(&grant_b), "B's issuance is audited");
+    let token_exchanges = records
+        .iter()
+        .filter(|r| r.fields.operation == "token" && r.fields.result == Outcome::Granted.as_str())
+        .count();
+    assert!(
+        token_exchanges >= 5,
+        "/token exchanges of both replicas: {token_exchanges}"
+    );
+
+    // Rate limits across the pair: one caller alternating between the replicas gets the
+    // configured burst in all, not twice it.
+    let other = pair.oidc.client_credentials_token("ci-other", "rise").await;
+    let mut allowed = 0;
+    let mut limited = 0;
+    for i in 0..(BURST * 2) {
+        let replica = if i % 2 == 0 { &pair.a } else { &pair.b };
+        let (status, body) = pair.credentials(replica, &other).await;
+        match status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(body["error"], "rate_limited", "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(allowed, BURST, "the pair allows the configured burst");
+    assert_eq!(limited, BURST);
+}
