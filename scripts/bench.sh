@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Benchmark: requests/s and p50/p99 latency of GET /registry/credentials and GET /token next to a
+# Benchmark: requests/s and p50/p99 latency of GET /registry/credentials (each one a credential
+# issued and its audit record durably committed before the reply) and GET /token, next to a
 # trivial GET /healthz, in one run, at 64 concurrent connections, with RS256 access tokens from
-# the real oidc-provider used by the tests. Prints a table and the throughput ratios.
+# the real oidc-provider used by the tests. The credential path runs twice: on the embedded SQLite
+# store (WAL, synchronous=FULL) and on a local PostgreSQL (fsync on, synchronous_commit on), the
+# store of several replicas. Prints a table and the throughput ratios.
 #
 #   scripts/bench.sh [DURATION_SECONDS]      (default 10 per endpoint)
 #
@@ -23,8 +26,10 @@ cargo build --release -q -p rise-backend
 
 work="$(mktemp -d)"
 pids=()
+pg_stop=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ "${#pg_stop[@]}" -gt 0 ]; then "${pg_stop[@]}" >/dev/null 2>&1 || true; fi
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -37,7 +42,22 @@ for _ in $(seq 100); do grep -q '^READY ' "$work/oidc.out" 2>/dev/null && break;
 issuer="$(sed -n 's/^READY //p' "$work/oidc.out")"
 [ -n "$issuer" ] || { echo "oidc-provider did not start" >&2; cat "$work/oidc.err" >&2; exit 1; }
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A durable local PostgreSQL (default fsync and synchronous_commit) for the second store.
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+pg_dir="$work/pg"
+mkdir -p "$pg_dir"
+as_pg=()
+if [ "$(id -u)" = 0 ]; then chown postgres: "$pg_dir"; chmod 711 "$work"; as_pg=(runuser -u postgres --); fi
+"${as_pg[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U rise --auth=trust --encoding=UTF8 --locale=C >/dev/null
+pg_port="$(free_port)"
+"${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_dir -c max_connections=200" start >/dev/null
+pg_stop=("${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop)
+"${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U rise rise
+
+port="$(free_port)"
+pg_rise_port="$(free_port)"
 cat >"$work/rise.toml" <<TOML
 [server]
 listen = "127.0.0.1:$port"
@@ -65,8 +85,24 @@ per_ip = { rate = "1000000000/s", burst = 1000000 }
 TOML
 RISE_LOG=warn target/release/rise-backend serve --config "$work/rise.toml" 2>"$work/rise.err" &
 pids+=($!)
+# The same broker on PostgreSQL: only the store (and so where the keys live) differs.
+sed -e "s|^listen = .*|listen = \"127.0.0.1:$pg_rise_port\"|" -e "s|^data_dir = .*|data_dir = \"$work/data-pg\"|" \
+  "$work/rise.toml" >"$work/rise-pg.toml"
+cat >>"$work/rise-pg.toml" <<TOML
+
+[database]
+url = "postgres://rise@127.0.0.1:$pg_port/rise"
+
+[keys]
+sealing_key = "$(head -c 32 /dev/urandom | base64)"
+TOML
+RISE_LOG=warn target/release/rise-backend serve --config "$work/rise-pg.toml" 2>"$work/rise-pg.err" &
+pids+=($!)
 base="http://127.0.0.1:$port"
+pg_base="http://127.0.0.1:$pg_rise_port"
 for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf "$pg_base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "$pg_base/readyz" >/dev/null || { echo "rise on PostgreSQL did not become ready" >&2; cat "$work/rise-pg.err" >&2; exit 1; }
 
 token="$(curl -sf -u ci-app:ci-secret -d grant_type=client_credentials -d resource=urn:rise "$issuer/token" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
@@ -98,13 +134,17 @@ run() { # name, url, header...
 echo "Rise benchmark: $CONNECTIONS connections, ${DURATION}s per endpoint, caller tokens $alg from oidc-provider, $(nproc) cores"
 printf '%-24s %12s %10s %10s\n' endpoint "requests/s" p50 p99
 run healthz "$base/healthz"
-run credentials "$base/registry/credentials?project=my-app" "Authorization: Bearer $token"
-run token "$base/token?service=rise-registry&scope=repository:my-app:pull,push&account=rise" "Authorization: Basic $basic"
+run credentials-sqlite "$base/registry/credentials?project=my-app" "Authorization: Bearer $token"
+run credentials-postgres "$pg_base/registry/credentials?project=my-app" "Authorization: Bearer $token"
+run token-sqlite "$base/token?service=rise-registry&scope=repository:my-app:pull,push&account=rise" "Authorization: Basic $basic"
 python3 - "$work" <<'PY'
 import sys, pathlib
 d = pathlib.Path(sys.argv[1])
 h = float((d / "healthz.rps").read_text())
-for name in ("credentials", "token"):
+for name in ("credentials-sqlite", "credentials-postgres", "token-sqlite"):
     r = float((d / f"{name}.rps").read_text())
     print(f"ratio {name}/healthz = {r / h:.2f}")
 PY
+# Every issuance above was audited: count the records each store committed.
+audited() { "$@" 2>/dev/null | grep -c '"operation":"credentials"' || true; }
+echo "audit records committed: sqlite $(audited target/release/rise-backend audit export --config "$work/rise.toml"), postgres $(audited target/release/rise-backend audit export --config "$work/rise-pg.toml")"
