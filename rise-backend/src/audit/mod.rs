@@ -414,10 +414,12 @@ async fn writer(
     max_batch: usize,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(max_batch.min(4096));
+    // The chain head after our last append; re-read after a failure.
+    let mut head = None;
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let fields: Vec<&RecordFields> = batch.iter().map(|p| &p.fields).collect();
         let started = std::time::Instant::now();
-        match store.append_audit(&fields).await {
+        match store.append_audit(&fields, &mut head).await {
             Ok(ids) => {
                 crate::metrics::record_audit_commit(started.elapsed());
                 counters.transactions.fetch_add(1, Ordering::Relaxed);

@@ -158,11 +158,14 @@ impl Store {
             .create_if_missing(create)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            .pragma("cache_size", "-65536")
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         // One writer (the audit writer) plus readers; WAL lets readers run beside the writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A local file cannot go stale like a network connection: skip the ping per acquire.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
@@ -391,37 +394,37 @@ impl Store {
         })
     }
 
-    /// Append `records` to the chain in ONE transaction; returns their ids, in order. Either all
-    /// are durably committed or none is.
+    /// Append `records` to the chain atomically; returns their ids, in order. Either all are
+    /// durably committed or none is.
+    ///
+    /// `head` is the writer's idea of the chain head (`None`: read it). The append is ONE
+    /// statement whose commit is conditional on that head still being the head: on PostgreSQL a
+    /// data-modifying CTE advances `audit_chain` only from the expected head and inserts only if
+    /// it did; on SQLite a trigger refuses a record that does not follow the head and advances
+    /// it. When another writer (a replica, another process) moved the head, nothing is written,
+    /// the head is re-read and the batch re-sealed. So the steady state costs one round trip and
+    /// one commit per batch, with no lock held between statements.
     pub(crate) async fn append_audit(
         &self,
         records: &[&RecordFields],
+        head: &mut Option<(i64, String)>,
     ) -> Result<Vec<i64>, StoreError> {
-        on_backend!(self, |pool, d| {
-            let mut tx = pool.begin_with(d.begin_write()).await?;
-            let head = sqlx::query(d.pick(
-                "SELECT head_id, head_hash FROM audit_chain WHERE name = $1",
-                "SELECT head_id, head_hash FROM audit_chain WHERE name = $1 FOR UPDATE",
-            ))
-            .bind(CHAIN)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("the audit_chain head row is missing".into()))?;
-            let batch = Sealed::new(
-                head.try_get("head_id")?,
-                head.try_get("head_hash")?,
-                records,
-            );
-            insert_sealed(&mut *tx, &batch).await?;
-            sqlx::query("UPDATE audit_chain SET head_id = $1, head_hash = $2 WHERE name = $3")
-                .bind(batch.head_id())
-                .bind(batch.head_hash())
-                .bind(CHAIN)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(batch.ids)
-        })
+        const ATTEMPTS: usize = 64;
+        for _ in 0..ATTEMPTS {
+            let (head_id, head_hash) = match head.take() {
+                Some(known) => known,
+                None => self.audit_head().await?,
+            };
+            let batch = Sealed::new(head_id, head_hash, records);
+            let appended = on_backend!(self, |pool, d| append_sealed(pool, &batch).await)?;
+            if appended {
+                *head = Some((batch.head_id(), batch.head_hash().to_owned()));
+                return Ok(batch.ids);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "the audit chain head moved under {ATTEMPTS} consecutive appends"
+        )))
     }
 
     /// Records matching `filter`, by ascending id, at most `filter.limit`.
@@ -517,51 +520,94 @@ impl<'a> Sealed<'a> {
     }
 }
 
-/// Insert a sealed batch. SQLite runs in-process, so a prepared INSERT per row is cheap;
-/// PostgreSQL gets the whole batch in ONE statement (arrays + `UNNEST`), one round trip.
-trait InsertSealed {
-    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError>;
+/// Write a sealed batch if the chain head is still the one it was sealed on; `false` when
+/// another writer moved it (nothing was written).
+trait AppendSealed {
+    async fn append(self, batch: &Sealed<'_>) -> Result<bool, StoreError>;
 }
 
-async fn insert_sealed<E: InsertSealed>(conn: E, batch: &Sealed<'_>) -> Result<(), StoreError> {
-    conn.insert(batch).await
+async fn append_sealed<E: AppendSealed>(pool: E, batch: &Sealed<'_>) -> Result<bool, StoreError> {
+    pool.append(batch).await
 }
 
-impl InsertSealed for &mut sqlx::SqliteConnection {
-    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError> {
-        for (i, f) in batch.records.iter().enumerate() {
-            sqlx::query(INSERT_RECORD)
-                .bind(batch.ids[i])
-                .bind(f.time_ms)
-                .bind(&f.request_id)
-                .bind(&f.operation)
-                .bind(&f.issuer)
-                .bind(&f.subject)
-                .bind(&f.groups)
-                .bind(&f.client_ip)
-                .bind(&f.user_agent)
-                .bind(&f.project)
-                .bind(&f.registry)
-                .bind(&f.repository)
-                .bind(&f.actions_requested)
-                .bind(&f.actions_granted)
-                .bind(&f.result)
-                .bind(&f.reason)
-                .bind(f.expires_ms)
-                .bind(&f.fingerprint)
-                .bind(&f.credential_id)
-                .bind(&batch.prev_hashes[i])
-                .bind(&batch.hashes[i])
-                .execute(&mut *self)
-                .await?;
+impl AppendSealed for &SqlitePool {
+    /// One multi-row `INSERT` (its own transaction; the `audit_log_follows_head` trigger checks
+    /// and advances the head row by row). Batches too large for one statement's variables run
+    /// as several `INSERT`s in one explicit transaction.
+    async fn append(self, batch: &Sealed<'_>) -> Result<bool, StoreError> {
+        let rows: Vec<usize> = (0..batch.records.len()).collect();
+        let result = if rows.len() <= SQLITE_ROWS_PER_INSERT {
+            sqlite_insert(self, batch, &rows).await
+        } else {
+            let mut tx = self.begin_with("BEGIN IMMEDIATE").await?;
+            let mut result = Ok(());
+            for chunk in rows.chunks(SQLITE_ROWS_PER_INSERT) {
+                result = sqlite_insert(&mut *tx, batch, chunk).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            match result {
+                Ok(()) => tx.commit().await,
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if head_moved(&e) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 }
 
-impl InsertSealed for &mut sqlx::PgConnection {
-    async fn insert(self, batch: &Sealed<'_>) -> Result<(), StoreError> {
-        sqlx::query(INSERT_RECORDS_UNNEST)
+/// Whether an append failed only because another writer got there first.
+fn head_moved(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.is_unique_violation() || db.message().contains(HEAD_MOVED),
+        _ => false,
+    }
+}
+
+async fn sqlite_insert<'c, E>(
+    conn: E,
+    batch: &Sealed<'_>,
+    rows: &[usize],
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(INSERT_RECORDS_HEAD);
+    query.push_values(rows, |mut row, &i| {
+        let f = batch.records[i];
+        row.push_bind(batch.ids[i])
+            .push_bind(f.time_ms)
+            .push_bind(f.request_id.as_str())
+            .push_bind(f.operation.as_str())
+            .push_bind(f.issuer.as_str())
+            .push_bind(f.subject.as_str())
+            .push_bind(f.groups.as_str())
+            .push_bind(f.client_ip.as_deref())
+            .push_bind(f.user_agent.as_deref())
+            .push_bind(f.project.as_deref())
+            .push_bind(f.registry.as_deref())
+            .push_bind(f.repository.as_deref())
+            .push_bind(f.actions_requested.as_str())
+            .push_bind(f.actions_granted.as_str())
+            .push_bind(f.result.as_str())
+            .push_bind(f.reason.as_str())
+            .push_bind(f.expires_ms)
+            .push_bind(f.fingerprint.as_deref())
+            .push_bind(f.credential_id.as_deref())
+            .push_bind(batch.prev_hashes[i].as_str())
+            .push_bind(batch.hashes[i].as_str());
+    });
+    query.build().execute(conn).await.map(|_| ())
+}
+
+impl AppendSealed for &PgPool {
+    /// The whole batch in ONE statement (arrays + `UNNEST`), conditional on the head.
+    async fn append(self, batch: &Sealed<'_>) -> Result<bool, StoreError> {
+        let result = sqlx::query(APPEND_RECORDS_PG)
             .bind(&batch.ids)
             .bind(batch.column(|f| f.time_ms))
             .bind(batch.column(|f| f.request_id.clone()))
@@ -583,9 +629,18 @@ impl InsertSealed for &mut sqlx::PgConnection {
             .bind(batch.column(|f| f.credential_id.clone()))
             .bind(&batch.prev_hashes)
             .bind(&batch.hashes)
-            .execute(&mut *self)
-            .await?;
-        Ok(())
+            .bind(CHAIN)
+            .bind(batch.previous_head.0)
+            .bind(&batch.previous_head.1)
+            .bind(batch.head_id())
+            .bind(batch.head_hash())
+            .execute(self)
+            .await;
+        match result {
+            Ok(done) => Ok(done.rows_affected() == batch.records.len() as u64),
+            Err(e) if head_moved(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -635,14 +690,25 @@ where
     })
 }
 
-const INSERT_RECORD: &str = "INSERT INTO audit_log (
+/// Rows per SQLite `INSERT`: 21 parameters each stays below SQLite's 32766-variable limit.
+const SQLITE_ROWS_PER_INSERT: usize = 1500;
+
+/// The head of a multi-row `INSERT`; `QueryBuilder::push_values` appends `VALUES (..), (..)`.
+const INSERT_RECORDS_HEAD: &str = "INSERT INTO audit_log (
     id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
     project, registry, repository, actions_requested, actions_granted, result, reason,
     expires_ms, fingerprint, credential_id, prev_hash, hash
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-          $20, $21)";
+) ";
 
-const INSERT_RECORDS_UNNEST: &str = "INSERT INTO audit_log (
+/// Advance the head from the expected one and, only if that happened, insert the batch; one
+/// statement, one implicit transaction. A concurrent append blocks on the head row, then finds
+/// it moved and writes nothing.
+const APPEND_RECORDS_PG: &str = "WITH head AS (
+    UPDATE audit_chain SET head_id = $25, head_hash = $26
+    WHERE name = $22 AND head_id = $23 AND head_hash = $24
+    RETURNING 1
+)
+INSERT INTO audit_log (
     id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
     project, registry, repository, actions_requested, actions_granted, result, reason,
     expires_ms, fingerprint, credential_id, prev_hash, hash
@@ -650,7 +716,10 @@ const INSERT_RECORDS_UNNEST: &str = "INSERT INTO audit_log (
     $1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[],
     $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[],
     $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[], $19::TEXT[], $20::TEXT[], $21::TEXT[]
-)";
+) WHERE EXISTS (SELECT 1 FROM head)";
+
+/// The message of the SQLite trigger that refuses a record not following the chain head.
+const HEAD_MOVED: &str = "audit chain head moved";
 
 const SELECT_FILTERED: &str = "SELECT * FROM audit_log
     WHERE id > $1
@@ -668,7 +737,7 @@ const SELECT_SCAN: &str = "SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIM
 /// Versioned schema changes, per dialect. Append new versions; never edit an applied one.
 fn migrations(d: Dialect) -> &'static [(i64, &'static [&'static str])] {
     match d {
-        Dialect::Sqlite => &[(1, V1_SQLITE), (2, V2_KEYS)],
+        Dialect::Sqlite => &[(1, V1_SQLITE), (2, V2_KEYS), (3, V3_SQLITE_HEAD_TRIGGER)],
         Dialect::Postgres => &[(1, V1_POSTGRES), (2, V2_KEYS)],
     }
 }
@@ -750,3 +819,16 @@ const V2_KEYS: &[&str] = &["CREATE TABLE rise_keys (
         value TEXT NOT NULL,
         updated_ms BIGINT NOT NULL
     )"];
+
+/// SQLite appends are single statements: this trigger refuses a record that does not follow the
+/// chain head (another writer appended first) and advances the head.
+const V3_SQLITE_HEAD_TRIGGER: &[&str] = &["CREATE TRIGGER audit_log_follows_head
+    AFTER INSERT ON audit_log
+    BEGIN
+        SELECT RAISE(ABORT, 'audit chain head moved')
+        WHERE NOT EXISTS (
+            SELECT 1 FROM audit_chain
+            WHERE name = 'audit' AND head_id = NEW.id - 1 AND head_hash = NEW.prev_hash
+        );
+        UPDATE audit_chain SET head_id = NEW.id, head_hash = NEW.hash WHERE name = 'audit';
+    END"];
