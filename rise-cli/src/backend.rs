@@ -79,6 +79,53 @@ pub struct GrantResponse {
     pub body: SecretString,
 }
 
+/// What to read from `GET /audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub project: Option<String>,
+    pub subject: Option<String>,
+    pub issuer: Option<String>,
+    /// `granted`, `denied` or `failed`.
+    pub result: Option<String>,
+    /// RFC 3339 or Unix seconds, as the backend takes them.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub after_id: i64,
+    pub limit: u32,
+}
+
+/// A page of the audit log. Records are kept as the backend sent them (`--format jsonl` prints
+/// them unchanged); [`AuditRecord`] reads the fields the table shows.
+#[derive(Debug, Deserialize)]
+pub struct AuditPage {
+    pub records: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub next_after_id: Option<i64>,
+}
+
+/// The fields of an audit record that `rise audit` shows in its table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub time: String,
+    pub operation: String,
+    pub caller: AuditCaller,
+    pub project: Option<String>,
+    pub repository: Option<String>,
+    pub actions_granted: Vec<String>,
+    pub result: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditCaller {
+    pub issuer: String,
+    pub subject: String,
+    pub client_ip: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct CredentialsWire {
     credentials: CredentialsInner,
@@ -191,6 +238,40 @@ impl Backend {
             grant,
             body: body.into(),
         })
+    }
+
+    /// One page of `GET /audit` (audit administrators only): records in id order after
+    /// `query.after_id`, and the cursor of the next page if there is one.
+    pub async fn audit(
+        &self,
+        token: &SecretString,
+        query: &AuditQuery,
+    ) -> Result<AuditPage, CliError> {
+        let mut params: Vec<(&str, String)> = vec![
+            ("format", "json".to_owned()),
+            ("limit", query.limit.to_string()),
+            ("after_id", query.after_id.to_string()),
+        ];
+        for (name, value) in [
+            ("project", &query.project),
+            ("subject", &query.subject),
+            ("issuer", &query.issuer),
+            ("result", &query.result),
+            ("since", &query.since),
+            ("until", &query.until),
+        ] {
+            if let Some(v) = value {
+                params.push((name, v.clone()));
+            }
+        }
+        let request = self
+            .http
+            .get(self.endpoint("/audit"))
+            .query(&params)
+            .bearer_auth(token.expose_secret());
+        let response = self.send(request).await?;
+        let response = self.check(response, Some(token)).await?;
+        self.json(response).await
     }
 
     fn endpoint(&self, path: &str) -> String {

@@ -51,6 +51,76 @@ pub enum Command {
     Registry(RegistryCommand),
     /// Push an OCI image layout or a `docker save` archive to the project's registry
     Push(PushArgs),
+    /// Read the backend's audit log (audit administrators only)
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records of this project
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only records of this caller subject
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Only records of callers of this issuer (its name in the backend's configuration)
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Only records with this result
+    #[arg(long, value_enum)]
+    pub result: Option<AuditResult>,
+    /// From this time on: RFC 3339 (2026-01-02T03:04:05Z), Unix seconds, or a duration ago (1h, 7d)
+    #[arg(long, value_parser = parse_time_arg)]
+    pub since: Option<String>,
+    /// Before this time (same forms as --since)
+    #[arg(long, value_parser = parse_time_arg)]
+    pub until: Option<String>,
+    /// Records after this id (the cursor printed at the end of a page)
+    #[arg(long, default_value_t = 0)]
+    pub after_id: i64,
+    /// Records per page (1..=1000)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Follow the cursor through every page instead of stopping after one
+    #[arg(long)]
+    pub all: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
+    pub format: AuditFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditResult {
+    Granted,
+    Denied,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    /// One line per record: id, time, result, operation, caller, project, actions, reason
+    Table,
+    /// The backend's records as JSON lines, complete (hashes, fingerprints, client address)
+    Jsonl,
+}
+
+/// `--since`/`--until`: passed on as RFC 3339 or Unix seconds; a duration means that long ago.
+fn parse_time_arg(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.parse::<u64>().is_ok() || humantime::parse_rfc3339_weak(s).is_ok() {
+        return Ok(s.to_owned());
+    }
+    match humantime::parse_duration(s) {
+        Ok(ago) => {
+            let at = std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("{s} ago is before the epoch"))?;
+            Ok(humantime::format_rfc3339_seconds(at).to_string())
+        }
+        Err(_) => Err(format!(
+            "invalid time {s:?}: give RFC 3339 (2026-01-02T03:04:05Z), Unix seconds, or a duration ago such as 1h"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -193,7 +263,107 @@ pub async fn run(cli: Cli, ctx: Context) -> Result<(), CliError> {
             registry_login(&ctx, backend_flag, args).await
         }
         Command::Push(args) => push_image(&ctx, backend_flag, args).await,
+        Command::Audit(args) => audit(&ctx, backend_flag, args).await,
     }
+}
+
+async fn audit(ctx: &Context, backend_flag: Option<&str>, args: AuditArgs) -> Result<(), CliError> {
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let http = ctx.http()?;
+    let backend = Backend::new(&backend_url, http.clone())?;
+    let caller = session::caller_token(ctx, &http, backend.url()).await?;
+    let mut query = crate::backend::AuditQuery {
+        project: args.project,
+        subject: args.subject,
+        issuer: args.issuer,
+        result: args.result.map(|r| {
+            match r {
+                AuditResult::Granted => "granted",
+                AuditResult::Denied => "denied",
+                AuditResult::Failed => "failed",
+            }
+            .to_owned()
+        }),
+        since: args.since,
+        until: args.until,
+        after_id: args.after_id,
+        limit: args.limit,
+    };
+    let mut shown = 0usize;
+    if args.format == AuditFormat::Table {
+        out(&format!("{}\n", audit_header()))?;
+    }
+    loop {
+        let page = backend.audit(&caller.token, &query).await?;
+        let mut text = String::new();
+        for record in &page.records {
+            match args.format {
+                AuditFormat::Jsonl => {
+                    text.push_str(&record.to_string());
+                    text.push('\n');
+                }
+                AuditFormat::Table => {
+                    let parsed: crate::backend::AuditRecord =
+                        serde_json::from_value(record.clone()).unwrap_or_default();
+                    text.push_str(&audit_row(&parsed));
+                    text.push('\n');
+                }
+            }
+        }
+        shown += page.records.len();
+        out(&text)?;
+        match page.next_after_id {
+            Some(next) if args.all => query.after_id = next,
+            Some(next) => {
+                note(&format!(
+                    "{shown} records shown; more after id {next}: add --after-id {next}, or --all"
+                ));
+                return Ok(());
+            }
+            None => break,
+        }
+    }
+    if shown == 0 {
+        note("no audit records match");
+    }
+    Ok(())
+}
+
+fn audit_header() -> String {
+    format!(
+        "{:>7}  {:<24}  {:<7}  {:<11}  {:<32}  {:<16}  {:<9}  REASON",
+        "ID", "TIME", "RESULT", "OPERATION", "CALLER", "PROJECT", "ACTIONS"
+    )
+}
+
+/// One table line; values are cut to their column so one long subject cannot skew the table.
+pub fn audit_row(r: &crate::backend::AuditRecord) -> String {
+    let cut = |s: &str, n: usize| -> String {
+        if s.chars().count() <= n {
+            s.to_owned()
+        } else {
+            let mut t: String = s.chars().take(n - 1).collect();
+            t.push('…');
+            t
+        }
+    };
+    let caller = format!("{}/{}", r.caller.issuer, r.caller.subject);
+    let actions = if r.actions_granted.is_empty() {
+        "-".to_owned()
+    } else {
+        r.actions_granted.join(",")
+    };
+    format!(
+        "{:>7}  {:<24}  {:<7}  {:<11}  {:<32}  {:<16}  {:<9}  {}",
+        r.id,
+        cut(&r.time, 24),
+        cut(&r.result, 7),
+        cut(&r.operation, 11),
+        cut(&caller, 32),
+        cut(r.project.as_deref().unwrap_or("-"), 16),
+        cut(&actions, 9),
+        r.reason
+    )
 }
 
 fn out(text: &str) -> Result<(), CliError> {

@@ -53,6 +53,9 @@ issuer = "corp"
 subject = "bob"
 actions = ["push"]
 
+[audit]
+admins = [{{ issuer = "local", subject = "auditor" }}]
+
 [projects.short-lived]
 ttl = "3s"
 [[projects.short-lived.allow]]
@@ -591,6 +594,107 @@ async fn ci_token_credentials_in_every_format() {
         "{}",
         bad.stderr
     );
+}
+
+#[tokio::test]
+async fn rise_audit_lists_filters_and_pages_the_log() {
+    let env = CliEnv::start().await;
+    let alice = env.ci_token("alice");
+    let as_alice = [("RISE_TOKEN", alice.as_str())];
+    env.rise(
+        &["registry", "credentials", "--project", "my-app"],
+        &as_alice,
+    )
+    .await
+    .ok();
+    let denied = env
+        .rise(
+            &["registry", "credentials", "--project", "other-app"],
+            &as_alice,
+        )
+        .await;
+    assert_eq!(denied.code, 4, "{denied:#?}");
+    let auditor = env.ci_token("auditor");
+    let as_auditor = [("RISE_TOKEN", auditor.as_str())];
+
+    // Everything, complete, as JSON lines.
+    let all = env
+        .rise(&["audit", "--format", "jsonl"], &as_auditor)
+        .await
+        .ok();
+    let records: Vec<Value> = all
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(records.len(), 2, "{}", all.stdout);
+    assert_eq!(records[0]["result"], "granted");
+    assert_eq!(records[0]["caller"]["subject"], "alice");
+    assert!(
+        records[0]["credential_fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sha256:"))
+    );
+    assert_eq!(records[1]["project"], "other-app");
+    assert_eq!(records[1]["result"], "denied");
+
+    // Filtered, as a table.
+    let table = env
+        .rise(&["audit", "--result", "denied"], &as_auditor)
+        .await
+        .ok();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "header and one row: {}", table.stdout);
+    assert!(lines[0].starts_with("     ID  TIME"), "{}", lines[0]);
+    assert!(
+        lines[1].contains("denied")
+            && lines[1].contains("local/alice")
+            && lines[1].contains("other-app"),
+        "{}",
+        lines[1]
+    );
+
+    // One page at a time, with the cursor named; or every page.
+    let first = env.rise(&["audit", "--limit", "1"], &as_auditor).await.ok();
+    assert_eq!(first.stdout.lines().count(), 2, "{}", first.stdout);
+    assert!(
+        first
+            .stderr
+            .contains("more after id 1: add --after-id 1, or --all"),
+        "{}",
+        first.stderr
+    );
+    let paged = env
+        .rise(
+            &["audit", "--limit", "1", "--all", "--format", "jsonl"],
+            &as_auditor,
+        )
+        .await
+        .ok();
+    assert_eq!(paged.stdout.lines().count(), 2, "{}", paged.stdout);
+    let none = env
+        .rise(
+            &["audit", "--project", "short-lived", "--since", "1h"],
+            &as_auditor,
+        )
+        .await
+        .ok();
+    assert_eq!(none.stdout.lines().count(), 1, "only the header");
+    assert!(
+        none.stderr.contains("no audit records match"),
+        "{}",
+        none.stderr
+    );
+
+    // Only audit administrators read the log; a bad option is refused before any request.
+    let refused = env.rise(&["audit"], &as_alice).await;
+    assert_eq!(refused.code, 4, "{refused:#?}");
+    assert!(refused.stderr.contains("alice"), "{}", refused.stderr);
+    let bad = env
+        .rise(&["audit", "--since", "yesterday"], &as_auditor)
+        .await;
+    assert_eq!(bad.code, 2, "{bad:#?}");
+    assert!(bad.stderr.contains("invalid time"), "{}", bad.stderr);
 }
 
 #[tokio::test]
