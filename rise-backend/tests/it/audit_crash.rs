@@ -108,7 +108,19 @@ async fn every_credential_a_client_received_is_audited_after_kill_9() {
         });
     }
 
+    // A client that fails before the kill (a 429, a refused request) ends its task with a
+    // panic: surface it at once rather than wait for grants that will never come.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while granted.load(Ordering::SeqCst) < GRANTS_BEFORE_KILL {
+        if let Some(joined) = clients.try_join_next() {
+            joined.expect("a client failed before the kill");
+            panic!("a client stopped before the kill");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {GRANTS_BEFORE_KILL} credentials within 120 s",
+            granted.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     killed.store(true, Ordering::SeqCst);
