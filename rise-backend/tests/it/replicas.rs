@@ -358,3 +358,128 @@ async fn two_replicas_share_grants_keys_audit_and_limits() {
     assert_eq!(allowed, BURST, "the pair allows the configured burst");
     assert_eq!(limited, BURST);
 }
+
+/// `key: value` of a `keys show` line such as `registry token current  KID`.
+fn shown_kid(output: &str, prefix: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|rest| rest.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{output}"))
+}
+
+/// The `kid` of the registry token `/token` hands out for a fresh grant of `sub`.
+async fn token_kid(
+    rise: &crate::support::rise_process::RiseProcess,
+    config: &std::path::Path,
+) -> String {
+    use crate::support::rise_process::run;
+    let issued = run(config, &["token", "issue", "--sub", "alice"]).await;
+    assert!(issued.status.success(), "{issued:?}");
+    let caller = String::from_utf8(issued.stdout).expect("utf-8");
+    let http = http_client();
+    let body: Value = http
+        .get(format!(
+            "{}/registry/credentials?project=my-app",
+            rise.url()
+        ))
+        .bearer_auth(caller.trim())
+        .send()
+        .await
+        .expect("credentials")
+        .json()
+        .await
+        .expect("JSON");
+    let c = &body["credentials"];
+    let token: Value = http
+        .get(format!(
+            "{}/token?service=rise-registry&scope=repository:my-app:push,pull",
+            rise.url()
+        ))
+        .basic_auth(
+            c["username"].as_str().expect("username"),
+            c["password"].as_str(),
+        )
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("JSON");
+    kid(token["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {token}")))
+}
+
+#[tokio::test]
+async fn keys_rotate_moves_every_slot_and_a_running_server_follows() {
+    use crate::support::rise_process::{RiseProcess, run};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("rise.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+data_dir = {data:?}
+
+[keys]
+reload_interval = "200ms"
+
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+subject = "alice"
+actions = ["push"]
+"#,
+            data = dir.path().join("data").display().to_string()
+        ),
+    )
+    .expect("config");
+
+    let show = run(&config, &["keys", "show"]).await;
+    assert!(show.status.success(), "{show:?}");
+    let before = String::from_utf8(show.stdout).expect("utf-8");
+    let current = shown_kid(&before, "registry token current ");
+    let next = shown_kid(&before, "registry token next    ");
+    assert!(!before.contains("previous"), "no rotation yet:\n{before}");
+
+    let rise = RiseProcess::serve(&config).await;
+    assert_eq!(token_kid(&rise, &config).await, current);
+
+    let rotate = run(&config, &["keys", "rotate"]).await;
+    assert!(rotate.status.success(), "{rotate:?}");
+    let after = String::from_utf8(rotate.stdout).expect("utf-8");
+    assert_eq!(shown_kid(&after, "registry token current "), next);
+    assert_eq!(shown_kid(&after, "registry token previous"), current);
+    assert!(
+        after.contains("registry-config"),
+        "tells what to do next:\n{after}"
+    );
+
+    // The running server signs with the promoted key within its reload interval.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let kid = token_kid(&rise, &config).await;
+        if kid == next {
+            break;
+        }
+        assert_eq!(kid, current, "only the old or the new key");
+        assert!(
+            Instant::now() < deadline,
+            "still signing with {kid} 20 s after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The bundle for registries now holds current, the fresh next, and the retired key.
+    let snippet = run(&config, &["registry-config"]).await;
+    assert!(snippet.status.success(), "{snippet:?}");
+    let bundle = std::fs::read_to_string(dir.path().join("data/registry-bundle.pem"))
+        .expect("bundle written");
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 3);
+}
