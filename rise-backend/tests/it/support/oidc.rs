@@ -341,21 +341,7 @@ impl OidcProvider {
         // login (and consent, should the provider ask for it), then the resume redirect.
         for _ in 0..6 {
             if location.contains("/interaction/") {
-                let page = browser.get(&location).await?;
-                let prompt = extract_input_value(&page.body, "prompt").unwrap_or_default();
-                let form: Vec<(&str, &str)> = match prompt.as_str() {
-                    "login" => vec![
-                        ("prompt", "login"),
-                        ("login", account),
-                        ("password", "password"),
-                    ],
-                    "consent" => vec![("prompt", "consent")],
-                    _ => bail!("unexpected interaction page {location}: {}", page.body),
-                };
-                let answer = browser.post(&location, &form).await?;
-                location = answer.redirect().with_context(|| {
-                    format!("interaction {prompt}: {} {}", answer.status, answer.body)
-                })?;
+                location = answer_interaction(&mut browser, &location, account).await?;
             } else {
                 let page = browser.get(&location).await?;
                 if let Some(next) = page.redirect() {
@@ -390,21 +376,7 @@ impl OidcProvider {
                 return Ok(location);
             }
             if location.contains("/interaction/") {
-                let page = browser.get(&location).await?;
-                let prompt = extract_input_value(&page.body, "prompt").unwrap_or_default();
-                let form: Vec<(&str, &str)> = match prompt.as_str() {
-                    "login" => vec![
-                        ("prompt", "login"),
-                        ("login", account),
-                        ("password", "password"),
-                    ],
-                    "consent" => vec![("prompt", "consent")],
-                    _ => bail!("unexpected interaction page {location}: {}", page.body),
-                };
-                let answer = browser.post(&location, &form).await?;
-                location = answer.redirect().with_context(|| {
-                    format!("interaction {prompt}: {} {}", answer.status, answer.body)
-                })?;
+                location = answer_interaction(&mut browser, &location, account).await?;
             } else {
                 let page = browser.get(&location).await?;
                 location = page.redirect().with_context(|| {
@@ -690,4 +662,28 @@ fn path_matches(cookie_path: &str, request_path: &str) -> bool {
         || (request_path.starts_with(cookie_path)
             && (cookie_path.ends_with('/')
                 || request_path.as_bytes().get(cookie_path.len()) == Some(&b'/')))
+}
+
+/// Answers one devInteractions page (login as `account`, or consent) and returns where the
+/// provider redirects next.
+async fn answer_interaction(
+    browser: &mut Browser,
+    location: &str,
+    account: &str,
+) -> Result<String> {
+    let page = browser.get(location).await?;
+    let prompt = extract_input_value(&page.body, "prompt").unwrap_or_default();
+    let form: Vec<(&str, &str)> = match prompt.as_str() {
+        "login" => vec![
+            ("prompt", "login"),
+            ("login", account),
+            ("password", "password"),
+        ],
+        "consent" => vec![("prompt", "consent")],
+        _ => bail!("unexpected interaction page {location}: {}", page.body),
+    };
+    let answer = browser.post(location, &form).await?;
+    answer
+        .redirect()
+        .with_context(|| format!("interaction {prompt}: {} {}", answer.status, answer.body))
 }
