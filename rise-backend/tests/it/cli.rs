@@ -210,20 +210,10 @@ impl CliEnv {
             .approve_device(&code, account)
             .await
             .unwrap_or_else(|e| panic!("approving the device code: {e:#}"));
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = process.try_status() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < COMMAND_TIMEOUT,
-                "rise login did not finish: {}",
-                process.logs().text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        // The readers may still be draining the pipes.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = process
+            .wait_exit(COMMAND_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let text = process.logs().text();
         assert!(status.success(), "rise login failed ({status}):\n{text}");
         text
@@ -1151,19 +1141,10 @@ async fn browser_login_with_pkce_and_a_loopback_redirect() {
         .await
         .expect("callback request");
     assert!(page.status().is_success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = process.try_status() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < COMMAND_TIMEOUT,
-            "{}",
-            process.logs().text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = process
+        .wait_exit(COMMAND_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let text = process.logs().text();
     assert!(status.success(), "rise login --browser failed: {text}");
     assert!(text.contains("as alice (issuer corp)"), "{text}");

@@ -251,6 +251,27 @@ impl ChildProcess {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Waits for the process to exit, at most `timeout`; then gives its output readers a moment
+    /// to drain the pipes. The error names the process and carries its output.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let status =
+            loop {
+                if let Some(status) = self.try_status() {
+                    break status;
+                }
+                if Instant::now() >= deadline {
+                    bail!(self.failure_report(
+                        &format!("did not exit within {timeout:?}"),
+                        "still running"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(status)
+    }
+
     /// Waits for a matching output line; the error names the process, its exit status and its
     /// output so far.
     pub async fn wait_for_line(
