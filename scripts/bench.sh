@@ -100,7 +100,7 @@ RISE_LOG=warn target/release/rise-backend serve --config "$work/rise-pg.toml" 2>
 pids+=($!)
 base="http://127.0.0.1:$port"
 pg_base="http://127.0.0.1:$pg_rise_port"
-for _ in $(seq 100); do curl -sf "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf "$base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 for _ in $(seq 100); do curl -sf "$pg_base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "$pg_base/readyz" >/dev/null || { echo "rise on PostgreSQL did not become ready" >&2; cat "$work/rise-pg.err" >&2; exit 1; }
 

@@ -191,6 +191,12 @@ async fn readyz_calls_every_provider_and_hides_the_detail() {
     assert_eq!(r.status(), StatusCode::OK);
     let body = body_json(r).await;
     assert_eq!(body["status"], "ready");
+    assert!(
+        body["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "store")),
+        "{body}"
+    );
 
     registries.insert(
         "broken".into(),
@@ -215,6 +221,25 @@ async fn readyz_calls_every_provider_and_hides_the_detail() {
         StatusCode::OK,
         "healthz only says the process is up"
     );
+}
+
+/// Without its database a replica is not ready: every credential needs its audit record.
+#[tokio::test]
+async fn readyz_fails_without_the_store() {
+    let (config, _dir) = load_config("", "");
+    let mut state = state(&config).await;
+    let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();
+    registries.insert("good".into(), Arc::new(ReadyAs(Ok(()))));
+    state.registries = Arc::new(registries);
+    state.audit.store().close().await;
+    let app = rise_backend::http::app(state);
+    let r = send(&app, None, "/readyz", &[]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = body_json(r).await;
+    assert_eq!(body["error"], "not_ready");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("store"), "{message}");
+    assert!(!message.contains("registry good"), "{message}");
 }
 
 /// Readiness waits for an OIDC issuer's keys: not ready while the issuer cannot be reached, ready
