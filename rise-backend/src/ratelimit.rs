@@ -371,9 +371,12 @@ impl<C: Clock> InMemoryRateLimiter<C> {
     }
 
     fn decide(&self, key: BucketKey<'_>, quota: Quota, draw: bool) -> Decision {
-        let now = self.clock.now_ns();
         let (shard, hash) = self.shard_and_hash(key);
         let mut buckets = lock(shard);
+        // Read the clock under the lock: a thread that read it, then waited for the lock while
+        // others advanced the bucket, would judge by a stale `now` and could refuse a request
+        // that conforms (seen under load with a sub-millisecond tolerance).
+        let now = self.clock.now_ns();
         let tat = buckets.get(&hash).copied().unwrap_or(now).max(now);
         let conforms_at = tat.saturating_sub(quota.tolerance_ns);
         if conforms_at > now {

@@ -1,0 +1,88 @@
+//! `cargo bench -p rise-backend --bench audit`: durable audit records per second through
+//! `AuditLog` (group commit, hash chain) on the embedded SQLite store, with 1, 8 and 64
+//! concurrent writers and no HTTP in the way. Prints one line per level and the average batch
+//! (records per transaction).
+//!
+//! This isolates the store from the request path: compare with `scripts/bench.sh`, whose
+//! credential path commits the same records behind HTTP, JWT verification and policy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rise_backend::audit::{AuditLog, AuditRecord, AuditSettings, CallerInfo, Operation, Outcome};
+use rise_backend::registry::Actions;
+use rise_backend::store::Store;
+
+const RUN: Duration = Duration::from_secs(3);
+
+fn record(writer: usize, n: u64) -> AuditRecord {
+    let mut r = AuditRecord::begin(
+        Operation::Credentials,
+        &format!("req-{writer}-{n}"),
+        CallerInfo {
+            issuer: "bench".into(),
+            subject: format!("client-{writer}"),
+            groups: vec!["ci".into()],
+            client_ip: Some([127, 0, 0, 1].into()),
+            user_agent: Some("bench".into()),
+        },
+    );
+    r.project = Some("my-app".into());
+    r.registry = Some("default".into());
+    r.repository = Some("my-app".into());
+    r.actions_requested = Actions::PUSH_PULL;
+    r.actions_granted = Actions::PUSH_PULL;
+    r.outcome = Outcome::Granted;
+    r.reason = "issued".into();
+    r.expires_at = Some(SystemTime::now() + Duration::from_secs(3600));
+    r.fingerprint = Some(rise_backend::audit::fingerprint(&format!("{writer}-{n}")));
+    r
+}
+
+async fn measure(log: &AuditLog, writers: usize) -> (f64, f64) {
+    let before = log.stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for w in 0..writers {
+        let (log, stop, done) = (log.clone(), stop.clone(), done.clone());
+        tasks.spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                log.record(&record(w, n)).await.expect("durable commit");
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("writer");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = log.stats();
+    let records = done.load(Ordering::Relaxed) as f64;
+    let transactions = (after.transactions - before.transactions).max(1) as f64;
+    (records / elapsed, records / transactions)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_sqlite(&dir.path().join("rise.db"), true)
+            .await
+            .expect("SQLite store");
+        let log = AuditLog::start(store, AuditSettings::default());
+        println!("durable audit on SQLite (WAL, synchronous=FULL), {RUN:?} per level");
+        for writers in [1, 8, 64] {
+            let (per_second, batch) = measure(&log, writers).await;
+            println!(
+                "{writers:>3} concurrent writers: {per_second:>9.0} records/s, {batch:>5.1} records per commit"
+            );
+        }
+    });
+}
