@@ -248,6 +248,11 @@ fn render<'a>(request: &'a CredentialRequest, c: &'a IssuedCredential) -> Creden
             "the upstream reports this credential as already expired; it may be refused".to_owned(),
         );
     }
+    if !c.expiry_enforced {
+        warnings.push(
+            "this credential does not expire upstream: expires_in only says when to ask again; rotate the backend's password to revoke it".to_owned(),
+        );
+    }
     if !c.repository_scoped {
         warnings.push(format!(
             "this credential is not limited to repository {}: the registry cannot scope it",

@@ -99,6 +99,7 @@ struct CachedCredential {
     granted_actions: Actions,
     repository_scoped: bool,
     revocable: bool,
+    expiry_enforced: bool,
     credential_id: Option<String>,
 }
 
@@ -113,6 +114,7 @@ impl From<IssuedCredential> for CachedCredential {
             granted_actions: c.granted_actions,
             repository_scoped: c.repository_scoped,
             revocable: c.revocable,
+            expiry_enforced: c.expiry_enforced,
             credential_id: c.credential_id,
         }
     }
@@ -129,6 +131,7 @@ impl CachedCredential {
             granted_actions: self.granted_actions,
             repository_scoped: self.repository_scoped,
             revocable: self.revocable,
+            expiry_enforced: self.expiry_enforced,
             credential_id: self.credential_id.clone(),
         }
     }
@@ -404,6 +407,7 @@ mod tests {
                 granted_actions: r.actions,
                 repository_scoped: true,
                 revocable: false,
+                expiry_enforced: true,
                 credential_id: Some(format!("id-{n}")),
             })
         }

@@ -52,6 +52,9 @@ pub struct IssuedCredential {
     pub repository_scoped: bool,
     /// True when Rise can revoke the credential before it expires.
     pub revocable: bool,
+    /// True when the upstream refuses the credential after `expires_at`; false when
+    /// `expires_at` only tells the client when to ask again (a static password).
+    pub expiry_enforced: bool,
     /// Provider-issued identifier used for revocation and audit (never secret).
     pub credential_id: Option<String>,
 }

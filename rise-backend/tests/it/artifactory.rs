@@ -998,6 +998,12 @@ actions = ["push", "pull"]
                 .is_some_and(|w| w.contains("not limited to repository docker-local/legacy-app"))),
             "{body}"
         );
+        assert!(
+            warnings.iter().any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("does not expire upstream"))),
+            "the nominal expiry is said as such: {body}"
+        );
         assert!(fake.requests().is_empty());
     }
 

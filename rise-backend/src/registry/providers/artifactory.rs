@@ -465,6 +465,7 @@ impl ArtifactoryProvider {
             granted_actions: Actions::PUSH_PULL,
             repository_scoped: false,
             revocable: false,
+            expiry_enforced: false,
             credential_id: None,
         })
     }
@@ -597,6 +598,7 @@ impl ArtifactoryProvider {
             },
             repository_scoped,
             revocable: self.force_revocable || granted_secs_duration >= self.revocable_threshold,
+            expiry_enforced: true,
             credential_id: Some(created.token_id),
         })
     }

@@ -539,6 +539,7 @@ impl RegistryProvider for EcrProvider {
             granted_actions: if scoped { actions } else { Actions::PUSH_PULL },
             repository_scoped: scoped,
             revocable: false,
+            expiry_enforced: true,
             credential_id: session.and_then(|s| s.arn),
         })
     }

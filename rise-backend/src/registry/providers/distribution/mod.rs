@@ -257,6 +257,7 @@ impl DistributionProvider {
             granted_actions: request.actions,
             repository_scoped: true,
             revocable: false,
+            expiry_enforced: true,
             credential_id: Some(claims.jti),
         })
     }
