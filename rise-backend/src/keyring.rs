@@ -182,6 +182,13 @@ impl Keyring {
             )?;
             Self::database(store.clone(), key)
         } else {
+            if let Some(key) = &config.sealing_key {
+                // Checked anyway, so a malformed key is found before it is needed.
+                Sealer::new(key)?;
+                tracing::warn!(
+                    "keys.sealing_key is set but unused: with SQLite the keys stay in files in the data directory"
+                );
+            }
             Self::files(data_dir)
         }
     }
@@ -525,6 +532,25 @@ mod tests {
             .open("a/current", "-----BEGIN")
             .expect_err("unsealed");
         assert!(plain.to_string().contains("not sealed"), "{plain}");
+    }
+
+    #[tokio::test]
+    async fn an_unused_sealing_key_is_still_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_in_memory().await.expect("store");
+        let config = |key: &str| KeysConfig {
+            sealing_key: Some(SecretString::from(key.to_owned())),
+            ..KeysConfig::default()
+        };
+        let err = Keyring::for_store(&store, dir.path(), &config("short"))
+            .expect_err("a malformed key is refused");
+        assert!(err.to_string().contains("32 random bytes"), "{err}");
+        let ring = Keyring::for_store(&store, dir.path(), &config(&STANDARD.encode([3u8; 32])))
+            .expect("a well-formed key is accepted");
+        assert!(
+            ring.describe().starts_with("files in"),
+            "SQLite keeps files"
+        );
     }
 
     #[test]
