@@ -20,7 +20,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -229,6 +229,27 @@ impl Keyring {
                     previous,
                 })
             }
+        }
+    }
+
+    /// When the family was last rotated (`None`: never). Every rotation rewrites `previous`,
+    /// so its write time is the rotation's.
+    pub async fn last_rotation(&self, family: &KeyFamily) -> anyhow::Result<Option<SystemTime>> {
+        match &self.backend {
+            Backend::Files { data_dir } => {
+                let path = data_dir.join(KEYS_DIR).join(family.file(Slot::Previous));
+                match fs::metadata(&path) {
+                    Ok(meta) => Ok(Some(meta.modified().with_context(|| {
+                        format!("reading the modification time of {}", path.display())
+                    })?)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+                }
+            }
+            Backend::Database { store, .. } => Ok(store
+                .key_updated_ms(&family.row(Slot::Previous))
+                .await?
+                .map(crate::audit::from_unix_ms)),
         }
     }
 
@@ -502,7 +523,14 @@ mod tests {
             "loading twice changes nothing"
         );
 
+        assert_eq!(ring.last_rotation(&family).await.expect("never"), None);
         ring.rotate(&family).await.expect("rotate");
+        let rotated = ring
+            .last_rotation(&family)
+            .await
+            .expect("when")
+            .expect("rotated");
+        assert!(rotated.elapsed().unwrap_or_default() < Duration::from_secs(60));
         let second = ring.load(&family).await.expect("load after rotation");
         assert_eq!(
             second.previous.as_deref().map(|p| p.to_vec()),

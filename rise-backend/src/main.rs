@@ -85,7 +85,13 @@ enum KeysCommand {
     /// certificate bundles) starts signing, the current one is retired but stays trusted, and a
     /// fresh next key is made. Running servers pick it up within `keys.reload_interval`. Then
     /// run `registry-config` and restart registries at leisure, before the next rotation.
-    Rotate,
+    /// Refused within the longest grant lifetime (`max_ttl`) of the last rotation, because a
+    /// second rotation retires the keys of grants still in use.
+    Rotate {
+        /// Rotate even so (grants issued before the previous rotation stop working).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,7 +255,19 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         GRANT_KEYS, GrantKeys, KeySet, REGISTRY_TOKEN_KEYS,
     };
     let keyring = open_keyring(config).await?;
-    if let KeysCommand::Rotate = command {
+    if let KeysCommand::Rotate { force } = command {
+        let longest_grant = rise_backend::registry::providers::distribution::longest_grant(config);
+        if let Some(last) = keyring.last_rotation(&GRANT_KEYS).await?
+            && let Ok(since) = last.elapsed()
+            && since < longest_grant
+            && !force
+        {
+            anyhow::bail!(
+                "the keys were rotated {} ago, within the longest grant lifetime ({}): another rotation now would invalidate grants issued before the last one, and registries not yet restarted with the new bundle would refuse tokens. Wait, or pass --force",
+                humantime::format_duration(Duration::from_secs(since.as_secs())),
+                humantime::format_duration(longest_grant)
+            );
+        }
         keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
         keyring.rotate(&GRANT_KEYS).await?;
         println!("rotated the registry token keys and the grant keys");
@@ -264,7 +282,7 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     for (slot, kid) in slots.iter().zip(grant.kids()) {
         println!("grant          {slot:<8} {kid}");
     }
-    if let KeysCommand::Rotate = command {
+    if let KeysCommand::Rotate { .. } = command {
         println!(
             "servers sign with the new current key within keys.reload_interval ({}); run `rise-backend registry-config` and restart registries before the next rotation so they trust the new next key",
             humantime::format_duration(config.keys.reload_interval)

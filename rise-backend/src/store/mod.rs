@@ -260,6 +260,18 @@ impl Store {
         })
     }
 
+    /// When key slot `name` was last written (ms since the epoch), if it exists.
+    pub async fn key_updated_ms(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, |pool, d| {
+            Ok(
+                sqlx::query_scalar("SELECT updated_ms FROM rise_keys WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        })
+    }
+
     /// The stored value of key slot `name`, storing `value` first if the slot is empty. The
     /// first writer wins: concurrent callers all get the same value back.
     pub async fn key_get_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {

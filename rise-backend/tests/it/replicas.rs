@@ -266,6 +266,10 @@ async fn two_replicas_share_grants_keys_audit_and_limits() {
     );
 
     // Rotate while both serve (what `rise-backend keys rotate` does).
+    assert_eq!(
+        pair.keyring.last_rotation(&GRANT_KEYS).await.expect("read"),
+        None
+    );
     pair.keyring
         .rotate(&REGISTRY_TOKEN_KEYS)
         .await
@@ -274,6 +278,13 @@ async fn two_replicas_share_grants_keys_audit_and_limits() {
         .rotate(&GRANT_KEYS)
         .await
         .expect("rotate grant keys");
+    let rotated = pair
+        .keyring
+        .last_rotation(&GRANT_KEYS)
+        .await
+        .expect("read")
+        .expect("the database knows when it rotated");
+    assert!(rotated.elapsed().unwrap_or_default() < Duration::from_secs(60));
     let after = KeySet::load(&pair.keyring).await.expect("keys");
     assert_eq!(after.current().kid(), before_kids[1], "next became current");
     wait_for_signing_kid(&pair.a, &before_kids[1]).await;
@@ -482,4 +493,24 @@ actions = ["push"]
     let bundle = std::fs::read_to_string(dir.path().join("data/registry-bundle.pem"))
         .expect("bundle written");
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 3);
+
+    // A second rotation within the longest grant lifetime (12 h) would retire the key of grants
+    // still in use: refused, unless forced.
+    let again = run(&config, &["keys", "rotate"]).await;
+    assert!(!again.status.success(), "{again:?}");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("--force"), "{stderr}");
+    let unchanged = run(&config, &["keys", "show"]).await;
+    assert_eq!(
+        shown_kid(
+            &String::from_utf8_lossy(&unchanged.stdout),
+            "registry token current "
+        ),
+        next,
+        "a refused rotation changes nothing"
+    );
+    let forced = run(&config, &["keys", "rotate", "--force"]).await;
+    assert!(forced.status.success(), "{forced:?}");
+    let forced = String::from_utf8(forced.stdout).expect("utf-8");
+    assert_eq!(shown_kid(&forced, "registry token previous"), next);
 }

@@ -449,6 +449,15 @@ impl TokenService {
     }
 }
 
+/// The longest a grant of any configured Distribution registry lives (zero when none is
+/// configured): keys must not be rotated twice within it.
+pub fn longest_grant(config: &Config) -> Duration {
+    distribution_registries(config)
+        .map(|(_, r)| r.max_ttl)
+        .max()
+        .unwrap_or_default()
+}
+
 fn distribution_registries(config: &Config) -> impl Iterator<Item = (&str, &DistributionConfig)> {
     config.all_registries().filter_map(|(name, p)| match p {
         ProviderConfig::Distribution(d) => Some((name, d)),
