@@ -147,6 +147,10 @@ enum TokenCommand {
     },
 }
 
+/// jemalloc for the whole process, Rust and C alike (see the workspace manifest for why).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
