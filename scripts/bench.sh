@@ -84,7 +84,8 @@ per_subject = { rate = "1000000000/s", burst = 1000000 }
 per_ip = { rate = "1000000000/s", burst = 1000000 }
 TOML
 RISE_LOG=warn target/release/rise-backend serve --config "$work/rise.toml" 2>"$work/rise.err" &
-pids+=($!)
+rise_pid=$!
+pids+=($rise_pid)
 # The same broker on PostgreSQL: only the store (and so where the keys live) differs.
 sed -e "s|^listen = .*|listen = \"127.0.0.1:$pg_rise_port\"|" -e "s|^data_dir = .*|data_dir = \"$work/data-pg\"|" \
   "$work/rise.toml" >"$work/rise-pg.toml"
@@ -97,7 +98,8 @@ url = "postgres://rise@127.0.0.1:$pg_port/rise"
 sealing_key = "$(head -c 32 /dev/urandom | base64)"
 TOML
 RISE_LOG=warn target/release/rise-backend serve --config "$work/rise-pg.toml" 2>"$work/rise-pg.err" &
-pids+=($!)
+rise_pg_pid=$!
+pids+=($rise_pg_pid)
 base="http://127.0.0.1:$port"
 pg_base="http://127.0.0.1:$pg_rise_port"
 for _ in $(seq 100); do curl -sf "$base/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -115,33 +117,59 @@ PY
 creds="$(curl -sf -H "Authorization: Bearer $token" "$base/registry/credentials?project=my-app")"
 basic="$(printf '%s' "$creds" | python3 -c 'import json,sys,base64; c=json.load(sys.stdin)["credentials"]; print(base64.b64encode((c["username"]+":"+c["password"]).encode()).decode())')"
 
-run() { # name, url, header...
-  local name="$1" url="$2"; shift 2
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run() { # name, server pid, url, header...
+  local name="$1" server="$2" url="$3"; shift 3
   local args=()
   for h in "$@"; do args+=(-H "$h"); done
-  # One warm-up second, then the measured run.
+  # One warm-up second, then the measured run, during which the CPU time of the broker and of
+  # wrk is sampled: where the cores went, per request.
   wrk -t"$THREADS" -c"$CONNECTIONS" -d1s "${args[@]}" "$url" >/dev/null
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${args[@]}" "$url" >"$work/$name.txt"
+  local s0 w0 s1 w1 t0 tw0 tw1 t1
+  t0="$(date +%s.%N)"
+  s0="$(cpu_ticks "$server")"
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "${args[@]}" "$url" >"$work/$name.txt" &
+  local wrk_pid=$!
+  sleep 0.2
+  tw0="$(date +%s.%N)"
+  w0="$(cpu_ticks "$wrk_pid")"
+  sleep "$((DURATION - 1))"
+  tw1="$(date +%s.%N)"
+  w1="$(cpu_ticks "$wrk_pid")"
+  wait "$wrk_pid"
+  s1="$(cpu_ticks "$server")"
+  t1="$(date +%s.%N)"
   local rps p50 p99 non2xx
   rps="$(awk '/^Requests\/sec/ {print $2}' "$work/$name.txt")"
   p50="$(awk '$1=="50%" {print $2}' "$work/$name.txt")"
   p99="$(awk '$1=="99%" {print $2}' "$work/$name.txt")"
   non2xx="$(awk '/Non-2xx/ {print $NF}' "$work/$name.txt")"
-  printf '%-24s %12s %10s %10s %s\n' "$name" "$rps" "$p50" "$p99" "${non2xx:+(non-2xx: $non2xx)}"
+  local cpu
+  cpu="$(python3 -c "
+hz, rps = $(getconf CLK_TCK), $rps
+server = ($s1 - $s0) / hz / ($t1 - $t0) / rps * 1e6
+client = ($w1 - $w0) / hz / ($tw1 - $tw0) / rps * 1e6
+print(f'{server:8.1f} {client:8.1f}')")"
+  printf '%-24s %12s %10s %10s %s %s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:+(non-2xx: $non2xx)}"
   echo "$rps" >"$work/$name.rps"
 }
 
 echo "Rise benchmark: $CONNECTIONS connections, ${DURATION}s per endpoint, caller tokens $alg from oidc-provider, $(nproc) cores"
-printf '%-24s %12s %10s %10s\n' endpoint "requests/s" p50 p99
-run healthz "$base/healthz"
-run credentials-sqlite "$base/registry/credentials?project=my-app" "Authorization: Bearer $token"
-run credentials-postgres "$pg_base/registry/credentials?project=my-app" "Authorization: Bearer $token"
-run token-sqlite "$base/token?service=rise-registry&scope=repository:my-app:pull,push&account=rise" "Authorization: Basic $basic"
+echo "cpu us/req: CPU time per request of the broker (PostgreSQL's own processes not included) and of wrk"
+printf '%-24s %12s %10s %10s %8s %8s\n' endpoint "requests/s" p50 p99 "rise" "wrk"
+run healthz "$rise_pid" "$base/healthz"
+# The same authentication (cached JWT check) and rate limits as the credential path, with
+# neither a grant nor an audit record: what the durable audit write costs shows against it.
+run whoami "$rise_pid" "$base/auth/whoami" "Authorization: Bearer $token"
+run credentials-sqlite "$rise_pid" "$base/registry/credentials?project=my-app" "Authorization: Bearer $token"
+run credentials-postgres "$rise_pg_pid" "$pg_base/registry/credentials?project=my-app" "Authorization: Bearer $token"
+run token-sqlite "$rise_pid" "$base/token?service=rise-registry&scope=repository:my-app:pull,push&account=rise" "Authorization: Basic $basic"
 python3 - "$work" <<'PY'
 import sys, pathlib
 d = pathlib.Path(sys.argv[1])
 h = float((d / "healthz.rps").read_text())
-for name in ("credentials-sqlite", "credentials-postgres", "token-sqlite"):
+for name in ("whoami", "credentials-sqlite", "credentials-postgres", "token-sqlite"):
     r = float((d / f"{name}.rps").read_text())
     print(f"ratio {name}/healthz = {r / h:.2f}")
 PY
