@@ -36,6 +36,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "private_key",
     "api_key",
     "sealing_key",
+    "previous_sealing_key",
 ];
 
 /// Built-in defaults under every configuration.

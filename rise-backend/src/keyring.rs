@@ -48,6 +48,11 @@ pub struct KeysConfig {
     /// A secret: may be given as `sealing_key_file`.
     #[serde(default)]
     pub sealing_key: Option<SecretString>,
+    /// The sealing key being replaced: values sealed with it still open, and
+    /// `rise-backend keys reseal` seals them again with `sealing_key`. Remove it once that has
+    /// run. A secret: may be given as `previous_sealing_key_file`.
+    #[serde(default)]
+    pub previous_sealing_key: Option<SecretString>,
     /// How often a running server re-reads its keys to pick up a rotation.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
@@ -61,6 +66,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         Self {
             sealing_key: None,
+            previous_sealing_key: None,
             reload_interval: default_reload_interval(),
         }
     }
@@ -163,12 +169,17 @@ impl Keyring {
         })
     }
 
-    /// Keys in the database, sealed with `sealing_key` (base64 of 32 bytes).
-    pub fn database(store: Store, sealing_key: &SecretString) -> anyhow::Result<Self> {
+    /// Keys in the database, sealed with `sealing_key` (base64 of 32 bytes); values sealed with
+    /// `previous` (the sealing key being replaced) still open.
+    pub fn database(
+        store: Store,
+        sealing_key: &SecretString,
+        previous: Option<&SecretString>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             backend: Backend::Database {
                 store,
-                sealer: Sealer::new(sealing_key)?,
+                sealer: Sealer::new(sealing_key, previous)?,
             },
         })
     }
@@ -180,11 +191,11 @@ impl Keyring {
             let key = config.sealing_key.as_ref().context(
                 "keys.sealing_key is required with a PostgreSQL database: replicas share their signing keys through the database, sealed with it. Generate one with `openssl rand -base64 32` and set it (or keys.sealing_key_file, or RISE_KEYS__SEALING_KEY)",
             )?;
-            Self::database(store.clone(), key)
+            Self::database(store.clone(), key, config.previous_sealing_key.as_ref())
         } else {
             if let Some(key) = &config.sealing_key {
                 // Checked anyway, so a malformed key is found before it is needed.
-                Sealer::new(key)?;
+                Sealer::new(key, config.previous_sealing_key.as_ref())?;
                 tracing::warn!(
                     "keys.sealing_key is set but unused: with SQLite the keys stay in files in the data directory"
                 );
@@ -280,6 +291,59 @@ impl Keyring {
     }
 }
 
+impl Keyring {
+    /// Seal every stored key with `keys.sealing_key` that is still sealed with
+    /// `keys.previous_sealing_key`. Each row is replaced only if it still holds what was read,
+    /// so a rotation running at the same time is never undone (run again to finish). The
+    /// rows' write times, which date the last rotation, are left alone.
+    pub async fn reseal(&self) -> anyhow::Result<ResealReport> {
+        let Backend::Database { store, sealer } = &self.backend else {
+            bail!("keys in files are not sealed: `keys reseal` is for keys in PostgreSQL");
+        };
+        let mut report = ResealReport::default();
+        for (row, stored) in store.key_all().await? {
+            let (plain, sealed_with) = sealer.open_with(&row, &stored)?;
+            if sealed_with == SealedWith::Current {
+                report.already += 1;
+                continue;
+            }
+            let fresh = sealer.seal(&row, &plain)?;
+            if store.key_replace(&row, &stored, &fresh).await? {
+                report.resealed += 1;
+            } else {
+                report.changed_meanwhile += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// How many stored keys each sealing key seals (`None` for keys in files).
+    pub async fn sealing(&self) -> anyhow::Result<Option<ResealReport>> {
+        let Backend::Database { store, sealer } = &self.backend else {
+            return Ok(None);
+        };
+        let mut report = ResealReport::default();
+        for (row, stored) in store.key_all().await? {
+            match sealer.open_with(&row, &stored)?.1 {
+                SealedWith::Current => report.already += 1,
+                SealedWith::Previous => report.resealed += 1,
+            }
+        }
+        Ok(Some(report))
+    }
+}
+
+/// What [`Keyring::reseal`] did, or (from [`Keyring::sealing`]) would do.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Sealed with the previous key and now (or still, for `sealing`) to be sealed again.
+    pub resealed: usize,
+    /// Already sealed with `keys.sealing_key`.
+    pub already: usize,
+    /// Rewritten by someone else (a rotation) between reading and resealing.
+    pub changed_meanwhile: usize,
+}
+
 /// The family's keys from the files in `dir` (the keys directory), generating `current` and
 /// `next` if they do not exist yet.
 pub fn load_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
@@ -329,27 +393,40 @@ fn rotate_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// AES-256-GCM under the configured sealing key; the row name is the associated data.
+/// AES-256-GCM under the configured sealing key; the row name is the associated data. Opening
+/// also tries the previous sealing key, while one is configured.
 #[derive(Clone)]
 struct Sealer {
     key: std::sync::Arc<LessSafeKey>,
+    previous: Option<std::sync::Arc<LessSafeKey>>,
+}
+
+/// Which sealing key opened a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SealedWith {
+    Current,
+    Previous,
 }
 
 impl Sealer {
-    fn new(sealing_key: &SecretString) -> anyhow::Result<Self> {
-        let bytes = Zeroizing::new(
-            STANDARD
-                .decode(sealing_key.expose_secret().trim())
-                .ok()
-                .filter(|b| b.len() == 32)
-                .context(
-                    "keys.sealing_key must be 32 random bytes in base64 (`openssl rand -base64 32`)",
-                )?,
-        );
-        let key = UnboundKey::new(&AES_256_GCM, &bytes)
-            .map_err(|_| anyhow::anyhow!("keys.sealing_key is not a valid AES-256 key"))?;
+    fn new(sealing_key: &SecretString, previous: Option<&SecretString>) -> anyhow::Result<Self> {
+        let current = sealing_key_bytes("keys.sealing_key", sealing_key)?;
+        let previous = previous
+            .map(|p| sealing_key_bytes("keys.previous_sealing_key", p))
+            .transpose()?;
+        if previous.as_ref().is_some_and(|p| **p == *current) {
+            bail!(
+                "keys.previous_sealing_key equals keys.sealing_key: set sealing_key to the new key"
+            );
+        }
+        let aead = |bytes: &[u8]| -> anyhow::Result<std::sync::Arc<LessSafeKey>> {
+            let key = UnboundKey::new(&AES_256_GCM, bytes)
+                .map_err(|_| anyhow::anyhow!("a sealing key is not a valid AES-256 key"))?;
+            Ok(std::sync::Arc::new(LessSafeKey::new(key)))
+        };
         Ok(Self {
-            key: std::sync::Arc::new(LessSafeKey::new(key)),
+            key: aead(&current)?,
+            previous: previous.as_deref().map(|p| aead(p)).transpose()?,
         })
     }
 
@@ -371,29 +448,59 @@ impl Sealer {
     }
 
     fn open(&self, row: &str, stored: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        self.open_with(row, stored).map(|(plain, _)| plain)
+    }
+
+    fn open_with(
+        &self,
+        row: &str,
+        stored: &str,
+    ) -> anyhow::Result<(Zeroizing<Vec<u8>>, SealedWith)> {
         let Some(b64) = stored.strip_prefix(SEALED_PREFIX) else {
             bail!("key {row} in the database is not sealed: refusing to use it");
         };
-        let mut raw = Zeroizing::new(
+        let raw = Zeroizing::new(
             STANDARD
                 .decode(b64)
                 .ok()
                 .filter(|r| r.len() > NONCE_LEN)
                 .with_context(|| format!("key {row} in the database is malformed"))?,
         );
-        let (nonce, sealed) = raw.split_at_mut(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| anyhow::anyhow!("key {row} in the database is malformed"))?;
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(row.as_bytes()), sealed)
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "key {row} in the database cannot be opened: keys.sealing_key differs from the one it was sealed with, or the row was altered"
-                )
-            })?;
-        Ok(Zeroizing::new(plain.to_vec()))
+        if raw.len() <= NONCE_LEN {
+            bail!("key {row} in the database is malformed");
+        }
+        let candidates = std::iter::once((&self.key, SealedWith::Current))
+            .chain(self.previous.iter().map(|p| (p, SealedWith::Previous)));
+        for (key, which) in candidates {
+            // Opening works in place: try each key on its own copy.
+            let mut attempt = Zeroizing::new(raw.to_vec());
+            let (nonce, sealed) = attempt.split_at_mut(NONCE_LEN);
+            let nonce = Nonce::try_assume_unique_for_key(nonce)
+                .map_err(|_| anyhow::anyhow!("key {row} in the database is malformed"))?;
+            if let Ok(plain) = key.open_in_place(nonce, Aad::from(row.as_bytes()), sealed) {
+                return Ok((Zeroizing::new(plain.to_vec()), which));
+            }
+        }
+        let keys = if self.previous.is_some() {
+            "neither keys.sealing_key nor keys.previous_sealing_key is the key it was sealed with"
+        } else {
+            "keys.sealing_key differs from the one it was sealed with (set the old one as keys.previous_sealing_key to change keys)"
+        };
+        bail!("key {row} in the database cannot be opened: {keys}, or the row was altered")
     }
+}
+
+/// The 32 bytes of a configured sealing key.
+fn sealing_key_bytes(name: &str, key: &SecretString) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    Ok(Zeroizing::new(
+        STANDARD
+            .decode(key.expose_secret().trim())
+            .ok()
+            .filter(|b| b.len() == 32)
+            .with_context(|| {
+                format!("{name} must be 32 random bytes in base64 (`openssl rand -base64 32`)")
+            })?,
+    ))
 }
 
 /// `<data_dir>/keys`, created 0700 if missing.
@@ -544,7 +651,7 @@ mod tests {
     #[test]
     fn sealed_values_open_only_under_their_row_and_key() {
         let key = SecretString::from(STANDARD.encode([9u8; 32]));
-        let sealer = Sealer::new(&key).expect("sealer");
+        let sealer = Sealer::new(&key, None).expect("sealer");
         let sealed = sealer.seal("a/current", b"secret key").expect("seal");
         assert!(sealed.starts_with(SEALED_PREFIX));
         assert!(!sealed.contains("secret key"));
@@ -554,7 +661,8 @@ mod tests {
         );
         let moved = sealer.open("a/next", &sealed).expect_err("another row");
         assert!(moved.to_string().contains("cannot be opened"), "{moved}");
-        let other = Sealer::new(&SecretString::from(STANDARD.encode([8u8; 32]))).expect("other");
+        let other =
+            Sealer::new(&SecretString::from(STANDARD.encode([8u8; 32])), None).expect("other");
         assert!(other.open("a/current", &sealed).is_err());
         let plain = sealer
             .open("a/current", "-----BEGIN")
@@ -581,10 +689,82 @@ mod tests {
         );
     }
 
+    /// Changing the sealing key: the old one as `previous_sealing_key` keeps every key open,
+    /// `reseal` moves them to the new one, and then the old key is no longer needed (nor
+    /// enough). The keys themselves and the rotation time do not change.
+    #[tokio::test]
+    async fn a_new_sealing_key_takes_over_through_reseal() {
+        let store = Store::open_in_memory().await.expect("store");
+        let old = SecretString::from(STANDARD.encode([1u8; 32]));
+        let new = SecretString::from(STANDARD.encode([2u8; 32]));
+        let ring = |key: &SecretString, previous: Option<&SecretString>| {
+            Keyring::database(store.clone(), key, previous).expect("keyring")
+        };
+        let family = counter_family();
+        let before_ring = ring(&old, None);
+        before_ring.load(&family).await.expect("load");
+        before_ring.rotate(&family).await.expect("rotate");
+        let before = before_ring.load(&family).await.expect("load");
+        // A rotation time far from now, so that a reseal touching it could not go unseen.
+        sqlx::query("UPDATE rise_keys SET updated_ms = 1000")
+            .execute(store.sqlite_pool().expect("SQLite"))
+            .await
+            .expect("date the rotation");
+        let rotated_at = Some(crate::audit::from_unix_ms(1000));
+        assert_eq!(
+            before_ring.last_rotation(&family).await.expect("when"),
+            rotated_at
+        );
+        let same = |keys: &FamilyKeys| {
+            *keys.current == *before.current
+                && *keys.next == *before.next
+                && keys.previous.as_deref() == before.previous.as_deref()
+        };
+
+        let err = ring(&new, None)
+            .load(&family)
+            .await
+            .err()
+            .expect("the new key alone opens nothing yet");
+        assert!(err.to_string().contains("previous_sealing_key"), "{err}");
+
+        let both = ring(&new, Some(&old));
+        assert!(same(&both.load(&family).await.expect("either key opens")));
+        let pending = both.sealing().await.expect("sealing").expect("database");
+        assert_eq!((pending.already, pending.resealed), (0, 3));
+        let done = both.reseal().await.expect("reseal");
+        assert_eq!(
+            (done.resealed, done.already, done.changed_meanwhile),
+            (3, 0, 0)
+        );
+        let again = both.reseal().await.expect("reseal again");
+        assert_eq!(
+            (again.resealed, again.already),
+            (0, 3),
+            "nothing left to do"
+        );
+
+        let after = ring(&new, None);
+        assert!(same(&after.load(&family).await.expect("the new key alone")));
+        assert_eq!(
+            after.last_rotation(&family).await.expect("when"),
+            rotated_at
+        );
+        assert!(ring(&old, None).load(&family).await.is_err());
+
+        let err =
+            Keyring::database(store.clone(), &new, Some(&new)).expect_err("the same key twice");
+        assert!(err.to_string().contains("equals"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Keyring::files(dir.path()).expect("files");
+        assert!(files.reseal().await.is_err(), "files are not sealed");
+        assert_eq!(files.sealing().await.expect("sealing"), None);
+    }
+
     #[test]
     fn sealing_key_must_be_32_bytes_of_base64() {
         for bad in ["", "not base64!", &STANDARD.encode([1u8; 16])] {
-            let err = Sealer::new(&SecretString::from(bad.to_owned()))
+            let err = Sealer::new(&SecretString::from(bad.to_owned()), None)
                 .err()
                 .expect("refused");
             assert!(err.to_string().contains("32 random bytes"), "{err}");

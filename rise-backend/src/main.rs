@@ -92,6 +92,11 @@ enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Change the sealing key of keys kept in PostgreSQL: seal every key still sealed with
+    /// `keys.previous_sealing_key` with `keys.sealing_key`. First give every replica the new
+    /// `sealing_key` and the old one as `previous_sealing_key` (they open keys sealed with
+    /// either), then run this, then remove `previous_sealing_key`.
+    Reseal,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +264,23 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         GRANT_KEYS, GrantKeys, KeySet, REGISTRY_TOKEN_KEYS,
     };
     let keyring = open_keyring(config).await?;
+    if let KeysCommand::Reseal = command {
+        let done = keyring.reseal().await?;
+        println!(
+            "sealed {} keys with keys.sealing_key ({} already were)",
+            done.resealed, done.already
+        );
+        if done.changed_meanwhile > 0 {
+            anyhow::bail!(
+                "{} keys changed while resealing (a rotation ran): run `keys reseal` again",
+                done.changed_meanwhile
+            );
+        }
+        println!(
+            "once every replica runs with this keys.sealing_key, remove keys.previous_sealing_key"
+        );
+        return Ok(());
+    }
     if let KeysCommand::Rotate { force } = command {
         let longest_grant = rise_backend::registry::providers::distribution::longest_grant(config);
         if let Some(last) = keyring.last_rotation(&GRANT_KEYS).await?
@@ -285,6 +307,12 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     }
     for (slot, kid) in slots.iter().zip(grant.kids()) {
         println!("grant          {slot:<8} {kid}");
+    }
+    if let Some(sealing) = keyring.sealing().await? {
+        println!(
+            "sealed with keys.sealing_key: {}; with keys.previous_sealing_key: {}",
+            sealing.already, sealing.resealed
+        );
     }
     if let KeysCommand::Rotate { .. } = command {
         println!(

@@ -291,6 +291,32 @@ impl Store {
         })
     }
 
+    /// Every key slot and its stored value, by name.
+    pub async fn key_all(&self) -> Result<Vec<(String, String)>, StoreError> {
+        on_backend!(self, |pool, d| {
+            Ok(
+                sqlx::query_as("SELECT name, value FROM rise_keys ORDER BY name")
+                    .fetch_all(pool)
+                    .await?,
+            )
+        })
+    }
+
+    /// Replace slot `name`'s value with `new` if it still holds `old`; whether it did. The
+    /// slot's write time stays: it dates the last rotation, which this is not.
+    pub async fn key_replace(&self, name: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        on_backend!(self, |pool, d| {
+            let done =
+                sqlx::query("UPDATE rise_keys SET value = $3 WHERE name = $1 AND value = $2")
+                    .bind(name)
+                    .bind(old)
+                    .bind(new)
+                    .execute(pool)
+                    .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
     /// Rotate the slots `[previous, current, next]` in one transaction: `previous ← current`,
     /// `current ← next`, `next ← fresh`. `reseal((from, to), value)` re-encodes a value for its
     /// new slot. Concurrent rotations serialise on the row locks (SQLite: the write lock).

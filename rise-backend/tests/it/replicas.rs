@@ -514,3 +514,113 @@ actions = ["push"]
     let forced = String::from_utf8(forced.stdout).expect("utf-8");
     assert_eq!(shown_kid(&forced, "registry token previous"), next);
 }
+
+/// Changing the sealing key of keys kept in PostgreSQL, with the real binary: a server given the
+/// new key and the old one as `previous_sealing_key` keeps serving; `keys reseal` moves every key
+/// to the new sealing key; afterwards the new key alone opens them, the old one no longer does,
+/// and the keys themselves never changed.
+#[tokio::test]
+async fn keys_reseal_moves_sealed_keys_to_a_new_sealing_key() {
+    use crate::support::rise_process::{RiseProcess, run};
+    let postgres = Postgres::start().await;
+    let url = postgres.create_database("rise_reseal").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let random_key = || {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).expect("random");
+        STANDARD.encode(key)
+    };
+    let (old, new) = (random_key(), random_key());
+    let config = |name: &str, keys: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"[server]
+listen = "127.0.0.1:0"
+data_dir = {data:?}
+
+[database]
+url = {url:?}
+
+[keys]
+reload_interval = "200ms"
+{keys}
+
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+subject = "alice"
+actions = ["push"]
+"#,
+                data = dir.path().join("data").display().to_string(),
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let with_old = config("old.toml", &format!("sealing_key = {old:?}"));
+    let changing = config(
+        "changing.toml",
+        &format!("sealing_key = {new:?}\nprevious_sealing_key = {old:?}"),
+    );
+    let with_new = config("new.toml", &format!("sealing_key = {new:?}"));
+    let show = |config: std::path::PathBuf| async move {
+        let out = run(&config, &["keys", "show"]).await;
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, before, err) = show(with_old.clone()).await;
+    assert!(ok, "{err}");
+    assert!(
+        before.contains("sealed with keys.sealing_key: 4; with keys.previous_sealing_key: 0"),
+        "{before}"
+    );
+    let current = shown_kid(&before, "registry token current ");
+    let (ok, _, err) = show(with_new.clone()).await;
+    assert!(!ok, "the new key alone opens nothing yet");
+    assert!(err.contains("previous_sealing_key"), "{err}");
+
+    let rise = RiseProcess::serve(&changing).await;
+    assert_eq!(token_kid(&rise, &changing).await, current);
+    let (ok, pending, err) = show(changing.clone()).await;
+    assert!(ok, "{err}");
+    assert!(
+        pending.contains("with keys.sealing_key: 0; with keys.previous_sealing_key: 4"),
+        "{pending}"
+    );
+
+    let reseal = run(&changing, &["keys", "reseal"]).await;
+    assert!(reseal.status.success(), "{reseal:?}");
+    let said = String::from_utf8_lossy(&reseal.stdout);
+    assert!(said.contains("sealed 4 keys"), "{said}");
+    assert!(said.contains("remove keys.previous_sealing_key"), "{said}");
+
+    // The server that was running through it still signs with the same key, and so does one
+    // started with the new sealing key alone.
+    assert_eq!(token_kid(&rise, &changing).await, current);
+    let fresh = RiseProcess::serve(&with_new).await;
+    assert_eq!(token_kid(&fresh, &with_new).await, current);
+    let (ok, after, err) = show(with_new).await;
+    assert!(ok, "{err}");
+    assert_eq!(shown_kid(&after, "registry token current "), current);
+    assert!(
+        after.contains("sealed with keys.sealing_key: 4; with keys.previous_sealing_key: 0"),
+        "{after}"
+    );
+    let (ok, _, err) = show(with_old).await;
+    assert!(!ok, "the old key no longer opens them");
+    assert!(err.contains("cannot be opened"), "{err}");
+    // Neither the values nor anything else was printed on the way.
+    for output in [&before, &pending, &after, &said.to_string()] {
+        assert!(!output.contains(&old) && !output.contains(&new));
+    }
+}
