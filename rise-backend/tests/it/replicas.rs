@@ -371,6 +371,46 @@ async fn two_replicas_share_grants_keys_audit_and_limits() {
 }
 
 /// `key: value` of a `keys show` line such as `registry token current  KID`.
+/// A configuration in `dir` (data in `dir/data`) where the local issuer's `alice` may push
+/// `my-app` and keys reload every 200 ms; `database` and `keys` are TOML lines for those tables.
+fn alice_config(
+    dir: &std::path::Path,
+    name: &str,
+    database: &str,
+    keys: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+data_dir = {data:?}
+
+[database]
+{database}
+
+[keys]
+reload_interval = "200ms"
+{keys}
+
+[registry]
+type = "distribution"
+url = "127.0.0.1:5000"
+
+[projects.my-app]
+[[projects.my-app.allow]]
+issuer = "local"
+subject = "alice"
+actions = ["push"]
+"#,
+            data = dir.join("data").display().to_string()
+        ),
+    )
+    .expect("config");
+    path
+}
+
 fn shown_kid(output: &str, prefix: &str) -> String {
     output
         .lines()
@@ -426,31 +466,7 @@ async fn token_kid(
 async fn keys_rotate_moves_every_slot_and_a_running_server_follows() {
     use crate::support::rise_process::{RiseProcess, run};
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("rise.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-data_dir = {data:?}
-
-[keys]
-reload_interval = "200ms"
-
-[registry]
-type = "distribution"
-url = "127.0.0.1:5000"
-
-[projects.my-app]
-[[projects.my-app.allow]]
-issuer = "local"
-subject = "alice"
-actions = ["push"]
-"#,
-            data = dir.path().join("data").display().to_string()
-        ),
-    )
-    .expect("config");
+    let config = alice_config(dir.path(), "rise.toml", "", "");
 
     let show = run(&config, &["keys", "show"]).await;
     assert!(show.status.success(), "{show:?}");
@@ -531,38 +547,8 @@ async fn keys_reseal_moves_sealed_keys_to_a_new_sealing_key() {
         STANDARD.encode(key)
     };
     let (old, new) = (random_key(), random_key());
-    let config = |name: &str, keys: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                r#"[server]
-listen = "127.0.0.1:0"
-data_dir = {data:?}
-
-[database]
-url = {url:?}
-
-[keys]
-reload_interval = "200ms"
-{keys}
-
-[registry]
-type = "distribution"
-url = "127.0.0.1:5000"
-
-[projects.my-app]
-[[projects.my-app.allow]]
-issuer = "local"
-subject = "alice"
-actions = ["push"]
-"#,
-                data = dir.path().join("data").display().to_string(),
-            ),
-        )
-        .expect("config");
-        path
-    };
+    let database = format!("url = {url:?}");
+    let config = |name: &str, keys: &str| alice_config(dir.path(), name, &database, keys);
     let with_old = config("old.toml", &format!("sealing_key = {old:?}"));
     let changing = config(
         "changing.toml",
