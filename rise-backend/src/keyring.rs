@@ -673,7 +673,9 @@ mod tests {
     #[tokio::test]
     async fn an_unused_sealing_key_is_still_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open_in_memory().await.expect("store");
+        let store = Store::open_sqlite(&dir.path().join("rise.db"), true)
+            .await
+            .expect("store");
         let config = |key: &str| KeysConfig {
             sealing_key: Some(SecretString::from(key.to_owned())),
             ..KeysConfig::default()
@@ -694,7 +696,10 @@ mod tests {
     /// enough). The keys themselves and the rotation time do not change.
     #[tokio::test]
     async fn a_new_sealing_key_takes_over_through_reseal() {
-        let store = Store::open_in_memory().await.expect("store");
+        let db_dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&db_dir.path().join("rise.db"), true)
+            .await
+            .expect("store");
         let old = SecretString::from(STANDARD.encode([1u8; 32]));
         let new = SecretString::from(STANDARD.encode([2u8; 32]));
         let ring = |key: &SecretString, previous: Option<&SecretString>| {

@@ -1,10 +1,11 @@
 //! The audit log: one record per credential request (granted or not) and per `/token` exchange,
 //! durably committed BEFORE the credential leaves Rise, hash-chained for tamper evidence.
 //!
-//! [`AuditLog::record`] hands a record to a single writer task and waits for its commit. The
-//! writer drains whatever has queued up while the previous commit was in flight and commits it
-//! in one transaction (group commit): under load, one fsync covers many requests; when idle, a
-//! record is committed at once, without waiting for company. The queue is bounded: when it is
+//! [`AuditLog::record`] hands a record to a single writer and waits for its commit. The writer
+//! drains whatever has queued up while the previous commit was in flight and commits it in one
+//! transaction (group commit): under load, one fsync covers many requests; when idle, a record is
+//! committed at once, without waiting for company. On SQLite the writer is a thread with its own
+//! connection ([`crate::store::SqliteAppender`]); on PostgreSQL, a task using the pool. The queue is bounded: when it is
 //! full, `record` fails at once ([`AuditError::Overloaded`]) and the caller answers 503.
 //!
 //! Architecture invariant: a credential is returned only after `record` returned `Ok` for it.
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth::Principal;
 use crate::config::AuditConfig;
 use crate::registry::{Actions, IssuedCredential};
-use crate::store::{Store, StoreError};
+use crate::store::{SqliteAppender, Store, StoreError};
 
 /// What was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,17 +342,27 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Start the writer task on the current Tokio runtime. It stops when the last clone of the
-    /// returned handle is dropped, after committing what is queued.
+    /// Start the writer: a thread for SQLite, a task on the current Tokio runtime for
+    /// PostgreSQL. It stops when the last clone of the returned handle is dropped, after
+    /// committing what is queued. Should the thread not start, every record is refused.
     pub fn start(store: Store, settings: AuditSettings) -> Self {
         let (queue, rx) = mpsc::channel(settings.queue_capacity);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(writer(
-            rx,
-            store.clone(),
-            counters.clone(),
-            settings.max_batch,
-        ));
+        let max_batch = settings.max_batch;
+        match store.sqlite_appender() {
+            Some(appender) => {
+                let counters = counters.clone();
+                let started = std::thread::Builder::new()
+                    .name("rise-audit-writer".into())
+                    .spawn(move || sqlite_writer(rx, appender, &counters, max_batch));
+                if let Err(e) = started {
+                    tracing::error!(error = %e, "cannot start the audit writer thread; every record will be refused");
+                }
+            }
+            None => {
+                tokio::spawn(writer(rx, store.clone(), counters.clone(), max_batch));
+            }
+        }
         Self {
             inner: Arc::new(Inner {
                 queue,
@@ -405,7 +416,7 @@ impl AuditLog {
     }
 }
 
-/// The single writer: take everything queued (up to `max_batch`), commit it in one
+/// The PostgreSQL writer: take everything queued (up to `max_batch`), commit it in one
 /// transaction, answer every waiter, repeat.
 async fn writer(
     mut rx: mpsc::Receiver<Pending>,
@@ -419,29 +430,63 @@ async fn writer(
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let fields: Vec<&RecordFields> = batch.iter().map(|p| &p.fields).collect();
         let started = std::time::Instant::now();
-        match store.append_audit(&fields, &mut head).await {
-            Ok(ids) => {
-                crate::metrics::record_audit_commit(started.elapsed());
-                counters.transactions.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .records
-                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                for (pending, id) in batch.drain(..).zip(ids) {
-                    // A waiter that gave up (timeout) has dropped its receiver; nothing to do.
-                    let _ = pending.done.send(Ok(id));
-                }
-            }
-            Err(e) => {
-                counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, records = batch.len(), "audit commit failed; refusing the batch");
-                let err = AuditError::Store(e.to_string());
-                for pending in batch.drain(..) {
-                    let _ = pending.done.send(Err(err.clone()));
-                }
+        let result = store.append_audit(&fields, &mut head).await;
+        settle(&mut batch, result, started, &counters);
+    }
+}
+
+/// The SQLite writer, on a thread of its own: the same loop, blocking.
+fn sqlite_writer(
+    mut rx: mpsc::Receiver<Pending>,
+    mut appender: SqliteAppender,
+    counters: &Counters,
+    max_batch: usize,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(max_batch.min(4096));
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
             }
         }
-        batch.clear();
+        let fields: Vec<&RecordFields> = batch.iter().map(|p| &p.fields).collect();
+        let started = std::time::Instant::now();
+        let result = appender.append(&fields);
+        settle(&mut batch, result, started, counters);
     }
+}
+
+/// Answer every waiter of a batch with its id, or with the failure; empties `batch`.
+fn settle(
+    batch: &mut Vec<Pending>,
+    result: Result<Vec<i64>, StoreError>,
+    started: std::time::Instant,
+    counters: &Counters,
+) {
+    match result {
+        Ok(ids) => {
+            crate::metrics::record_audit_commit(started.elapsed());
+            counters.transactions.fetch_add(1, Ordering::Relaxed);
+            counters
+                .records
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            for (pending, id) in batch.drain(..).zip(ids) {
+                // A waiter that gave up (timeout) has dropped its receiver; nothing to do.
+                let _ = pending.done.send(Ok(id));
+            }
+        }
+        Err(e) => {
+            counters.failed_transactions.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, records = batch.len(), "audit commit failed; refusing the batch");
+            let err = AuditError::Store(e.to_string());
+            for pending in batch.drain(..) {
+                let _ = pending.done.send(Err(err.clone()));
+            }
+        }
+    }
+    batch.clear();
 }
 
 /// A credential's fingerprint: `sha256:` and the first 16 bytes (32 hex digits) of the SHA-256

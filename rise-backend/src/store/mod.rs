@@ -16,13 +16,19 @@
 //! - PostgreSQL connections set `synchronous_commit = on`, so a server default of `off` cannot
 //!   silently weaken the guarantee; the server's own `fsync` setting remains the operator's.
 //!
-//! **Chain.** All records, from every replica, form one hash chain. A batch appends under a lock
-//! on the single `audit_chain` row (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's write lock via
-//! `BEGIN IMMEDIATE`), reads the head there, and assigns gapless ids `head + 1 ..`. Replicas
-//! therefore serialise their *batches*, not their records: the lock is taken once per group
-//! commit.
+//! **Chain.** All records, from every writer, form one hash chain. A writer seals a batch on the
+//! head it knows (ids `head + 1 ..`, each hash over its predecessor's) and appends it only if
+//! that is still the head, moving the head in the same transaction: on PostgreSQL one statement
+//! (a CTE on the `audit_chain` row), on SQLite a transaction under SQLite's write lock
+//! (`BEGIN IMMEDIATE`, the conditional head move, the inserts). Otherwise nothing is written and
+//! the writer re-reads the head. Writers therefore serialise their *batches*, not their records.
+//!
+//! **Who writes.** Everything goes through the sqlx pool except SQLite audit appends, which the
+//! audit writer thread makes on a connection of its own ([`SqliteAppender`]).
 
-use std::path::Path;
+mod sqlite_appender;
+
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,6 +42,7 @@ use sqlx::sqlite::{
 
 use crate::audit::{AuditFilter, RecordFields, StoredRecord, chain};
 use crate::config::DatabaseConfig;
+pub(crate) use sqlite_appender::SqliteAppender;
 
 /// The file name of the embedded SQLite database inside the data directory.
 pub const SQLITE_FILE: &str = "rise.db";
@@ -55,12 +62,16 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("the database is inconsistent: {0}")]
     Corrupt(String),
+    #[error("database error: {0}")]
+    Append(String),
 }
 
 /// A handle to the durable store; cheap to clone (it wraps a connection pool).
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The SQLite file, for the audit writer's own connection ([`SqliteAppender`]).
+    sqlite_file: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -177,24 +188,7 @@ impl Store {
             .map_err(|e| StoreError::Open(format!("SQLite database {}: {e}", path.display())))?;
         let store = Store {
             backend: Backend::Sqlite(pool),
-        };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    /// A private in-memory SQLite database. **Not durable**: for tests and tools only.
-    pub async fn open_in_memory() -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
-        // An in-memory database lives as long as its one connection: keep it forever.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
-        let store = Store {
-            backend: Backend::Sqlite(pool),
+            sqlite_file: Some(path.to_path_buf()),
         };
         store.migrate().await?;
         Ok(store)
@@ -222,6 +216,7 @@ impl Store {
             .map_err(|e| StoreError::Open(format!("PostgreSQL: {}", redact_sqlx(&e))))?;
         let store = Store {
             backend: Backend::Postgres(pool),
+            sqlite_file: None,
         };
         store.migrate().await?;
         Ok(store)
@@ -364,6 +359,12 @@ impl Store {
         })
     }
 
+    /// A SQLite store's audit appender (a connection of its own, for one thread); `None` for
+    /// PostgreSQL, which appends through [`append_audit`](Self::append_audit).
+    pub(crate) fn sqlite_appender(&self) -> Option<SqliteAppender> {
+        self.sqlite_file.as_deref().map(SqliteAppender::new)
+    }
+
     /// The SQLite pool, for tools and tests that inspect the database directly.
     pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
         match &self.backend {
@@ -438,29 +439,33 @@ impl Store {
     }
 
     /// Append `records` to the chain atomically; returns their ids, in order. Either all are
-    /// durably committed or none is.
+    /// durably committed or none is. PostgreSQL only: a SQLite store appends through its
+    /// [`SqliteAppender`], on a thread of its own.
     ///
-    /// `head` is the writer's idea of the chain head (`None`: read it). The append is ONE round
-    /// trip whose commit is conditional on that head still being the head: on PostgreSQL a
+    /// `head` is the writer's idea of the chain head (`None`: read it). The append is ONE
+    /// statement whose commit is conditional on that head still being the head: a
     /// data-modifying CTE advances `audit_chain` only from the expected head and inserts only if
-    /// it did; on SQLite a script does the same under SQLite's write lock. When another writer (a
-    /// replica, another process) moved the head, nothing is written, the head is re-read and the
-    /// batch re-sealed. So the steady state costs one round trip and one commit per batch, with
-    /// no lock held between round trips.
+    /// it did. When another writer (a replica) moved the head, nothing is written, the head is
+    /// re-read and the batch re-sealed. So the steady state costs one round trip and one commit
+    /// per batch, with no lock held between round trips.
     pub(crate) async fn append_audit(
         &self,
         records: &[&RecordFields],
         head: &mut Option<(i64, String)>,
     ) -> Result<Vec<i64>, StoreError> {
         const ATTEMPTS: usize = 64;
+        let Backend::Postgres(pool) = &self.backend else {
+            return Err(StoreError::Append(
+                "a SQLite store appends through its SqliteAppender".into(),
+            ));
+        };
         for _ in 0..ATTEMPTS {
             let (head_id, head_hash) = match head.take() {
                 Some(known) => known,
                 None => self.audit_head().await?,
             };
             let batch = Sealed::new(head_id, head_hash, records);
-            let appended = on_backend!(self, |pool, d| append_sealed(pool, &batch).await)?;
-            if appended {
+            if pg_append(pool, &batch).await? {
                 *head = Some((batch.head_id(), batch.head_hash().to_owned()));
                 return Ok(batch.ids);
             }
@@ -563,49 +568,6 @@ impl<'a> Sealed<'a> {
     }
 }
 
-/// Write a sealed batch if the chain head is still the one it was sealed on; `false` when
-/// another writer moved it (nothing was written).
-trait AppendSealed {
-    async fn append(self, batch: &Sealed<'_>) -> Result<bool, StoreError>;
-}
-
-async fn append_sealed<E: AppendSealed>(pool: E, batch: &Sealed<'_>) -> Result<bool, StoreError> {
-    pool.append(batch).await
-}
-
-impl AppendSealed for &SqlitePool {
-    /// One round trip: a script of `BEGIN IMMEDIATE`, the conditional head move, the batch's
-    /// `INSERT`s (each conditional on the head now being the batch's) and `COMMIT`, run on one
-    /// connection. SQLite's write lock, taken by `BEGIN IMMEDIATE`, keeps every other writer out
-    /// between the statements. The head move `RETURNING` a row is how the caller learns it
-    /// happened: no row, and the `INSERT`s wrote nothing. A failure part-way leaves the
-    /// transaction open, so it is rolled back before the connection goes back to the pool.
-    async fn append(self, batch: &Sealed<'_>) -> Result<bool, StoreError> {
-        let mut conn = self.acquire().await?;
-        let moved = sqlite_append_script(batch)
-            .build()
-            .fetch_all(&mut *conn)
-            .await;
-        match moved {
-            Ok(rows) => Ok(!rows.is_empty()),
-            Err(e) => {
-                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    // "no transaction is active" when BEGIN itself failed; anything else means
-                    // the connection is in an unknown state: do not return it to the pool.
-                    if !rollback.to_string().contains("no transaction is active") {
-                        conn.close_on_drop();
-                    }
-                }
-                if head_moved(&e) {
-                    Ok(false)
-                } else {
-                    Err(e.into())
-                }
-            }
-        }
-    }
-}
-
 /// Whether an append failed only because another writer got there first.
 fn head_moved(e: &sqlx::Error) -> bool {
     match e {
@@ -614,65 +576,11 @@ fn head_moved(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The SQLite append script of [`AppendSealed`] for `&SqlitePool`. Anonymous `?` parameters are
-/// numbered across the statements of a script, in order.
-fn sqlite_append_script(batch: &Sealed<'_>) -> sqlx::QueryBuilder<sqlx::Sqlite> {
-    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "BEGIN IMMEDIATE;
-        UPDATE audit_chain SET head_id = ",
-    );
-    q.push_bind(batch.head_id())
-        .push(", head_hash = ")
-        .push_bind(batch.head_hash())
-        .push(format!(" WHERE name = '{CHAIN}' AND head_id = "))
-        .push_bind(batch.previous_head.0)
-        .push(" AND head_hash = ")
-        .push_bind(batch.previous_head.1.as_str())
-        .push(" RETURNING head_id;");
-    let rows: Vec<usize> = (0..batch.records.len()).collect();
-    for chunk in rows.chunks(SQLITE_ROWS_PER_INSERT) {
-        q.push(INSERT_RECORDS_HEAD).push("SELECT * FROM (");
-        q.push_values(chunk, |mut row, &i| {
-            let f = batch.records[i];
-            row.push_bind(batch.ids[i])
-                .push_bind(f.time_ms)
-                .push_bind(f.request_id.as_str())
-                .push_bind(f.operation.as_str())
-                .push_bind(f.issuer.as_str())
-                .push_bind(f.subject.as_str())
-                .push_bind(f.groups.as_str())
-                .push_bind(f.client_ip.as_deref())
-                .push_bind(f.user_agent.as_deref())
-                .push_bind(f.project.as_deref())
-                .push_bind(f.registry.as_deref())
-                .push_bind(f.repository.as_deref())
-                .push_bind(f.actions_requested.as_str())
-                .push_bind(f.actions_granted.as_str())
-                .push_bind(f.result.as_str())
-                .push_bind(f.reason.as_str())
-                .push_bind(f.expires_ms)
-                .push_bind(f.fingerprint.as_deref())
-                .push_bind(f.credential_id.as_deref())
-                .push_bind(batch.prev_hashes[i].as_str())
-                .push_bind(batch.hashes[i].as_str());
-        });
-        q.push(format!(
-            ") WHERE (SELECT head_id FROM audit_chain WHERE name = '{CHAIN}') = "
-        ))
-        .push_bind(batch.head_id())
-        .push(format!(
-            " AND (SELECT head_hash FROM audit_chain WHERE name = '{CHAIN}') = "
-        ))
-        .push_bind(batch.head_hash())
-        .push(";");
-    }
-    q.push("COMMIT;");
-    q
-}
-
-impl AppendSealed for &PgPool {
-    /// The whole batch in ONE statement (arrays + `UNNEST`), conditional on the head.
-    async fn append(self, batch: &Sealed<'_>) -> Result<bool, StoreError> {
+/// Write a sealed batch if the chain head is still the one it was sealed on; `false` when
+/// another writer moved it (nothing was written). The whole batch is ONE statement (arrays +
+/// `UNNEST`), conditional on the head.
+async fn pg_append(pool: &PgPool, batch: &Sealed<'_>) -> Result<bool, StoreError> {
+    {
         let result = sqlx::query(APPEND_RECORDS_PG)
             .bind(&batch.ids)
             .bind(batch.column(|f| f.time_ms))
@@ -700,7 +608,7 @@ impl AppendSealed for &PgPool {
             .bind(&batch.previous_head.1)
             .bind(batch.head_id())
             .bind(batch.head_hash())
-            .execute(self)
+            .execute(pool)
             .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == batch.records.len() as u64),
@@ -756,11 +664,7 @@ where
     })
 }
 
-/// Rows per SQLite `INSERT`: 21 parameters each, plus the script's 6 others, stays below
-/// SQLite's 32766-variable limit.
-const SQLITE_ROWS_PER_INSERT: usize = 1500;
-
-/// The head of a multi-row `INSERT`; `QueryBuilder::push_values` appends `VALUES (..), (..)`.
+/// The head of an `INSERT` of audit records, in [`RecordFields`] order.
 const INSERT_RECORDS_HEAD: &str = "INSERT INTO audit_log (
     id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
     project, registry, repository, actions_requested, actions_granted, result, reason,
@@ -903,7 +807,7 @@ const V3_SQLITE_HEAD_TRIGGER: &[&str] = &["CREATE TRIGGER audit_log_follows_head
         UPDATE audit_chain SET head_id = NEW.id, head_hash = NEW.hash WHERE name = 'audit';
     END"];
 
-/// The append script checks and moves the head once per batch, in the transaction that inserts
+/// The appender checks and moves the head once per batch, in the transaction that inserts
 /// it; the per-row trigger of version 3 would refuse those rows (and cost a quarter of the
 /// insert's CPU).
 const V5_SQLITE_NO_HEAD_TRIGGER: &[&str] = &["DROP TRIGGER IF EXISTS audit_log_follows_head"];

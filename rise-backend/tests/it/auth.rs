@@ -97,9 +97,9 @@ actions = ["pull"]
             registries: Arc::new(HashMap::new()),
             default_ttl: std::time::Duration::from_secs(3600),
             audit: rise_backend::audit::AuditLog::start(
-                rise_backend::store::Store::open_in_memory()
+                rise_backend::store::Store::open_sqlite(&dir.path().join("rise.db"), true)
                     .await
-                    .expect("in-memory audit store"),
+                    .expect("audit store"),
                 rise_backend::audit::AuditSettings::default(),
             ),
             rate_limits: Arc::new(rise_backend::http::RateLimits::disabled()),
