@@ -794,8 +794,8 @@ const V2_KEYS: &[&str] = &["CREATE TABLE rise_keys (
         updated_ms BIGINT NOT NULL
     )"];
 
-/// SQLite appends are single statements: this trigger refuses a record that does not follow the
-/// chain head (another writer appended first) and advances the head.
+/// (Dropped by version 5.) When SQLite appends were single statements, this trigger refused a
+/// record not following the chain head (another writer appended first) and advanced the head.
 const V3_SQLITE_HEAD_TRIGGER: &[&str] = &["CREATE TRIGGER audit_log_follows_head
     AFTER INSERT ON audit_log
     BEGIN
