@@ -5,8 +5,9 @@
 //! drains whatever has queued up while the previous commit was in flight and commits it in one
 //! transaction (group commit): under load, one fsync covers many requests; when idle, a record is
 //! committed at once, without waiting for company. On SQLite the writer is a thread with its own
-//! connection ([`crate::store::SqliteAppender`]); on PostgreSQL, a task using the pool. The queue is bounded: when it is
-//! full, `record` fails at once ([`AuditError::Overloaded`]) and the caller answers 503.
+//! connection ([`crate::store::SqliteAppender`]); on PostgreSQL, a task using the pool. The queue
+//! is bounded: when it is full, `record` fails at once ([`AuditError::Overloaded`]) and the
+//! caller answers 503.
 //!
 //! Architecture invariant: a credential is returned only after `record` returned `Ok` for it.
 //! The converse does not hold: a record proves issuance was *attempted* (a client may have gone

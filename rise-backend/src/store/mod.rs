@@ -9,10 +9,10 @@
 //! - SQLite runs in WAL mode with `synchronous = FULL`: every commit fsyncs the WAL before it
 //!   returns. (`NORMAL` would survive `kill -9` but could lose the last commits on power loss.)
 //!   The audit writer commits many records per transaction, so the fsync is shared. New
-//!   databases use 1 KiB pages: every commit writes each page it dirtied whole to the WAL, and an
-//!   audit record dirties a few index pages at scattered positions, so smaller pages mean less
-//!   to write per record (measured: about 1.5x the records/s of 4 KiB pages; `cargo bench
-//!   --bench audit`). An existing database keeps the page size it was created with.
+//!   databases use 1 KiB pages. They were chosen when a per-row trigger and a fingerprint index
+//!   made each record dirty pages at scattered positions (then about 1.5x the records/s of 4 KiB
+//!   pages); with the batch-level head check, 1, 2 and 4 KiB pages measured within noise of each
+//!   other (`scripts/bench.sh`). An existing database keeps the page size it was created with.
 //! - PostgreSQL connections set `synchronous_commit = on`, so a server default of `off` cannot
 //!   silently weaken the guarantee; the server's own `fsync` setting remains the operator's.
 //!
