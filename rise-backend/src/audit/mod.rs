@@ -5,7 +5,7 @@
 //! drains whatever has queued up while the previous commit was in flight and commits it in one
 //! transaction (group commit): under load, one fsync covers many requests; when idle, a record is
 //! committed at once, without waiting for company. On SQLite the writer is a thread with its own
-//! connection ([`crate::store::SqliteAppender`]); on PostgreSQL, a task using the pool. The queue
+//! connection (`store::SqliteAppender`); on PostgreSQL, a task using the pool. The queue
 //! is bounded: when it is full, `record` fails at once ([`AuditError::Overloaded`]) and the
 //! caller answers 503.
 //!

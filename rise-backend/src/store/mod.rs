@@ -2,7 +2,7 @@
 //! several replicas), behind one [`Store`].
 //!
 //! Both backends run the same SQL where they can (`$1` placeholders work on both); where they
-//! differ (DDL types, row locks, `BEGIN IMMEDIATE`) the statement is chosen by [`Dialect`].
+//! differ (DDL types, row locks, `BEGIN IMMEDIATE`) the statement is chosen by `Dialect`.
 //!
 //! **Durability.** "Committed" means the commit has reached stable storage, so it survives a
 //! power loss, not only a crash of Rise:
@@ -24,7 +24,7 @@
 //! the writer re-reads the head. Writers therefore serialise their *batches*, not their records.
 //!
 //! **Who writes.** Everything goes through the sqlx pool except SQLite audit appends, which the
-//! audit writer thread makes on a connection of its own ([`SqliteAppender`]).
+//! audit writer thread makes on a connection of its own (`SqliteAppender`).
 
 mod sqlite_appender;
 
