@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
+# CPU time is sampled over all but the first and last moments of a run: it needs 2 s or more.
+[[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 2 ]] || { echo "usage: $0 [SECONDS >= 2]" >&2; exit 2; }
 CONNECTIONS=64
 THREADS=2
 
