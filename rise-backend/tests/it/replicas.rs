@@ -602,11 +602,19 @@ async fn keys_reseal_moves_sealed_keys_to_a_new_sealing_key() {
         after.contains("sealed with keys.sealing_key: 4; with keys.previous_sealing_key: 0"),
         "{after}"
     );
-    let (ok, _, err) = show(with_old).await;
+    let (ok, _, refused) = show(with_old).await;
     assert!(!ok, "the old key no longer opens them");
-    assert!(err.contains("cannot be opened"), "{err}");
-    // Neither the values nor anything else was printed on the way.
-    for output in [&before, &pending, &after, &said.to_string()] {
-        assert!(!output.contains(&old) && !output.contains(&new));
+    assert!(refused.contains("cannot be opened"), "{refused}");
+    // No sealing key was printed on the way, on stdout or stderr.
+    let reseal_err = String::from_utf8_lossy(&reseal.stderr).into_owned();
+    for output in [
+        &before,
+        &pending,
+        &after,
+        &said.to_string(),
+        &reseal_err,
+        &refused,
+    ] {
+        assert!(!output.contains(&old) && !output.contains(&new), "{output}");
     }
 }
