@@ -199,6 +199,10 @@ impl Keyring {
                 tracing::warn!(
                     "keys.sealing_key is set but unused: with SQLite the keys stay in files in the data directory"
                 );
+            } else if config.previous_sealing_key.is_some() {
+                bail!(
+                    "keys.previous_sealing_key is set without keys.sealing_key: it only opens keys while sealing_key takes over"
+                );
             }
             Self::files(data_dir)
         }
@@ -685,6 +689,16 @@ mod tests {
         assert!(err.to_string().contains("32 random bytes"), "{err}");
         let ring = Keyring::for_store(&store, dir.path(), &config(&STANDARD.encode([3u8; 32])))
             .expect("a well-formed key is accepted");
+        let orphan = KeysConfig {
+            previous_sealing_key: Some(SecretString::from(STANDARD.encode([4u8; 32]))),
+            ..KeysConfig::default()
+        };
+        let err = Keyring::for_store(&store, dir.path(), &orphan)
+            .expect_err("a previous key without a current one is refused");
+        assert!(
+            err.to_string().contains("without keys.sealing_key"),
+            "{err}"
+        );
         assert!(
             ring.describe().starts_with("files in"),
             "SQLite keeps files"
