@@ -720,4 +720,77 @@ mod tests {
         // One replica alone gives a third.
         assert_eq!(quota.share(1).interval_ns * 3, share.interval_ns);
     }
+
+    /// A clock whose first reading stalls until another thread has decided (or 300 ms have
+    /// passed) and reads `first_ns`; every later reading is `later_ns`. It lets a test put a
+    /// second decision between the first one's reading of the clock and its use.
+    #[derive(Debug)]
+    struct StallingClock {
+        first_ns: u64,
+        later_ns: u64,
+        readings: AtomicU64,
+        first_read: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Clock for StallingClock {
+        fn now_ns(&self) -> u64 {
+            if self.readings.fetch_add(1, Ordering::SeqCst) > 0 {
+                return self.later_ns;
+            }
+            let _ = lock_ignoring_poison(&self.first_read).send(());
+            let _ = lock_ignoring_poison(&self.release).recv_timeout(Duration::from_millis(300));
+            self.first_ns
+        }
+    }
+
+    fn lock_ignoring_poison<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The clock is read under the bucket's lock. Were it read before, a decision that read
+    /// the clock, then waited while a later request advanced the bucket, would judge by its
+    /// stale time and refuse a request that conforms. Here the first request stalls right after
+    /// reading the clock; the second, 10 ms later, must wait for it. One request per interval
+    /// (burst 1): both conform in either order, but not with the first one's stale time.
+    #[test]
+    fn a_decision_uses_the_time_it_holds_the_bucket_at() {
+        let (first_read, first_was_read) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let first_ns = Duration::from_secs(1000).as_nanos() as u64;
+        let limiter = Arc::new(InMemoryRateLimiter::with_clock(
+            1000,
+            StallingClock {
+                first_ns,
+                later_ns: first_ns + Duration::from_millis(10).as_nanos() as u64,
+                readings: AtomicU64::new(0),
+                first_read: std::sync::Mutex::new(first_read),
+                release: std::sync::Mutex::new(released),
+            },
+        ));
+        let one_per_ms = quota(1000.0, 1);
+        let first = {
+            let limiter = limiter.clone();
+            std::thread::spawn(move || limiter.decide(ALICE, one_per_ms, true))
+        };
+        first_was_read
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the first decision reads the clock");
+        let second = limiter.decide(ALICE, one_per_ms, true);
+        let _ = release.send(());
+        let first = first.join().expect("the first decision");
+        assert_eq!(first, Decision::Allowed, "the first request conforms");
+        assert_eq!(
+            second,
+            Decision::Allowed,
+            "the request 10 ms later conforms"
+        );
+        // And the bucket holds the second request's draw: the next one waits 1 ms from it.
+        assert_eq!(
+            limiter.decide(ALICE, one_per_ms, false),
+            Decision::Denied {
+                retry_after: Duration::from_millis(1)
+            }
+        );
+    }
 }
