@@ -25,6 +25,7 @@ pub const CACHE_LOOKUPS: &str = "rise_cache_lookups_total";
 pub const RATE_LIMIT_REJECTIONS: &str = "rise_rate_limit_rejections_total";
 pub const AUDIT_COMMIT_DURATION: &str = "rise_audit_commit_duration_seconds";
 pub const TLS_RELOADS: &str = "rise_tls_certificate_reloads_total";
+pub const KEY_RELOADS: &str = "rise_signing_key_reloads_total";
 
 /// Histogram buckets (seconds) for every `*_seconds` series: from a fast local operation to an
 /// upstream call about to time out.
@@ -116,6 +117,10 @@ fn describe() {
         "Time to durably commit audit records"
     );
     describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
+    describe_counter!(
+        KEY_RELOADS,
+        "Re-reads of the registry token and grant keys that found a rotation (rotated), a retired key back (refused_retired_key) or failed (error)"
+    );
 }
 
 /// One HTTP request. `route` is the matched route template (`/registry/credentials`), or
@@ -181,4 +186,11 @@ pub fn record_audit_commit(duration: Duration) {
 pub fn record_tls_reload(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// A re-read of the registry token and grant keys that did not find them unchanged: `rotated`
+/// (picked up), `refused_retired_key` (a key this server saw retired is back: the store was
+/// rolled back or tampered with) or `error` (the store could not be read).
+pub fn record_key_reload(result: &'static str) {
+    counter!(KEY_RELOADS, "result" => result).increment(1);
 }

@@ -618,3 +618,131 @@ async fn keys_reseal_moves_sealed_keys_to_a_new_sealing_key() {
         assert!(!output.contains(&old) && !output.contains(&new), "{output}");
     }
 }
+
+/// Keys in PostgreSQL put back from before two rotations (a backup restored over them, or
+/// someone with write access to the database returning a sealed key they kept): a server that
+/// picked up the rotations refuses them, keeps signing with the keys it has, says so in its log
+/// at error level and counts it in `/metrics`.
+#[tokio::test]
+async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
+    use crate::support::rise_process::{RiseProcess, run};
+    let postgres = Postgres::start().await;
+    let url = postgres.create_database("rise_rollback").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).expect("random");
+    let config = alice_config(
+        dir.path(),
+        "rise.toml",
+        &format!("url = {url:?}"),
+        &format!("sealing_key = {:?}", STANDARD.encode(key)),
+    );
+    let show = run(&config, &["keys", "show"]).await;
+    assert!(show.status.success(), "{show:?}");
+    let original = shown_kid(
+        &String::from_utf8_lossy(&show.stdout),
+        "registry token current ",
+    );
+
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let backup: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT name, value, updated_ms FROM rise_keys ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .expect("reading rise_keys");
+    assert_eq!(backup.len(), 4, "current and next of two families");
+
+    let rise = RiseProcess::serve(&config).await;
+    assert_eq!(token_kid(&rise, &config).await, original);
+    let mut rotated = String::new();
+    for args in [&["keys", "rotate"][..], &["keys", "rotate", "--force"][..]] {
+        let out = run(&config, args).await;
+        assert!(out.status.success(), "{out:?}");
+        rotated = shown_kid(
+            &String::from_utf8_lossy(&out.stdout),
+            "registry token current ",
+        );
+        // Each rotation is picked up before the next, so the server sees the original retire.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while token_kid(&rise, &config).await != rotated {
+            assert!(
+                Instant::now() < deadline,
+                "rotation to {rotated} not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_ne!(rotated, original);
+
+    // Back to the rows as they were: the original keys are current again, sealed as before.
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("DELETE FROM rise_keys")
+        .execute(&mut *tx)
+        .await
+        .expect("delete");
+    for (name, value, updated_ms) in &backup {
+        sqlx::query("INSERT INTO rise_keys (name, value, updated_ms) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(value)
+            .bind(updated_ms)
+            .execute(&mut *tx)
+            .await
+            .expect("restore");
+    }
+    tx.commit().await.expect("commit");
+    let restored = run(&config, &["keys", "show"]).await;
+    assert_eq!(
+        shown_kid(
+            &String::from_utf8_lossy(&restored.stdout),
+            "registry token current "
+        ),
+        original,
+        "the store holds the original keys again"
+    );
+
+    // The server notices within a few reload intervals (200 ms) and keeps its keys.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rise.logs().contains("was retired by a rotation") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            rise.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refusal = rise
+        .logs()
+        .lines()
+        .find(|l| l.contains("was retired by a rotation"))
+        .map(str::to_owned)
+        .expect("the refusal line");
+    let event: Value = serde_json::from_str(&refusal).expect("JSON log line");
+    assert_eq!(event["level"], "ERROR", "{refusal}");
+    assert!(refusal.contains(&original), "names the key: {refusal}");
+    assert_eq!(
+        token_kid(&rise, &config).await,
+        rotated,
+        "still the rotated key"
+    );
+    let metrics = http_client()
+        .get(format!("{}/metrics", rise.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("rise_signing_key_reloads_total")
+                && l.contains("result=\"refused_retired_key\"")
+        })
+        .unwrap_or_else(|| panic!("no refused_retired_key series:\n{metrics}"));
+    let count: f64 = refused
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(count >= 1.0, "{refused}");
+}

@@ -14,7 +14,7 @@ pub mod grant;
 pub mod keys;
 pub mod token;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -128,10 +128,33 @@ impl SharedKeys {
 
     /// Which keys these are: changes exactly when a rotation happened.
     fn generation(&self) -> String {
-        let signing = self.signing.trusted().map(TrustedCert::kid);
-        let grant = self.grant.kids();
-        signing.chain(grant).collect::<Vec<_>>().join(",")
+        self.kids().collect::<Vec<_>>().join(",")
     }
+
+    /// The `kid` of every key loaded, of both families.
+    fn kids(&self) -> impl Iterator<Item = &str> {
+        let signing = self.signing.trusted().map(TrustedCert::kid);
+        signing.chain(self.grant.kids())
+    }
+
+    /// The keys in the `previous` slots: the keys the next rotation retires.
+    fn retiring(&self) -> impl Iterator<Item = &str> {
+        self.signing
+            .previous_kid()
+            .into_iter()
+            .chain(self.grant.previous_kid())
+    }
+}
+
+/// A key this server saw retired by a rotation is in the store again: the store was restored
+/// from an old backup or tampered with. Its keys are refused; the loaded keys stay in use.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "key {kid} was retired by a rotation this server picked up, and is in {store} again: refusing the reloaded keys and keeping the loaded ones. Someone restored old keys or wrote to the key store; if a restore was deliberate, restart Rise"
+)]
+pub struct RetiredKeyReturned {
+    kid: String,
+    store: String,
 }
 
 /// The current [`SharedKeys`], replaced whole when a rotation is picked up. A request takes one
@@ -348,6 +371,11 @@ pub struct TokenService {
     by_name: HashMap<String, Arc<DistributionProvider>>,
     keys: Arc<LiveKeys>,
     keyring: Keyring,
+    /// Keys this server saw leave the `previous` slot through a rotation. A rotation never
+    /// brings one back, so finding one in the store again means the store was rolled back (an
+    /// old backup, or someone with write access restoring a key they hold). Kept in memory: a
+    /// server started after the rotation cannot tell.
+    retired: std::sync::Mutex<HashSet<String>>,
 }
 
 impl TokenService {
@@ -396,6 +424,7 @@ impl TokenService {
             by_name,
             keys,
             keyring: keyring.clone(),
+            retired: std::sync::Mutex::default(),
         })))
     }
 
@@ -403,9 +432,33 @@ impl TokenService {
     /// the keys in use stay.
     pub async fn reload_keys(&self) -> anyhow::Result<bool> {
         let fresh = SharedKeys::load(&self.keyring).await?;
-        if fresh.generation() == self.keys.get().generation() {
+        let live = self.keys.get();
+        if fresh.generation() == live.generation() {
             return Ok(false);
         }
+        {
+            let mut retired = self
+                .retired
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Only a key of the `previous` slot can have been retired: a read that raced a
+            // rotation may miss the key moving from `next` to `current`, never that one.
+            let fresh_kids: HashSet<&str> = fresh.kids().collect();
+            retired.extend(
+                live.retiring()
+                    .filter(|kid| !fresh_kids.contains(kid))
+                    .map(str::to_owned),
+            );
+            if let Some(kid) = fresh_kids.iter().find(|kid| retired.contains(**kid)) {
+                crate::metrics::record_key_reload("refused_retired_key");
+                return Err(RetiredKeyReturned {
+                    kid: (*kid).to_owned(),
+                    store: self.keyring.describe(),
+                }
+                .into());
+            }
+        }
+        crate::metrics::record_key_reload("rotated");
         tracing::info!(
             kid = %fresh.signing.current().kid(),
             "registry token and grant keys rotated"
@@ -426,8 +479,15 @@ impl TokenService {
                 let Some(service) = service.upgrade() else {
                     return;
                 };
-                if let Err(e) = service.reload_keys().await {
-                    tracing::warn!(error = %format!("{e:#}"), "reloading the signing keys failed; the loaded keys stay in use");
+                match service.reload_keys().await {
+                    Ok(_) => {}
+                    Err(e) if e.is::<RetiredKeyReturned>() => {
+                        tracing::error!(error = %e, "the key store holds a retired key");
+                    }
+                    Err(e) => {
+                        crate::metrics::record_key_reload("error");
+                        tracing::warn!(error = %format!("{e:#}"), "reloading the signing keys failed; the loaded keys stay in use");
+                    }
                 }
             }
         })

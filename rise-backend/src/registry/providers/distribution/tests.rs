@@ -436,3 +436,94 @@ fn token_service_is_absent_without_distribution_registries() {
         "no keys are generated for nothing"
     );
 }
+
+/// Copy every file of `from` into `to` (flat directories).
+fn copy_files(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Rotations are picked up; keys restored from before two rotations (a backup, or someone
+/// with write access putting back a key they hold) are refused while the loaded keys stay.
+#[test]
+fn a_retired_key_back_in_the_store_is_refused() {
+    let f = fixture("");
+    let service = service(&f);
+    let keyring = crate::keyring::Keyring::files(&f.config.server.data_dir).expect("keyring");
+    let keys_dir = crate::keyring::keys_dir(&f.config.server.data_dir).expect("keys dir");
+    let backup = tempfile::tempdir().expect("tempdir");
+    copy_files(&keys_dir, backup.path());
+    let rotate = || {
+        block_on(async {
+            keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
+            keyring.rotate(&grant::GRANT_KEYS).await
+        })
+        .expect("rotate")
+    };
+    let original = service.signing_kid();
+
+    // Two rotations, each picked up: the original key is `previous`, then retired.
+    let mut kids = vec![original.clone()];
+    for _ in 0..2 {
+        rotate();
+        assert!(
+            block_on(service.reload_keys()).expect("reload"),
+            "picked up"
+        );
+        kids.push(service.signing_kid());
+    }
+    assert_eq!(kids.len(), 3);
+    assert_ne!(kids[0], kids[1]);
+    assert_ne!(kids[1], kids[2]);
+    let grant_now = service
+        .keys
+        .get()
+        .grant
+        .kids()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+
+    // The store goes back to the backup: the original keys are current again.
+    copy_files(backup.path(), &keys_dir);
+    let refused = block_on(service.reload_keys()).expect_err("a retired key is refused");
+    let message = format!("{refused:#}");
+    assert!(refused.is::<RetiredKeyReturned>(), "{message}");
+    assert!(message.contains("was retired by a rotation"), "{message}");
+    assert_eq!(
+        service.signing_kid(),
+        kids[2],
+        "the loaded keys stay in use"
+    );
+    assert_eq!(
+        service
+            .keys
+            .get()
+            .grant
+            .kids()
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+        grant_now
+    );
+    // Still refused on the next reload: the alarm repeats until someone looks.
+    assert!(block_on(service.reload_keys()).is_err());
+
+    // A fresh rotation from the restored store still carries the retired key (as `previous`):
+    // refused too. Rotating past it brings only keys never retired here: accepted.
+    rotate();
+    assert!(block_on(service.reload_keys()).is_err());
+    rotate();
+    assert!(
+        block_on(service.reload_keys()).expect("reload"),
+        "picked up"
+    );
+    assert!(!kids.contains(&service.signing_kid()));
+
+    // A server started on the restored store never saw the rotations: it cannot tell.
+    copy_files(backup.path(), &keys_dir);
+    assert_eq!(self::service(&f).signing_kid(), original);
+}
