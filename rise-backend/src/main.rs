@@ -86,9 +86,11 @@ enum KeysCommand {
     /// fresh next key is made. Running servers pick it up within `keys.reload_interval`. Then
     /// run `registry-config` and restart registries at leisure, before the next rotation.
     /// Refused within the longest grant lifetime (`max_ttl`) of the last rotation, because a
-    /// second rotation retires the keys of grants still in use.
+    /// second rotation retires the keys of grants still in use, and when a Distribution
+    /// registry refuses a token signed with the `next` key (each is asked first).
     Rotate {
-        /// Rotate even so (grants issued before the previous rotation stop working).
+        /// Rotate even so (grants issued before the previous rotation stop working; a
+        /// registry that does not trust the new key refuses every token).
         #[arg(long)]
         force: bool,
     },
@@ -294,6 +296,7 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                 humantime::format_duration(longest_grant)
             );
         }
+        check_registries_trust_next(config, &keyring, force).await?;
         keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
         keyring.rotate(&GRANT_KEYS).await?;
         println!("rotated the registry token keys and the grant keys");
@@ -321,6 +324,45 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Before a rotation: ask every Distribution registry whether it trusts the `next` key, which
+/// the rotation makes the signing key. A registry that refuses it would refuse every token after
+/// the rotation: refused unless `force`. A registry that cannot be asked is a warning.
+async fn check_registries_trust_next(
+    config: &Config,
+    keyring: &rise_backend::keyring::Keyring,
+    force: bool,
+) -> anyhow::Result<()> {
+    use rise_backend::registry::providers::distribution::probe::{Trust, next_key_trust};
+    let (kid, answers) = next_key_trust(config, keyring).await?;
+    let mut refused = Vec::new();
+    for (name, answer) in answers {
+        match answer {
+            Trust::Trusted { url } => {
+                println!("registry {name} trusts the next key {kid} (asked {url})");
+            }
+            Trust::Refused { url, reason } => refused.push(format!(
+                "registry {name} refused a token signed with the next key {kid} ({url}: {reason})"
+            )),
+            Trust::Unknown { reason } => eprintln!(
+                "warning: could not ask registry {name} whether it trusts the next key {kid}: {reason}. Make sure it runs with the bundle of `rise-backend registry-config`"
+            ),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    if force {
+        for r in &refused {
+            eprintln!("warning: {r}; rotating anyway (--force)");
+        }
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}. After this rotation it would refuse every token Rise signs: its bundle predates the last rotation (or its auth.token issuer or service differ from Rise's). Run `rise-backend registry-config`, install the bundle and restart the registry, then rotate; or pass --force",
+        refused.join("; ")
+    )
 }
 
 async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {

@@ -370,14 +370,25 @@ async fn two_replicas_share_grants_keys_audit_and_limits() {
     assert_eq!(limited, BURST);
 }
 
-/// `key: value` of a `keys show` line such as `registry token current  KID`.
 /// A configuration in `dir` (data in `dir/data`) where the local issuer's `alice` may push
 /// `my-app` and keys reload every 200 ms; `database` and `keys` are TOML lines for those tables.
+/// The registry's address is a closed port: nothing answers there.
 fn alice_config(
     dir: &std::path::Path,
     name: &str,
     database: &str,
     keys: &str,
+) -> std::path::PathBuf {
+    alice_config_for(dir, name, database, keys, "127.0.0.1:1")
+}
+
+/// [`alice_config`] with the registry at `registry` (`host:port`).
+fn alice_config_for(
+    dir: &std::path::Path,
+    name: &str,
+    database: &str,
+    keys: &str,
+    registry: &str,
 ) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(
@@ -396,7 +407,7 @@ reload_interval = "200ms"
 
 [registry]
 type = "distribution"
-url = "127.0.0.1:5000"
+url = {registry:?}
 
 [projects.my-app]
 [[projects.my-app.allow]]
@@ -411,6 +422,7 @@ actions = ["push"]
     path
 }
 
+/// The key ID on the line of `output` that starts with `prefix`, e.g. `registry token current `.
 fn shown_kid(output: &str, prefix: &str) -> String {
     output
         .lines()
@@ -745,4 +757,96 @@ async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
         .and_then(|n| n.parse().ok())
         .expect("a count");
     assert!(count >= 1.0, "{refused}");
+}
+
+/// `keys rotate` asks each registry whether it trusts the key about to sign, with a real
+/// registry: one started with the current bundle says yes; the same registry a rotation later
+/// (not restarted, so its bundle lacks the new next key) says no and the rotation is refused;
+/// after `registry-config` and a restart it goes through; a registry nobody can reach is a
+/// warning only.
+#[tokio::test]
+async fn keys_rotate_asks_registries_whether_they_trust_the_next_key() {
+    use crate::support::rise_process::run;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let preliminary = alice_config(dir.path(), "rise.toml", "", "");
+    let start_registry = || async {
+        let snippet = run(&preliminary, &["registry-config"]).await;
+        assert!(snippet.status.success(), "{snippet:?}");
+        DistributionRegistry::start(token_auth_from_snippet(&String::from_utf8_lossy(
+            &snippet.stdout,
+        )))
+        .await
+    };
+    // Backdate the last rotation past the longest grant lifetime (12 h), as if a day had passed.
+    let a_day_later = || {
+        let previous = dir.path().join("data/keys").join(GRANT_KEYS.files[2]);
+        std::fs::File::options()
+            .write(true)
+            .open(&previous)
+            .and_then(|f| {
+                f.set_modified(std::time::SystemTime::now() - Duration::from_secs(13 * 3600))
+            })
+            .expect("backdating the last rotation");
+    };
+    let show = |config: std::path::PathBuf| async move {
+        let out = run(&config, &["keys", "show"]).await;
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let registry = start_registry().await;
+    let config = alice_config_for(dir.path(), "rise.toml", "", "", registry.addr());
+    let next = shown_kid(&show(config.clone()).await, "registry token next    ");
+    let rotate = run(&config, &["keys", "rotate"]).await;
+    let said = String::from_utf8_lossy(&rotate.stdout);
+    assert!(rotate.status.success(), "{rotate:?}");
+    assert!(
+        said.contains(&format!("registry default trusts the next key {next}")),
+        "{said}"
+    );
+    assert_eq!(shown_kid(&said, "registry token current "), next);
+
+    // A day later, the registry still runs with the old bundle: it lacks the new next key.
+    a_day_later();
+    let new_next = shown_kid(&show(config.clone()).await, "registry token next    ");
+    let refused = run(&config, &["keys", "rotate"]).await;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        err.contains(&format!(
+            "registry default refused a token signed with the next key {new_next}"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid_token"),
+        "the registry's reason: {err}"
+    );
+    assert!(err.contains("restart the registry"), "{err}");
+    assert_eq!(
+        shown_kid(&show(config.clone()).await, "registry token current "),
+        next,
+        "a refused rotation changes nothing"
+    );
+
+    // `registry-config` and a restart with the new bundle: the rotation goes through.
+    drop(registry);
+    let registry = start_registry().await;
+    let config = alice_config_for(dir.path(), "rise.toml", "", "", registry.addr());
+    let rotate = run(&config, &["keys", "rotate"]).await;
+    assert!(rotate.status.success(), "{rotate:?}");
+    let said = String::from_utf8_lossy(&rotate.stdout);
+    assert_eq!(shown_kid(&said, "registry token current "), new_next);
+
+    // Nobody answers at the configured address: a warning, and the rotation goes through.
+    a_day_later();
+    let config = alice_config(dir.path(), "rise.toml", "", "");
+    let rotate = run(&config, &["keys", "rotate"]).await;
+    assert!(rotate.status.success(), "{rotate:?}");
+    let warned = String::from_utf8_lossy(&rotate.stderr);
+    assert!(
+        warned.contains("warning: could not ask registry default whether it trusts the next key"),
+        "{warned}"
+    );
+    assert!(warned.contains("127.0.0.1:1"), "{warned}");
 }

@@ -12,6 +12,7 @@
 
 pub mod grant;
 pub mod keys;
+pub mod probe;
 pub mod token;
 
 use std::collections::{HashMap, HashSet};
