@@ -76,12 +76,17 @@ struct CliEnv {
 
 impl CliEnv {
     async fn start() -> Self {
+        Self::start_with_registry("").await
+    }
+
+    /// [`CliEnv::start`] with more TOML lines for the `[registry]` table.
+    async fn start_with_registry(settings: &str) -> Self {
         let oidc = OidcProvider::start().await;
         let reserved = ReservedRise::bind().await;
         let server_toml = reserved.server_toml();
         let config = |registry: &str| {
             format!(
-                "{}[registry]\ntype = \"distribution\"\nurl = {registry:?}\n{}",
+                "{}[registry]\ntype = \"distribution\"\nurl = {registry:?}\n{settings}\n{}",
                 server_toml,
                 policy(oidc.issuer())
             )
@@ -1093,6 +1098,67 @@ async fn rise_push_renews_a_grant_that_expires_mid_push() {
         run.stderr
     );
     assert!(run.stdout.trim().ends_with(&digest2), "{run:#?}");
+}
+
+/// A grant the token server stops accepting while the client still holds it for valid: the
+/// grant keys are rotated twice once the upload has begun, so the grant's key is retired. With
+/// 10-second registry tokens the client trades its grant again part-way (about 11 s in); `/token`
+/// refuses it, and `rise push` renews the grant because the registry refused it, not because
+/// it expired (no margin, and the grant has an hour left), then finishes the push.
+#[tokio::test]
+async fn rise_push_renews_a_grant_the_registry_refuses() {
+    use rise_backend::keyring::Keyring;
+    use rise_backend::registry::providers::distribution::GRANT_KEYS;
+    let env = CliEnv::start_with_registry("token_ttl = \"10s\"").await;
+    let token = env.ci_token("alice");
+    let ci = [("RISE_TOKEN", token.as_str())];
+    // 4 layers of 96 KiB at 32 KiB/s: about 12 s, past the first registry token's 10 s.
+    let dir = env.path("image");
+    let digest = layout_with_layers(&dir, &[96 * 1024; 4]);
+    let layout = dir.display().to_string();
+    let args = [
+        "push",
+        "--project",
+        "my-app",
+        &layout,
+        "--tag",
+        "refused",
+        "--jobs",
+        "1",
+        "--limit-rate",
+        "32K",
+        "--refresh-margin",
+        "0",
+    ];
+    let push = env.rise(&args, &ci);
+    let retire_the_grant_key = async {
+        env.registry
+            .wait_for_log("blobs/uploads", COMMAND_TIMEOUT)
+            .await
+            .expect("the upload begins");
+        let keyring = Keyring::files(&env.rise.data_dir()).expect("keyring");
+        for _ in 0..2 {
+            keyring.rotate(&GRANT_KEYS).await.expect("rotate");
+        }
+        let service = env.rise.state.token_service.clone().expect("token service");
+        assert!(service.reload_keys().await.expect("reload"), "picked up");
+    };
+    let (run, ()) = tokio::join!(push, retire_the_grant_key);
+    assert_eq!(run.code, 0, "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("renewing the registry credential: the registry refused it"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("it expired"),
+        "renewed for the refusal, not an expiry: {}",
+        run.stderr
+    );
+    let image = format!("{}/my-app:refused", env.registry.addr());
+    assert_eq!(run.stdout.trim(), format!("{image}@{digest}"));
+    assert_eq!(registry_digest(&env, &image, "my-app").await, digest);
 }
 
 #[tokio::test]
