@@ -651,10 +651,9 @@ async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
     );
     let show = run(&config, &["keys", "show"]).await;
     assert!(show.status.success(), "{show:?}");
-    let original = shown_kid(
-        &String::from_utf8_lossy(&show.stdout),
-        "registry token current ",
-    );
+    let shown = String::from_utf8_lossy(&show.stdout).into_owned();
+    let original = shown_kid(&shown, "registry token current ");
+    let original_grant = shown_kid(&shown, "grant          current ");
 
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     let backup: Vec<(String, String, i64)> =
@@ -714,7 +713,10 @@ async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
 
     // The server notices within a few reload intervals (200 ms) and keeps its keys.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !rise.logs().contains("was retired by a rotation") {
+    while !rise
+        .logs()
+        .contains("that a rotation this server picked up retired")
+    {
         assert!(
             Instant::now() < deadline,
             "no refusal logged:\n{}",
@@ -725,12 +727,16 @@ async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
     let refusal = rise
         .logs()
         .lines()
-        .find(|l| l.contains("was retired by a rotation"))
+        .find(|l| l.contains("that a rotation this server picked up retired"))
         .map(str::to_owned)
         .expect("the refusal line");
     let event: Value = serde_json::from_str(&refusal).expect("JSON log line");
     assert_eq!(event["level"], "ERROR", "{refusal}");
     assert!(refusal.contains(&original), "names the key: {refusal}");
+    assert!(
+        refusal.contains(&original_grant),
+        "names the key: {refusal}"
+    );
     assert_eq!(
         token_kid(&rise, &config).await,
         rotated,

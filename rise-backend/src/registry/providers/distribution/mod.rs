@@ -147,14 +147,16 @@ impl SharedKeys {
     }
 }
 
-/// A key this server saw retired by a rotation is in the store again: the store was restored
+/// Keys this server saw retired by a rotation are in the store again: the store was restored
 /// from an old backup or tampered with. Its keys are refused; the loaded keys stay in use.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "key {kid} was retired by a rotation this server picked up, and is in {store} again: refusing the reloaded keys and keeping the loaded ones. Someone restored old keys or wrote to the key store; if a restore was deliberate, restart Rise"
+    "{store} holds keys that a rotation this server picked up retired ({kids}): refusing the reloaded keys and keeping the loaded ones. Someone restored old keys or wrote to the key store; if a restore was deliberate, restart Rise",
+    kids = kids.join(", ")
 )]
 pub struct RetiredKeyReturned {
-    kid: String,
+    /// Sorted.
+    kids: Vec<String>,
     store: String,
 }
 
@@ -450,10 +452,16 @@ impl TokenService {
                     .filter(|kid| !fresh_kids.contains(kid))
                     .map(str::to_owned),
             );
-            if let Some(kid) = fresh_kids.iter().find(|kid| retired.contains(**kid)) {
+            let mut back: Vec<String> = fresh_kids
+                .iter()
+                .filter(|kid| retired.contains(**kid))
+                .map(|kid| (*kid).to_owned())
+                .collect();
+            if !back.is_empty() {
+                back.sort();
                 crate::metrics::record_key_reload("refused_retired_key");
                 return Err(RetiredKeyReturned {
-                    kid: (*kid).to_owned(),
+                    kids: back,
                     store: self.keyring.describe(),
                 }
                 .into());

@@ -493,7 +493,14 @@ fn a_retired_key_back_in_the_store_is_refused() {
     let refused = block_on(service.reload_keys()).expect_err("a retired key is refused");
     let message = format!("{refused:#}");
     assert!(refused.is::<RetiredKeyReturned>(), "{message}");
-    assert!(message.contains("was retired by a rotation"), "{message}");
+    assert!(
+        message.contains("holds keys that a rotation this server picked up retired"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&kids[0]),
+        "names the signing key: {message}"
+    );
     assert_eq!(
         service.signing_kid(),
         kids[2],
