@@ -465,10 +465,11 @@ impl Config {
 /// A configuration problem, with the key and the source that set it where known.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// The I/O error is part of the message, not a `source`: error chains would print it twice.
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -519,9 +520,9 @@ impl Config {
             );
         }
         for path in &sources.files {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.clone(),
-                source,
+                error,
             })?;
             let table: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
                 path: path.clone(),
@@ -829,10 +830,11 @@ fn deserialize_with_key(tree: Table, prov: &Provenance) -> Result<Config, Config
     result.map_err(|err| {
         let mut key = err.path().to_string();
         let message = redact_quoted_values(err.inner().message());
-        // serde reports an unknown field by name only; append it to the path it was found under.
+        // serde reports an unknown field by name; the path may or may not already end with it.
         if let Some(field) = message
             .strip_prefix("unknown field `")
             .and_then(|m| m.split('`').next())
+            && key.rsplit('.').next() != Some(field)
         {
             key = if key == "." || key.is_empty() {
                 field.to_owned()
@@ -886,8 +888,34 @@ mod tests {
     fn unknown_key_names_key_and_file() {
         let f = file("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         let err = load(&[&f], &[]).expect_err("typo must fail").to_string();
-        assert!(err.contains("server.lisen"), "{err}");
+        assert!(err.contains("(key `server.lisen`, set in "), "{err}");
         assert!(err.contains(&f.path().display().to_string()), "{err}");
+        let err = load(&[], &[("RISE_SERVER__LISTN", "x")])
+            .expect_err("typo must fail")
+            .to_string();
+        assert!(err.contains("(key `server.listn`, set in "), "{err}");
+        let f = file("lisen = 3\n");
+        let err = load(&[&f], &[]).expect_err("typo must fail").to_string();
+        assert!(err.contains("(key `lisen`, set in "), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_named_once_with_its_error() {
+        let err = load_paths(&["/nonexistent/rise.toml"]).expect_err("missing");
+        let chain = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(
+            chain.matches("No such file or directory").count(),
+            1,
+            "{chain}"
+        );
+        assert!(chain.contains("/nonexistent/rise.toml"), "{chain}");
+    }
+
+    fn load_paths(paths: &[&str]) -> Result<Config, ConfigError> {
+        Config::load(&Sources {
+            files: paths.iter().map(std::path::PathBuf::from).collect(),
+            env: Vec::new(),
+        })
     }
 
     #[test]
