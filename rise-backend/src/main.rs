@@ -180,8 +180,11 @@ fn main() -> std::process::ExitCode {
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("RISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("RISE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // Colours only for a person at a terminal, never into a file or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
