@@ -290,12 +290,15 @@ async fn audit(ctx: &Context, backend_flag: Option<&str>, args: AuditArgs) -> Re
         limit: args.limit,
     };
     let mut shown = 0usize;
-    if args.format == AuditFormat::Table {
-        out(&format!("{}\n", audit_header()))?;
-    }
+    // The header only once the first page came back: a refusal prints an error, not a table.
+    let mut header = args.format == AuditFormat::Table;
     loop {
         let page = backend.audit(&caller.token, &query).await?;
         let mut text = String::new();
+        if std::mem::take(&mut header) {
+            text.push_str(&audit_header());
+            text.push('\n');
+        }
         for record in &page.records {
             match args.format {
                 AuditFormat::Jsonl => {

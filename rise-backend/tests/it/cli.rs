@@ -685,6 +685,7 @@ async fn rise_audit_lists_filters_and_pages_the_log() {
     let refused = env.rise(&["audit"], &as_alice).await;
     assert_eq!(refused.code, 4, "{refused:#?}");
     assert!(refused.stderr.contains("alice"), "{}", refused.stderr);
+    assert_eq!(refused.stdout, "", "no table header for a refusal");
     let bad = env
         .rise(&["audit", "--since", "yesterday"], &as_auditor)
         .await;
