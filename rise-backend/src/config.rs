@@ -882,7 +882,11 @@ mod tests {
         assert!(c.projects.contains_key(&demo));
         assert!(c.registry.is_some());
         assert!(c.auth.local.enabled);
-        assert_eq!(c.audit.admins.len(), 1, "local auditors read the demo's log");
+        assert_eq!(
+            c.audit.admins.len(),
+            1,
+            "local auditors read the demo's log"
+        );
     }
 
     #[test]

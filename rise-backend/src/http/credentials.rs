@@ -127,7 +127,7 @@ pub(super) async fn get_credentials(
         CallerInfo::new(&principal, client.ip, client.user_agent),
     );
     match issue(&state, request_id, raw.as_deref(), principal, &mut record).await {
-        Ok((request, credential)) => {
+        Ok((request, credential, asked_ttl)) => {
             record.granted(&credential);
             let audit_id = state.audit.record(&record).await?;
             tracing::info!(
@@ -140,7 +140,7 @@ pub(super) async fn get_credentials(
                 audit_id,
                 "credential issued"
             );
-            let body = render(&request, &credential);
+            let body = render(&request, &credential, asked_ttl);
             Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
         }
         Err(err) => {
@@ -152,14 +152,15 @@ pub(super) async fn get_credentials(
     }
 }
 
-/// Authorise and mint; fills `record` with what it learns on the way.
+/// Authorise and mint; fills `record` with what it learns on the way. Also returns the `ttl`
+/// the caller asked for, if any.
 async fn issue(
     state: &AppState,
     request_id: String,
     raw: Option<&str>,
     principal: Arc<Principal>,
     record: &mut AuditRecord,
-) -> Result<(CredentialRequest, IssuedCredential), ApiError> {
+) -> Result<(CredentialRequest, IssuedCredential, Option<Duration>), ApiError> {
     let query = CredentialsQuery::parse(raw)?;
     record.project = Some(query.project.to_string());
     if let Some(actions) = query.actions {
@@ -232,10 +233,18 @@ async fn issue(
         source,
     })?;
     record.repository = Some(credential.repository.clone());
-    Ok((request, credential))
+    Ok((request, credential, query.ttl))
 }
 
-fn render<'a>(request: &'a CredentialRequest, c: &'a IssuedCredential) -> CredentialsResponse<'a> {
+/// A credential that lives shorter than asked by more than this is reported in `warnings`
+/// (seconds lost to rounding or to minting are not worth a word).
+const TTL_SHORTFALL: Duration = Duration::from_secs(60);
+
+fn render<'a>(
+    request: &'a CredentialRequest,
+    c: &'a IssuedCredential,
+    asked_ttl: Option<Duration>,
+) -> CredentialsResponse<'a> {
     let now = SystemTime::now();
     let expires_in = c
         .expires_at
@@ -252,6 +261,16 @@ fn render<'a>(request: &'a CredentialRequest, c: &'a IssuedCredential) -> Creden
         warnings.push(
             "this credential does not expire upstream: expires_in only says when to ask again; rotate the backend's password to revoke it".to_owned(),
         );
+    }
+    if let Some(asked) = asked_ttl
+        && Duration::from_secs(expires_in) + TTL_SHORTFALL < asked
+    {
+        warnings.push(format!(
+            "asked for ttl {}, but this credential expires in {}: registry {} issues none longer",
+            humantime::format_duration(asked),
+            humantime::format_duration(Duration::from_secs(expires_in)),
+            request.registry
+        ));
     }
     if !c.repository_scoped {
         warnings.push(format!(

@@ -115,6 +115,36 @@ async fn caller_may_ask_for_less() {
     assert!((890..=900).contains(&expires_in), "{expires_in}");
 }
 
+/// More than the registry grants: capped at its `max_ttl` (12 h by default), and said so.
+#[tokio::test]
+async fn a_longer_ttl_than_the_registry_grants_is_capped_with_a_warning() {
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=my-app&ttl=48h", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
+    assert!((43_190..=43_200).contains(&expires_in), "{expires_in}");
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    let warning = warnings[0].as_str().expect("text");
+    assert!(
+        warning.starts_with("asked for ttl 2days, but this credential expires in 11h 59m"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("registry default issues none longer"),
+        "{warning}"
+    );
+
+    // Within the cap: no warning.
+    let (_, body) = rise
+        .get("/registry/credentials?project=my-app&ttl=12h", Some(&token))
+        .await;
+    assert!(body.get("warnings").is_none(), "{body}");
+}
+
 #[tokio::test]
 async fn default_actions_are_what_the_policy_allows() {
     let rise = rise().await;
