@@ -39,6 +39,11 @@ pub enum AuthError {
     UnknownIssuer(String),
     #[error("token is signed with a key (kid {0:?}) the issuer does not publish")]
     UnknownKey(String),
+    /// A local-issuer token minted with another data directory's key.
+    #[error(
+        "token is signed with a key (kid {0:?}) that is not this server's local development issuer key: mint it with `rise-backend token issue` and the server's configuration (the key is in its data directory)"
+    )]
+    UnknownLocalKey(String),
     #[error("token signature is invalid")]
     BadSignature,
     #[error("token algorithm {0} is not accepted for this issuer")]
@@ -64,7 +69,7 @@ impl AuthError {
             AuthError::MalformedHeader => "malformed_authorization",
             AuthError::MalformedToken(_) => "malformed_token",
             AuthError::UnknownIssuer(_) => "unknown_issuer",
-            AuthError::UnknownKey(_) => "unknown_key",
+            AuthError::UnknownKey(_) | AuthError::UnknownLocalKey(_) => "unknown_key",
             AuthError::BadSignature => "bad_signature",
             AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AuthError::Expired => "token_expired",

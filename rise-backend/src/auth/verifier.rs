@@ -241,7 +241,14 @@ impl Issuer {
     ) -> Result<u64, AuthError> {
         match &self.keys {
             Keys::Fixed(set) => {
-                check_signature(self.find(set, kid)?, kid, alg, signing_input, signature)?;
+                check_signature(self.find(set, kid)?, kid, alg, signing_input, signature).map_err(
+                    |e| match e {
+                        AuthError::UnknownKey(kid) if self.name == LOCAL_ISSUER_NAME => {
+                            AuthError::UnknownLocalKey(kid)
+                        }
+                        e => e,
+                    },
+                )?;
                 Ok(0)
             }
             Keys::Remote(remote) => {

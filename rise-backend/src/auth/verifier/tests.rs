@@ -498,6 +498,19 @@ async fn local_issuer_tokens_verify() {
         .await
         .expect("config");
     auth.verify(&token).await.expect("same key");
+    // A token minted with another data directory's key: the error says where the key lives.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let other = LocalIssuer::load_or_create(elsewhere.path(), &local_config()).expect("key");
+    let foreign = other
+        .issue("alice", &[], Duration::from_secs(600))
+        .expect("issued");
+    let refused = auth.verify(&foreign).await.expect_err("another key");
+    assert!(
+        matches!(refused, AuthError::UnknownLocalKey(_)),
+        "{refused:?}"
+    );
+    assert_eq!(refused.code(), "unknown_key");
+    assert!(refused.to_string().contains("data directory"), "{refused}");
     // Without the local issuer, its tokens are from an unknown issuer.
     let auth = Authenticator::from_config(&auth_config(BTreeMap::new()), None)
         .await
