@@ -208,12 +208,16 @@ impl Store {
                 )
             })?
             .options([("synchronous_commit", "on")]);
+        // Host and port are not secret, and say which server could not be reached.
+        let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
             .max_connections(u32::try_from(max_connections.max(2)).unwrap_or(u32::MAX))
             .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Open(format!("PostgreSQL: {}", redact_sqlx(&e))))?;
+            .map_err(|e| {
+                StoreError::Open(format!("PostgreSQL at {server}: {}", redact_sqlx(&e)))
+            })?;
         let store = Store {
             backend: Backend::Postgres(pool),
             sqlite_file: None,
@@ -623,7 +627,8 @@ async fn pg_append(pool: &PgPool, batch: &Sealed<'_>) -> Result<bool, StoreError
 fn redact_sqlx(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => format!("server refused: {}", db.message()),
-        sqlx::Error::Io(io) => format!("I/O error: {}", io.kind()),
+        // The OS's words (refused, unknown host): they never carry the URL or its password.
+        sqlx::Error::Io(io) => format!("I/O error: {io}"),
         sqlx::Error::Tls(_) => "TLS error".into(),
         sqlx::Error::PoolTimedOut => "timed out connecting".into(),
         other => other.to_string(),

@@ -501,3 +501,31 @@ async fn two_writers_append_to_one_chain(b: Backend) {
     assert_eq!(report.records, (2 * PER_WRITER) as u64);
     assert_eq!(report.broken, None, "{}", b.kind());
 }
+
+/// A PostgreSQL server that cannot be reached is named by host and port, with the reason, and
+/// never with the URL's password.
+#[tokio::test]
+async fn an_unreachable_postgres_is_named_without_its_password() {
+    for (url, reason) in [
+        // The reason depends on the resolver (unknown host, or no answer in time).
+        (
+            "postgres://rise:s3cret-pw@db.invalid:5432/rise",
+            "db.invalid:5432: ",
+        ),
+        (
+            "postgres://rise:s3cret-pw@127.0.0.1:1/rise",
+            "127.0.0.1:1: ",
+        ),
+    ] {
+        let err = Store::open_postgres(
+            &SecretString::from(url.to_owned()),
+            2,
+            Duration::from_secs(2),
+        )
+        .await
+        .expect_err("nothing answers there")
+        .to_string();
+        assert!(err.contains(&format!("PostgreSQL at {reason}")), "{err}");
+        assert!(!err.contains("s3cret-pw"), "{err}");
+    }
+}
