@@ -74,6 +74,34 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Grants of Distribution registries already handed out: revoke them before they expire.
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum GrantsCommand {
+    /// Refuse grants at `/token` from now on: one grant by its credential id (the audit log's
+    /// `credential_id`), or every grant a caller was issued until now. Running servers apply it
+    /// within `keys.reload_interval`; a registry token already traded for a grant lives on for
+    /// at most the registry's `token_ttl`. New grants are unaffected: to shut a caller out,
+    /// change the policy.
+    Revoke {
+        /// The credential id of one grant, as the audit log shows it.
+        #[arg(long, required_unless_present = "subject", conflicts_with = "subject")]
+        credential: Option<String>,
+        /// Every grant of this caller until now: `ISSUER/SUBJECT`, as the audit log names
+        /// callers (e.g. `local/alice`, `github/repo:org/app:ref:refs/heads/main`).
+        #[arg(long, value_parser = rise_backend::registry::providers::distribution::revocation::Target::subject)]
+        subject: Option<rise_backend::registry::providers::distribution::revocation::Target>,
+        /// Why, for whoever is refused and for the record (one line).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The revocations in force (until every grant they cover has expired).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -247,7 +275,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { command } => run_audit(&config, command).await,
         Command::Keys { command } => run_keys(&config, command).await,
+        Command::Grants { command } => run_grants(&config, command).await,
     }
+}
+
+async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<()> {
+    use rise_backend::registry::providers::distribution::revocation::{self, Target};
+    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
+        format!(
+            "creating data directory {}",
+            config.server.data_dir.display()
+        )
+    })?;
+    let store = rise_backend::store::Store::open(&config.database, &config.server.data_dir)
+        .await
+        .context("opening the database")?;
+    let show = |r: &rise_backend::store::Revocation| {
+        let until = rise_backend::audit::from_unix_ms(r.until_ms);
+        let at = rise_backend::audit::from_unix_ms(r.created_ms);
+        format!(
+            "{} {}  revoked {}  in force until {}{}",
+            r.kind,
+            r.value,
+            humantime::format_rfc3339_seconds(at),
+            humantime::format_rfc3339_seconds(until),
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", r.reason)
+            }
+        )
+    };
+    match command {
+        GrantsCommand::Revoke {
+            credential,
+            subject,
+            reason,
+        } => {
+            let target = match (credential, subject) {
+                (Some(id), None) => Target::Credential(id),
+                (None, Some(subject)) => subject,
+                _ => anyhow::bail!("give --credential or --subject"),
+            };
+            let done = revocation::revoke(config, &store, &target, &reason).await?;
+            println!("{}", show(&done));
+            let ttls = config
+                .all_registries()
+                .filter_map(|(_, r)| match r {
+                    rise_backend::registry::providers::ProviderConfig::Distribution(d) => {
+                        Some(d.token_ttl)
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or_default();
+            println!(
+                "servers refuse it at /token within keys.reload_interval ({}); registry tokens already handed out expire within {}",
+                humantime::format_duration(config.keys.reload_interval),
+                humantime::format_duration(ttls)
+            );
+        }
+        GrantsCommand::List => {
+            let now = rise_backend::audit::unix_ms(SystemTime::now());
+            let active = store.revocations_active(now).await?;
+            if active.is_empty() {
+                println!("no revocations in force");
+            }
+            for r in &active {
+                println!("{}", show(r));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The keyring a server with this configuration uses (opening the database when keys live there).

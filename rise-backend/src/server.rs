@@ -50,9 +50,13 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
     let token_service = TokenService::from_config(config, &keyring).await?;
     if let Some(service) = &token_service {
-        // Picks up `rise-backend keys rotate` (run anywhere) without a restart; stops with the
-        // service.
-        service.spawn_key_reloader(config.keys.reload_interval);
+        service
+            .reload_revocations(&store)
+            .await
+            .context("reading the revoked grants")?;
+        // Picks up `rise-backend keys rotate` and `grants revoke` (run anywhere) without a
+        // restart; stops with the service.
+        service.spawn_key_reloader(config.keys.reload_interval, store.clone());
     }
     let audit = AuditLog::start(store, AuditSettings::from(&config.audit));
     let mut registries: HashMap<String, Arc<dyn RegistryProvider>> = HashMap::new();

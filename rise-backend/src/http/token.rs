@@ -197,6 +197,17 @@ async fn issue(
     // From here on the caller is known: every outcome is audited, and the token leaves only
     // after its record is committed.
     let mut record = token_record(state, request_id, client, &caller, registry.name(), &scopes);
+    if let TokenCaller::Grant(grant) = &caller
+        && let Some(revoked) = registry.revoked(grant)
+    {
+        let err = ApiError::BadCredentials {
+            code: "grant_revoked",
+            message: revoked.to_string(),
+        };
+        record.refused(false, "grant_revoked");
+        state.audit.record(&record).await?;
+        return Err(err);
+    }
     // The caller's bucket is the one `/registry/credentials` draws from: a grant counts as its
     // original caller. Scopes name repositories, not projects, so only the caller limit applies.
     if let Err(limited) = state

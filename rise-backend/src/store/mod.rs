@@ -290,6 +290,51 @@ impl Store {
         })
     }
 
+    /// Record a revocation (see [`Revocation`]).
+    pub async fn revocation_add(&self, r: &Revocation) -> Result<(), StoreError> {
+        on_backend!(self, |pool, d| {
+            sqlx::query(
+                "INSERT INTO rise_revocations (kind, value, before_ms, created_ms, until_ms, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&r.kind)
+            .bind(&r.value)
+            .bind(r.before_ms)
+            .bind(r.created_ms)
+            .bind(r.until_ms)
+            .bind(&r.reason)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The revocations still in force at `now_ms` (`until_ms` later), oldest first.
+    pub async fn revocations_active(&self, now_ms: i64) -> Result<Vec<Revocation>, StoreError> {
+        on_backend!(self, |pool, d| {
+            let rows: Vec<(String, String, i64, i64, i64, String)> = sqlx::query_as(
+                "SELECT kind, value, before_ms, created_ms, until_ms, reason
+                 FROM rise_revocations WHERE until_ms > $1 ORDER BY created_ms, kind, value",
+            )
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(kind, value, before_ms, created_ms, until_ms, reason)| Revocation {
+                        kind,
+                        value,
+                        before_ms,
+                        created_ms,
+                        until_ms,
+                        reason,
+                    },
+                )
+                .collect())
+        })
+    }
+
     /// Every key slot and its stored value, by name.
     pub async fn key_all(&self) -> Result<Vec<(String, String)>, StoreError> {
         on_backend!(self, |pool, d| {
@@ -707,6 +752,20 @@ const SELECT_FILTERED: &str = "SELECT * FROM audit_log
 
 const SELECT_SCAN: &str = "SELECT * FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2";
 
+/// A revocation of grants: those it matches are refused at `/token` (by subject: those issued
+/// no later than the second of `before_ms`). `kind` is `credential` (`value`: a grant's credential id, as in the audit log)
+/// or `subject` (`value`: `ISSUER/SUBJECT`). After `until_ms` every grant it can match has
+/// expired, and it is no longer loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub kind: String,
+    pub value: String,
+    pub before_ms: i64,
+    pub created_ms: i64,
+    pub until_ms: i64,
+    pub reason: String,
+}
+
 /// Versioned schema changes, per dialect. Append new versions; never edit an applied one.
 fn migrations(d: Dialect) -> &'static [(i64, &'static [&'static str])] {
     match d {
@@ -716,8 +775,14 @@ fn migrations(d: Dialect) -> &'static [(i64, &'static [&'static str])] {
             (3, V3_SQLITE_HEAD_TRIGGER),
             (4, V4_NO_FINGERPRINT_INDEX),
             (5, V5_SQLITE_NO_HEAD_TRIGGER),
+            (6, V6_REVOCATIONS),
         ],
-        Dialect::Postgres => &[(1, V1_POSTGRES), (2, V2_KEYS), (4, V4_NO_FINGERPRINT_INDEX)],
+        Dialect::Postgres => &[
+            (1, V1_POSTGRES),
+            (2, V2_KEYS),
+            (4, V4_NO_FINGERPRINT_INDEX),
+            (6, V6_REVOCATIONS),
+        ],
     }
 }
 
@@ -820,3 +885,13 @@ const V5_SQLITE_NO_HEAD_TRIGGER: &[&str] = &["DROP TRIGGER IF EXISTS audit_log_f
 /// No query looks records up by fingerprint, and an index on a random value dirties one more
 /// page per record in every commit; find a credential's record with `audit export` instead.
 const V4_NO_FINGERPRINT_INDEX: &[&str] = &["DROP INDEX IF EXISTS audit_log_fingerprint"];
+
+/// Revoked grants (see [`Revocation`]); a handful of rows, read whole by every replica.
+const V6_REVOCATIONS: &[&str] = &["CREATE TABLE rise_revocations (
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        before_ms BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        until_ms BIGINT NOT NULL,
+        reason TEXT NOT NULL
+    )"];

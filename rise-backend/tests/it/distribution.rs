@@ -199,7 +199,7 @@ async fn a_grant_pushes_its_repository_and_nothing_else() {
         json!({"repository": "my-app", "actions": ["pull", "push"]})
     );
     assert_eq!(body["repository_scoped"], true);
-    assert_eq!(body["revocable"], false);
+    assert_eq!(body["revocable"], true);
 
     let image = env.layout("my-app");
     skopeo::copy_to_registry(&image.dir, &env.image("my-app", "v1"), creds.clone())
@@ -806,4 +806,96 @@ async fn logs_never_contain_credentials_or_keys() {
             "{what} appears in the logs"
         );
     }
+}
+
+/// Revoked grants, against the real registry: a grant revoked by its credential id (as the audit
+/// log records it) no longer pushes, and the refusal is audited, while the caller's other grant
+/// still does; revoking the caller stops every grant it holds, and a grant issued afterwards
+/// pushes again.
+#[tokio::test]
+async fn revoked_grants_no_longer_push() {
+    use rise_backend::audit::{AuditFilter, Outcome};
+    use rise_backend::registry::providers::distribution::revocation::{self, Target};
+    let env = Env::start().await;
+    let service = env.rise.state.token_service.clone().expect("token service");
+    let store = env.rise.state.audit.store().clone();
+    let revoke = |target: Target| {
+        let (config, store, service) = (&env.rise.config, &store, &service);
+        async move {
+            revocation::revoke(config, store, &target, "leaked in a build log")
+                .await
+                .expect("revoke");
+            // What the reloader does every keys.reload_interval.
+            service.reload_revocations(store).await.expect("reload");
+        }
+    };
+    let push = |creds: Creds, tag: &'static str| {
+        let env = &env;
+        async move {
+            let image = env.layout(tag);
+            skopeo::copy_to_registry(&image.dir, &env.image("my-app", tag), creds).await
+        }
+    };
+    let (leaked, body) = env.grant("alice", "project=my-app").await;
+    assert_eq!(body["revocable"], true);
+    let leaked_id =
+        decode_jwt(body["credentials"]["password"].as_str().expect("password")).1["jti"]
+            .as_str()
+            .expect("jti")
+            .to_owned();
+    let (kept, _) = env.grant("alice", "project=my-app").await;
+    let (bobs, _) = env.grant("bob", "project=my-app&actions=pull").await;
+    push(leaked.clone(), "before")
+        .await
+        .expect("the grant pushes before");
+
+    revoke(Target::Credential(leaked_id.clone())).await;
+    let stderr = refused(push(leaked, "after").await, "pushing with a revoked grant");
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("401"),
+        "{stderr}"
+    );
+    push(kept.clone(), "kept")
+        .await
+        .expect("another grant of alice still pushes");
+    let records = env
+        .rise
+        .state
+        .audit
+        .query(&AuditFilter {
+            subject: Some("alice".into()),
+            result: Some(Outcome::Denied),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("audit query");
+    let refusal = records
+        .iter()
+        .find(|r| r.fields.reason == "grant_revoked")
+        .unwrap_or_else(|| panic!("no grant_revoked record in {records:#?}"));
+    assert_eq!(refusal.fields.operation, "token");
+    assert_eq!(
+        refusal.fields.credential_id.as_deref(),
+        Some(leaked_id.as_str())
+    );
+
+    // Every grant alice holds, not bob's; one issued after the revocation's second works.
+    revoke(Target::subject("local/alice").expect("subject")).await;
+    let stderr = refused(
+        push(kept, "kept-after").await,
+        "pushing after the caller was revoked",
+    );
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("401"),
+        "{stderr}"
+    );
+    skopeo::inspect(&env.image("my-app", "kept"), bobs)
+        .await
+        .expect("bob's grant still pulls");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (fresh, _) = env.grant("alice", "project=my-app").await;
+    push(fresh, "fresh")
+        .await
+        .expect("a grant issued afterwards pushes");
 }

@@ -856,3 +856,120 @@ async fn keys_rotate_asks_registries_whether_they_trust_the_next_key() {
     );
     assert!(warned.contains("127.0.0.1:1"), "{warned}");
 }
+
+/// `rise-backend grants revoke` with the real binary on PostgreSQL: a running server (another
+/// process) refuses the caller's grant at `/token` within its reload interval, with the reason;
+/// `grants list` shows the revocation; a subject of an issuer that is not configured, or not in
+/// `ISSUER/SUBJECT` form, is refused.
+#[tokio::test]
+async fn grants_revoke_reaches_a_running_server() {
+    use crate::support::rise_process::{RiseProcess, run};
+    let postgres = Postgres::start().await;
+    let url = postgres.create_database("rise_grants").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).expect("random");
+    let config = alice_config(
+        dir.path(),
+        "rise.toml",
+        &format!("url = {url:?}"),
+        &format!("sealing_key = {:?}", STANDARD.encode(key)),
+    );
+    let rise = RiseProcess::serve(&config).await;
+    let issued = run(&config, &["token", "issue", "--sub", "alice"]).await;
+    assert!(issued.status.success(), "{issued:?}");
+    let http = http_client();
+    let body: Value = http
+        .get(format!(
+            "{}/registry/credentials?project=my-app",
+            rise.url()
+        ))
+        .bearer_auth(String::from_utf8_lossy(&issued.stdout).trim())
+        .send()
+        .await
+        .expect("credentials")
+        .json()
+        .await
+        .expect("JSON");
+    let password = body["credentials"]["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    let exchange = || async {
+        let response = http
+            .get(format!(
+                "{}/token?service=rise-registry&scope=repository:my-app:push",
+                rise.url()
+            ))
+            .basic_auth("rise", Some(&password))
+            .send()
+            .await
+            .expect("token");
+        let status = response.status();
+        (status, response.json::<Value>().await.expect("JSON"))
+    };
+    assert_eq!(exchange().await.0, StatusCode::OK);
+
+    let revoke = run(
+        &config,
+        &[
+            "grants",
+            "revoke",
+            "--subject",
+            "local/alice",
+            "--reason",
+            "laptop stolen",
+        ],
+    )
+    .await;
+    assert!(revoke.status.success(), "{revoke:?}");
+    let said = String::from_utf8_lossy(&revoke.stdout);
+    assert!(said.starts_with("subject local/alice  revoked "), "{said}");
+    assert!(said.contains("(laptop stolen)"), "{said}");
+    assert!(said.contains("keys.reload_interval (200ms)"), "{said}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = exchange().await;
+        if status == StatusCode::UNAUTHORIZED {
+            break body;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still accepted 20 s after the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["error"], "grant_revoked", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains("laptop stolen"), "{message}");
+    assert!(
+        message.contains("ask /registry/credentials for a new one"),
+        "{message}"
+    );
+
+    let list = run(&config, &["grants", "list"]).await;
+    assert!(list.status.success(), "{list:?}");
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.starts_with("subject local/alice  revoked "),
+        "{listed}"
+    );
+
+    let unknown = run(&config, &["grants", "revoke", "--subject", "corp/alice"]).await;
+    assert!(!unknown.status.success(), "{unknown:?}");
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("issuer \"corp\" is not configured"), "{err}");
+    let malformed = run(&config, &["grants", "revoke", "--subject", "alice"]).await;
+    assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+    let err = String::from_utf8_lossy(&malformed.stderr);
+    assert!(err.contains("ISSUER/SUBJECT"), "{err}");
+    let list = run(&config, &["grants", "list"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout).lines().count(),
+        1,
+        "refused revocations recorded nothing"
+    );
+}

@@ -13,6 +13,7 @@
 pub mod grant;
 pub mod keys;
 pub mod probe;
+pub mod revocation;
 pub mod token;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,7 @@ use crate::policy::Policy;
 use crate::registry::{
     Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider, RepositoryName,
 };
+use crate::store::{Store, StoreError};
 
 /// The username of every grant. Registry clients need one; Rise ignores it.
 pub const USERNAME: &str = "rise";
@@ -188,6 +190,7 @@ pub struct DistributionProvider {
     name: String,
     config: DistributionConfig,
     keys: Arc<LiveKeys>,
+    revocations: Arc<revocation::LiveRevocations>,
 }
 
 /// Who is asking `/token` for a registry token.
@@ -282,7 +285,8 @@ impl DistributionProvider {
             repository: self.repository_path(&request.repository),
             granted_actions: request.actions,
             repository_scoped: true,
-            revocable: false,
+            // `rise-backend grants revoke`: refused at /token within keys.reload_interval.
+            revocable: true,
             expiry_enforced: true,
             credential_id: Some(claims.jti),
         })
@@ -296,6 +300,11 @@ impl DistributionProvider {
             }
             other => other,
         }
+    }
+
+    /// Whether a valid `grant` has been revoked (`rise-backend grants revoke`).
+    pub fn revoked(&self, grant: &Grant) -> Option<revocation::Revoked> {
+        self.revocations.get().check(grant)
     }
 
     /// What `caller` may do on `repository` of this registry.
@@ -374,6 +383,7 @@ pub struct TokenService {
     by_name: HashMap<String, Arc<DistributionProvider>>,
     keys: Arc<LiveKeys>,
     keyring: Keyring,
+    revocations: Arc<revocation::LiveRevocations>,
     /// Keys this server saw leave the `previous` slot through a rotation. A rotation never
     /// brings one back, so finding one in the store again means the store was rolled back (an
     /// old backup, or someone with write access restoring a key they hold). Kept in memory: a
@@ -396,6 +406,7 @@ impl TokenService {
         let loaded = SharedKeys::load(keyring).await?;
         let current_kid = loaded.signing.current().kid().to_owned();
         let keys = Arc::new(LiveKeys(std::sync::RwLock::new(Arc::new(loaded))));
+        let revocations = Arc::new(revocation::LiveRevocations::default());
         let mut by_service: HashMap<String, Arc<DistributionProvider>> = HashMap::new();
         let mut by_name = HashMap::new();
         for (name, registry) in registries {
@@ -406,6 +417,7 @@ impl TokenService {
                 name: name.to_owned(),
                 config: registry.clone(),
                 keys: keys.clone(),
+                revocations: revocations.clone(),
             });
             if let Some(other) = by_service.insert(registry.service.clone(), provider.clone()) {
                 bail!(
@@ -427,6 +439,7 @@ impl TokenService {
             by_name,
             keys,
             keyring: keyring.clone(),
+            revocations,
             retired: std::sync::Mutex::default(),
         })))
     }
@@ -476,8 +489,18 @@ impl TokenService {
         Ok(true)
     }
 
-    /// Re-read the keys every `interval` until the service is dropped.
-    pub fn spawn_key_reloader(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// Re-read the revoked grants from `store`; on an error the loaded ones stay.
+    pub async fn reload_revocations(&self, store: &Store) -> Result<(), StoreError> {
+        self.revocations.reload(store).await
+    }
+
+    /// Re-read the keys, and the revoked grants from `store`, every `interval` until the service
+    /// is dropped.
+    pub fn spawn_key_reloader(
+        self: &Arc<Self>,
+        interval: Duration,
+        store: Store,
+    ) -> tokio::task::JoinHandle<()> {
         let service = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
@@ -488,6 +511,9 @@ impl TokenService {
                 let Some(service) = service.upgrade() else {
                     return;
                 };
+                if let Err(e) = service.reload_revocations(&store).await {
+                    tracing::warn!(error = %e, "reloading the revoked grants failed; the loaded ones stay in force");
+                }
                 match service.reload_keys().await {
                     Ok(_) => {}
                     Err(e) if e.is::<RetiredKeyReturned>() => {

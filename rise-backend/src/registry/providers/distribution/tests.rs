@@ -139,7 +139,7 @@ fn issue_returns_a_grant_scoped_to_the_repository() {
     assert_eq!(cred.image_reference(), "127.0.0.1:5000/my-app");
     assert_eq!(cred.granted_actions, Actions::PUSH_PULL);
     assert!(cred.repository_scoped);
-    assert!(!cred.revocable);
+    assert!(cred.revocable);
     let expected_exp = now + Duration::from_secs(900);
     let diff = expected_exp
         .duration_since(cred.expires_at)
