@@ -96,6 +96,11 @@ enum GrantsCommand {
         /// callers (e.g. `local/alice`, `github/repo:org/app:ref:refs/heads/main`).
         #[arg(long, value_parser = rise_backend::registry::providers::distribution::revocation::Target::subject)]
         subject: Option<rise_backend::registry::providers::distribution::revocation::Target>,
+        /// The registry that issued it, as the audit log names it (default: `default`, or the
+        /// only one). For an Artifactory registry, `--credential` revokes the access token at
+        /// Artifactory itself, at once.
+        #[arg(long)]
+        registry: Option<String>,
         /// Why, for whoever is refused and for the record (one line).
         #[arg(long, default_value = "")]
         reason: String,
@@ -279,6 +284,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The registry `grants revoke` acts on: `name`, else `default`, else the only one.
+fn revoking_registry<'a>(
+    config: &'a Config,
+    name: Option<&str>,
+) -> anyhow::Result<(
+    &'a str,
+    &'a rise_backend::registry::providers::ProviderConfig,
+)> {
+    let all: Vec<_> = config.all_registries().collect();
+    let names = || all.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    let found = match name {
+        Some(name) => all.iter().find(|(n, _)| *n == name),
+        None if all.len() == 1 => all.first(),
+        None => all.iter().find(|(n, _)| *n == "default"),
+    };
+    match (found, name) {
+        (Some(found), _) => Ok(*found),
+        (None, Some(name)) => anyhow::bail!(
+            "no registry {name:?} is configured (configured: {})",
+            names()
+        ),
+        (None, None) => anyhow::bail!(
+            "several registries are configured ({}): give --registry, as the audit log names it",
+            names()
+        ),
+    }
+}
+
 async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<()> {
     use rise_backend::registry::providers::distribution::revocation::{self, Target};
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
@@ -310,13 +343,38 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
         GrantsCommand::Revoke {
             credential,
             subject,
+            registry,
             reason,
         } => {
+            use rise_backend::registry::RegistryProvider as _;
+            use rise_backend::registry::providers::ProviderConfig;
             let target = match (credential, subject) {
                 (Some(id), None) => Target::Credential(id),
                 (None, Some(subject)) => subject,
                 _ => anyhow::bail!("give --credential or --subject"),
             };
+            let (name, provider) = revoking_registry(config, registry.as_deref())?;
+            match (provider, &target) {
+                (ProviderConfig::Distribution(_), _) => {}
+                (ProviderConfig::Artifactory(c), Target::Credential(id)) => {
+                    rise_backend::registry::providers::artifactory::ArtifactoryProvider::from_config(
+                        name, c,
+                    )
+                    .await?
+                    .revoke(id)
+                    .await?;
+                    println!(
+                        "revoked Artifactory token {id} of registry {name}: Artifactory refuses it from now on"
+                    );
+                    return Ok(());
+                }
+                (ProviderConfig::Artifactory(_), Target::Subject { .. }) => anyhow::bail!(
+                    "registry {name} is an Artifactory registry: revoke its tokens one by one with --credential (the audit log's credential_id); --subject revokes grants of Distribution registries"
+                ),
+                (ProviderConfig::Ecr(_), _) => anyhow::bail!(
+                    "registry {name} is an ECR registry: its credentials cannot be revoked before they expire; revoke the push role's active sessions in IAM to cut them short"
+                ),
+            }
             let done = revocation::revoke(config, &store, &target, &reason).await?;
             println!("{}", show(&done));
             let ttls = config

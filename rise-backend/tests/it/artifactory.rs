@@ -256,6 +256,101 @@ async fn revoke_by_token_id() {
     p.revoke(&id).await.expect("second revoke is fine");
 }
 
+/// The operator's way in: `rise-backend grants revoke --credential ID --registry NAME` (the
+/// audit log's `credential_id` and `registry`) revokes an Artifactory token at Artifactory, with
+/// the real binary; `--subject` is refused for Artifactory, saying what to do instead.
+#[tokio::test]
+async fn grants_revoke_revokes_an_artifactory_token() {
+    use crate::support::rise_process::run;
+    let fake = FakeArtifactory::start().await;
+    let p = provider(&fake, &admin_token_config()).await;
+    let c = issue(
+        &p,
+        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(900)),
+    )
+    .await
+    .expect("token minted");
+    let id = c.credential_id.clone().expect("token id");
+    let token = c.password.expose_secret();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("rise.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n\n[registries.jfrog]\ntype = \"artifactory\"\nbase_url = \"{}\"\nrepository = \"docker-local\"\ninsecure_http = true\n{}",
+            dir.path().join("data").display().to_string(),
+            fake.base_url(),
+            admin_token_config()
+        ),
+    )
+    .expect("config");
+
+    let revoked = run(
+        &config,
+        &[
+            "grants",
+            "revoke",
+            "--credential",
+            &id,
+            "--registry",
+            "jfrog",
+        ],
+    )
+    .await;
+    assert!(revoked.status.success(), "{revoked:?}");
+    let said = String::from_utf8_lossy(&revoked.stdout);
+    assert!(
+        said.contains(&format!("revoked Artifactory token {id} of registry jfrog")),
+        "{said}"
+    );
+    assert!(fake.token(token).expect("known token").revoked);
+    let path = "docker-local/my-app/1/manifest.json";
+    assert!(!fake.authorize(&c.username, token, path, 'w'));
+    for output in [&revoked.stdout, &revoked.stderr] {
+        let text = String::from_utf8_lossy(output);
+        assert!(
+            !text.contains(ADMIN_TOKEN) && !text.contains(token),
+            "{text}"
+        );
+    }
+
+    let by_subject = run(
+        &config,
+        &[
+            "grants",
+            "revoke",
+            "--subject",
+            "local/alice",
+            "--registry",
+            "jfrog",
+        ],
+    )
+    .await;
+    assert!(!by_subject.status.success(), "{by_subject:?}");
+    let err = String::from_utf8_lossy(&by_subject.stderr);
+    assert!(
+        err.contains("revoke its tokens one by one with --credential"),
+        "{err}"
+    );
+    let unknown = run(
+        &config,
+        &[
+            "grants",
+            "revoke",
+            "--credential",
+            &id,
+            "--registry",
+            "nope",
+        ],
+    )
+    .await;
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("no registry \"nope\" is configured (configured: jfrog)"),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn revoke_refuses_what_is_not_a_token_id() {
     let fake = FakeArtifactory::start().await;
