@@ -585,6 +585,13 @@ impl Config {
                     "auth.issuers.{LOCAL_ISSUER_NAME} is reserved for the built-in development issuer; pick another name"
                 )));
             }
+            // Callers are written ISSUER/SUBJECT (audit tables, `grants revoke --subject`).
+            if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+                return Err(ConfigError::Semantic(format!(
+                    "issuer name {:?} is invalid: it must be non-empty, without '/' or control characters",
+                    name.chars().take(80).collect::<String>()
+                )));
+            }
         }
         if let Some(name) = &self.auth.login_issuer
             && self
@@ -1094,6 +1101,15 @@ mod tests {
             .to_string();
         assert!(err.contains("one way"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn issuer_names_have_no_slash() {
+        let bad = file(
+            "[auth.issuers.\"corp/eu\"]\nissuer = \"https://idp.example.com\"\naudience = \"rise\"\n",
+        );
+        let err = load(&[&bad], &[]).expect_err("a slash").to_string();
+        assert!(err.contains("issuer name \"corp/eu\" is invalid"), "{err}");
     }
 
     #[test]
