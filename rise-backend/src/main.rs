@@ -314,15 +314,7 @@ fn revoking_registry<'a>(
 
 async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<()> {
     use rise_backend::registry::providers::distribution::revocation::{self, Target};
-    std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
-        format!(
-            "creating data directory {}",
-            config.server.data_dir.display()
-        )
-    })?;
-    let store = rise_backend::store::Store::open(&config.database, &config.server.data_dir)
-        .await
-        .context("opening the database")?;
+    let store = open_store(config).await?;
     let show = |r: &rise_backend::store::Revocation| {
         let until = rise_backend::audit::from_unix_ms(r.until_ms);
         let at = rise_backend::audit::from_unix_ms(r.created_ms);
@@ -407,17 +399,23 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
     Ok(())
 }
 
-/// The keyring a server with this configuration uses (opening the database when keys live there).
-async fn open_keyring(config: &Config) -> anyhow::Result<rise_backend::keyring::Keyring> {
+/// The database a server with this configuration uses, creating the data directory and the
+/// SQLite file if needed.
+async fn open_store(config: &Config) -> anyhow::Result<rise_backend::store::Store> {
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
         format!(
             "creating data directory {}",
             config.server.data_dir.display()
         )
     })?;
-    let store = rise_backend::store::Store::open(&config.database, &config.server.data_dir)
+    rise_backend::store::Store::open(&config.database, &config.server.data_dir)
         .await
-        .context("opening the database")?;
+        .context("opening the database")
+}
+
+/// The keyring a server with this configuration uses (opening the database when keys live there).
+async fn open_keyring(config: &Config) -> anyhow::Result<rise_backend::keyring::Keyring> {
+    let store = open_store(config).await?;
     rise_backend::keyring::Keyring::for_store(&store, &config.server.data_dir, &config.keys)
 }
 

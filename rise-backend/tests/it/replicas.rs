@@ -382,6 +382,19 @@ fn alice_config(
     alice_config_for(dir, name, database, keys, "127.0.0.1:1")
 }
 
+/// [`alice_config`] with its keys sealed in the PostgreSQL database at `url`, under a fresh
+/// sealing key.
+fn alice_config_on_postgres(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key).expect("random");
+    alice_config(
+        dir,
+        "rise.toml",
+        &format!("url = {url:?}"),
+        &format!("sealing_key = {:?}", STANDARD.encode(key)),
+    )
+}
+
 /// [`alice_config`] with the registry at `registry` (`host:port`).
 fn alice_config_for(
     dir: &std::path::Path,
@@ -641,14 +654,7 @@ async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
     let postgres = Postgres::start().await;
     let url = postgres.create_database("rise_rollback").await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut key = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut key).expect("random");
-    let config = alice_config(
-        dir.path(),
-        "rise.toml",
-        &format!("url = {url:?}"),
-        &format!("sealing_key = {:?}", STANDARD.encode(key)),
-    );
+    let config = alice_config_on_postgres(dir.path(), &url);
     let show = run(&config, &["keys", "show"]).await;
     assert!(show.status.success(), "{show:?}");
     let shown = String::from_utf8_lossy(&show.stdout).into_owned();
@@ -867,14 +873,7 @@ async fn grants_revoke_reaches_a_running_server() {
     let postgres = Postgres::start().await;
     let url = postgres.create_database("rise_grants").await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut key = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut key).expect("random");
-    let config = alice_config(
-        dir.path(),
-        "rise.toml",
-        &format!("url = {url:?}"),
-        &format!("sealing_key = {:?}", STANDARD.encode(key)),
-    );
+    let config = alice_config_on_postgres(dir.path(), &url);
     let rise = RiseProcess::serve(&config).await;
     let issued = run(&config, &["token", "issue", "--sub", "alice"]).await;
     assert!(issued.status.success(), "{issued:?}");
