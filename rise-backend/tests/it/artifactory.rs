@@ -40,6 +40,18 @@ fn admin_token_config() -> String {
     format!("admin_token = \"{ADMIN_TOKEN}\"\n")
 }
 
+/// A provider with an admin token, and a 15-minute push token it minted for `my-app`.
+async fn push_token(fake: &FakeArtifactory) -> (ArtifactoryProvider, IssuedCredential) {
+    let p = provider(fake, &admin_token_config()).await;
+    let c = issue(
+        &p,
+        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(900)),
+    )
+    .await
+    .expect("token minted");
+    (p, c)
+}
+
 fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
     CredentialRequest {
         request_id: "req-1".into(),
@@ -232,13 +244,7 @@ async fn token_options_follow_configuration() {
 #[tokio::test]
 async fn revoke_by_token_id() {
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config()).await;
-    let c = issue(
-        &p,
-        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(900)),
-    )
-    .await
-    .expect("token minted");
+    let (p, c) = push_token(&fake).await;
     let id = c.credential_id.clone().expect("token id");
     let token = c.password.expose_secret();
     let path = "docker-local/my-app/1/manifest.json";
@@ -263,13 +269,7 @@ async fn revoke_by_token_id() {
 async fn grants_revoke_revokes_an_artifactory_token() {
     use crate::support::rise_process::run;
     let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config()).await;
-    let c = issue(
-        &p,
-        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(900)),
-    )
-    .await
-    .expect("token minted");
+    let (_, c) = push_token(&fake).await;
     let id = c.credential_id.clone().expect("token id");
     let token = c.password.expose_secret();
     let dir = tempfile::tempdir().expect("temp dir");
