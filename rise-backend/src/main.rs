@@ -88,13 +88,18 @@ enum GrantsCommand {
     /// within `keys.reload_interval`; a registry token already traded for a grant lives on for
     /// at most the registry's `token_ttl`. New grants are unaffected: to shut a caller out,
     /// change the policy.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Revoke {
         /// The credential id of one grant, as the audit log shows it.
-        #[arg(long, required_unless_present = "subject", conflicts_with = "subject")]
+        #[arg(long, group = "target")]
         credential: Option<String>,
+        /// The grant itself, read from standard input (as found leaked in a log): never give
+        /// it on the command line, where other users and the shell history see it.
+        #[arg(long, group = "target")]
+        password_stdin: bool,
         /// Every grant of this caller until now: `ISSUER/SUBJECT`, as the audit log names
         /// callers (e.g. `local/alice`, `github/repo:org/app:ref:refs/heads/main`).
-        #[arg(long, value_parser = rise_backend::registry::providers::distribution::revocation::Target::subject)]
+        #[arg(long, group = "target", value_parser = rise_backend::registry::providers::distribution::revocation::Target::subject)]
         subject: Option<rise_backend::registry::providers::distribution::revocation::Target>,
         /// The registry that issued it, as the audit log names it (default: `default`, or the
         /// only one). For an Artifactory registry, `--credential` revokes the access token at
@@ -334,16 +339,49 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
     match command {
         GrantsCommand::Revoke {
             credential,
+            password_stdin,
             subject,
-            registry,
+            mut registry,
             reason,
         } => {
             use rise_backend::registry::RegistryProvider as _;
             use rise_backend::registry::providers::ProviderConfig;
-            let target = match (credential, subject) {
-                (Some(id), None) => Target::Credential(id),
-                (None, Some(subject)) => subject,
-                _ => anyhow::bail!("give --credential or --subject"),
+            let target = match (credential, subject, password_stdin) {
+                (Some(id), None, false) => Target::Credential(id),
+                (None, Some(subject), false) => subject,
+                (None, None, true) => {
+                    use revocation::LeakedGrant;
+                    let mut password = secrecy::zeroize::Zeroizing::new(String::new());
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+                        .context("reading the grant from standard input")?;
+                    let keys = rise_backend::registry::providers::distribution::GrantKeys::load(
+                        &open_keyring(config).await?,
+                    )
+                    .await?;
+                    match revocation::identify(&keys, &password)? {
+                        LeakedGrant::Expired => {
+                            println!("the grant has expired already: nothing to revoke");
+                            return Ok(());
+                        }
+                        LeakedGrant::Live {
+                            credential_id,
+                            caller,
+                            registry: for_registry,
+                        } => {
+                            if registry.as_ref().is_some_and(|r| *r != for_registry) {
+                                anyhow::bail!(
+                                    "this grant is for registry {for_registry}, not the one --registry names"
+                                );
+                            }
+                            println!(
+                                "a grant of {caller} for registry {for_registry}, credential id {credential_id}"
+                            );
+                            registry = Some(for_registry);
+                            Target::Credential(credential_id)
+                        }
+                    }
+                }
+                _ => anyhow::bail!("give one of --credential, --subject, --password-stdin"),
             };
             let (name, provider) = revoking_registry(config, registry.as_deref())?;
             match (provider, &target) {

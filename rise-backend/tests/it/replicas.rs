@@ -878,36 +878,97 @@ async fn grants_revoke_reaches_a_running_server() {
     let issued = run(&config, &["token", "issue", "--sub", "alice"]).await;
     assert!(issued.status.success(), "{issued:?}");
     let http = http_client();
-    let body: Value = http
-        .get(format!(
-            "{}/registry/credentials?project=my-app",
-            rise.url()
-        ))
-        .bearer_auth(String::from_utf8_lossy(&issued.stdout).trim())
-        .send()
-        .await
-        .expect("credentials")
-        .json()
-        .await
-        .expect("JSON");
-    let password = body["credentials"]["password"]
-        .as_str()
-        .expect("password")
-        .to_owned();
-    let exchange = || async {
-        let response = http
+    let grant = || async {
+        let body: Value = http
             .get(format!(
-                "{}/token?service=rise-registry&scope=repository:my-app:push",
+                "{}/registry/credentials?project=my-app",
                 rise.url()
             ))
-            .basic_auth("rise", Some(&password))
+            .bearer_auth(String::from_utf8_lossy(&issued.stdout).trim())
             .send()
             .await
-            .expect("token");
-        let status = response.status();
-        (status, response.json::<Value>().await.expect("JSON"))
+            .expect("credentials")
+            .json()
+            .await
+            .expect("JSON");
+        body["credentials"]["password"]
+            .as_str()
+            .expect("password")
+            .to_owned()
     };
+    let (leaked, password) = (grant().await, grant().await);
+    let exchange_with = |password: String| {
+        let http = &http;
+        let url = rise.url();
+        async move {
+            let response = http
+                .get(format!(
+                    "{url}/token?service=rise-registry&scope=repository:my-app:push"
+                ))
+                .basic_auth("rise", Some(&password))
+                .send()
+                .await
+                .expect("token");
+            let status = response.status();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let exchange = || exchange_with(password.clone());
+    assert_eq!(exchange_with(leaked.clone()).await.0, StatusCode::OK);
     assert_eq!(exchange().await.0, StatusCode::OK);
+
+    // A grant found leaked, given on standard input: that grant alone is refused.
+    let mut cmd = crate::support::rise_process::command(
+        &config,
+        &[
+            "grants",
+            "revoke",
+            "--password-stdin",
+            "--reason",
+            "in a build log",
+        ],
+    );
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("grants revoke");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(format!("{leaked}\n").as_bytes())
+            .await
+            .expect("stdin");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("in time")
+        .expect("output");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("a grant of local/alice for registry default, credential id "),
+        "{said}"
+    );
+    for output in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(output).contains(&leaked),
+            "the grant is never echoed"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exchange_with(leaked.clone()).await.0 != StatusCode::UNAUTHORIZED {
+        assert!(
+            Instant::now() < deadline,
+            "the leaked grant is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        exchange().await.0,
+        StatusCode::OK,
+        "the other grant still works"
+    );
 
     let revoke = run(
         &config,
@@ -951,9 +1012,11 @@ async fn grants_revoke_reaches_a_running_server() {
     let list = run(&config, &["grants", "list"]).await;
     assert!(list.status.success(), "{list:?}");
     let listed = String::from_utf8_lossy(&list.stdout);
-    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(listed.starts_with("credential "), "{listed}");
+    assert!(listed.contains("(in a build log)"), "{listed}");
     assert!(
-        listed.starts_with("subject local/alice  revoked "),
+        listed.contains("\nsubject local/alice  revoked "),
         "{listed}"
     );
 
@@ -968,7 +1031,7 @@ async fn grants_revoke_reaches_a_running_server() {
     let list = run(&config, &["grants", "list"]).await;
     assert_eq!(
         String::from_utf8_lossy(&list.stdout).lines().count(),
-        1,
+        2,
         "refused revocations recorded nothing"
     );
 }

@@ -171,6 +171,40 @@ impl Target {
     }
 }
 
+/// What a leaked password is, for `grants revoke --password-stdin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeakedGrant {
+    /// A grant of this Rise, still valid: revoke its credential id.
+    Live {
+        credential_id: String,
+        /// `ISSUER/SUBJECT`.
+        caller: String,
+        /// The configured name of the registry it is for.
+        registry: String,
+    },
+    /// A grant of this Rise that has expired already: nothing left to revoke.
+    Expired,
+}
+
+/// Identify `password` as a grant signed with one of `keys`, without ever printing it.
+pub fn identify(keys: &super::GrantKeys, password: &str) -> anyhow::Result<LeakedGrant> {
+    use super::{GrantCheck, GrantError};
+    match keys.check(password.trim()) {
+        GrantCheck::Valid(grant) => Ok(LeakedGrant::Live {
+            caller: format!("{}/{}", grant.claims.idp, grant.claims.sub),
+            credential_id: grant.claims.jti,
+            registry: grant.claims.reg,
+        }),
+        GrantCheck::Invalid(GrantError::Expired) => Ok(LeakedGrant::Expired),
+        GrantCheck::Invalid(e) => bail!(
+            "this is not a grant this Rise accepts ({e}); if it is one signed with a key retired since, it is refused already"
+        ),
+        GrantCheck::NotAGrant => bail!(
+            "this is not a Rise grant: revoke other registries' credentials by --credential (the audit log's credential_id) and --registry"
+        ),
+    }
+}
+
 /// Record the revocation of `target` in `store`, covering grants issued until now and kept
 /// until the longest grant of `config` has expired. Refuses a caller of an issuer `config`
 /// does not trust (a typo would revoke nothing) and a reason over 200 characters or with
