@@ -795,28 +795,30 @@ fn resolve_secret_files(
 }
 
 /// serde quotes a mistyped value (`invalid type: string "hunter2", expected ...`); a secret put in
-/// the wrong key must not reach the log that way. Backtick-quoted field names are kept.
+/// the wrong key, or given as a number, must not reach the log that way. Field names
+/// (`unknown field `x``) are kept: they are keys, not values.
 fn redact_quoted_values(message: &str) -> String {
-    if !message.starts_with("invalid type: string") {
+    // serde names the offending value first, in quotes or backticks: `invalid type: integer
+    // `12345`, expected a string`, `invalid value: string "x", ...`, `unknown variant `x`, ...`.
+    // The expectations after it are the program's own words and stay.
+    let names_a_value = ["invalid type:", "invalid value:", "unknown variant"]
+        .iter()
+        .any(|p| message.starts_with(p));
+    if !names_a_value {
         return message.to_owned();
     }
-    let mut out = String::with_capacity(message.len());
-    let mut in_quotes = false;
-    for c in message.chars() {
-        match (c, in_quotes) {
-            ('"', false) => {
-                in_quotes = true;
-                out.push_str("\"<redacted>");
-            }
-            ('"', true) => {
-                in_quotes = false;
-                out.push('"');
-            }
-            (_, true) => {}
-            (c, false) => out.push(c),
-        }
-    }
-    out
+    let Some(open) = message.find(['"', '`']) else {
+        return message.to_owned();
+    };
+    let quote = &message[open..=open];
+    let Some(len) = message[open + 1..].find(quote) else {
+        return format!("{}{quote}<redacted>", &message[..open]);
+    };
+    format!(
+        "{}{quote}<redacted>{quote}{}",
+        &message[..open],
+        &message[open + 1 + len + 1..]
+    )
 }
 
 fn dotted(path: &[String], key: &str) -> String {
@@ -831,11 +833,31 @@ fn dotted(path: &[String], key: &str) -> String {
 /// Deserialize, turning serde's error into one that names the full key and its source. Values are
 /// never quoted in the message, so a mistyped secret does not leak into logs.
 fn deserialize_with_key(tree: Table, prov: &Provenance) -> Result<Config, ConfigError> {
+    // Kept to look inside a registry table when the error stops at it (see below).
+    let registries = (
+        tree.get("registry").cloned(),
+        tree.get("registries").cloned(),
+    );
     let value = Value::Table(tree);
     let result: Result<Config, serde_path_to_error::Error<toml::de::Error>> =
         serde_path_to_error::deserialize(value);
     result.map_err(|err| {
         let mut key = err.path().to_string();
+        // A registry table is read through its `type` tag, where serde loses the path: find
+        // the field by reading the table as its type's own struct.
+        let table = match key.split_once('.') {
+            None if key == "registry" => registries.0.as_ref(),
+            Some(("registries", name)) if !name.contains('.') => {
+                registries.1.as_ref().and_then(|r| r.get(name))
+            }
+            _ => None,
+        };
+        if let Some(inner) = table
+            .and_then(Value::as_table)
+            .and_then(crate::registry::providers::error_path)
+        {
+            key = format!("{key}.{inner}");
+        }
         let message = redact_quoted_values(err.inner().message());
         // serde reports an unknown field by name; the path may or may not already end with it.
         if let Some(field) = message
@@ -1101,6 +1123,52 @@ mod tests {
             .to_string();
         assert!(err.contains("one way"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_in_a_registry_table_is_named_with_its_field() {
+        let f =
+            file("[registry]\ntype = \"distribution\"\nurl = \"r.example.com\"\ntoken_ttl = 5\n");
+        let err = load(&[&f], &[]).expect_err("a number").to_string();
+        assert!(err.contains("(key `registry.token_ttl`, set in "), "{err}");
+        let f = file(
+            "[registries.jfrog]\ntype = \"artifactory\"\nbase_url = \"https://a.example.com\"\nrepository = \"docker\"\npassword = 12345\n",
+        );
+        let err = load(&[&f], &[]).expect_err("a number").to_string();
+        assert!(
+            err.contains("(key `registries.jfrog.password`, set in "),
+            "{err}"
+        );
+        assert!(!err.contains("12345"), "values are never quoted: {err}");
+    }
+
+    #[test]
+    fn serde_messages_lose_the_value_they_quote() {
+        for (message, redacted) in [
+            (
+                "invalid type: integer `12345`, expected a string",
+                "invalid type: integer `<redacted>`, expected a string",
+            ),
+            (
+                "invalid type: string \"hunter2\", expected a sequence",
+                "invalid type: string \"<redacted>\", expected a sequence",
+            ),
+            (
+                "unknown variant `s3cret`, expected `static` or `access_token`",
+                "unknown variant `<redacted>`, expected `static` or `access_token`",
+            ),
+            (
+                "invalid value: string \"unterminated",
+                "invalid value: string \"<redacted>",
+            ),
+            (
+                "unknown field `pasword`, expected one of `password`",
+                "unknown field `pasword`, expected one of `password`",
+            ),
+            ("missing field `url`", "missing field `url`"),
+        ] {
+            assert_eq!(redact_quoted_values(message), redacted);
+        }
     }
 
     #[test]

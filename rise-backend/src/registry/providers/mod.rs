@@ -19,6 +19,27 @@ pub enum ProviderConfig {
     Artifactory(Box<artifactory::ArtifactoryConfig>),
 }
 
+/// Where a `[registry]`-style `table` fails to deserialize, relative to the table (`password`),
+/// read from its `type`'s own struct: through the `type` tag, serde loses the path. `None` when
+/// the type is unknown or the failure is the table itself.
+pub fn error_path(table: &toml::Table) -> Option<String> {
+    fn path<T: serde::de::DeserializeOwned>(value: toml::Value) -> Option<String> {
+        serde_path_to_error::deserialize::<_, T>(value)
+            .err()
+            .map(|e| e.path().to_string())
+    }
+    let mut fields = table.clone();
+    let kind = fields.remove("type")?;
+    let value = toml::Value::Table(fields);
+    match kind.as_str()? {
+        "distribution" => path::<distribution::DistributionConfig>(value),
+        "ecr" => path::<ecr::EcrConfig>(value),
+        "artifactory" => path::<artifactory::ArtifactoryConfig>(value),
+        _ => None,
+    }
+    .filter(|p| !p.is_empty() && p != ".")
+}
+
 impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
