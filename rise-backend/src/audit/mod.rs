@@ -37,6 +37,8 @@ pub enum Operation {
     Credentials,
     /// A registry token exchange (`GET`/`POST /token`).
     Token,
+    /// A revocation of grants (`POST /grants/revocations`) by an audit administrator.
+    Revoke,
 }
 
 impl Operation {
@@ -44,6 +46,7 @@ impl Operation {
         match self {
             Operation::Credentials => "credentials",
             Operation::Token => "token",
+            Operation::Revoke => "revoke",
         }
     }
 }
@@ -168,6 +171,12 @@ impl AuditRecord {
     }
 
     /// Complete as a refusal (`failed` = Rise or upstream at fault) with a stable code.
+    /// Complete as an administrative action carried out (`reason` says what was done).
+    pub fn done(&mut self, reason: String) {
+        self.outcome = Outcome::Granted;
+        self.reason = reason;
+    }
+
     pub fn refused(&mut self, failed: bool, reason: &str) {
         self.outcome = if failed {
             Outcome::Failed

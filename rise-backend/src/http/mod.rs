@@ -8,6 +8,7 @@ mod extract;
 pub mod meta;
 mod ops;
 pub mod ratelimit;
+mod revoke;
 mod token;
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::Uri;
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use extract::{ClientInfo, RequestId};
@@ -57,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/auth/config", get(meta::auth_config))
         .route("/auth/whoami", get(meta::whoami))
         .route("/token", get(token::get_token).post(token::post_token))
+        .route("/grants/revocations", post(revoke::post_revocation))
         // Routes above are rate limited by client address; a `route_layer` applies only to the
         // routes added before it.
         .route_layer(middleware::from_fn_with_state(

@@ -312,3 +312,132 @@ async fn token_exchanges_are_recorded() {
     );
     assert!(issued["credential_id"].is_string(), "{issued}");
 }
+
+/// `POST /grants/revocations`: an audit administrator revokes a grant, then every grant of a
+/// caller; this server refuses them at `/token` at once, and the audit log holds each
+/// revocation under the administrator's own name next to the refusal. Others get 403; a
+/// malformed request gets 400 saying what to fix, never quoting what was sent.
+#[tokio::test]
+async fn audit_admins_revoke_grants_over_http() {
+    use base64::Engine as _;
+    let rise = &rise().await;
+    let alice = rise.token("alice", &["developers"]);
+    let admin = rise.token("sam", &["security"]);
+    let grant = || async {
+        let (status, body) = rise
+            .get("/registry/credentials?project=my-app", Some(&alice))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (
+            body["credentials"]["password"]
+                .as_str()
+                .expect("password")
+                .to_owned(),
+            body,
+        )
+    };
+    let exchange = |password: String| async move {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"));
+        let req = Request::get("/token?service=rise-registry&scope=repository:my-app:push")
+            .header("authorization", format!("Basic {basic}"))
+            .body(Body::empty())
+            .expect("request");
+        rise.send(req).await
+    };
+    let revoke = |bearer: String, body: String| async move {
+        let req = Request::post("/grants/revocations")
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        rise.send(req).await
+    };
+    let (leaked, _) = grant().await;
+    let (kept, _) = grant().await;
+    let credential_id = audit_records(rise, "").await[0]["credential_id"]
+        .as_str()
+        .expect("credential id")
+        .to_owned();
+
+    // One grant, by the credential id the audit log shows.
+    let (status, body) = revoke(
+        admin.clone(),
+        serde_json::json!({"credential": credential_id, "reason": "in a build log"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["kind"], "credential");
+    assert_eq!(body["reason"], "in a build log");
+    let (status, body) = exchange(leaked).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "grant_revoked");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("in a build log")
+    );
+    assert_eq!(
+        exchange(kept.clone()).await.0,
+        StatusCode::OK,
+        "other grants still work"
+    );
+
+    // Every grant of alice until now.
+    let (status, body) = revoke(admin.clone(), r#"{"subject": "local/alice"}"#.to_owned()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(exchange(kept).await.0, StatusCode::UNAUTHORIZED);
+
+    let records = audit_records(rise, "").await;
+    let revocations: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["operation"] == "revoke")
+        .collect();
+    assert_eq!(revocations.len(), 2, "{records:#?}");
+    assert_eq!(revocations[0]["caller"]["subject"], "sam");
+    assert_eq!(revocations[0]["result"], "granted");
+    assert_eq!(
+        revocations[0]["reason"],
+        format!("revoked credential {credential_id}: in a build log")
+    );
+    assert_eq!(revocations[0]["credential_id"], credential_id.as_str());
+    assert_eq!(revocations[1]["reason"], "revoked subject local/alice");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["operation"] == "token" && r["reason"] == "grant_revoked"),
+        "{records:#?}"
+    );
+
+    // Only audit administrators; requests that say what to fix, without echoing values.
+    let (status, body) = revoke(alice.clone(), r#"{"subject": "local/bob"}"#.to_owned()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for (sent, says) in [
+        ("not json", "it is not JSON"),
+        (
+            r#"{"subject": "local/a", "credential": "x"}"#,
+            "exactly one",
+        ),
+        ("{}", "exactly one"),
+        (r#"{"subject": "alice"}"#, "ISSUER/SUBJECT"),
+        (
+            r#"{"subject": "corp/alice"}"#,
+            "issuer \"corp\" is not configured",
+        ),
+        (r#"{"credential": 12345}"#, "must be strings"),
+        (
+            r#"{"credentail": "s3cret-id"}"#,
+            "unknown field `credentail`",
+        ),
+    ] {
+        let (status, body) = revoke(admin.clone(), sent.to_owned()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sent}: {body}");
+        assert_eq!(body["error"], "bad_request");
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains(says), "{sent}: {message}");
+        assert!(
+            !message.contains("12345") && !message.contains("s3cret-id"),
+            "{message}"
+        );
+    }
+}

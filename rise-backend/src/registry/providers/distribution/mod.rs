@@ -384,6 +384,8 @@ pub struct TokenService {
     keys: Arc<LiveKeys>,
     keyring: Keyring,
     revocations: Arc<revocation::LiveRevocations>,
+    /// The longest grant of any of its registries: how long a revocation must stay in force.
+    longest_grant: Duration,
     /// Keys this server saw leave the `previous` slot through a rotation. A rotation never
     /// brings one back, so finding one in the store again means the store was rolled back (an
     /// old backup, or someone with write access restoring a key they hold). Kept in memory: a
@@ -440,6 +442,7 @@ impl TokenService {
             keys,
             keyring: keyring.clone(),
             revocations,
+            longest_grant: longest_grant(config),
             retired: std::sync::Mutex::default(),
         })))
     }
@@ -487,6 +490,11 @@ impl TokenService {
         );
         self.keys.replace(fresh);
         Ok(true)
+    }
+
+    /// The longest grant of any of its registries.
+    pub fn longest_grant(&self) -> Duration {
+        self.longest_grant
     }
 
     /// Re-read the revoked grants from `store`; on an error the loaded ones stay.

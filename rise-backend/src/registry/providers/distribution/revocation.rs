@@ -205,43 +205,67 @@ pub fn identify(keys: &super::GrantKeys, password: &str) -> anyhow::Result<Leake
     }
 }
 
-/// Record the revocation of `target` in `store`, covering grants issued until now and kept
-/// until the longest grant of `config` has expired. Refuses a caller of an issuer `config`
-/// does not trust (a typo would revoke nothing) and a reason over 200 characters or with
-/// control characters.
+/// Record the revocation of `target` in `store` (see [`prepare`]), for a server configured by
+/// `config`.
 pub async fn revoke(
     config: &Config,
     store: &Store,
     target: &Target,
     reason: &str,
 ) -> anyhow::Result<Revocation> {
-    let longest = super::longest_grant(config);
-    if longest.is_zero() {
-        bail!("no Distribution registry is configured: there are no grants to revoke");
-    }
-    if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
-        bail!("the reason must be one line of at most 200 characters");
-    }
-    let revocation = match target {
-        Target::Credential(id) => {
-            if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-                bail!("give the credential id as the audit log shows it (credential_id)");
-            }
-            revoke_now(CREDENTIAL, id, reason, longest)
-        }
-        Target::Subject { issuer, subject } => {
-            let known = (issuer == crate::config::LOCAL_ISSUER_NAME && config.auth.local.enabled)
-                || config.auth.issuers.contains_key(issuer.as_str());
-            if !known {
-                bail!(
-                    "issuer {issuer:?} is not configured: give the issuer's name from the configuration, as the audit log shows it"
-                );
-            }
-            revoke_now(SUBJECT, &format!("{issuer}/{subject}"), reason, longest)
-        }
+    let known = |issuer: &str| {
+        (issuer == crate::config::LOCAL_ISSUER_NAME && config.auth.local.enabled)
+            || config.auth.issuers.contains_key(issuer)
     };
+    let revocation =
+        prepare(target, reason, super::longest_grant(config), known).map_err(anyhow::Error::msg)?;
     store.revocation_add(&revocation).await?;
     Ok(revocation)
+}
+
+/// The revocation of `target` made now, covering grants issued until now and kept until the
+/// longest grant (`longest_grant`) has expired. Refuses, saying what to fix: a caller of an
+/// issuer `issuer_known` does not know (a typo would revoke nothing), a malformed credential
+/// id, a reason over 200 characters or with control characters.
+pub fn prepare(
+    target: &Target,
+    reason: &str,
+    longest_grant: Duration,
+    issuer_known: impl Fn(&str) -> bool,
+) -> Result<Revocation, String> {
+    if longest_grant.is_zero() {
+        return Err("no Distribution registry is configured: there are no grants to revoke".into());
+    }
+    if reason.chars().count() > 200 || reason.chars().any(char::is_control) {
+        return Err("the reason must be one line of at most 200 characters".into());
+    }
+    match target {
+        Target::Credential(id) => {
+            if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+                return Err(
+                    "give the credential id as the audit log shows it (credential_id)".into(),
+                );
+            }
+            Ok(revoke_now(CREDENTIAL, id, reason, longest_grant))
+        }
+        Target::Subject { issuer, subject } => {
+            if !issuer_known(issuer) {
+                return Err(format!(
+                    "issuer {:?} is not configured: give the issuer's name from the configuration, as the audit log shows it",
+                    issuer.chars().take(80).collect::<String>()
+                ));
+            }
+            if subject.len() > 1024 || subject.chars().any(char::is_control) {
+                return Err("the subject must be one line of at most 1024 bytes".into());
+            }
+            Ok(revoke_now(
+                SUBJECT,
+                &format!("{issuer}/{subject}"),
+                reason,
+                longest_grant,
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

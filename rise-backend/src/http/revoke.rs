@@ -1,0 +1,142 @@
+//! `POST /grants/revocations`: an audit administrator revokes grants over HTTP, with their own
+//! identity in the audit log (the `rise-backend grants revoke` command needs database access
+//! and records no identity).
+//!
+//! Body: `{"credential": ID}` (one grant, by the audit log's `credential_id`) or
+//! `{"subject": "ISSUER/SUBJECT"}` (every grant that caller was issued until now), and an
+//! optional `"reason"`. This server applies it at once; the others within
+//! `keys.reload_interval`. Answers 201 with the revocation.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::extract::{Caller, ClientInfo, RequestId};
+use super::{ApiError, AppState};
+use crate::audit::{AuditRecord, CallerInfo, Operation};
+use crate::registry::providers::distribution::revocation::{self, Target};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    credential: Option<String>,
+    subject: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Revoked {
+    kind: String,
+    value: String,
+    revoked_at: String,
+    in_force_until: String,
+    reason: String,
+}
+
+pub(super) async fn post_revocation(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    client: ClientInfo,
+    Caller(principal): Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !state.policy.is_audit_admin(&principal) {
+        return Err(ApiError::NotAuditAdmin {
+            subject: principal.subject.clone(),
+            issuer: principal.issuer.clone(),
+        });
+    }
+    let Some(service) = state.token_service.clone() else {
+        return Err(ApiError::BadRequest(
+            "no Distribution registry is configured: there are no grants to revoke".into(),
+        ));
+    };
+    let body: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be JSON {{\"credential\": ID}} or {{\"subject\": \"ISSUER/SUBJECT\"}}, with an optional \"reason\": {}",
+            describe(&e)
+        ))
+    })?;
+    let target = match (body.credential, body.subject) {
+        (Some(id), None) => Target::Credential(id),
+        (None, Some(subject)) => Target::subject(&subject).map_err(ApiError::BadRequest)?,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of \"credential\" and \"subject\"".into(),
+            ));
+        }
+    };
+    let revocation = revocation::prepare(&target, &body.reason, service.longest_grant(), |i| {
+        state.auth.knows_issuer(i)
+    })
+    .map_err(ApiError::BadRequest)?;
+    let store = state.audit.store();
+    store
+        .revocation_add(&revocation)
+        .await
+        .map_err(|e| ApiError::Internal(format!("storing a revocation: {e}")))?;
+    if let Err(e) = service.reload_revocations(store).await {
+        tracing::warn!(error = %e, "re-reading the revocations failed; the reloader retries");
+    }
+    // In force before it is audited: a failed audit write must not leave the grant usable.
+    let mut record = AuditRecord::begin(
+        Operation::Revoke,
+        &request_id,
+        CallerInfo::new(&principal, client.ip, client.user_agent),
+    );
+    if let Target::Credential(id) = &target {
+        record.credential_id = Some(id.clone());
+    }
+    record.done(if revocation.reason.is_empty() {
+        format!("revoked {} {}", revocation.kind, revocation.value)
+    } else {
+        format!(
+            "revoked {} {}: {}",
+            revocation.kind, revocation.value, revocation.reason
+        )
+    });
+    let audit_id = state.audit.record(&record).await?;
+    tracing::info!(
+        request_id = %request_id,
+        subject = %principal.subject,
+        issuer = %principal.issuer,
+        kind = %revocation.kind,
+        audit_id,
+        "grants revoked"
+    );
+    let at = |ms| humantime::format_rfc3339_seconds(crate::audit::from_unix_ms(ms)).to_string();
+    Ok((
+        StatusCode::CREATED,
+        Json(Revoked {
+            revoked_at: at(revocation.created_ms),
+            in_force_until: at(revocation.until_ms),
+            kind: revocation.kind,
+            value: revocation.value,
+            reason: revocation.reason,
+        }),
+    )
+        .into_response())
+}
+
+/// serde_json's complaint without the input it quotes (a reason could be anything).
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "it could not be read".into(),
+        Category::Syntax | Category::Eof => {
+            format!("it is not JSON (line {}, column {})", e.line(), e.column())
+        }
+        Category::Data => {
+            let text = e.to_string();
+            match text.strip_prefix("unknown field ") {
+                // Names the field, then lists the expected ones: keep the name only.
+                Some(rest) => format!("unknown field {}", rest.split(',').next().unwrap_or("")),
+                None => "credential, subject and reason must be strings".into(),
+            }
+        }
+    }
+}
