@@ -274,6 +274,22 @@ impl Backend {
         self.json(response).await
     }
 
+    /// `POST /grants/revocations` with `body`; the revocation the backend recorded.
+    pub async fn revoke_grants(
+        &self,
+        token: &SecretString,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, CliError> {
+        let request = self
+            .http
+            .post(self.endpoint("/grants/revocations"))
+            .json(body)
+            .bearer_auth(token.expose_secret());
+        let response = self.send(request).await?;
+        let response = self.check(response, Some(token)).await?;
+        self.json(response).await
+    }
+
     fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

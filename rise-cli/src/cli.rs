@@ -53,6 +53,30 @@ pub enum Command {
     Push(PushArgs),
     /// Read the backend's audit log (audit administrators only)
     Audit(AuditArgs),
+    /// Revoke grants already handed out (audit administrators only)
+    #[command(subcommand)]
+    Grants(GrantsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Make the backend refuse grants from now on: one by its credential id, or every grant a
+    /// caller was issued until now
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
+pub struct RevokeArgs {
+    /// One grant, by its credential id (`rise audit --format jsonl` shows credential_id)
+    #[arg(long, group = "target")]
+    pub credential: Option<String>,
+    /// Every grant of this caller until now: ISSUER/SUBJECT, as `rise audit` shows callers
+    #[arg(long, group = "target")]
+    pub subject: Option<String>,
+    /// Why: recorded, and shown to whoever presents a revoked grant
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 #[derive(Debug, Args)]
@@ -264,7 +288,39 @@ pub async fn run(cli: Cli, ctx: Context) -> Result<(), CliError> {
         }
         Command::Push(args) => push_image(&ctx, backend_flag, args).await,
         Command::Audit(args) => audit(&ctx, backend_flag, args).await,
+        Command::Grants(GrantsCommand::Revoke(args)) => revoke(&ctx, backend_flag, args).await,
     }
+}
+
+async fn revoke(
+    ctx: &Context,
+    backend_flag: Option<&str>,
+    args: RevokeArgs,
+) -> Result<(), CliError> {
+    let backend_url = session::resolve_backend(ctx, backend_flag)?;
+    let http = ctx.http()?;
+    let backend = Backend::new(&backend_url, http.clone())?;
+    let caller = session::caller_token(ctx, &http, backend.url()).await?;
+    let mut body = serde_json::json!({ "reason": args.reason });
+    match (args.credential, args.subject) {
+        (Some(id), None) => body["credential"] = id.into(),
+        (None, Some(subject)) => body["subject"] = subject.into(),
+        _ => {
+            return Err(CliError::Input("give --credential or --subject".to_owned()));
+        }
+    }
+    let done = backend.revoke_grants(&caller.token, &body).await?;
+    let field = |name: &str| done[name].as_str().unwrap_or_default().to_owned();
+    out(&format!(
+        "revoked {} {}; in force until {}\n",
+        field("kind"),
+        field("value"),
+        field("in_force_until")
+    ))?;
+    note(
+        "every backend replica refuses it within its key reload interval; registry tokens already handed out expire within minutes",
+    );
+    Ok(())
 }
 
 async fn audit(ctx: &Context, backend_flag: Option<&str>, args: AuditArgs) -> Result<(), CliError> {

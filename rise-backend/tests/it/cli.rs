@@ -693,6 +693,98 @@ async fn rise_audit_lists_filters_and_pages_the_log() {
     assert!(bad.stderr.contains("invalid time"), "{}", bad.stderr);
 }
 
+/// `rise grants revoke` as an audit administrator: alice's grant is refused at `/token` from
+/// then on, and `rise audit` shows the revocation under the administrator's name; alice
+/// herself may not revoke (exit code 4).
+#[tokio::test]
+async fn rise_grants_revoke_as_an_audit_administrator() {
+    let env = CliEnv::start().await;
+    let alice = env.ci_token("alice");
+    let as_alice = [("RISE_TOKEN", alice.as_str())];
+    let grant = env
+        .rise(
+            &[
+                "registry",
+                "credentials",
+                "--project",
+                "my-app",
+                "--format",
+                "json",
+            ],
+            &as_alice,
+        )
+        .await
+        .ok();
+    let body: Value = serde_json::from_str(&grant.stdout).expect("JSON");
+    let password = body["credentials"]["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    let exchange = || async {
+        reqwest::Client::new()
+            .get(format!(
+                "{}/token?service=rise-registry&scope=repository:my-app:push",
+                env.rise.url
+            ))
+            .basic_auth("rise", Some(&password))
+            .send()
+            .await
+            .expect("token")
+            .status()
+    };
+    assert_eq!(exchange().await, reqwest::StatusCode::OK);
+
+    let refused = env
+        .rise(&["grants", "revoke", "--subject", "local/bob"], &as_alice)
+        .await;
+    assert_eq!(refused.code, 4, "{refused:#?}");
+    assert!(
+        refused.stderr.contains("not an audit administrator"),
+        "{}",
+        refused.stderr
+    );
+
+    let auditor = env.ci_token("auditor");
+    let as_auditor = [("RISE_TOKEN", auditor.as_str())];
+    let revoked = env
+        .rise(
+            &[
+                "grants",
+                "revoke",
+                "--subject",
+                "local/alice",
+                "--reason",
+                "left the team",
+            ],
+            &as_auditor,
+        )
+        .await
+        .ok();
+    assert!(
+        revoked
+            .stdout
+            .starts_with("revoked subject local/alice; in force until "),
+        "{}",
+        revoked.stdout
+    );
+    assert_eq!(exchange().await, reqwest::StatusCode::UNAUTHORIZED);
+    let log = env
+        .rise(&["audit", "--format", "jsonl"], &as_auditor)
+        .await
+        .ok();
+    let revocation: Value = log
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .find(|r| r["operation"] == "revoke")
+        .unwrap_or_else(|| panic!("no revoke record in {}", log.stdout));
+    assert_eq!(revocation["caller"]["subject"], "auditor");
+    assert_eq!(
+        revocation["reason"],
+        "revoked subject local/alice: left the team"
+    );
+}
+
 #[tokio::test]
 async fn skopeo_pushes_through_the_credential_helper() {
     let env = CliEnv::start().await;
