@@ -91,6 +91,52 @@ impl Backend {
     fn kind(&self) -> &'static str {
         self.store.kind()
     }
+
+    /// Hold what an append needs (SQLite's write lock; PostgreSQL's chain head row) in another
+    /// transaction until the returned guard is released: writers block on their next commit.
+    async fn hold_writes(&self) -> HeldWrites {
+        use sqlx::Connection as _;
+        match &self.location {
+            Location::Sqlite { dir } => {
+                let url = format!("sqlite://{}", dir.path().join("rise.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url)
+                    .await
+                    .expect("connect");
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("take the write lock");
+                HeldWrites::Sqlite(conn)
+            }
+            Location::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+                sqlx::query("BEGIN")
+                    .execute(&mut conn)
+                    .await
+                    .expect("begin");
+                sqlx::query("SELECT 1 FROM audit_chain FOR UPDATE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("lock the chain head");
+                HeldWrites::Postgres(conn)
+            }
+        }
+    }
+}
+
+enum HeldWrites {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl HeldWrites {
+    async fn release(self) {
+        match self {
+            HeldWrites::Sqlite(mut c) => sqlx::query("ROLLBACK").execute(&mut c).await.map(drop),
+            HeldWrites::Postgres(mut c) => sqlx::query("ROLLBACK").execute(&mut c).await.map(drop),
+        }
+        .expect("release");
+    }
 }
 
 async fn open_pg(url: &str) -> Store {
@@ -455,6 +501,8 @@ async fn store_failure_refuses_the_record(b: Backend) {
 }
 
 /// Backpressure: with the queue full, `record` fails at once instead of queueing without bound.
+/// The writer is held on its first commit (it has one record, the queue of one another), so of
+/// three records at least one is refused, at once; the others commit once writes resume.
 async fn full_queue_refuses_at_once(b: Backend) {
     let log = AuditLog::start(
         b.store.clone(),
@@ -464,16 +512,46 @@ async fn full_queue_refuses_at_once(b: Backend) {
             commit_timeout: Duration::from_secs(30),
         },
     );
-    // On this single-threaded test runtime the writer cannot run between the two enqueues.
-    let first = record("alice", "my-app", Outcome::Granted);
-    let second = record("bob", "my-app", Outcome::Granted);
-    let (a, b2) = tokio::join!(log.record(&first), log.record(&second));
-    assert_eq!(a.expect("first fits"), 1);
-    assert!(
-        matches!(b2, Err(AuditError::Overloaded(1))),
-        "{}: {b2:?}",
+    let held = b.hold_writes().await;
+    let tasks: Vec<_> = ["alice", "bob", "carol"]
+        .into_iter()
+        .map(|subject| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.record(&record(subject, "my-app", Outcome::Granted))
+                    .await
+            })
+        })
+        .collect();
+    // A refusal does not wait for the store: one task ends while writes are still held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tasks.iter().any(|t| t.is_finished()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: no record refused while the writer is held",
+            b.kind()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    held.release().await;
+    let mut refused = 0;
+    let mut ids = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(id) => ids.push(id),
+            Err(AuditError::Overloaded(1)) => refused += 1,
+            Err(e) => panic!("{}: {e:?}", b.kind()),
+        }
+    }
+    assert!(refused >= 1, "{}: nothing refused", b.kind());
+    ids.sort();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as i64).collect::<Vec<_>>(),
+        "{}: the accepted records commit in one chain",
         b.kind()
     );
+    assert!(!ids.is_empty(), "{}: the writer's record commits", b.kind());
 }
 
 /// Two replicas (independent pools and writers) on one database append to ONE chain.
