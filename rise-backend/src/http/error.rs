@@ -51,6 +51,9 @@ pub enum ApiError {
     /// The audit record could not be committed, so nothing was handed out (fail closed).
     #[error(transparent)]
     AuditUnavailable(#[from] AuditError),
+    /// An administrative action took effect, but its audit record could not be committed.
+    #[error("{done}, but the audit log cannot record it: {source}")]
+    DoneUnaudited { done: String, source: AuditError },
     /// The caller may not read the audit log.
     #[error("subject {subject} (issuer {issuer}) is not an audit administrator")]
     NotAuditAdmin { subject: String, issuer: String },
@@ -169,6 +172,13 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
                 "the audit log cannot be written right now, so Rise issued nothing; try again shortly".into(),
+            ),
+            ApiError::DoneUnaudited { done, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                format!(
+                    "{done}, but the audit log cannot be written right now, so it is not recorded under your name; repeat the request shortly to record it"
+                ),
             ),
             ApiError::NotAuditAdmin { .. } => (
                 StatusCode::FORBIDDEN,

@@ -99,7 +99,14 @@ pub(super) async fn post_revocation(
             revocation.kind, revocation.value, revocation.reason
         )
     });
-    let audit_id = state.audit.record(&record).await?;
+    let audit_id = state
+        .audit
+        .record(&record)
+        .await
+        .map_err(|source| ApiError::DoneUnaudited {
+            done: format!("{} {} is revoked", revocation.kind, revocation.value),
+            source,
+        })?;
     tracing::info!(
         request_id = %request_id,
         subject = %principal.subject,

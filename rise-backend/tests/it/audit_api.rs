@@ -250,6 +250,33 @@ async fn unwritable_audit_store_fails_requests_with_503() {
             "SQL detail leaked: {body}"
         );
     }
+    // A revocation still takes effect (refusing is the safe side), and the administrator is
+    // told it is not on record.
+    let admin = rise.token("sam", &["security"]);
+    let req = Request::post("/grants/revocations")
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::from(r#"{"subject": "local/alice"}"#))
+        .expect("request");
+    let (status, body) = rise.send(req).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "audit_unavailable");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("subject local/alice is revoked, but the audit log cannot be written"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("audit_log"),
+        "SQL detail leaked: {message}"
+    );
+    let in_force = rise
+        .state
+        .audit
+        .store()
+        .revocations_active(0)
+        .await
+        .expect("revocations");
+    assert_eq!(in_force.len(), 1, "{in_force:?}");
     sqlx::query("ALTER TABLE audit_log_moved RENAME TO audit_log")
         .execute(&pool)
         .await
