@@ -260,6 +260,9 @@ impl AdminRule {
 
 /// The name the local issuer has in policy rules.
 pub const LOCAL_ISSUER_NAME: &str = "local";
+/// The issuer of audit records of `rise-backend` commands run by an operator (`grants revoke`,
+/// `keys rotate`, `keys reseal`); reserved like [`LOCAL_ISSUER_NAME`].
+pub const OPERATOR_ISSUER_NAME: &str = "operator";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -583,6 +586,11 @@ impl Config {
             if name == LOCAL_ISSUER_NAME {
                 return Err(ConfigError::Semantic(format!(
                     "auth.issuers.{LOCAL_ISSUER_NAME} is reserved for the built-in development issuer; pick another name"
+                )));
+            }
+            if name == OPERATOR_ISSUER_NAME {
+                return Err(ConfigError::Semantic(format!(
+                    "auth.issuers.{OPERATOR_ISSUER_NAME} is reserved: the audit log names operators running rise-backend commands with it; pick another name"
                 )));
             }
             // Callers are written ISSUER/SUBJECT (audit tables, `grants revoke --subject`).
@@ -1178,6 +1186,20 @@ mod tests {
         );
         let err = load(&[&bad], &[]).expect_err("a slash").to_string();
         assert!(err.contains("issuer name \"corp/eu\" is invalid"), "{err}");
+    }
+
+    #[test]
+    fn built_in_issuer_names_are_reserved() {
+        for name in [LOCAL_ISSUER_NAME, OPERATOR_ISSUER_NAME] {
+            let taken = file(&format!(
+                "[auth.issuers.{name}]\nissuer = \"https://idp.example.com\"\naudience = \"rise\"\n"
+            ));
+            let err = load(&[&taken], &[]).expect_err("reserved").to_string();
+            assert!(
+                err.contains(&format!("auth.issuers.{name} is reserved")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rise_backend::audit::{AuditFilter, Outcome};
+use rise_backend::audit::{AuditFilter, AuditLog, AuditRecord, CallerInfo, Operation, Outcome};
 use rise_backend::auth::LocalIssuer;
 use rise_backend::config::{Config, Sources};
 use tracing_subscriber::EnvFilter;
@@ -396,7 +396,18 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                     println!(
                         "revoked Artifactory token {id} of registry {name}: Artifactory refuses it from now on"
                     );
-                    return Ok(());
+                    return record_operator_action(
+                        config,
+                        &store,
+                        Operation::Revoke,
+                        "grants revoke",
+                        |r| {
+                            r.registry = Some(name.to_owned());
+                            r.credential_id = Some(id.clone());
+                            format!("revoked Artifactory token {id} of registry {name}")
+                        },
+                    )
+                    .await;
                 }
                 (ProviderConfig::Artifactory(_), Target::Subject { .. }) => anyhow::bail!(
                     "registry {name} is an Artifactory registry: revoke its tokens one by one with --credential (the audit log's credential_id); --subject revokes grants of Distribution registries"
@@ -407,6 +418,13 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
             }
             let done = revocation::revoke(config, &store, &target, &reason).await?;
             println!("{}", show(&done));
+            record_operator_action(config, &store, Operation::Revoke, "grants revoke", |r| {
+                if let Target::Credential(id) = &target {
+                    r.credential_id = Some(id.clone());
+                }
+                revocation::audit_reason(&done)
+            })
+            .await?;
             let ttls = config
                 .all_registries()
                 .filter_map(|(_, r)| match r {
@@ -437,6 +455,51 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
     Ok(())
 }
 
+/// Append the record of an operator command that has taken effect to the audit chain, under
+/// issuer `operator` and the account running it (`SUDO_USER`, else `USER`/`LOGNAME`, else the
+/// uid). `describe` fills in the record and returns what was done. When the record cannot be
+/// written the command fails saying so: the action stays in force either way.
+async fn record_operator_action(
+    config: &Config,
+    store: &rise_backend::store::Store,
+    operation: Operation,
+    command: &str,
+    describe: impl FnOnce(&mut AuditRecord) -> String,
+) -> anyhow::Result<()> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let caller = CallerInfo::operator(operator_account(), command);
+    let mut record = AuditRecord::begin(operation, &request_id, caller);
+    let done = describe(&mut record);
+    record.done(done.clone());
+    let audit = AuditLog::start(
+        store.clone(),
+        rise_backend::audit::AuditSettings::from(&config.audit),
+    );
+    match audit.record(&record).await {
+        Ok(id) => {
+            println!("audit record {id}: {done}");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "done and in force, but its audit record could not be written ({e}): record it by hand"
+        )),
+    }
+}
+
+/// Who is running this command, as the environment names them; the uid when it does not.
+fn operator_account() -> String {
+    let named = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    named("SUDO_USER")
+        .or_else(|| named("USER"))
+        .or_else(|| named("LOGNAME"))
+        .unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata("/proc/self")
+                .map(|m| format!("uid {}", m.uid()))
+                .unwrap_or_else(|_| "unknown".to_owned())
+        })
+}
+
 /// The database a server with this configuration uses, creating the data directory and the
 /// SQLite file if needed.
 async fn open_store(config: &Config) -> anyhow::Result<rise_backend::store::Store> {
@@ -461,13 +524,24 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     use rise_backend::registry::providers::distribution::{
         GRANT_KEYS, GrantKeys, KeySet, REGISTRY_TOKEN_KEYS,
     };
-    let keyring = open_keyring(config).await?;
+    let store = open_store(config).await?;
+    let keyring =
+        rise_backend::keyring::Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
     if let KeysCommand::Reseal = command {
         let done = keyring.reseal().await?;
         println!(
             "sealed {} keys with keys.sealing_key ({} already were)",
             done.resealed, done.already
         );
+        if done.resealed > 0 {
+            record_operator_action(config, &store, Operation::ResealKeys, "keys reseal", |_| {
+                format!(
+                    "resealed {} keys with keys.sealing_key ({} already were)",
+                    done.resealed, done.already
+                )
+            })
+            .await?;
+        }
         if done.changed_meanwhile > 0 {
             anyhow::bail!(
                 "{} keys changed while resealing (a rotation ran): run `keys reseal` again",
@@ -499,6 +573,22 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     }
     let signing = KeySet::load(&keyring).await?;
     let grant = GrantKeys::load(&keyring).await?;
+    if let KeysCommand::Rotate { force } = command {
+        // The first of each set is the key now signing.
+        let token_kid = signing
+            .trusted()
+            .next()
+            .map(|c| c.kid().to_owned())
+            .unwrap_or_default();
+        let grant_kid = grant.kids().next().unwrap_or_default().to_owned();
+        record_operator_action(config, &store, Operation::RotateKeys, "keys rotate", |_| {
+            format!(
+                "rotated the keys: registry tokens now signed with {token_kid}, grants with {grant_kid}{}",
+                if force { " (forced)" } else { "" }
+            )
+        })
+        .await?;
+    }
     println!("keys in {}", keyring.describe());
     let slots = ["current", "next", "previous"];
     for (slot, cert) in slots.iter().zip(signing.trusted()) {

@@ -37,8 +37,13 @@ pub enum Operation {
     Credentials,
     /// A registry token exchange (`GET`/`POST /token`).
     Token,
-    /// A revocation of grants (`POST /grants/revocations`) by an audit administrator.
+    /// A revocation of grants or credentials: `POST /grants/revocations` by an audit
+    /// administrator, or `rise-backend grants revoke` by an operator.
     Revoke,
+    /// `rise-backend keys rotate`: the signing keys moved one slot on.
+    RotateKeys,
+    /// `rise-backend keys reseal`: stored keys sealed again with a new sealing key.
+    ResealKeys,
 }
 
 impl Operation {
@@ -47,6 +52,8 @@ impl Operation {
             Operation::Credentials => "credentials",
             Operation::Token => "token",
             Operation::Revoke => "revoke",
+            Operation::RotateKeys => "rotate_keys",
+            Operation::ResealKeys => "reseal_keys",
         }
     }
 }
@@ -95,6 +102,22 @@ pub struct CallerInfo {
 }
 
 impl CallerInfo {
+    /// An operator running a `rise-backend` command on a machine with access to the store:
+    /// issuer [`OPERATOR_ISSUER_NAME`](crate::config::OPERATOR_ISSUER_NAME), the account name
+    /// as the command found it, and the command in place of a user agent.
+    pub fn operator(account: String, command: &str) -> Self {
+        Self {
+            issuer: crate::config::OPERATOR_ISSUER_NAME.to_owned(),
+            subject: account,
+            groups: Vec::new(),
+            client_ip: None,
+            user_agent: Some(format!(
+                "rise-backend/{} {command}",
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+
     pub fn new(
         principal: &Principal,
         client_ip: Option<IpAddr>,

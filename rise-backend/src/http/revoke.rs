@@ -1,6 +1,6 @@
 //! `POST /grants/revocations`: an audit administrator revokes grants over HTTP, with their own
 //! identity in the audit log (the `rise-backend grants revoke` command needs database access
-//! and records no identity).
+//! and is recorded under the operator's account name, issuer `operator`).
 //!
 //! Body: `{"credential": ID}` (one grant, by the audit log's `credential_id`) or
 //! `{"subject": "ISSUER/SUBJECT"}` (every grant that caller was issued until now), and an
@@ -91,14 +91,7 @@ pub(super) async fn post_revocation(
     if let Target::Credential(id) = &target {
         record.credential_id = Some(id.clone());
     }
-    record.done(if revocation.reason.is_empty() {
-        format!("revoked {} {}", revocation.kind, revocation.value)
-    } else {
-        format!(
-            "revoked {} {}: {}",
-            revocation.kind, revocation.value, revocation.reason
-        )
-    });
+    record.done(revocation::audit_reason(&revocation));
     let audit_id = state
         .audit
         .record(&record)

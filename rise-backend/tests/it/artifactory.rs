@@ -304,6 +304,17 @@ async fn grants_revoke_revokes_an_artifactory_token() {
         "{said}"
     );
     assert!(fake.token(token).expect("known token").revoked);
+    let export = run(&config, &["audit", "export"]).await;
+    assert!(export.status.success(), "{export:?}");
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["operation"], "revoke");
+    assert_eq!(records[0]["caller"]["issuer"], "operator");
+    assert_eq!(records[0]["registry"], "jfrog");
+    assert_eq!(records[0]["credential_id"], id.as_str());
     let path = "docker-local/my-app/1/manifest.json";
     assert!(!fake.authorize(&c.username, token, path, 'w'));
     for output in [&revoked.stdout, &revoked.stderr] {

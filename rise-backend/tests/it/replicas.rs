@@ -817,6 +817,22 @@ async fn keys_rotate_asks_registries_whether_they_trust_the_next_key() {
         "{said}"
     );
     assert_eq!(shown_kid(&said, "registry token current "), next);
+    let records = operator_records(&config).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["operation"], "rotate_keys");
+    assert_eq!(records[0]["result"], "granted");
+    let reason = records[0]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains(&format!("registry tokens now signed with {next}")),
+        "{reason}"
+    );
+    assert!(
+        said.contains(&format!(
+            "audit record {}: rotated the keys",
+            records[0]["id"]
+        )),
+        "{said}"
+    );
 
     // A day later, the registry still runs with the old bundle: it lacks the new next key.
     a_day_later();
@@ -861,6 +877,26 @@ async fn keys_rotate_asks_registries_whether_they_trust_the_next_key() {
         "{warned}"
     );
     assert!(warned.contains("127.0.0.1:1"), "{warned}");
+    let records = operator_records(&config).await;
+    assert_eq!(
+        records.len(),
+        3,
+        "three rotations went through, the refused one is not recorded: {records:?}"
+    );
+    assert!(records.iter().all(|r| r["operation"] == "rotate_keys"));
+    let agent = records[2]["caller"]["user_agent"].as_str().expect("agent");
+    assert!(agent.ends_with(" keys rotate"), "{agent}");
+}
+
+/// The audit records of operator commands (issuer `operator`), from `rise-backend audit export`.
+async fn operator_records(config: &std::path::Path) -> Vec<Value> {
+    let export = crate::support::rise_process::run(config, &["audit", "export"]).await;
+    assert!(export.status.success(), "{export:?}");
+    String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a JSON line"))
+        .filter(|r| r["caller"]["issuer"] == "operator")
+        .collect()
 }
 
 /// `rise-backend grants revoke` with the real binary on PostgreSQL: a running server (another
@@ -1034,4 +1070,27 @@ async fn grants_revoke_reaches_a_running_server() {
         2,
         "refused revocations recorded nothing"
     );
+
+    // Both revocations are in the audit chain, under the operator's account.
+    let records = operator_records(&config).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| {
+        r["operation"] == "revoke"
+            && r["result"] == "granted"
+            && !r["caller"]["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+    }));
+    let credential_id = records[0]["credential_id"].as_str().expect("credential id");
+    assert_eq!(
+        records[0]["reason"],
+        format!("revoked credential {credential_id}: in a build log")
+    );
+    assert_eq!(
+        records[1]["reason"],
+        "revoked subject local/alice: laptop stolen"
+    );
+    let agent = records[1]["caller"]["user_agent"].as_str().expect("agent");
+    assert!(agent.ends_with(" grants revoke"), "{agent}");
 }

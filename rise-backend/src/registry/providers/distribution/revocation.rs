@@ -126,6 +126,15 @@ impl LiveRevocations {
     }
 }
 
+/// What the audit log says was done: `revoked KIND VALUE`, and the reason if one was given.
+pub fn audit_reason(r: &Revocation) -> String {
+    if r.reason.is_empty() {
+        format!("revoked {} {}", r.kind, r.value)
+    } else {
+        format!("revoked {} {}: {}", r.kind, r.value, r.reason)
+    }
+}
+
 /// A revocation made now: of `kind` and `value`, covering grants issued up to now, kept until
 /// every such grant has expired (`longest_grant` from now).
 pub fn revoke_now(kind: &str, value: &str, reason: &str, longest_grant: Duration) -> Revocation {
