@@ -34,6 +34,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "admin_token",
     "client_secret",
     "private_key",
+    "service_account_key",
     "api_key",
     "sealing_key",
     "previous_sealing_key",

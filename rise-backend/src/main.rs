@@ -415,6 +415,39 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                 (ProviderConfig::Ecr(_), _) => anyhow::bail!(
                     "registry {name} is an ECR registry: its credentials cannot be revoked before they expire; revoke the push role's active sessions in IAM to cut them short"
                 ),
+                (other, Target::Credential(id)) => {
+                    let provider =
+                        rise_backend::server::build_provider(name, other, config, None).await?;
+                    provider.revoke(id).await.with_context(|| {
+                        format!(
+                            "revoking credential {id} of {} registry {name}",
+                            other.kind()
+                        )
+                    })?;
+                    println!(
+                        "revoked credential {id} of {} registry {name}: the registry refuses it from now on",
+                        other.kind()
+                    );
+                    return record_operator_action(
+                        config,
+                        &store,
+                        Operation::Revoke,
+                        "grants revoke",
+                        |r| {
+                            r.registry = Some(name.to_owned());
+                            r.credential_id = Some(id.clone());
+                            format!(
+                                "revoked {} credential {id} of registry {name}",
+                                other.kind()
+                            )
+                        },
+                    )
+                    .await;
+                }
+                (other, Target::Subject { .. }) => anyhow::bail!(
+                    "registry {name} is a {} registry: revoke its credentials one by one with --credential (the audit log's credential_id); --subject revokes grants of Distribution registries",
+                    other.kind()
+                ),
             }
             let done = revocation::revoke(config, &store, &target, &reason).await?;
             println!("{}", show(&done));

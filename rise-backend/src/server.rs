@@ -79,7 +79,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     })
 }
 
-async fn build_provider(
+pub async fn build_provider(
     name: &str,
     provider_config: &ProviderConfig,
     config: &Config,
@@ -104,6 +104,24 @@ async fn build_provider(
         ProviderConfig::Artifactory(c) => Ok(Arc::new(
             crate::registry::providers::artifactory::ArtifactoryProvider::from_config(name, c)
                 .await?,
+        )),
+        ProviderConfig::Google(c) => Ok(Arc::new(
+            crate::registry::providers::google::GoogleProvider::from_config(name, c).await?,
+        )),
+        ProviderConfig::Acr(c) => Ok(Arc::new(
+            crate::registry::providers::acr::AcrProvider::from_config(name, c).await?,
+        )),
+        ProviderConfig::Ghcr(c) => Ok(Arc::new(
+            crate::registry::providers::ghcr::GhcrProvider::from_config(name, c).await?,
+        )),
+        ProviderConfig::Dockerhub(c) => Ok(Arc::new(
+            crate::registry::providers::dockerhub::DockerhubProvider::from_config(name, c).await?,
+        )),
+        ProviderConfig::Harbor(c) => Ok(Arc::new(
+            crate::registry::providers::harbor::HarborProvider::from_config(name, c).await?,
+        )),
+        ProviderConfig::Quay(c) => Ok(Arc::new(
+            crate::registry::providers::quay::QuayProvider::from_config(name, c).await?,
         )),
     }
 }

@@ -258,9 +258,11 @@ fn render<'a>(
         );
     }
     if !c.expiry_enforced {
-        warnings.push(
-            "this credential does not expire upstream: expires_in only says when to ask again; rotate the backend's password to revoke it".to_owned(),
-        );
+        warnings.push(if c.revocable {
+            "this credential does not expire upstream: Rise deletes it within its cleanup interval after expires_in; `rise-backend grants revoke --credential` deletes it sooner".to_owned()
+        } else {
+            "this credential does not expire upstream: expires_in only says when to ask again; rotate the backend's password to revoke it".to_owned()
+        });
     }
     if let Some(asked) = asked_ttl
         && Duration::from_secs(expires_in) + TTL_SHORTFALL < asked

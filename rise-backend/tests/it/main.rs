@@ -1,5 +1,6 @@
 //! Integration tests of rise-backend against real dependencies (see support/).
 
+mod acr;
 mod api;
 mod artifactory;
 mod audit_api;
@@ -8,8 +9,13 @@ mod audit_store;
 mod auth;
 mod cli;
 mod distribution;
+mod dockerhub;
 mod ecr;
+mod ghcr;
+mod google;
+mod harbor;
 mod infra;
 mod ops;
+mod quay;
 mod replicas;
 mod support;

@@ -1,9 +1,15 @@
 //! Registry providers. Each module owns its configuration struct (the `type = "..."` table) and
 //! an implementation of [`RegistryProvider`](super::RegistryProvider).
 
+pub mod acr;
 pub mod artifactory;
 pub mod distribution;
+pub mod dockerhub;
 pub mod ecr;
+pub mod ghcr;
+pub mod google;
+pub mod harbor;
+pub mod quay;
 
 use serde::Deserialize;
 
@@ -17,6 +23,19 @@ pub enum ProviderConfig {
     Ecr(Box<ecr::EcrConfig>),
     /// JFrog Artifactory: minted access tokens or the seed's static credentials.
     Artifactory(Box<artifactory::ArtifactoryConfig>),
+    /// Google Artifact Registry (and `gcr.io` hosts it serves): impersonated service accounts.
+    Google(Box<google::GoogleConfig>),
+    /// Azure Container Registry: repository-scoped ACR tokens with expiring passwords.
+    Acr(Box<acr::AcrConfig>),
+    /// GitHub Container Registry: GitHub App installation tokens.
+    Ghcr(Box<ghcr::GhcrConfig>),
+    /// Docker Hub: organization access tokens.
+    Dockerhub(Box<dockerhub::DockerhubConfig>),
+    /// Harbor: project robot accounts, deleted when they expire.
+    Harbor(Box<harbor::HarborConfig>),
+    /// Quay (quay.io or Red Hat Quay): robot accounts with one repository's permission, deleted
+    /// when they expire.
+    Quay(Box<quay::QuayConfig>),
 }
 
 /// Where a `[registry]`-style `table` fails to deserialize, relative to the table (`password`),
@@ -35,6 +54,12 @@ pub fn error_path(table: &toml::Table) -> Option<String> {
         "distribution" => path::<distribution::DistributionConfig>(value),
         "ecr" => path::<ecr::EcrConfig>(value),
         "artifactory" => path::<artifactory::ArtifactoryConfig>(value),
+        "google" => path::<google::GoogleConfig>(value),
+        "acr" => path::<acr::AcrConfig>(value),
+        "ghcr" => path::<ghcr::GhcrConfig>(value),
+        "dockerhub" => path::<dockerhub::DockerhubConfig>(value),
+        "harbor" => path::<harbor::HarborConfig>(value),
+        "quay" => path::<quay::QuayConfig>(value),
         _ => None,
     }
     .filter(|p| !p.is_empty() && p != ".")
@@ -46,6 +71,12 @@ impl ProviderConfig {
             ProviderConfig::Distribution(_) => "distribution",
             ProviderConfig::Ecr(_) => "ecr",
             ProviderConfig::Artifactory(_) => "artifactory",
+            ProviderConfig::Google(_) => "google",
+            ProviderConfig::Acr(_) => "acr",
+            ProviderConfig::Ghcr(_) => "ghcr",
+            ProviderConfig::Dockerhub(_) => "dockerhub",
+            ProviderConfig::Harbor(_) => "harbor",
+            ProviderConfig::Quay(_) => "quay",
         }
     }
 }

@@ -11,7 +11,13 @@
 
 pub mod app;
 pub mod aws_proxy;
+pub mod fake_acr;
 pub mod fake_artifactory;
+pub mod fake_dockerhub;
+pub mod fake_ghcr;
+pub mod fake_google;
+pub mod fake_harbor;
+pub mod fake_quay;
 pub mod image;
 pub mod moto;
 pub mod oidc;
