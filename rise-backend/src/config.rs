@@ -888,6 +888,39 @@ fn deserialize_with_key(tree: Table, prov: &Provenance) -> Result<Config, Config
     })
 }
 
+/// Loading configuration text in unit tests, through the real loader.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::io::Write;
+
+    use secrecy::ExposeSecret;
+
+    use super::{Config, Sources};
+    use crate::secrets::SecretSource;
+
+    /// `text` as the only configuration file, with `env` as the environment.
+    pub(crate) fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        Config::load(&Sources {
+            files: vec![f.path().to_owned()],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// The literal value of a secret key, if it was given as one.
+    pub(crate) fn value(source: Option<&SecretSource>) -> Option<&str> {
+        match source {
+            Some(SecretSource::Value(v)) => Some(v.expose_secret()),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

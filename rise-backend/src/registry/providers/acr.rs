@@ -108,6 +108,7 @@ use tokio::time::Instant;
 
 use self::arm::{ArmClient, ArmSettings};
 use crate::config::lenient;
+use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
 };
@@ -732,26 +733,7 @@ fn valid_resource_group(rg: &str) -> bool {
 /// An `https://` (or, with `insecure_http`, `http://`) URL without credentials, query or
 /// fragment; a path is kept (a proxy prefix: Entra's and ARM's paths go below it).
 fn parse_service_url(key: &str, raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let url = Url::parse(raw.trim()).map_err(|e| format!("{key} is not a URL: {e}"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(format!(
-                "{key} is http://: secrets would cross the network in clear text; use https:// (insecure_http = true is for tests only)"
-            ));
-        }
-        other => return Err(format!("{key} has unsupported scheme {other:?}")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{key} must not contain credentials"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{key} has no host"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{key} must not have a query or fragment"));
-    }
+    let url = upstream::endpoint_url(key, raw, insecure_http, None)?;
     Ok(url)
 }
 
@@ -1145,21 +1127,9 @@ mod config_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::load;
     use crate::registry::providers::ProviderConfig;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
-    }
 
     fn acr(c: &Config) -> &AcrConfig {
         match &c.registry {

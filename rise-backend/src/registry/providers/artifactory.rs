@@ -120,6 +120,7 @@ use serde::Deserialize;
 use self::access::{AccessAuth, AccessClient, CreateTokenRequest};
 use self::docker_credentials::{DockerCredential, DockerCredentialSource};
 use crate::config::lenient;
+use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
@@ -770,33 +771,12 @@ async fn backend_credential(
 /// trailing `/artifactory` (the Artifactory context, often configured by habit) is dropped
 /// because the Access API lives beside it. The path ends with `/` so joins stay under it.
 fn parse_base_url(raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let mut url = Url::parse(raw.trim()).map_err(|e| {
-        format!(
-            "base_url {:?} is not a URL ({e}); use e.g. https://company.jfrog.io",
-            raw.chars().take(100).collect::<String>()
-        )
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(
-                "base_url uses http://, which sends credentials in clear text; use https:// (or insecure_http = true for local tests)".into(),
-            );
-        }
-        other => return Err(format!("base_url scheme {other:?} is not http(s)")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "base_url must not contain credentials; use username/password or admin_token".into(),
-        );
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("base_url has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("base_url must not have a query or fragment".into());
-    }
+    let mut url = upstream::endpoint_url(
+        "base_url",
+        raw,
+        insecure_http,
+        Some("https://company.jfrog.io"),
+    )?;
     let trimmed = url.path().trim_end_matches('/');
     let trimmed = trimmed.strip_suffix("/artifactory").unwrap_or(trimmed);
     let path = format!("{trimmed}/");
@@ -1083,28 +1063,9 @@ mod seed_config_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
-    }
-
-    fn value(source: Option<&SecretSource>) -> Option<&str> {
-        match source {
-            Some(SecretSource::Value(v)) => Some(v.expose_secret()),
-            _ => None,
-        }
-    }
 
     fn artifactory(c: &Config) -> &ArtifactoryConfig {
         match &c.registry {

@@ -112,6 +112,7 @@ use serde::Deserialize;
 
 use self::api::{CreateOat, CreatedOat, Deleted, HubClient, OatInfo, OatPage, Reply, Resource};
 use crate::config::lenient;
+use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
@@ -843,31 +844,12 @@ async fn credential(
 
 /// Docker Hub's API URL: https (unless `insecure_http`), a host, no credentials, no query.
 fn parse_api_url(raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let url = Url::parse(raw.trim()).map_err(|e| {
-        format!(
-            "api_url {:?} is not a URL ({e}); use e.g. https://hub.docker.com",
-            raw.chars().take(100).collect::<String>()
-        )
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(
-                "api_url uses http://, which sends credentials in clear text; use https:// (or insecure_http = true for local tests)".into(),
-            );
-        }
-        other => return Err(format!("api_url scheme {other:?} is not http(s)")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("api_url must not contain credentials; use username and password".into());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("api_url has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("api_url must not have a query or fragment".into());
-    }
+    let url = upstream::endpoint_url(
+        "api_url",
+        raw,
+        insecure_http,
+        Some("https://hub.docker.com"),
+    )?;
     Ok(url)
 }
 
@@ -1093,28 +1075,9 @@ mod seed_config_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
-    }
-
-    fn value(source: Option<&SecretSource>) -> Option<&str> {
-        match source {
-            Some(SecretSource::Value(v)) => Some(v.expose_secret()),
-            _ => None,
-        }
-    }
 
     fn dockerhub(c: &Config) -> &DockerhubConfig {
         match &c.registry {

@@ -133,6 +133,7 @@ use serde::Deserialize;
 
 use self::api::{CreateTokenBody, GitHubClient, InstallationToken};
 use crate::config::lenient;
+use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
 };
@@ -783,32 +784,12 @@ fn valid_host(host: &str) -> bool {
 
 /// `api_url` as a base ending in `/`; `http://` only with `insecure_http`.
 fn parse_api_url(raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let mut url = Url::parse(raw.trim()).map_err(|_| {
-        format!(
-            "api_url {:?} is not a URL such as https://api.github.com",
-            truncate(raw, 80)
-        )
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(
-                "api_url uses http://: the App JWT and tokens would cross the network in clear text (set insecure_http = true for tests only)"
-                    .into(),
-            );
-        }
-        other => return Err(format!("api_url has unsupported scheme {other:?}")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("api_url must not contain credentials".into());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("api_url has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("api_url must not have a query or fragment".into());
-    }
+    let mut url = upstream::endpoint_url(
+        "api_url",
+        raw,
+        insecure_http,
+        Some("https://api.github.com"),
+    )?;
     let path = format!("{}/", url.path().trim_end_matches('/'));
     url.set_path(&path);
     Ok(url)
@@ -1194,21 +1175,9 @@ mod config_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::load;
     use crate::registry::providers::ProviderConfig;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
-    }
 
     fn ghcr(c: &Config) -> &GhcrConfig {
         match &c.registry {

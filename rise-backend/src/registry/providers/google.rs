@@ -703,7 +703,8 @@ mod config_tests {
     use secrecy::ExposeSecret;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::load;
     use crate::registry::providers::ProviderConfig;
 
     /// A service account JSON key with a freshly generated RSA key (once per process: RSA
@@ -725,19 +726,6 @@ mod config_tests {
             })
             .to_string()
         })
-    }
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
     }
 
     fn google(c: &Config) -> &GoogleConfig {

@@ -104,6 +104,7 @@ use self::api::{
     Access, CreateError, CreateRobot, Deleted, HarborClient, Login, Robot, RobotPermission,
 };
 use crate::config::lenient;
+use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
@@ -647,31 +648,12 @@ async fn credential(name: &str, config: &HarborConfig) -> Result<(String, Secret
 /// Harbor's external URL: https (unless `insecure_http`), a host, no credentials, no query.
 /// The path ends with `/` so joins stay under it.
 fn parse_url(raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let mut url = Url::parse(raw.trim()).map_err(|e| {
-        format!(
-            "url {:?} is not a URL ({e}); use e.g. https://harbor.example.com",
-            raw.chars().take(100).collect::<String>()
-        )
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(
-                "url uses http://, which sends credentials in clear text; use https:// (or insecure_http = true for local tests)".into(),
-            );
-        }
-        other => return Err(format!("url scheme {other:?} is not http(s)")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("url must not contain credentials; use username and password".into());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("url has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("url must not have a query or fragment".into());
-    }
+    let mut url = upstream::endpoint_url(
+        "url",
+        raw,
+        insecure_http,
+        Some("https://harbor.example.com"),
+    )?;
     if !url.path().trim_end_matches('/').is_empty() {
         // Harbor serves the registry (`/v2/`) at the root of its host; a path would give
         // clients an image reference Harbor does not serve.
@@ -945,21 +927,9 @@ mod config_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
-    }
 
     fn harbor<'a>(c: &'a Config, name: Option<&str>) -> &'a HarborConfig {
         let table = match name {
@@ -969,13 +939,6 @@ mod config_tests {
         match table {
             Some(ProviderConfig::Harbor(h)) => h,
             other => panic!("expected a harbor registry, got {other:?}"),
-        }
-    }
-
-    fn value(source: Option<&SecretSource>) -> Option<&str> {
-        match source {
-            Some(SecretSource::Value(v)) => Some(v.expose_secret()),
-            _ => None,
         }
     }
 

@@ -114,6 +114,7 @@ use serde::Deserialize;
 
 use self::api::{CreateRobot, Deleted, GrantError, QuayClient};
 use crate::config::lenient;
+use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
@@ -622,31 +623,7 @@ async fn oauth_token(name: &str, config: &QuayConfig) -> Result<Secret, Provider
 /// Quay's URL: https (unless `insecure_http`), a host, no credentials, no query, no path (Quay
 /// serves its API and the registry at the root of its host).
 fn parse_url(raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let mut url = Url::parse(raw.trim()).map_err(|e| {
-        format!(
-            "url {:?} is not a URL ({e}); use e.g. https://quay.io",
-            raw.chars().take(100).collect::<String>()
-        )
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(
-                "url uses http://, which sends the OAuth token in clear text; use https:// (or insecure_http = true for local tests)".into(),
-            );
-        }
-        other => return Err(format!("url scheme {other:?} is not http(s)")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("url must not contain credentials; use token".into());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("url has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("url must not have a query or fragment".into());
-    }
+    let mut url = upstream::endpoint_url("url", raw, insecure_http, Some("https://quay.io"))?;
     if !url.path().trim_end_matches('/').is_empty() {
         return Err("url must be Quay's root URL, without a path".into());
     }
@@ -920,21 +897,9 @@ mod config_tests {
     use std::io::Write;
 
     use super::*;
-    use crate::config::{Config, Sources};
+    use crate::config::Config;
+    use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, String> {
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        f.write_all(text.as_bytes()).expect("write");
-        Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-        .map_err(|e| e.to_string())
-    }
 
     fn quay<'a>(c: &'a Config, name: Option<&str>) -> &'a QuayConfig {
         let table = match name {
@@ -944,13 +909,6 @@ mod config_tests {
         match table {
             Some(ProviderConfig::Quay(q)) => q,
             other => panic!("expected a quay registry, got {other:?}"),
-        }
-    }
-
-    fn value(source: Option<&SecretSource>) -> Option<&str> {
-        match source {
-            Some(SecretSource::Value(v)) => Some(v.expose_secret()),
-            _ => None,
         }
     }
 

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use super::{parse_rfc3339, rfc3339};
 use crate::registry::ProviderError;
 use crate::registry::providers::artifactory::redact_for_log;
+use crate::registry::providers::upstream::{self, Reply};
 use crate::secrets::Secret;
 
 pub(super) const ENTRA_OPERATION: &str = "Entra ID token request";
@@ -105,13 +106,6 @@ pub(super) struct ArmClient {
     operation_timeout: Duration,
     /// Held while a token is fetched, so concurrent callers wait for one fetch (single flight).
     cached: tokio::sync::Mutex<Option<CachedToken>>,
-}
-
-/// One HTTP reply, read in full (bounded).
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
 }
 
 #[derive(Deserialize)]
@@ -618,46 +612,7 @@ impl ArmClient {
         op: &'static str,
         builder: reqwest::RequestBuilder,
     ) -> Result<Reply, ProviderError> {
-        let started = std::time::Instant::now();
-        let result = self.send_and_read(op, builder).await;
-        crate::metrics::record_upstream_latency("acr", op, started.elapsed());
-        result
-    }
-
-    async fn send_and_read(
-        &self,
-        op: &'static str,
-        builder: reqwest::RequestBuilder,
-    ) -> Result<Reply, ProviderError> {
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ProviderError::Timeout {
-                    operation: op,
-                    after: self.timeout,
-                }
-            } else {
-                // reqwest's errors name the URL and the I/O cause, never headers or bodies.
-                upstream(op, format!("{e:#}"))
-            }
-        };
-        let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(upstream(
-                    op,
-                    format!("HTTP {status} with a body over {MAX_BODY} bytes"),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        upstream::exchange("acr", op, self.timeout, MAX_BODY, builder).await
     }
 
     /// `management` + `path` + `?api-version=...`.

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::ProviderError;
 use crate::registry::providers::artifactory::redact_for_log;
+use crate::registry::providers::upstream;
 
 pub(super) const LOGIN_OPERATION: &str = "Docker Hub sign-in";
 pub(super) const CREATE_OPERATION: &str = "Docker Hub create access token";
@@ -276,54 +277,19 @@ impl HubClient {
         Ok(url)
     }
 
-    /// One call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
+    /// One Docker Hub API call, timed for `rise_upstream_request_duration_seconds` whatever its
+    /// outcome.
     async fn send(
         &self,
         operation: &'static str,
         builder: reqwest::RequestBuilder,
     ) -> Result<Reply, ProviderError> {
-        let started = std::time::Instant::now();
-        let result = self.send_and_read(operation, builder).await;
-        crate::metrics::record_upstream_latency("dockerhub", operation, started.elapsed());
-        result
-    }
-
-    async fn send_and_read(
-        &self,
-        operation: &'static str,
-        builder: reqwest::RequestBuilder,
-    ) -> Result<Reply, ProviderError> {
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ProviderError::Timeout {
-                    operation,
-                    after: self.timeout,
-                }
-            } else {
-                // reqwest's errors name the URL and the I/O cause, never headers or bodies.
-                ProviderError::Upstream {
-                    operation,
-                    detail: format!("{e:#}"),
-                }
-            }
-        };
-        let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(ProviderError::Upstream {
-                    operation,
-                    detail: format!("HTTP {status} with a body over {MAX_BODY} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let reply =
+            upstream::exchange("dockerhub", operation, self.timeout, MAX_BODY, builder).await?;
         Ok(Reply {
-            status,
-            retry_after,
-            body,
+            status: reply.status,
+            retry_after: retry_after(&reply.headers),
+            body: reply.body,
         })
     }
 }

@@ -33,6 +33,7 @@ use serde_json::Value;
 use super::identity::CLOUD_PLATFORM_SCOPE;
 use crate::registry::ProviderError;
 use crate::registry::providers::artifactory::redact_for_log;
+use crate::registry::providers::upstream;
 
 pub(super) const TOKEN_OPERATION: &str = "Google token endpoint";
 pub(super) const IAM_OPERATION: &str = "Google generateAccessToken";
@@ -251,83 +252,22 @@ impl GoogleClient {
         })
     }
 
-    /// One call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
+    /// One call to Google, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
+    /// URLs hold no secret: the assertion and tokens travel in bodies and headers.
     async fn send(
         &self,
         operation: &'static str,
         builder: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
-        let started = std::time::Instant::now();
-        let result = self.send_and_read(operation, builder).await;
-        crate::metrics::record_upstream_latency("google", operation, started.elapsed());
-        result
-    }
-
-    async fn send_and_read(
-        &self,
-        operation: &'static str,
-        builder: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ProviderError::Timeout {
-                    operation,
-                    after: self.timeout,
-                }
-            } else {
-                // reqwest's errors name the URL and the I/O cause, never headers or bodies; the
-                // URLs hold no secret (the assertion and tokens travel in bodies and headers).
-                ProviderError::Upstream {
-                    operation,
-                    detail: format!("{e:#}"),
-                }
-            }
-        };
-        let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(ProviderError::Upstream {
-                    operation,
-                    detail: format!("HTTP {status} with a body over {MAX_BODY} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, body))
+        let reply =
+            upstream::exchange("google", operation, self.timeout, MAX_BODY, builder).await?;
+        Ok((reply.status, reply.body))
     }
 }
 
-/// An `https://` endpoint (or `http://` with `insecure_http`), with a host and without
-/// credentials, query or fragment.
+/// An `https://` endpoint (or `http://` with `insecure_http`): see [`upstream::endpoint_url`].
 pub(super) fn parse_endpoint(key: &str, raw: &str, insecure_http: bool) -> Result<Url, String> {
-    let url = Url::parse(raw.trim()).map_err(|e| {
-        format!(
-            "{key} {:?} is not a URL ({e})",
-            raw.chars().take(100).collect::<String>()
-        )
-    })?;
-    match url.scheme() {
-        "https" => {}
-        "http" if insecure_http => {}
-        "http" => {
-            return Err(format!(
-                "{key} uses http://, which sends credentials in clear text; use https:// (or insecure_http = true for local tests)"
-            ));
-        }
-        other => return Err(format!("{key} scheme {other:?} is not http(s)")),
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{key} must not contain credentials"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{key} has no host"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{key} must not have a query or fragment"));
-    }
-    Ok(url)
+    upstream::endpoint_url(key, raw, insecure_http, None)
 }
 
 fn malformed(operation: &'static str, e: &serde_json::Error, len: usize) -> ProviderError {
@@ -405,21 +345,5 @@ mod tests {
         let s = summarise_error_body(html, &[]);
         assert!(s.starts_with("unrecognised body"), "{s}");
         assert!(!s.contains("ya29.a0AfH6SMBx1234567890"), "{s}");
-    }
-
-    #[test]
-    fn endpoints() {
-        assert!(parse_endpoint("k", "https://iamcredentials.googleapis.com", false).is_ok());
-        for (raw, insecure, part) in [
-            ("http://127.0.0.1:1", false, "clear text"),
-            ("https://u:p@host", false, "credentials"),
-            ("ftp://host", false, "scheme"),
-            ("host", false, "not a URL"),
-            ("https://host/?x=1", false, "query"),
-        ] {
-            let e = parse_endpoint("k", raw, insecure).expect_err(raw);
-            assert!(e.contains(part), "{raw}: {e}");
-        }
-        assert!(parse_endpoint("k", "http://127.0.0.1:1", true).is_ok());
     }
 }

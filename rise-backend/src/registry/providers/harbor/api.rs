@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::ProviderError;
 use crate::registry::providers::artifactory::redact_for_log;
+use crate::registry::providers::upstream;
 
 pub(super) const CREATE_OPERATION: &str = "Harbor create robot";
 pub(super) const DELETE_OPERATION: &str = "Harbor delete robot";
@@ -273,50 +274,15 @@ impl HarborClient {
         builder.basic_auth(login.username, Some(login.password.expose_secret()))
     }
 
-    /// One call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
+    /// One Harbor API call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
     async fn send(
         &self,
         operation: &'static str,
         builder: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
-        let started = std::time::Instant::now();
-        let result = self.send_and_read(operation, builder).await;
-        crate::metrics::record_upstream_latency("harbor", operation, started.elapsed());
-        result
-    }
-
-    async fn send_and_read(
-        &self,
-        operation: &'static str,
-        builder: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ProviderError::Timeout {
-                    operation,
-                    after: self.timeout,
-                }
-            } else {
-                // reqwest's errors name the URL and the I/O cause, never headers or bodies.
-                ProviderError::Upstream {
-                    operation,
-                    detail: format!("{e:#}"),
-                }
-            }
-        };
-        let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(ProviderError::Upstream {
-                    operation,
-                    detail: format!("HTTP {status} with a body over {MAX_BODY} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, body))
+        let reply =
+            upstream::exchange("harbor", operation, self.timeout, MAX_BODY, builder).await?;
+        Ok((reply.status, reply.body))
     }
 }
 

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::ProviderError;
 use crate::registry::providers::artifactory::redact_for_log;
+use crate::registry::providers::upstream;
 
 pub(super) const CREATE_OPERATION: &str = "Quay create robot";
 pub(super) const PERMISSION_OPERATION: &str = "Quay grant repository permission";
@@ -265,52 +266,15 @@ impl QuayClient {
         Ok(list.robots)
     }
 
-    /// One call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
+    /// One Quay API call, timed for `rise_upstream_request_duration_seconds` whatever its outcome.
     async fn send(
         &self,
         operation: &'static str,
         builder: reqwest::RequestBuilder,
         max_body: usize,
     ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
-        let started = std::time::Instant::now();
-        let result = self.send_and_read(operation, builder, max_body).await;
-        crate::metrics::record_upstream_latency("quay", operation, started.elapsed());
-        result
-    }
-
-    async fn send_and_read(
-        &self,
-        operation: &'static str,
-        builder: reqwest::RequestBuilder,
-        max_body: usize,
-    ) -> Result<(StatusCode, Vec<u8>), ProviderError> {
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ProviderError::Timeout {
-                    operation,
-                    after: self.timeout,
-                }
-            } else {
-                // reqwest's errors name the URL and the I/O cause, never headers or bodies.
-                ProviderError::Upstream {
-                    operation,
-                    detail: format!("{e:#}"),
-                }
-            }
-        };
-        let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > max_body {
-                return Err(ProviderError::Upstream {
-                    operation,
-                    detail: format!("HTTP {status} with a body over {max_body} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok((status, body))
+        let reply = upstream::exchange("quay", operation, self.timeout, max_body, builder).await?;
+        Ok((reply.status, reply.body))
     }
 }
 

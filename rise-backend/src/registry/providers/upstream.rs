@@ -1,0 +1,147 @@
+//! One HTTP exchange with a provider's upstream API, the same for every provider that speaks
+//! HTTP through `reqwest` (Artifactory, Google, ACR, GHCR, Docker Hub, Harbor, Quay).
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use reqwest::{RequestBuilder, StatusCode, Url};
+
+use crate::registry::ProviderError;
+
+/// A reply read in full (within the caller's bound), before it is interpreted.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Sends `builder` and reads the reply body, at most `max_body` bytes, timing the exchange for
+/// `rise_upstream_request_duration_seconds` whatever its outcome.
+///
+/// The client's timeout (`timeout` is what it was set to) becomes [`ProviderError::Timeout`]; any
+/// other transport failure, or a longer body, [`ProviderError::Upstream`]. reqwest's errors name the
+/// URL and the I/O cause, never headers or bodies, so credentials sent in either stay out of the
+/// error; providers never put a secret in a URL.
+pub(crate) async fn exchange(
+    provider: &'static str,
+    operation: &'static str,
+    timeout: Duration,
+    max_body: usize,
+    builder: RequestBuilder,
+) -> Result<Reply, ProviderError> {
+    let started = Instant::now();
+    let result = read(operation, timeout, max_body, builder).await;
+    crate::metrics::record_upstream_latency(provider, operation, started.elapsed());
+    result
+}
+
+async fn read(
+    operation: &'static str,
+    timeout: Duration,
+    max_body: usize,
+    builder: RequestBuilder,
+) -> Result<Reply, ProviderError> {
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            ProviderError::Timeout {
+                operation,
+                after: timeout,
+            }
+        } else {
+            ProviderError::Upstream {
+                operation,
+                detail: format!("{e:#}"),
+            }
+        }
+    };
+    let mut response = builder.send().await.map_err(transport)?;
+    let status = response.status();
+    let headers = std::mem::take(response.headers_mut());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > max_body {
+            return Err(ProviderError::Upstream {
+                operation,
+                detail: format!("HTTP {status} with a body over {max_body} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The configured URL `key` of an upstream API: `https://` (or `http://` with `insecure_http`),
+/// with a host, without credentials (they belong in their own secret keys, not in a URL that is
+/// logged), query or fragment. The path is kept; providers add their own rules about it.
+/// `example` is shown when `raw` is not a URL at all.
+pub(crate) fn endpoint_url(
+    key: &str,
+    raw: &str,
+    insecure_http: bool,
+    example: Option<&str>,
+) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|e| {
+        let hint = example
+            .map(|e| format!("; use e.g. {e}"))
+            .unwrap_or_default();
+        format!(
+            "{key} {:?} is not a URL ({e}){hint}",
+            raw.chars().take(100).collect::<String>()
+        )
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure_http => {}
+        "http" => {
+            return Err(format!(
+                "{key} uses http://, which sends credentials in clear text; use https:// (or insecure_http = true for local tests)"
+            ));
+        }
+        other => return Err(format!("{key} scheme {other:?} is not http(s)")),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{key} must not contain credentials; give them in their own (secret) keys"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{key} has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{key} must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls_are_https_with_a_host_and_nothing_secret() {
+        let ok = endpoint_url("k", "https://api.example.com/v1", false, None).expect("https");
+        assert_eq!(ok.path(), "/v1");
+        for (raw, insecure, part) in [
+            ("http://127.0.0.1:1", false, "clear text"),
+            ("https://u:p@host", false, "must not contain credentials"),
+            ("https://u@host", false, "must not contain credentials"),
+            ("ftp://host", false, "is not http(s)"),
+            ("ftp://host", true, "is not http(s)"),
+            ("host", false, "is not a URL"),
+            ("https://host/?x=1", false, "query"),
+            ("https://host/#f", false, "fragment"),
+        ] {
+            let e = endpoint_url("api_url", raw, insecure, None).expect_err(raw);
+            assert!(e.starts_with("api_url "), "{raw}: {e}");
+            assert!(e.contains(part), "{raw}: {e}");
+            assert!(!e.contains(":p@"), "{raw}: the password is not echoed: {e}");
+        }
+        assert!(endpoint_url("k", "http://127.0.0.1:1", true, None).is_ok());
+        let e = endpoint_url("url", "nope", false, Some("https://quay.io")).expect_err("hint");
+        assert!(e.ends_with("; use e.g. https://quay.io"), "{e}");
+    }
+}
