@@ -743,8 +743,6 @@ async fn a_missing_password_names_the_variable_to_set() {
 // --- Through the HTTP router, in-process ------------------------------------------------
 
 mod api {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
 
     use axum::http::StatusCode;
     use serde_json::{Value, json};
@@ -909,39 +907,11 @@ actions = ["push", "pull"]
         );
     }
 
-    /// A `MakeWriter` that appends to a shared buffer.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
     /// Every log line of successes and failures, at TRACE (reqwest and hyper included), is free
     /// of the password, the Hub JWTs and every minted OAT.
     #[tokio::test]
     async fn logs_carry_no_secrets() {
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .finish();
-        // The test runtime is single-threaded, so a thread-local default sees every event.
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let captured = crate::support::logs::TraceCapture::start();
 
         let fake = FakeDockerHub::start().await;
         let rise = rise(&fake).await;
@@ -964,8 +934,7 @@ actions = ["push", "pull"]
             .await
             .expect("bounded");
         }
-        let logs =
-            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8 logs");
+        let logs = captured.text();
         assert!(
             logs.contains("dockerhub credential not issued"),
             "the capture works: {logs}"

@@ -600,7 +600,6 @@ async fn debug_shows_no_secret() {
 
 mod api {
     use std::io::Write;
-    use std::sync::{Arc, Mutex};
 
     use axum::http::StatusCode;
     use rise_backend::config::{Config, Sources};
@@ -780,39 +779,11 @@ actions = ["push", "pull"]
         );
     }
 
-    /// A `MakeWriter` that appends to a shared buffer.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
     /// Every log line of successes and failures, at TRACE (reqwest and hyper included), is free
     /// of the key, the assertions, Rise's tokens and every minted token.
     #[tokio::test]
     async fn logs_carry_no_secrets() {
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .finish();
-        // The test runtime is single-threaded, so a thread-local default sees every event.
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let captured = crate::support::logs::TraceCapture::start();
 
         let fake = fake().await;
         let rise = rise(&fake).await;
@@ -846,8 +817,7 @@ actions = ["push", "pull"]
                     .expect("bounded");
             }
         }
-        let logs =
-            String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8 logs");
+        let logs = captured.text();
         // A callsite first reached by a concurrent test may briefly miss a thread-local
         // subscriber (tracing caches interest per callsite): require one of the provider's
         // events, not each of them.

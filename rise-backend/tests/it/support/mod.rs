@@ -19,6 +19,7 @@ pub mod fake_google;
 pub mod fake_harbor;
 pub mod fake_quay;
 pub mod image;
+pub mod logs;
 pub mod moto;
 pub mod oidc;
 pub mod postgres;
