@@ -92,6 +92,9 @@
 //! revoke the role's sessions in IAM ("Revoke active sessions" adds a deny for tokens issued before
 //! now), which cuts off every session of that role, not one credential.
 //!
+//! With a push role, `credential_id` (in the audit log) is the session's access key id: unique
+//! per session, not a secret, and recorded by CloudTrail as `userIdentity.accessKeyId`.
+//!
 //! # IAM permissions (least privilege)
 //!
 //! Backend identity, without a push role (the seed's setup; the token can reach what this allows):
@@ -399,7 +402,7 @@ impl EcrProvider {
                 "rise-push-role-session",
             ),
             expires_at,
-            arn: output.assumed_role_user().map(|u| u.arn().to_owned()),
+            access_key_id: creds.access_key_id().to_owned(),
         })
     }
 
@@ -474,7 +477,9 @@ const GET_TOKEN: &str = "ECR GetAuthorizationToken";
 struct Session {
     credentials: Credentials,
     expires_at: SystemTime,
-    arn: Option<String>,
+    /// The session's access key id (`ASIA...`): an identifier, not a secret, unique per session,
+    /// and what CloudTrail records as `userIdentity.accessKeyId` for calls made with it.
+    access_key_id: String,
 }
 
 struct Token {
@@ -540,7 +545,8 @@ impl RegistryProvider for EcrProvider {
             repository_scoped: scoped,
             revocable: false,
             expiry_enforced: true,
-            credential_id: session.and_then(|s| s.arn),
+            // Unique per session (the session ARN is the same for every session of a repository).
+            credential_id: session.map(|s| s.access_key_id),
         })
     }
 }
