@@ -8,6 +8,7 @@ mod audit_crash;
 mod audit_store;
 mod auth;
 mod cli;
+mod conformance;
 mod distribution;
 mod dockerhub;
 mod ecr;
