@@ -94,8 +94,9 @@ pub enum ProviderError {
 /// A registry backend that mints narrow, short-lived credentials.
 ///
 /// Object-safe: the application holds providers as `Arc<dyn RegistryProvider>` chosen at runtime
-/// from configuration. Each implementation is tested in `tests/it/` against a real registry or a
-/// fake of its upstream written from the upstream's public API documentation.
+/// from configuration. One contract suite (`tests/it/conformance.rs`) runs against every
+/// implementation, each with its upstream: a real one where it runs here, else a fake written from
+/// the upstream's public API documentation.
 #[async_trait]
 pub trait RegistryProvider: Send + Sync + fmt::Debug {
     /// The `type` key of its configuration, e.g. `"distribution"`.
