@@ -177,11 +177,12 @@ impl Authenticator {
     }
 
     /// Verify `token` (the bearer JWT, without `Bearer `) and map its claims to a [`Principal`].
-    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    /// A token verified before is answered from the cache with the same shared principal.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         self.verify_at(token, unix_now()).await
     }
 
-    async fn verify_at(&self, token: &str, now: i64) -> Result<Principal, AuthError> {
+    async fn verify_at(&self, token: &str, now: i64) -> Result<Arc<Principal>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::MalformedToken(format!(
                 "the token is longer than {MAX_TOKEN_BYTES} bytes"
@@ -218,7 +219,7 @@ impl Authenticator {
             )
             .await?;
         let times = check_claims(&parsed.claims, &issuer.audience, now, self.leeway)?;
-        let principal = issuer.principal(parsed.claims, times.exp)?;
+        let principal = Arc::new(issuer.principal(parsed.claims, times.exp)?);
         self.verified.insert(
             digest,
             Verified {
@@ -226,7 +227,7 @@ impl Authenticator {
                 generation,
                 not_before: times.not_before,
                 exp: times.exp,
-                principal: Arc::new(principal.clone()),
+                principal: Arc::clone(&principal),
             },
             now,
             self.leeway,
@@ -555,13 +556,13 @@ impl VerifiedCache {
         now: i64,
         leeway: i64,
         current_generation: impl Fn(usize) -> Option<u64>,
-    ) -> Option<Principal> {
+    ) -> Option<Arc<Principal>> {
         let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
         let hit = entries.get(digest)?;
         if !hit.valid_at(now, leeway) || current_generation(hit.issuer) != Some(hit.generation) {
             return None;
         }
-        Some(Principal::clone(&hit.principal))
+        Some(Arc::clone(&hit.principal))
     }
 
     fn insert(&self, digest: [u8; 32], verified: Verified, now: i64, leeway: i64) {

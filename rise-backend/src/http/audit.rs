@@ -7,6 +7,7 @@
 //! `Accept: application/x-ndjson`. The next cursor is `next_after_id` in JSON, and the
 //! `x-next-after-id` header in both formats; it is absent on the last page.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{RawQuery, State};
@@ -139,7 +140,7 @@ fn parse_time(name: &str, v: &str) -> Result<SystemTime, ApiError> {
 }
 
 pub(super) async fn get_audit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     Caller(principal): Caller,

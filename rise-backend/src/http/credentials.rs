@@ -115,7 +115,7 @@ struct Scope<'a> {
 /// caller gets 503 `audit_unavailable` instead (also for refusals, so an unwritable audit log is
 /// never silent).
 pub(super) async fn get_credentials(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     client: ClientInfo,
     RawQuery(raw): RawQuery,

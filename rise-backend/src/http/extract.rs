@@ -13,16 +13,15 @@ use crate::auth::{AuthError, Principal};
 /// The caller, authenticated from `Authorization: Bearer <jwt>`.
 pub struct Caller(pub Arc<Principal>);
 
-impl FromRequestParts<AppState> for Caller {
+impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts)?;
-        let principal = state.auth.verify(token).await?;
-        Ok(Caller(Arc::new(principal)))
+        Ok(Caller(state.auth.verify(token).await?))
     }
 }
 

@@ -2,6 +2,7 @@
 //! (so the CLI needs only the backend URL), and `GET /auth/whoami` shows a caller how the backend
 //! sees their token.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Json;
@@ -60,7 +61,7 @@ impl AuthMeta {
     }
 }
 
-pub(super) async fn auth_config(State(state): State<AppState>) -> Json<AuthMeta> {
+pub(super) async fn auth_config(State(state): State<Arc<AppState>>) -> Json<AuthMeta> {
     Json((*state.auth_meta).clone())
 }
 

@@ -49,9 +49,11 @@ pub struct AppState {
     pub rate_limits: Arc<RateLimits>,
 }
 
-/// The application router; tests drive it in-process with `oneshot`.
+/// The application router; tests drive it in-process with `oneshot`. Handlers share one
+/// `Arc<AppState>`: extracting it per request is one reference count, not one per field.
 pub fn app(state: AppState) -> Router {
     crate::metrics::install();
+    let state = Arc::new(state);
     Router::new()
         .route("/registry/credentials", get(credentials::get_credentials))
         .route("/audit", get(audit::get_audit))

@@ -1,6 +1,7 @@
 //! Operations endpoints (`/readyz`, `/metrics`) and the request-metrics middleware. `/healthz`
 //! (the process is up) lives beside the router.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -23,7 +24,7 @@ pub(super) struct Ready {
 
 /// `GET /readyz`: 200 when Rise can serve credentials, else 503 `not_ready` naming the failing
 /// checks (their detail goes to the log: it may name paths or upstreams).
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Ready>, ApiError> {
     let mut failing = Vec::new();
     let mut passed = Vec::new();
     // Keys: the local issuer's key is loaded while the state is built (which fails otherwise);

@@ -212,7 +212,7 @@ fn rejected(scope: LimitScope, retry_after: Duration) -> RateLimited {
 /// handler runs, and counts the handler's 401s as failed authentications of that address. Puts
 /// the [`ClientIp`] into the request's extensions for the handler and for audit.
 pub async fn limit_by_client_ip(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -235,12 +235,12 @@ pub async fn limit_by_client_ip(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub Option<IpAddr>);
 
-impl FromRequestParts<AppState> for ClientIp {
+impl FromRequestParts<Arc<AppState>> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         if let Some(ip) = parts.extensions.get::<ClientIp>() {
             return Ok(*ip);

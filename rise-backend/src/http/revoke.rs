@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::extract::{Caller, ClientInfo, RequestId};
 use super::{ApiError, AppState};
@@ -38,7 +39,7 @@ struct Revoked {
 }
 
 pub(super) async fn post_revocation(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     client: ClientInfo,
     Caller(principal): Caller,

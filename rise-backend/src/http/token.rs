@@ -57,7 +57,7 @@ struct TokenParams {
 }
 
 pub(super) async fn get_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     client: ClientInfo,
     RawQuery(raw): RawQuery,
@@ -68,7 +68,7 @@ pub(super) async fn get_token(
 }
 
 pub(super) async fn post_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     RequestId(request_id): RequestId,
     client: ClientInfo,
     headers: HeaderMap,
@@ -180,7 +180,7 @@ async fn issue(
             });
         }
         GrantCheck::NotAGrant => match state.auth.verify(password.expose_secret()).await {
-            Ok(principal) => TokenCaller::Principal(Arc::new(principal)),
+            Ok(principal) => TokenCaller::Principal(principal),
             Err(e @ AuthError::IssuerUnavailable(_)) => return Err(e.into()),
             Err(e) => {
                 return Err(ApiError::BadCredentials {

@@ -291,7 +291,7 @@ async fn an_expired_grant_is_refused() {
         .expect("alice's token verifies");
     let request = CredentialRequest {
         request_id: "expired-grant-test".into(),
-        principal: std::sync::Arc::new(principal),
+        principal,
         project: ProjectName::parse("my-app").expect("valid"),
         registry: "default".into(),
         repository: RepositoryName::parse("my-app").expect("valid"),
