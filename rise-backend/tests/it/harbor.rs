@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rise_backend::auth::Principal;
-use rise_backend::registry::providers::harbor::{HarborConfig, HarborProvider, SweepReport};
+use rise_backend::registry::providers::harbor::{HarborConfig, HarborProvider};
+use rise_backend::registry::providers::sweeper::SweepReport;
 use rise_backend::registry::{
     Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
     RepositoryName,

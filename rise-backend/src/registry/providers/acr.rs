@@ -108,6 +108,7 @@ use tokio::time::Instant;
 
 use self::arm::{ArmClient, ArmSettings};
 use crate::config::lenient;
+use crate::registry::providers::sweeper::{self, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
@@ -225,12 +226,9 @@ struct Inner {
     /// Scope map name -> when ARM last confirmed its actions; the per-name mutex makes
     /// concurrent callers for one repository write the scope map once.
     scope_maps: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
-    cleanup_interval: Duration,
     cleanup_batch: usize,
-    /// When the last cleanup started; `None` before the first.
-    last_cleanup: Mutex<Option<Instant>>,
-    /// Held by the running cleanup, so at most one runs.
-    cleanup_running: tokio::sync::Mutex<()>,
+    /// When expired tokens are deleted.
+    cleanup: Schedule,
 }
 
 /// What a credential may do upstream.
@@ -402,18 +400,17 @@ impl AcrProvider {
                 arm,
                 max_ttl: config.max_ttl,
                 scope_maps: Mutex::new(HashMap::new()),
-                cleanup_interval: config.cleanup_interval,
                 cleanup_batch: usize::try_from(config.cleanup_batch).unwrap_or(usize::MAX),
-                last_cleanup: Mutex::new(None),
-                cleanup_running: tokio::sync::Mutex::new(()),
+                cleanup: Schedule::new(config.cleanup_interval),
             }),
         })
     }
 
-    /// Delete up to `cleanup_batch` of Rise's tokens that expired over a minute ago; the number
-    /// deleted. Tokens of any other name shape are never touched. Runs at most once at a time.
-    pub async fn cleanup_expired(&self) -> Result<usize, ProviderError> {
-        self.inner.cleanup_expired().await
+    /// Delete up to `cleanup_batch` of Rise's tokens that expired over a minute ago (what
+    /// happens in the background at most every `cleanup_interval`). Tokens of any other name
+    /// shape are never touched. Waits for a cleanup already running to finish first.
+    pub async fn sweep_expired(&self) -> SweepReport {
+        sweeper::sweep_now(&*self.inner).await
     }
 }
 
@@ -440,7 +437,7 @@ impl Inner {
             self.spawn_delete(token_name.clone());
         }
         let (username, password, expires_at) = minted?;
-        self.maybe_spawn_cleanup();
+        sweeper::sweep_soon(self);
         Ok(IssuedCredential {
             registry_url: self.login_server.clone(),
             username,
@@ -576,54 +573,45 @@ impl Inner {
             }
         });
     }
+}
 
-    /// Start a cleanup in the background if the last one is older than `cleanup_interval`.
-    fn maybe_spawn_cleanup(self: &Arc<Self>) {
-        {
-            let mut last = self.last_cleanup.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < self.cleanup_interval) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let inner = Arc::clone(self);
-        tokio::spawn(async move {
-            match inner.cleanup_expired().await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(registry = %inner.name, deleted = n, "expired acr tokens deleted")
-                }
-                Err(e) => {
-                    tracing::warn!(registry = %inner.name, error = %e, "acr token cleanup failed")
-                }
-            }
-        });
+impl Sweep for Inner {
+    fn schedule(&self) -> &Schedule {
+        &self.cleanup
     }
 
-    async fn cleanup_expired(&self) -> Result<usize, ProviderError> {
-        let Ok(_running) = self.cleanup_running.try_lock() else {
-            return Ok(0);
+    async fn sweep(&self) -> SweepReport {
+        let mut report = SweepReport::default();
+        let names = match self.arm.list_tokens(CLEANUP_PAGES).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(registry = %self.name, error = %e, "acr token cleanup: listing tokens failed; retrying next cleanup");
+                return report;
+            }
         };
-        let names = self.arm.list_tokens(CLEANUP_PAGES).await?;
         let cutoff = SystemTime::now()
             .checked_sub(CLEANUP_GRACE)
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let mut deleted = 0;
-        for name in names
+        let (expired, kept): (Vec<&String>, Vec<&String>) = names
             .iter()
-            .filter(|n| token_expiry(n).is_some_and(|e| e < cutoff))
-            .take(self.cleanup_batch)
-        {
+            .filter(|n| token_expiry(n).is_some())
+            .partition(|n| token_expiry(n).is_some_and(|e| e < cutoff));
+        report.kept = kept.len();
+        for name in expired.into_iter().take(self.cleanup_batch) {
             match self.arm.delete_token(name).await {
-                Ok(()) => deleted += 1,
+                Ok(()) => report.deleted += 1,
                 Err(e) => {
-                    tracing::warn!(registry = %self.name, token = %name, error = %e, "expired acr token not deleted")
+                    report.failed += 1;
+                    tracing::warn!(registry = %self.name, token = %name, error = %e, "expired acr token not deleted; retrying next cleanup")
                 }
             }
         }
-        Ok(deleted)
+        if report.deleted > 0 {
+            tracing::info!(registry = %self.name, deleted = report.deleted, "expired acr tokens deleted");
+        }
+        report
     }
 }
 

@@ -102,7 +102,7 @@
 
 mod api;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -112,6 +112,7 @@ use serde::Deserialize;
 
 use self::api::{CreateOat, CreatedOat, Deleted, HubClient, OatInfo, OatPage, Reply, Resource};
 use crate::config::lenient;
+use crate::registry::providers::sweeper::{self, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
@@ -217,17 +218,6 @@ pub struct DockerhubProvider {
     shared: Arc<Shared>,
 }
 
-/// What one cleanup sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Rise's expired OATs that are gone now.
-    pub deleted: usize,
-    /// Rise's OATs still within their lifetime.
-    pub kept: usize,
-    /// Deletions that failed (retried on a later sweep).
-    pub failed: usize,
-}
-
 #[derive(Debug)]
 struct Shared {
     /// The registry's configured name, for log lines.
@@ -240,11 +230,10 @@ struct Shared {
     client: HubClient,
     max_ttl: Duration,
     delete_expired: bool,
-    cleanup_interval: Duration,
     /// The shared sign-in JWT; the async lock makes one sign-in at a time.
     jwt: tokio::sync::Mutex<Option<CachedJwt>>,
-    last_sweep: Mutex<Option<Instant>>,
-    sweeping: tokio::sync::Mutex<()>,
+    /// When Rise's expired tokens are deleted (only with `delete_expired`).
+    schedule: Schedule,
 }
 
 #[derive(Debug)]
@@ -316,10 +305,8 @@ impl DockerhubProvider {
                 client,
                 max_ttl: config.max_ttl,
                 delete_expired: config.delete_expired,
-                cleanup_interval: config.cleanup_interval,
                 jwt: tokio::sync::Mutex::new(None),
-                last_sweep: Mutex::new(None),
-                sweeping: tokio::sync::Mutex::new(()),
+                schedule: Schedule::new(config.cleanup_interval),
             }),
         })
     }
@@ -327,8 +314,7 @@ impl DockerhubProvider {
     /// Delete Rise's expired OATs now (what happens in the background every
     /// `cleanup_interval`). Waits for a sweep already running to finish first.
     pub async fn sweep_expired(&self) -> SweepReport {
-        let _one_at_a_time = self.shared.sweeping.lock().await;
-        self.shared.sweep().await
+        sweeper::sweep_now(&*self.shared).await
     }
 }
 
@@ -353,7 +339,8 @@ impl RegistryProvider for DockerhubProvider {
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let result = self.shared.issue(request).await;
         match &result {
-            Ok(_) => self.maybe_sweep_in_background(),
+            Ok(_) if self.shared.delete_expired => sweeper::sweep_soon(&self.shared),
+            Ok(_) => {}
             Err(e) => tracing::warn!(
                 registry = %self.shared.name,
                 request_id = %request.request_id,
@@ -381,23 +368,6 @@ impl RegistryProvider for DockerhubProvider {
             ),
         }
         result
-    }
-}
-
-impl DockerhubProvider {
-    fn maybe_sweep_in_background(&self) {
-        if !self.shared.delete_expired || !self.shared.claim_sweep() {
-            return;
-        }
-        let shared = self.shared.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let Ok(_only_sweep) = shared.sweeping.try_lock() else {
-                    return;
-                };
-                shared.sweep().await;
-            });
-        }
     }
 }
 
@@ -501,10 +471,7 @@ impl Shared {
                 matches!(reply.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT);
             if may_be_limit && self.delete_expired && !swept {
                 swept = true;
-                let report = {
-                    let _one_at_a_time = self.sweeping.lock().await;
-                    self.sweep().await
-                };
+                let report = sweeper::sweep_now(self).await;
                 if report.deleted > 0 {
                     tracing::info!(registry = %self.name, deleted = report.deleted, "retrying the create after deleting expired organization access tokens");
                     continue;
@@ -660,17 +627,6 @@ impl Shared {
         }
     }
 
-    /// True when no sweep has started within `cleanup_interval`; marks one as started.
-    fn claim_sweep(&self) -> bool {
-        // A poisoned lock only guards an `Instant`: take the value.
-        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < self.cleanup_interval) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
-    }
-
     fn own_label_start(&self) -> String {
         format!("{} {}/", self.label_prefix, self.name)
     }
@@ -678,9 +634,14 @@ impl Shared {
     fn is_rise_label(&self, label: Option<&str>) -> bool {
         label.is_some_and(|l| l.starts_with(&self.own_label_start()))
     }
+}
 
-    /// List Rise's OATs and delete the expired ones, within the sweep's bounds. Callers hold
-    /// `sweeping`.
+impl Sweep for Shared {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// List Rise's OATs and delete the expired ones, within the sweep's bounds.
     async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
         let now = SystemTime::now();

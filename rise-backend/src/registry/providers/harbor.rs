@@ -92,8 +92,8 @@
 
 mod api;
 
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::Url;
@@ -104,6 +104,7 @@ use self::api::{
     Access, CreateError, CreateRobot, Deleted, HarborClient, Login, Robot, RobotPermission,
 };
 use crate::config::lenient;
+use crate::registry::providers::sweeper::{self, Reaper, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
@@ -182,7 +183,8 @@ const MAX_DELETES_PER_SWEEP: usize = 500;
 #[derive(Debug)]
 pub struct HarborProvider {
     shared: Arc<Shared>,
-    reaper: Option<tokio::task::AbortHandle>,
+    /// Held for its `Drop`, which stops the reaper task.
+    _reaper: Reaper,
 }
 
 #[derive(Debug)]
@@ -198,22 +200,8 @@ struct Shared {
     password: Secret,
     client: HarborClient,
     max_ttl: Duration,
-    reap_interval: Duration,
-    /// When the last sweep started; `None` before the first.
-    last_sweep: Mutex<Option<Instant>>,
-    /// Held during a sweep, so sweeps never overlap.
-    sweeping: tokio::sync::Mutex<()>,
-}
-
-/// What one sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Rise robots whose expiry had passed and that are gone now.
-    pub deleted: usize,
-    /// Rise robots still within their lifetime.
-    pub kept: usize,
-    /// Deletions that failed (retried on the next sweep).
-    pub failed: usize,
+    /// When expired robots are deleted.
+    schedule: Schedule,
 }
 
 impl HarborProvider {
@@ -262,49 +250,24 @@ impl HarborProvider {
             password,
             client,
             max_ttl: config.max_ttl,
-            reap_interval: config.reap_interval,
-            last_sweep: Mutex::new(None),
-            sweeping: tokio::sync::Mutex::new(()),
+            schedule: Schedule::new(config.reap_interval),
         });
-        let reaper = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            runtime
-                .spawn(reap_loop(Arc::downgrade(&shared), config.reap_interval))
-                .abort_handle()
-        });
+        let reaper = Reaper::start(&shared);
         if shared.per_project {
             tracing::info!(registry = %name, "harbor registry creates one robot per request, limited to the Rise project's own Harbor project");
         } else {
             tracing::warn!(registry = %name, project = %config.project, "harbor registry creates robots on one shared Harbor project: each reaches every repository in it (not repository-scoped)");
         }
-        Ok(Self { shared, reaper })
+        Ok(Self {
+            shared,
+            _reaper: reaper,
+        })
     }
 
     /// Delete every expired Rise robot now (what the reaper does every `reap_interval`).
     /// Waits for a sweep already running to finish first.
     pub async fn sweep_expired(&self) -> SweepReport {
-        let _one_at_a_time = self.shared.sweeping.lock().await;
-        self.shared.sweep().await
-    }
-}
-
-impl Drop for HarborProvider {
-    fn drop(&mut self) {
-        if let Some(reaper) = &self.reaper {
-            reaper.abort();
-        }
-    }
-}
-
-/// Sweep every `interval` for as long as the provider lives.
-async fn reap_loop(shared: Weak<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.sweep_unless_running().await;
+        sweeper::sweep_now(&*self.shared).await
     }
 }
 
@@ -315,27 +278,14 @@ impl Shared {
             password,
         }
     }
+}
 
-    async fn sweep_unless_running(&self) {
-        let Ok(_only_sweep) = self.sweeping.try_lock() else {
-            return;
-        };
-        self.sweep().await;
-    }
-
-    /// True when no sweep has started within `reap_interval`; marks one as started.
-    fn claim_sweep(&self) -> bool {
-        // A poisoned lock only guards an `Instant`: take the value.
-        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < self.reap_interval) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+impl Sweep for Shared {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     async fn sweep(&self) -> SweepReport {
-        *self.last_sweep.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let password = self.password.current().await;
         let login = self.login_with(&password);
         let now = unix_seconds(SystemTime::now());
@@ -385,7 +335,9 @@ impl Shared {
         }
         report
     }
+}
 
+impl Shared {
     /// The Rise expiry of a robot Rise created; `None` for any other robot.
     fn rise_robot_expiry(&self, robot: &Robot) -> Option<u64> {
         let system = robot.level.as_deref().is_none_or(|l| l == "system");
@@ -576,13 +528,7 @@ impl RegistryProvider for HarborProvider {
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let result = self.shared.issue(request).await;
         match &result {
-            Ok(_) => {
-                if self.shared.claim_sweep() {
-                    // The first request after start also cleans up what an earlier run left.
-                    let shared = self.shared.clone();
-                    tokio::spawn(async move { shared.sweep_unless_running().await });
-                }
-            }
+            Ok(_) => sweeper::sweep_soon(&self.shared),
             Err(e) => tracing::warn!(
                 registry = %self.shared.name,
                 request_id = %request.request_id,
@@ -784,7 +730,7 @@ mod tests {
         assert!(p.shared.per_project);
         assert_eq!(p.max_ttl(), Duration::from_secs(12 * 3600));
         assert!(
-            p.reaper.is_some(),
+            p._reaper.is_running(),
             "built inside a runtime: the reaper runs"
         );
         let p = provider(

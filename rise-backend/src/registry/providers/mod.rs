@@ -10,6 +10,7 @@ pub mod ghcr;
 pub mod google;
 pub mod harbor;
 pub mod quay;
+pub mod sweeper;
 pub(crate) mod upstream;
 
 use serde::Deserialize;

@@ -104,8 +104,8 @@
 
 mod api;
 
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::Url;
@@ -114,6 +114,7 @@ use serde::Deserialize;
 
 use self::api::{CreateRobot, Deleted, GrantError, QuayClient};
 use crate::config::lenient;
+use crate::registry::providers::sweeper::{self, Reaper, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
@@ -197,7 +198,8 @@ const MAX_DELETES_PER_SWEEP: usize = 500;
 #[derive(Debug)]
 pub struct QuayProvider {
     shared: Arc<Shared>,
-    reaper: Option<tokio::task::AbortHandle>,
+    /// Held for its `Drop`, which stops the reaper task.
+    _reaper: Reaper,
 }
 
 #[derive(Debug)]
@@ -210,22 +212,8 @@ struct Shared {
     token: Secret,
     client: QuayClient,
     max_ttl: Duration,
-    reap_interval: Duration,
-    /// When the last sweep started; `None` before the first.
-    last_sweep: Mutex<Option<Instant>>,
-    /// Held during a sweep, so sweeps never overlap.
-    sweeping: tokio::sync::Mutex<()>,
-}
-
-/// What one sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Rise robots whose expiry had passed and that are gone now.
-    pub deleted: usize,
-    /// Rise robots still within their lifetime.
-    pub kept: usize,
-    /// Deletions that failed (retried on the next sweep).
-    pub failed: usize,
+    /// When expired robots are deleted.
+    schedule: Schedule,
 }
 
 impl QuayProvider {
@@ -275,73 +263,33 @@ impl QuayProvider {
             token,
             client,
             max_ttl: config.max_ttl,
-            reap_interval: config.reap_interval,
-            last_sweep: Mutex::new(None),
-            sweeping: tokio::sync::Mutex::new(()),
+            schedule: Schedule::new(config.reap_interval),
         });
-        let reaper = tokio::runtime::Handle::try_current().ok().map(|runtime| {
-            runtime
-                .spawn(reap_loop(Arc::downgrade(&shared), config.reap_interval))
-                .abort_handle()
-        });
+        let reaper = Reaper::start(&shared);
         tracing::info!(
             registry = %name,
             organization = %organization,
             "quay registry creates one robot per request with one repository's permission, deleted by Rise's reaper when it expires"
         );
-        Ok(Self { shared, reaper })
+        Ok(Self {
+            shared,
+            _reaper: reaper,
+        })
     }
 
     /// Delete every expired Rise robot now (what the reaper does every `reap_interval`).
     /// Waits for a sweep already running to finish first.
     pub async fn sweep_expired(&self) -> SweepReport {
-        let _one_at_a_time = self.shared.sweeping.lock().await;
-        self.shared.sweep().await
+        sweeper::sweep_now(&*self.shared).await
     }
 }
 
-impl Drop for QuayProvider {
-    fn drop(&mut self) {
-        if let Some(reaper) = &self.reaper {
-            reaper.abort();
-        }
-    }
-}
-
-/// Sweep every `interval` for as long as the provider lives.
-async fn reap_loop(shared: Weak<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        shared.sweep_unless_running().await;
-    }
-}
-
-impl Shared {
-    async fn sweep_unless_running(&self) {
-        let Ok(_only_sweep) = self.sweeping.try_lock() else {
-            return;
-        };
-        self.sweep().await;
-    }
-
-    /// True when no sweep has started within `reap_interval`; marks one as started.
-    fn claim_sweep(&self) -> bool {
-        // A poisoned lock only guards an `Instant`: take the value.
-        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|at| at.elapsed() < self.reap_interval) {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+impl Sweep for Shared {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     async fn sweep(&self) -> SweepReport {
-        *self.last_sweep.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let token = self.token.current().await;
         let now = unix_seconds(SystemTime::now());
         let mut report = SweepReport::default();
@@ -391,7 +339,9 @@ impl Shared {
         }
         report
     }
+}
 
+impl Shared {
     fn full_name(&self, shortname: &str) -> String {
         format!("{}+{shortname}", self.organization)
     }
@@ -559,13 +509,7 @@ impl RegistryProvider for QuayProvider {
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let result = self.shared.issue(request).await;
         match &result {
-            Ok(_) => {
-                if self.shared.claim_sweep() {
-                    // The first request after start also cleans up what an earlier run left.
-                    let shared = self.shared.clone();
-                    tokio::spawn(async move { shared.sweep_unless_running().await });
-                }
-            }
+            Ok(_) => sweeper::sweep_soon(&self.shared),
             Err(e) => tracing::warn!(
                 registry = %self.shared.name,
                 request_id = %request.request_id,
@@ -750,7 +694,7 @@ mod tests {
         assert_eq!(p.registry_url(), "quay.io");
         assert_eq!(p.max_ttl(), Duration::from_secs(12 * 3600));
         assert!(
-            p.reaper.is_some(),
+            p._reaper.is_running(),
             "built inside a runtime: the reaper runs"
         );
         let repo = RepositoryName::parse("team/my-app").expect("valid");
