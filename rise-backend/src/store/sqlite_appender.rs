@@ -34,9 +34,6 @@ impl std::fmt::Debug for SqliteAppender {
     }
 }
 
-/// WAL pages after which a commit of the appender checkpoints (SQLite's default is 1,000).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
-
 /// How long a writer waits for another process's write lock before failing the batch.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -171,12 +168,6 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(sql)?;
-    // Every commit rewrites the same few pages (the last leaf of the log and of each index,
-    // the chain head). Checkpointing every 10,000 WAL pages instead of SQLite's 1,000 copies
-    // each of those pages into the database once per ten times as many commits; the WAL file
-    // grows to about 40 MB before it is reused. `scripts/bench.sh` measured the difference.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(sql)?;
     conn.pragma_update(None, "cache_size", -65536)
         .map_err(sql)?;
