@@ -1,25 +1,18 @@
 //! The ACR provider through the `RegistryProvider` trait and through Rise's HTTP API, against
 //! the documented-API fake in `support::fake_acr` (Entra ID + ARM).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::acr::{AcrConfig, AcrProvider};
 use rise_backend::registry::providers::sweeper::SweepReport;
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, IssuedCredential, ProviderError, RegistryProvider};
 use secrecy::ExposeSecret;
 
 use crate::support::fake_acr::{
     API_VERSION, ARM_SCOPE, CLIENT_ID, CLIENT_SECRET, Endpoint, Failure, FakeAcr, GARBAGE_SECRET,
     INJECTED_SECRET, LOGIN_SERVER, TENANT_ID,
 };
-
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
+use crate::support::provider_calls::{GUARD, issue, request};
 
 fn config(fake: &FakeAcr, extra: &str) -> AcrConfig {
     let text = format!(
@@ -33,34 +26,6 @@ async fn provider(fake: &FakeAcr, extra: &str) -> AcrProvider {
     AcrProvider::from_config("default", &config(fake, extra))
         .await
         .expect("valid provider configuration")
-}
-
-fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(project).expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(project).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &AcrProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
 }
 
 fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {

@@ -2,15 +2,10 @@
 //! fake in `support::fake_artifactory` and real credential-helper executables.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::artifactory::{ArtifactoryConfig, ArtifactoryProvider};
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, IssuedCredential, ProviderError, RegistryProvider};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -18,9 +13,7 @@ use crate::support::fake_artifactory::{
     ADMIN_PASSWORD, ADMIN_TOKEN, ADMIN_USER, Auth, Failure, FakeArtifactory, SERVICE_PASSWORD,
     SERVICE_USER,
 };
-
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
+use crate::support::provider_calls::{GUARD, issue, request};
 
 async fn provider(fake: &FakeArtifactory, extra: &str) -> ArtifactoryProvider {
     ArtifactoryProvider::from_config("default", &config(fake, extra))
@@ -50,34 +43,6 @@ async fn push_token(fake: &FakeArtifactory) -> (ArtifactoryProvider, IssuedCrede
     .await
     .expect("token minted");
     (p, c)
-}
-
-fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(project).expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(project).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &ArtifactoryProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
 }
 
 /// Asserts `credential` expires `secs` seconds after some instant in `[before, after]`.

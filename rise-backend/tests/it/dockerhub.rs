@@ -4,12 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::dockerhub::{DockerhubConfig, DockerhubProvider};
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, ProviderError, RegistryProvider, RepositoryName};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -17,9 +13,8 @@ use crate::support::fake_dockerhub::{
     Endpoint, Failure, FakeDockerHub, INJECTED_SECRET, MEMBER_PASSWORD, MEMBER_USER, ORG,
     OWNER_PASSWORD, OWNER_PAT, OWNER_USER,
 };
+use crate::support::provider_calls::{GUARD, issue, request};
 
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
 const CREATE_PATH: &str = "/v2/orgs/myorg/access-tokens";
 
 fn config(fake: &FakeDockerHub, extra: &str) -> DockerhubConfig {
@@ -48,34 +43,6 @@ async fn provider(fake: &FakeDockerHub, extra: &str) -> DockerhubProvider {
         &format!("{}delete_expired = false\n{extra}", owner()),
     )
     .await
-}
-
-fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(project).expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(project).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &DockerhubProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
 }
 
 fn floor(t: SystemTime) -> SystemTime {
@@ -256,7 +223,7 @@ async fn the_sign_in_is_shared_and_reused() {
         let p = p.clone();
         tasks.spawn(async move {
             issue(
-                &p,
+                &*p,
                 &request("my-app", Actions::PULL, Duration::from_secs(600)),
             )
             .await

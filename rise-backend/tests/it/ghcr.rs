@@ -1,24 +1,17 @@
 //! The GHCR provider through the `RegistryProvider` trait and through Rise's HTTP API, against
 //! the documented-API fake GitHub in `support::fake_ghcr` (never against GitHub or ghcr.io).
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::ghcr::{GhcrConfig, GhcrProvider};
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, ProviderError, RegistryProvider};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::support::fake_ghcr::{
     APP_ID, Failure, FakeGhcr, INSTALLATION_ID, OWNER, app_key, other_key,
 };
-
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
+use crate::support::provider_calls::{GUARD, issue, request};
 
 fn app_toml(fake: &FakeGhcr, pem: &str, extra: &str) -> String {
     format!(
@@ -36,34 +29,6 @@ async fn provider_from(text: &str) -> GhcrProvider {
     GhcrProvider::from_config("default", &config)
         .await
         .expect("valid provider configuration")
-}
-
-fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(project).expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(project).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &GhcrProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -4,12 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::google::{GoogleConfig, GoogleProvider};
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, ProviderError, RegistryProvider};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -17,9 +13,8 @@ use crate::support::fake_google::{
     CLOUD_PLATFORM, Endpoint, Failure, FakeGoogle, GARBAGE_SECRET, INJECTED_SECRET, JWT_BEARER,
     RISE_ACCOUNT,
 };
+use crate::support::provider_calls::{GUARD, issue, request};
 
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
 const PUSH: &str = "rise-my-app-push@my-gcp.iam.gserviceaccount.com";
 const PULL: &str = "rise-my-app-pull@my-gcp.iam.gserviceaccount.com";
 const PULL_TEMPLATE: &str =
@@ -66,34 +61,6 @@ async fn fake() -> FakeGoogle {
     fake.allow_impersonation(PUSH);
     fake.allow_impersonation(PULL);
     fake
-}
-
-fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(project).expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(project).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &GoogleProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
 }
 
 fn assert_no_secret(e: &ProviderError, secrets: &[String]) {
@@ -330,7 +297,7 @@ async fn rise_token_is_cached_and_shared() {
     let p = Arc::new(provider(&fake, PULL_TEMPLATE).await);
     for _ in 0..3 {
         issue(
-            &p,
+            &*p,
             &request("my-app", Actions::PUSH_PULL, Duration::from_secs(600)),
         )
         .await

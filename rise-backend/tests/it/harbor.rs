@@ -2,25 +2,18 @@
 //! the documented-API fake in `support::fake_harbor`.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::harbor::{HarborConfig, HarborProvider};
 use rise_backend::registry::providers::sweeper::SweepReport;
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, IssuedCredential, ProviderError, RegistryProvider};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::support::fake_harbor::{
     ADMIN_PASSWORD, ADMIN_USER, Auth, DEV_PASSWORD, DEV_USER, Failure, FakeHarbor, Permission,
 };
-
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
+use crate::support::provider_calls::{GUARD, issue, request};
 
 fn config(fake: &FakeHarbor, extra: &str) -> HarborConfig {
     let text = format!(
@@ -34,34 +27,6 @@ async fn provider(fake: &FakeHarbor, extra: &str) -> HarborProvider {
     HarborProvider::from_config("default", &config(fake, extra))
         .await
         .expect("valid provider configuration")
-}
-
-fn request(project: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(project).expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(project).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &HarborProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
 }
 
 fn id_of(c: &IssuedCredential) -> i64 {

@@ -5,22 +5,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rise_backend::auth::Principal;
 use rise_backend::registry::providers::quay::{QuayConfig, QuayProvider};
 use rise_backend::registry::providers::sweeper::SweepReport;
-use rise_backend::registry::{
-    Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError, RegistryProvider,
-    RepositoryName,
-};
+use rise_backend::registry::{Actions, CredentialRequest, ProviderError, RegistryProvider};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
 use crate::support::fake_quay::{
     Endpoint, Failure, FakeQuay, GARBAGE_SECRET, INJECTED_SECRET, OAUTH_TOKEN, ORG, ORG_ONLY_TOKEN,
 };
-
-/// Liveness guard for calls that must end on their own timeouts; far above any of them.
-const GUARD: Duration = Duration::from_secs(30);
+use crate::support::provider_calls::{self, GUARD, issue};
 
 fn config(fake: &FakeQuay, extra: &str) -> QuayConfig {
     let text = format!(
@@ -36,32 +30,9 @@ async fn provider(fake: &FakeQuay, extra: &str) -> QuayProvider {
         .expect("valid provider configuration")
 }
 
+/// A request for `repository` of the Rise project `my-app`.
 fn request(repository: &str, actions: Actions, ttl: Duration) -> CredentialRequest {
-    CredentialRequest {
-        request_id: "req-1".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse("my-app").expect("valid project"),
-        registry: "default".into(),
-        repository: RepositoryName::parse(repository).expect("valid repository"),
-        actions,
-        ttl,
-    }
-}
-
-async fn issue(
-    p: &QuayProvider,
-    req: &CredentialRequest,
-) -> Result<IssuedCredential, ProviderError> {
-    tokio::time::timeout(GUARD, p.issue(req))
-        .await
-        .expect("issue must end on its own timeout")
+    provider_calls::request_for("my-app", repository, actions, ttl)
 }
 
 fn unix_now() -> u64 {

@@ -24,6 +24,7 @@ pub mod moto;
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod provider_calls;
 pub mod recording_proxy;
 pub mod registry;
 pub mod rise;
