@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rise_backend::auth::Principal;
 use rise_backend::keyring::{KEYS_DIR, Keyring};
 use rise_backend::registry::providers::acr::{AcrConfig, AcrProvider};
 use rise_backend::registry::providers::artifactory::{ArtifactoryConfig, ArtifactoryProvider};
@@ -33,12 +32,13 @@ use rise_backend::registry::providers::google::{GoogleConfig, GoogleProvider};
 use rise_backend::registry::providers::harbor::{HarborConfig, HarborProvider};
 use rise_backend::registry::providers::quay::{QuayConfig, QuayProvider};
 use rise_backend::registry::{
-    Action, Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError,
-    RegistryProvider, RepositoryName,
+    Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
+    RepositoryName,
 };
 use secrecy::ExposeSecret;
 
 use crate::support::moto::{ACCOUNT_ID, Moto};
+use crate::support::provider_calls;
 use crate::support::rise::ReservedRise;
 use crate::support::{
     fake_acr, fake_artifactory, fake_dockerhub, fake_ghcr, fake_google, fake_harbor, fake_quay,
@@ -445,19 +445,7 @@ fn repository() -> RepositoryName {
 fn request(actions: Actions, ttl: Duration) -> CredentialRequest {
     CredentialRequest {
         request_id: "req-conformance".into(),
-        principal: Arc::new(Principal {
-            issuer: "local".into(),
-            issuer_url: "rise-local".into(),
-            subject: "alice".into(),
-            groups: vec![],
-            claims: serde_json::Map::new(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }),
-        project: ProjectName::parse(PROJECT).expect("valid project"),
-        registry: "default".into(),
-        repository: repository(),
-        actions,
-        ttl,
+        ..provider_calls::request(PROJECT, actions, ttl)
     }
 }
 
