@@ -12,7 +12,8 @@ use crate::support::fake_acr::{
     API_VERSION, ARM_SCOPE, CLIENT_ID, CLIENT_SECRET, Endpoint, Failure, FakeAcr, GARBAGE_SECRET,
     INJECTED_SECRET, LOGIN_SERVER, TENANT_ID,
 };
-use crate::support::provider_calls::{GUARD, issue, request};
+use crate::support::provider_calls::{GUARD, issue, request, revoke};
+use crate::support::provider_checks::{assert_no_secret, assert_output_free_of};
 
 fn config(fake: &FakeAcr, extra: &str) -> AcrConfig {
     let text = format!(
@@ -26,13 +27,6 @@ async fn provider(fake: &FakeAcr, extra: &str) -> AcrProvider {
     AcrProvider::from_config("default", &config(fake, extra))
         .await
         .expect("valid provider configuration")
-}
-
-fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets {
-        assert!(!shown.contains(s), "error reveals a secret: {shown}");
-    }
 }
 
 /// Asserts `credential` expires `secs` seconds (whole seconds, as ACR stores them) after some
@@ -387,10 +381,7 @@ async fn revoke_deletes_the_token() {
     let id = c.credential_id.clone().expect("id");
     let pw = c.password.expose_secret();
     assert!(fake.authorize(&c.username, pw, "my-app", "push"));
-    tokio::time::timeout(GUARD, p.revoke(&id))
-        .await
-        .expect("bounded")
-        .expect("revoked");
+    revoke(&p, &id).await.expect("revoked");
     let r = fake
         .requests()
         .into_iter()
@@ -420,7 +411,7 @@ async fn revoke_deletes_the_token() {
 /// `credential_id`) deletes the ACR token, with the real binary.
 #[tokio::test]
 async fn grants_revoke_deletes_an_acr_token() {
-    use crate::support::rise_process::run;
+    use crate::support::rise_process::{grants_revoke, write_config};
     let fake = FakeAcr::start().await;
     let p = provider(&fake, "").await;
     let c = issue(
@@ -431,37 +422,20 @@ async fn grants_revoke_deletes_an_acr_token() {
     .expect("credential issued");
     let id = c.credential_id.clone().expect("id");
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("rise.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n\n[registries.azure]\ntype = \"acr\"\n{}client_secret = \"{CLIENT_SECRET}\"\n",
-            dir.path().join("data").display().to_string(),
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[registries.azure]\ntype = \"acr\"\n{}client_secret = \"{CLIENT_SECRET}\"\n",
             fake.config()
         ),
-    )
-    .expect("config");
-    let out = run(
-        &config,
-        &[
-            "grants",
-            "revoke",
-            "--credential",
-            &id,
-            "--registry",
-            "azure",
-        ],
-    )
-    .await;
+    );
+    let out = grants_revoke(&config, &id, "azure").await;
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains(&id) && said.contains("azure"), "{said}");
     assert!(!fake.tokens().contains_key(&id));
     assert!(!fake.authorize(&c.username, c.password.expose_secret(), "my-app", "pull"));
-    for output in [&out.stdout, &out.stderr] {
-        let text = String::from_utf8_lossy(output);
-        assert!(!text.contains(CLIENT_SECRET), "{text}");
-    }
+    assert_output_free_of(&out, &[CLIENT_SECRET]);
 }
 
 #[tokio::test]
@@ -823,13 +797,13 @@ async fn stopped_upstream_is_an_upstream_error() {
 mod api {
 
     use axum::http::StatusCode;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
-    use super::GUARD;
     use crate::support::app::TestRise;
     use crate::support::fake_acr::{
         CLIENT_SECRET, Endpoint, Failure, FakeAcr, GARBAGE_SECRET, INJECTED_SECRET, LOGIN_SERVER,
     };
+    use crate::support::provider_checks::{assert_logs_free_of, check_error};
 
     async fn rise(fake: &FakeAcr) -> TestRise {
         TestRise::from_toml(&format!(
@@ -848,18 +822,6 @@ actions = ["push", "pull"]
             config = fake.config()
         ))
         .await
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[tokio::test]
@@ -943,9 +905,7 @@ actions = ["push", "pull"]
         );
 
         fake.set_failure(Endpoint::Arm, Some(Failure::Hang));
-        let got = tokio::time::timeout(GUARD, rise.get(uri, Some(&token)))
-            .await
-            .expect("the request ends on Rise's upstream timeout");
+        let got = rise.get_guarded(uri, &token).await;
         check_error(
             &got,
             StatusCode::GATEWAY_TIMEOUT,
@@ -987,9 +947,7 @@ actions = ["push", "pull"]
             (Endpoint::Arm, Some(Failure::Hang)),
         ] {
             fake.set_failure(endpoint, failure);
-            let got = tokio::time::timeout(GUARD, rise.get(uri, Some(&token)))
-                .await
-                .expect("bounded");
+            let got = rise.get_guarded(uri, &token).await;
             if got.0 == StatusCode::OK {
                 passwords.push(
                     got.1["credentials"]["password"]
@@ -1031,8 +989,6 @@ actions = ["push", "pull"]
             ]
             .map(str::to_owned),
         );
-        for s in &secrets {
-            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

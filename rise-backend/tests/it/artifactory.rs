@@ -13,7 +13,8 @@ use crate::support::fake_artifactory::{
     ADMIN_PASSWORD, ADMIN_TOKEN, ADMIN_USER, Auth, Failure, FakeArtifactory, SERVICE_PASSWORD,
     SERVICE_USER,
 };
-use crate::support::provider_calls::{GUARD, issue, request};
+use crate::support::provider_calls::{issue, request, revoke};
+use crate::support::provider_checks::{assert_no_secret, assert_output_free_of};
 
 async fn provider(fake: &FakeArtifactory, extra: &str) -> ArtifactoryProvider {
     ArtifactoryProvider::from_config("default", &config(fake, extra))
@@ -53,13 +54,6 @@ fn assert_expires_in(credential: &IssuedCredential, before: SystemTime, secs: u6
         credential.expires_at >= before + lifetime && credential.expires_at <= after + lifetime,
         "expires_at is not {secs}s after issuance"
     );
-}
-
-fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets {
-        assert!(!shown.contains(s), "error reveals a secret: {shown}");
-    }
 }
 
 #[tokio::test]
@@ -232,36 +226,22 @@ async fn revoke_by_token_id() {
 /// the real binary; `--subject` is refused for Artifactory, saying what to do instead.
 #[tokio::test]
 async fn grants_revoke_revokes_an_artifactory_token() {
-    use crate::support::rise_process::run;
+    use crate::support::rise_process::{audit_records, grants_revoke, run, write_config};
     let fake = FakeArtifactory::start().await;
     let (_, c) = push_token(&fake).await;
     let id = c.credential_id.clone().expect("token id");
     let token = c.password.expose_secret();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("rise.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n\n[registries.jfrog]\ntype = \"artifactory\"\nbase_url = \"{}\"\nrepository = \"docker-local\"\ninsecure_http = true\n{}",
-            dir.path().join("data").display().to_string(),
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[registries.jfrog]\ntype = \"artifactory\"\nbase_url = \"{}\"\nrepository = \"docker-local\"\ninsecure_http = true\n{}",
             fake.base_url(),
             admin_token_config()
         ),
-    )
-    .expect("config");
+    );
 
-    let revoked = run(
-        &config,
-        &[
-            "grants",
-            "revoke",
-            "--credential",
-            &id,
-            "--registry",
-            "jfrog",
-        ],
-    )
-    .await;
+    let revoked = grants_revoke(&config, &id, "jfrog").await;
     assert!(revoked.status.success(), "{revoked:?}");
     let said = String::from_utf8_lossy(&revoked.stdout);
     assert!(
@@ -269,12 +249,7 @@ async fn grants_revoke_revokes_an_artifactory_token() {
         "{said}"
     );
     assert!(fake.token(token).expect("known token").revoked);
-    let export = run(&config, &["audit", "export"]).await;
-    assert!(export.status.success(), "{export:?}");
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let records = audit_records(&config).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["operation"], "revoke");
     assert_eq!(records[0]["caller"]["issuer"], "operator");
@@ -282,13 +257,7 @@ async fn grants_revoke_revokes_an_artifactory_token() {
     assert_eq!(records[0]["credential_id"], id.as_str());
     let path = "docker-local/my-app/1/manifest.json";
     assert!(!fake.authorize(&c.username, token, path, 'w'));
-    for output in [&revoked.stdout, &revoked.stderr] {
-        let text = String::from_utf8_lossy(output);
-        assert!(
-            !text.contains(ADMIN_TOKEN) && !text.contains(token),
-            "{text}"
-        );
-    }
+    assert_output_free_of(&revoked, &[ADMIN_TOKEN, token]);
 
     let by_subject = run(
         &config,
@@ -308,18 +277,7 @@ async fn grants_revoke_revokes_an_artifactory_token() {
         err.contains("revoke its tokens one by one with --credential"),
         "{err}"
     );
-    let unknown = run(
-        &config,
-        &[
-            "grants",
-            "revoke",
-            "--credential",
-            &id,
-            "--registry",
-            "nope",
-        ],
-    )
-    .await;
+    let unknown = grants_revoke(&config, &id, "nope").await;
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(
         err.contains("no registry \"nope\" is configured (configured: jfrog)"),
@@ -581,19 +539,13 @@ async fn revoke_failures_are_provider_errors() {
     .expect("token minted");
     let id = c.credential_id.expect("token id");
     fake.set_failure(Some(Failure::Status(500)));
-    let e = tokio::time::timeout(GUARD, p.revoke(&id))
-        .await
-        .expect("bounded")
-        .expect_err("500");
+    let e = revoke(&p, &id).await.expect_err("500");
     assert!(
         matches!(e, ProviderError::Upstream { operation, .. } if operation == "Artifactory revoke token"),
         "{e:?}"
     );
     fake.set_failure(Some(Failure::Hang));
-    let e = tokio::time::timeout(GUARD, p.revoke(&id))
-        .await
-        .expect("bounded")
-        .expect_err("hang");
+    let e = revoke(&p, &id).await.expect_err("hang");
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
 }
 
@@ -943,12 +895,13 @@ async fn missing_docker_config_is_reported() {
 mod api {
 
     use axum::http::StatusCode;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use crate::support::app::TestRise;
     use crate::support::fake_artifactory::{
         ADMIN_TOKEN, Failure, FakeArtifactory, SERVICE_PASSWORD, SERVICE_USER,
     };
+    use crate::support::provider_checks::{assert_logs_free_of, check_error};
 
     async fn rise(fake: &FakeArtifactory) -> TestRise {
         TestRise::from_toml(&format!(
@@ -985,18 +938,6 @@ actions = ["push", "pull"]
             base = fake.base_url()
         ))
         .await
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[tokio::test]
@@ -1114,9 +1055,7 @@ actions = ["push", "pull"]
         );
 
         fake.set_failure(Some(Failure::Hang));
-        let got = tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
-            .await
-            .expect("the request ends on Rise's upstream timeout");
+        let got = rise.get_guarded(uri, &token).await;
         check_error(
             &got,
             StatusCode::GATEWAY_TIMEOUT,
@@ -1159,9 +1098,7 @@ actions = ["push", "pull"]
             fake.set_failure(failure);
             for project in ["my-app", "legacy-app"] {
                 let uri = format!("/registry/credentials?project={project}");
-                tokio::time::timeout(super::GUARD, rise.get(&uri, Some(&token)))
-                    .await
-                    .expect("bounded");
+                rise.get_guarded(&uri, &token).await;
             }
         }
         let logs = captured.text();
@@ -1181,8 +1118,6 @@ actions = ["push", "pull"]
             ]
             .map(str::to_owned),
         );
-        for s in &secrets {
-            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

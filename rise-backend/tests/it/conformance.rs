@@ -38,14 +38,12 @@ use rise_backend::registry::{
 use secrecy::ExposeSecret;
 
 use crate::support::moto::{ACCOUNT_ID, Moto};
-use crate::support::provider_calls;
+use crate::support::provider_calls::{self, GUARD};
 use crate::support::rise::ReservedRise;
 use crate::support::{
     fake_acr, fake_artifactory, fake_dockerhub, fake_ghcr, fake_google, fake_harbor, fake_quay,
 };
 
-/// Liveness guard only: every provider call must end on its own (1 s) timeouts long before.
-const GUARD: Duration = Duration::from_secs(30);
 /// Clock slack between Rise, the fake and the test.
 const SLACK: Duration = Duration::from_secs(5);
 /// The lifetime asked for: 15 minutes, the shortest session STS grants (ECR), so every provider

@@ -13,7 +13,8 @@ use crate::support::fake_dockerhub::{
     Endpoint, Failure, FakeDockerHub, INJECTED_SECRET, MEMBER_PASSWORD, MEMBER_USER, ORG,
     OWNER_PASSWORD, OWNER_PAT, OWNER_USER,
 };
-use crate::support::provider_calls::{GUARD, issue, request};
+use crate::support::provider_calls::{issue, request, revoke};
+use crate::support::provider_checks::{assert_no_secret, assert_output_free_of};
 
 const CREATE_PATH: &str = "/v2/orgs/myorg/access-tokens";
 
@@ -63,13 +64,6 @@ fn assert_lifetime(at: SystemTime, before: SystemTime, ttl: Duration) {
         "expiry {} is not {ttl:?} after issuance",
         humantime::format_rfc3339_seconds(at)
     );
-}
-
-fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets {
-        assert!(!shown.contains(s), "error reveals a secret: {shown}");
-    }
 }
 
 #[tokio::test]
@@ -394,7 +388,7 @@ async fn revoke_deletes_rises_token_and_nothing_else() {
 /// binary and records the revocation.
 #[tokio::test]
 async fn grants_revoke_deletes_a_docker_hub_token() {
-    use crate::support::rise_process::run;
+    use crate::support::rise_process::{audit_records, grants_revoke, write_config};
     let fake = FakeDockerHub::start().await;
     let p = provider_named(
         "hub",
@@ -408,23 +402,16 @@ async fn grants_revoke_deletes_a_docker_hub_token() {
     let id = c.credential_id.clone().expect("id");
     let token = c.password.expose_secret();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("rise.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n\n[registries.hub]\ntype = \"dockerhub\"\norganization = \"{ORG}\"\napi_url = \"{}\"\ninsecure_http = true\n{}",
-            dir.path().join("data").display().to_string(),
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[registries.hub]\ntype = \"dockerhub\"\norganization = \"{ORG}\"\napi_url = \"{}\"\ninsecure_http = true\n{}",
             fake.api_url(),
             owner()
         ),
-    )
-    .expect("config");
+    );
 
-    let revoked = run(
-        &config,
-        &["grants", "revoke", "--credential", &id, "--registry", "hub"],
-    )
-    .await;
+    let revoked = grants_revoke(&config, &id, "hub").await;
     assert!(revoked.status.success(), "{revoked:?}");
     let said = String::from_utf8_lossy(&revoked.stdout);
     assert!(
@@ -435,23 +422,12 @@ async fn grants_revoke_deletes_a_docker_hub_token() {
     );
     assert!(fake.oat_by_token(token).expect("known").deleted);
     assert!(!fake.authorize(ORG, token, "myorg/my-app", "pull"));
-    let export = run(&config, &["audit", "export"]).await;
-    assert!(export.status.success(), "{export:?}");
-    let records: Vec<Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let records = audit_records(&config).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["operation"], "revoke");
     assert_eq!(records[0]["registry"], "hub");
     assert_eq!(records[0]["credential_id"], id.as_str());
-    for output in [&revoked.stdout, &revoked.stderr] {
-        let text = String::from_utf8_lossy(output);
-        assert!(
-            !text.contains(OWNER_PASSWORD) && !text.contains(token),
-            "{text}"
-        );
-    }
+    assert_output_free_of(&revoked, &[OWNER_PASSWORD, token]);
 }
 
 #[tokio::test]
@@ -644,19 +620,13 @@ async fn revoke_failures_are_provider_errors() {
     .expect("token minted");
     let id = c.credential_id.expect("id");
     fake.set_failure(Endpoint::Delete, Some(Failure::Status(500)));
-    let e = tokio::time::timeout(GUARD, p.revoke(&id))
-        .await
-        .expect("bounded")
-        .expect_err("500");
+    let e = revoke(&p, &id).await.expect_err("500");
     assert!(
         matches!(e, ProviderError::Upstream { operation, .. } if operation == "Docker Hub delete access token"),
         "{e:?}"
     );
     fake.set_failure(Endpoint::Delete, Some(Failure::Hang));
-    let e = tokio::time::timeout(GUARD, p.revoke(&id))
-        .await
-        .expect("bounded")
-        .expect_err("hang");
+    let e = revoke(&p, &id).await.expect_err("hang");
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
     assert!(!fake.oats()[0].deleted);
 }
@@ -683,26 +653,12 @@ async fn stopped_upstream_is_an_upstream_error() {
 
 #[tokio::test]
 async fn a_missing_password_names_the_variable_to_set() {
-    use rise_backend::config::{Config, Sources};
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("rise.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\ndata_dir = {:?}\n\n[registry]\ntype = \"dockerhub\"\norganization = \"{ORG}\"\n",
-            dir.path().join("data").display().to_string()
-        ),
+    let e = crate::support::app::start_error(
+        &format!("[registry]\ntype = \"dockerhub\"\norganization = \"{ORG}\"\n"),
+        vec![("RISE_REGISTRY__USERNAME".into(), OWNER_USER.into())],
+        "no password",
     )
-    .expect("config");
-    let config = Config::load(&Sources {
-        files: vec![path],
-        env: vec![("RISE_REGISTRY__USERNAME".into(), OWNER_USER.into())],
-    })
-    .expect("the file loads");
-    let e = match rise_backend::server::build_state(&config).await {
-        Ok(_) => panic!("no password: the server must not start"),
-        Err(e) => format!("{e:#}"),
-    };
+    .await;
     assert!(e.contains("RISE_REGISTRY__PASSWORD"), "{e}");
     assert!(e.contains("registry default"), "{e}");
 }
@@ -712,12 +668,13 @@ async fn a_missing_password_names_the_variable_to_set() {
 mod api {
 
     use axum::http::StatusCode;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use crate::support::app::TestRise;
     use crate::support::fake_dockerhub::{
         Endpoint, Failure, FakeDockerHub, INJECTED_SECRET, ORG, OWNER_PASSWORD, OWNER_USER,
     };
+    use crate::support::provider_checks::{assert_logs_free_of, check_error};
 
     async fn rise(fake: &FakeDockerHub) -> TestRise {
         TestRise::from_toml(&format!(
@@ -741,18 +698,6 @@ actions = ["push", "pull"]
             api = fake.api_url()
         ))
         .await
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[tokio::test]
@@ -851,9 +796,7 @@ actions = ["push", "pull"]
         assert!(!got.1.to_string().contains(INJECTED_SECRET), "{}", got.1);
 
         fake.set_failure(Endpoint::Create, Some(Failure::Hang));
-        let got = tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
-            .await
-            .expect("the request ends on Rise's upstream timeout");
+        let got = rise.get_guarded(uri, &token).await;
         check_error(
             &got,
             StatusCode::GATEWAY_TIMEOUT,
@@ -894,12 +837,8 @@ actions = ["push", "pull"]
             (Endpoint::Create, Some(Failure::Hang)),
         ] {
             fake.set_failure(endpoint, failure);
-            tokio::time::timeout(
-                super::GUARD,
-                rise.get("/registry/credentials?project=my-app", Some(&token)),
-            )
-            .await
-            .expect("bounded");
+            rise.get_guarded("/registry/credentials?project=my-app", &token)
+                .await;
         }
         let logs = captured.text();
         assert!(
@@ -915,8 +854,6 @@ actions = ["push", "pull"]
                 .collect::<Vec<_>>(),
         );
         secrets.extend([OWNER_PASSWORD, INJECTED_SECRET, token.as_str()].map(str::to_owned));
-        for s in &secrets {
-            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

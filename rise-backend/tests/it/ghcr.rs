@@ -11,7 +11,8 @@ use serde_json::json;
 use crate::support::fake_ghcr::{
     APP_ID, Failure, FakeGhcr, INSTALLATION_ID, OWNER, app_key, other_key,
 };
-use crate::support::provider_calls::{GUARD, issue, request};
+use crate::support::provider_calls::{issue, request};
+use crate::support::provider_checks::{self, assert_output_free_of};
 
 fn app_toml(fake: &FakeGhcr, pem: &str, extra: &str) -> String {
     format!(
@@ -38,11 +39,10 @@ fn assert_near(a: SystemTime, b: SystemTime, slack: Duration, what: &str) {
     assert!(d <= slack, "{what}: {d:?} apart");
 }
 
+/// The shared check, skipping empty strings (which every text contains).
 fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        assert!(!shown.contains(s), "error reveals a secret: {shown}");
-    }
+    let secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    provider_checks::assert_no_secret(e, &secrets);
 }
 
 #[tokio::test]
@@ -282,47 +282,26 @@ async fn revoke_by_id_is_unsupported_and_says_why() {
 
 #[tokio::test]
 async fn grants_revoke_says_ghcr_tokens_cannot_be_revoked() {
-    use crate::support::rise_process::run;
+    use crate::support::rise_process::{grants_revoke, run, write_config};
     let fake = FakeGhcr::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let key = dir.path().join("app.pem");
     std::fs::write(&key, &app_key().private_pem).expect("key");
-    let config = dir.path().join("rise.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n\n[registries.gh]\ntype = \"ghcr\"\nowner = \"{OWNER}\"\napp_id = \"{APP_ID}\"\ninstallation_id = {INSTALLATION_ID}\nprivate_key_file = {:?}\napi_url = \"{}\"\ninsecure_http = true\n",
-            dir.path().join("data").display().to_string(),
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[registries.gh]\ntype = \"ghcr\"\nowner = \"{OWNER}\"\napp_id = \"{APP_ID}\"\ninstallation_id = {INSTALLATION_ID}\nprivate_key_file = {:?}\napi_url = \"{}\"\ninsecure_http = true\n",
             key.display().to_string(),
             fake.api_url()
         ),
-    )
-    .expect("config");
-    let revoked = run(
-        &config,
-        &[
-            "grants",
-            "revoke",
-            "--credential",
-            "some-id",
-            "--registry",
-            "gh",
-        ],
-    )
-    .await;
+    );
+    let revoked = grants_revoke(&config, "some-id", "gh").await;
     assert!(!revoked.status.success(), "{revoked:?}");
     let said = String::from_utf8_lossy(&revoked.stderr);
     assert!(said.contains("cannot be revoked by Rise"), "{said}");
-    for output in [&revoked.stdout, &revoked.stderr] {
-        let text = String::from_utf8_lossy(output);
-        for line in app_key()
-            .private_pem
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-        {
-            assert!(!text.contains(line), "the key is in the output");
-        }
-    }
+    let key = &app_key().private_pem;
+    let key_lines: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert_output_free_of(&revoked, &key_lines);
     assert!(fake.requests().is_empty(), "nothing was sent to GitHub");
     let export = run(&config, &["audit", "export"]).await;
     assert!(export.status.success(), "{export:?}");
@@ -462,7 +441,6 @@ async fn static_mode_hands_out_the_token_honestly() {
 
 #[tokio::test]
 async fn bad_keys_stop_the_start_with_a_clear_message() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let key_body = "bm90LWEtcmVhbC1rZXktYnV0LXNlY3JldA==";
     for (registry, part) in [
         (
@@ -473,24 +451,14 @@ async fn bad_keys_stop_the_start_with_a_clear_message() {
         ),
         (String::new(), "private_key is required in app mode"),
     ] {
-        let path = dir.path().join("rise.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[registry]\ntype = \"ghcr\"\nowner = \"acme\"\napp_id = 1\ninstallation_id = 2\n{registry}\n",
-                dir.path().join("data")
+        let e = crate::support::app::start_error(
+            &format!(
+                "[registry]\ntype = \"ghcr\"\nowner = \"acme\"\napp_id = 1\ninstallation_id = 2\n{registry}\n"
             ),
+            vec![],
+            part,
         )
-        .expect("write config");
-        let config = rise_backend::config::Config::load(&rise_backend::config::Sources {
-            files: vec![path],
-            env: vec![],
-        })
-        .expect("the file itself is valid");
-        let e = match rise_backend::server::build_state(&config).await {
-            Ok(_) => panic!("{part}: the server must not start"),
-            Err(e) => format!("{e:#}"),
-        };
+        .await;
         assert!(e.contains(part), "{e}");
         assert!(e.contains("registry default"), "{e}");
         assert!(!e.contains(key_body), "{e}");
@@ -505,6 +473,7 @@ mod api {
 
     use crate::support::app::TestRise;
     use crate::support::fake_ghcr::{APP_ID, Failure, FakeGhcr, INSTALLATION_ID, OWNER, app_key};
+    use crate::support::provider_checks::{assert_logs_free_of, check_error};
 
     const PAT: &str = "ghp_static-classic-pat-4d2e";
 
@@ -553,18 +522,6 @@ actions = ["push", "pull"]
         ))
         .await;
         Setup { rise, _key: key }
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     fn warned(body: &Value, part: &str) -> bool {
@@ -684,9 +641,7 @@ actions = ["push", "pull"]
         assert!(!got.1.to_string().contains("ghs_garbage"), "{}", got.1);
 
         fake.set_failure(Some(Failure::Hang));
-        let got = tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
-            .await
-            .expect("the request ends on Rise's upstream timeout");
+        let got = rise.get_guarded(uri, &token).await;
         check_error(
             &got,
             StatusCode::GATEWAY_TIMEOUT,
@@ -719,9 +674,7 @@ actions = ["push", "pull"]
                 "/registry/credentials?project=my-app&ttl=1m",
                 "/registry/credentials?project=legacy-app",
             ] {
-                tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
-                    .await
-                    .expect("bounded");
+                rise.get_guarded(uri, &token).await;
             }
         }
         let logs = captured.text();
@@ -758,13 +711,6 @@ actions = ["push", "pull"]
             ]
             .map(str::to_owned),
         );
-        for s in &secrets {
-            // Fake secrets: a short prefix is enough to tell which one leaked.
-            assert!(
-                !logs.contains(s.as_str()),
-                "a secret is in the logs: {}…",
-                s.chars().take(12).collect::<String>()
-            );
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

@@ -14,6 +14,7 @@ use crate::support::fake_google::{
     RISE_ACCOUNT,
 };
 use crate::support::provider_calls::{GUARD, issue, request};
+use crate::support::provider_checks;
 
 const PUSH: &str = "rise-my-app-push@my-gcp.iam.gserviceaccount.com";
 const PULL: &str = "rise-my-app-pull@my-gcp.iam.gserviceaccount.com";
@@ -63,14 +64,10 @@ async fn fake() -> FakeGoogle {
     fake
 }
 
+/// The shared check, for owned secrets.
 fn assert_no_secret(e: &ProviderError, secrets: &[String]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets {
-        assert!(
-            !shown.contains(s.as_str()),
-            "error reveals a secret: {shown}"
-        );
-    }
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    provider_checks::assert_no_secret(e, &secrets);
 }
 
 /// Everything that must never appear in an error or a log line.
@@ -569,12 +566,12 @@ mod api {
     use std::io::Write;
 
     use axum::http::StatusCode;
-    use rise_backend::config::{Config, Sources};
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::{PULL, PUSH, all_secrets, fake};
-    use crate::support::app::TestRise;
+    use crate::support::app::{TestRise, start_error};
     use crate::support::fake_google::{Endpoint, Failure, FakeGoogle};
+    use crate::support::provider_checks::{assert_logs_free_of, check_error};
 
     fn table(fake: &FakeGoogle, key_file: &std::path::Path) -> String {
         format!(
@@ -606,18 +603,6 @@ actions = ["push", "pull"]
         let mut key = tempfile::NamedTempFile::new().expect("temp file");
         key.write_all(fake.key_json().as_bytes()).expect("write");
         TestRise::from_toml(&table(fake, key.path())).await
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[tokio::test]
@@ -704,9 +689,7 @@ actions = ["push", "pull"]
         );
 
         fake.set_failure(Endpoint::Iam, Some(Failure::Hang));
-        let got = tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
-            .await
-            .expect("the request ends on Rise's upstream timeout");
+        let got = rise.get_guarded(uri, &token).await;
         check_error(
             &got,
             StatusCode::GATEWAY_TIMEOUT,
@@ -721,24 +704,13 @@ actions = ["push", "pull"]
     #[tokio::test]
     async fn missing_key_stops_the_server_from_starting() {
         let fake = FakeGoogle::start().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("rise.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}",
-            dir.path().join("data"),
-            table(&fake, std::path::Path::new("/nonexistent"))
-                .replace("service_account_key_file = \"/nonexistent\"\n", "")
-        );
-        std::fs::write(&path, text).expect("write config");
-        let config = Config::load(&Sources {
-            files: vec![path],
-            env: vec![],
-        })
-        .expect("the file itself is valid");
-        let e = match rise_backend::server::build_state(&config).await {
-            Ok(_) => panic!("a Google registry without a key must not start"),
-            Err(e) => format!("{e:#}"),
-        };
+        let e = start_error(
+            &table(&fake, std::path::Path::new("/nonexistent"))
+                .replace("service_account_key_file = \"/nonexistent\"\n", ""),
+            vec![],
+            "a Google registry without a key",
+        )
+        .await;
         assert!(
             e.contains("registry default: no service account key")
                 && e.contains("RISE_REGISTRY__SERVICE_ACCOUNT_KEY"),
@@ -779,9 +751,7 @@ actions = ["push", "pull"]
             }
             for actions in ["pull", "push"] {
                 let uri = format!("/registry/credentials?project=my-app&actions={actions}");
-                tokio::time::timeout(super::GUARD, rise.get(&uri, Some(&token)))
-                    .await
-                    .expect("bounded");
+                rise.get_guarded(&uri, &token).await;
             }
         }
         let logs = captured.text();
@@ -800,8 +770,6 @@ actions = ["push", "pull"]
             "assertions are checked"
         );
         secrets.push(token.clone());
-        for s in &secrets {
-            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

@@ -13,7 +13,8 @@ use serde_json::json;
 use crate::support::fake_harbor::{
     ADMIN_PASSWORD, ADMIN_USER, Auth, DEV_PASSWORD, DEV_USER, Failure, FakeHarbor, Permission,
 };
-use crate::support::provider_calls::{GUARD, issue, request};
+use crate::support::provider_calls::{GUARD, issue, request, revoke};
+use crate::support::provider_checks::{assert_no_secret, assert_output_free_of};
 
 fn config(fake: &FakeHarbor, extra: &str) -> HarborConfig {
     let text = format!(
@@ -35,13 +36,6 @@ fn id_of(c: &IssuedCredential) -> i64 {
         .expect("credential id")
         .parse()
         .expect("numeric id")
-}
-
-fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets {
-        assert!(!shown.contains(s), "error reveals a secret: {shown}");
-    }
 }
 
 #[tokio::test]
@@ -609,10 +603,7 @@ async fn revoke_failures_are_provider_errors() {
     let e = p.revoke(&id).await.expect_err("403");
     assert!(matches!(e, ProviderError::Misconfigured(_)), "{e:?}");
     fake.set_failure(Some(Failure::Hang));
-    let e = tokio::time::timeout(GUARD, p.revoke(&id))
-        .await
-        .expect("bounded")
-        .expect_err("hang");
+    let e = revoke(&p, &id).await.expect_err("hang");
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
     fake.set_failure(None);
     assert!(fake.robot(id_of(&c)).is_some());
@@ -622,7 +613,7 @@ async fn revoke_failures_are_provider_errors() {
 /// Harbor robot with the real binary and records it.
 #[tokio::test]
 async fn grants_revoke_deletes_a_harbor_robot() {
-    use crate::support::rise_process::run;
+    use crate::support::rise_process::{audit_records, grants_revoke, write_config};
     let fake = FakeHarbor::start().await;
     let p = provider(&fake, "").await;
     let c = issue(
@@ -633,28 +624,14 @@ async fn grants_revoke_deletes_a_harbor_robot() {
     .expect("robot created");
     let id = c.credential_id.clone().expect("id");
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("rise.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = {:?}\n\n[registries.harbor]\ntype = \"harbor\"\nurl = \"{}\"\nproject = \"{{project}}\"\nusername = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\ninsecure_http = true\n",
-            dir.path().join("data").display().to_string(),
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[registries.harbor]\ntype = \"harbor\"\nurl = \"{}\"\nproject = \"{{project}}\"\nusername = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\ninsecure_http = true\n",
             fake.url(),
         ),
-    )
-    .expect("config");
-    let revoked = run(
-        &config,
-        &[
-            "grants",
-            "revoke",
-            "--credential",
-            &id,
-            "--registry",
-            "harbor",
-        ],
-    )
-    .await;
+    );
+    let revoked = grants_revoke(&config, &id, "harbor").await;
     assert!(revoked.status.success(), "{revoked:?}");
     assert!(fake.robot(id_of(&c)).is_none());
     assert!(!fake.authorize(
@@ -663,19 +640,8 @@ async fn grants_revoke_deletes_a_harbor_robot() {
         "my-app/my-app",
         "pull"
     ));
-    for output in [&revoked.stdout, &revoked.stderr] {
-        let text = String::from_utf8_lossy(output);
-        assert!(
-            !text.contains(ADMIN_PASSWORD) && !text.contains(c.password.expose_secret()),
-            "{text}"
-        );
-    }
-    let export = run(&config, &["audit", "export"]).await;
-    assert!(export.status.success(), "{export:?}");
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    assert_output_free_of(&revoked, &[ADMIN_PASSWORD, c.password.expose_secret()]);
+    let records = audit_records(&config).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["operation"], "revoke");
     assert_eq!(records[0]["registry"], "harbor");
@@ -683,16 +649,14 @@ async fn grants_revoke_deletes_a_harbor_robot() {
 }
 
 mod api {
-    use std::io::Write;
-
     use axum::http::StatusCode;
-    use rise_backend::config::{Config, Sources};
-    use serde_json::{Value, json};
+    use serde_json::json;
 
-    use crate::support::app::TestRise;
+    use crate::support::app::{TestRise, start_error};
     use crate::support::fake_harbor::{
         ADMIN_PASSWORD, ADMIN_USER, Failure, FakeHarbor, INJECTED_SECRET,
     };
+    use crate::support::provider_checks::{assert_logs_free_of, check_error};
 
     fn registry_table(fake: &FakeHarbor) -> String {
         format!(
@@ -718,18 +682,6 @@ actions = ["push", "pull"]
 
     async fn rise(fake: &FakeHarbor) -> TestRise {
         TestRise::from_toml(&registry_table(fake)).await
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[tokio::test]
@@ -828,9 +780,7 @@ actions = ["push", "pull"]
             ),
         ] {
             fake.set_failure(Some(failure.clone()));
-            let got = tokio::time::timeout(super::GUARD, rise.get(uri, Some(&token)))
-                .await
-                .expect("the request ends on Rise's upstream timeout");
+            let got = rise.get_guarded(uri, &token).await;
             check_error(&got, status, code, part);
             let shown = got.1.to_string();
             assert!(
@@ -843,23 +793,13 @@ actions = ["push", "pull"]
     #[tokio::test]
     async fn missing_password_is_a_clear_configuration_error() {
         let fake = FakeHarbor::start().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}",
-            dir.path().join("data"),
-            registry_table(&fake).replace(&format!("password = \"{ADMIN_PASSWORD}\"\n"), "")
-        );
-        f.write_all(text.as_bytes()).expect("write");
-        let config = Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: vec![],
-        })
-        .expect("loads: the password may come later from the environment");
-        let e = match rise_backend::server::build_state(&config).await {
-            Ok(_) => panic!("a Harbor registry without a password must not start"),
-            Err(e) => format!("{e:#}"),
-        };
+        // The file loads: the password may come later from the environment.
+        let e = start_error(
+            &registry_table(&fake).replace(&format!("password = \"{ADMIN_PASSWORD}\"\n"), ""),
+            vec![],
+            "a Harbor registry without a password",
+        )
+        .await;
         assert!(e.contains("registry default"), "{e}");
         assert!(e.contains("password is not set"), "{e}");
         assert!(e.contains("RISE_REGISTRY__PASSWORD"), "{e}");
@@ -871,45 +811,20 @@ actions = ["push", "pull"]
     /// does not depend on what other tests in this binary do.
     #[tokio::test]
     async fn logs_carry_no_secrets() {
-        use crate::support::process::{COMMAND_TIMEOUT, ChildProcess, STARTUP_TIMEOUT};
-        use crate::support::rise_process::{command, run};
+        use crate::support::process::COMMAND_TIMEOUT;
+        use crate::support::rise_process::{RiseProcess, caller_token, write_serve_config};
 
         let fake = FakeHarbor::start().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("rise.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}",
-            dir.path().join("data"),
-            registry_table(&fake).replace(
+        let config = write_serve_config(
+            dir.path(),
+            &registry_table(&fake).replace(
                 "request_timeout = \"500ms\"\n",
-                "request_timeout = \"500ms\"\nreap_interval = \"300ms\"\n"
-            )
+                "request_timeout = \"500ms\"\nreap_interval = \"300ms\"\n",
+            ),
         );
-        std::fs::write(&config, text).expect("config");
-        let issued = run(
-            &config,
-            &["token", "issue", "--sub", "alice", "--group", "developers"],
-        )
-        .await;
-        assert!(issued.status.success(), "{issued:?}");
-        let token = String::from_utf8(issued.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned();
-
-        let mut cmd = command(&config, &["serve"]);
-        cmd.env("RISE_LOG", "trace").env("RISE_LOG_FORMAT", "json");
-        let mut process = ChildProcess::spawn("rise-backend", cmd).expect("rise-backend starts");
-        let line = process
-            .wait_for_line(
-                "waiting for `rise-backend listening`",
-                |line| line.contains("rise-backend listening"),
-                STARTUP_TIMEOUT,
-            )
-            .await
-            .expect("listening");
-        let event: Value = serde_json::from_str(&line).expect("JSON log line");
-        let addr = event["fields"]["addr"].as_str().expect("addr").to_owned();
+        let token = caller_token(&config, "alice", &["developers"]).await;
+        let process = RiseProcess::serve_logging(&config, "trace").await;
         let http = reqwest::Client::builder()
             .timeout(COMMAND_TIMEOUT)
             .build()
@@ -926,7 +841,8 @@ actions = ["push", "pull"]
             fake.set_failure(failure.clone());
             let response = http
                 .get(format!(
-                    "http://{addr}/registry/credentials?project=my-app&ttl=1m"
+                    "{}/registry/credentials?project=my-app&ttl=1m",
+                    process.url()
                 ))
                 .bearer_auth(&token)
                 .send()
@@ -941,7 +857,7 @@ actions = ["push", "pull"]
             tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         }
         fake.set_failure(None);
-        let logs = process.logs().text();
+        let logs = process.logs();
         drop(process);
         assert!(
             logs.contains("harbor credential not issued"),
@@ -964,8 +880,6 @@ actions = ["push", "pull"]
             ]
             .map(str::to_owned),
         );
-        for s in &secrets {
-            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

@@ -15,6 +15,7 @@ use crate::support::fake_quay::{
     Endpoint, Failure, FakeQuay, GARBAGE_SECRET, INJECTED_SECRET, OAUTH_TOKEN, ORG, ORG_ONLY_TOKEN,
 };
 use crate::support::provider_calls::{self, GUARD, issue};
+use crate::support::provider_checks::{assert_logs_free_of, assert_no_secret, check_error};
 
 fn config(fake: &FakeQuay, extra: &str) -> QuayConfig {
     let text = format!(
@@ -40,13 +41,6 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("after epoch")
         .as_secs()
-}
-
-fn assert_no_secret(e: &ProviderError, secrets: &[&str]) {
-    let shown = format!("{e} {e:?}");
-    for s in secrets {
-        assert!(!shown.contains(s), "error reveals a secret: {shown}");
-    }
 }
 
 #[tokio::test]
@@ -540,14 +534,11 @@ async fn create_failures_map_to_provider_errors_without_secrets() {
 
 /// Through Rise's HTTP API: configuration, policy, the response and its error mapping.
 mod api {
-    use std::io::Write;
-
     use axum::http::StatusCode;
-    use rise_backend::config::{Config, Sources};
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
-    use crate::support::app::TestRise;
+    use crate::support::app::{TestRise, start_error};
 
     fn registry_table(fake: &FakeQuay, extra: &str) -> String {
         format!(
@@ -568,18 +559,6 @@ actions = ["push", "pull"]
 "#,
             url = fake.url()
         )
-    }
-
-    fn check_error(got: &(StatusCode, Value), status: StatusCode, code: &str, part: &str) {
-        let (s, body) = got;
-        assert_eq!(*s, status, "{body}");
-        assert_eq!(
-            body,
-            &json!({"error": code, "message": body["message"].clone()}),
-            "an error body is exactly error and message"
-        );
-        let message = body["message"].as_str().expect("message");
-        assert!(message.contains(part), "{message:?} lacks {part:?}");
     }
 
     #[tokio::test]
@@ -699,9 +678,7 @@ actions = ["push", "pull"]
             ),
         ] {
             fake.set_failure(Some(failure.clone()));
-            let got = tokio::time::timeout(GUARD, rise.get(uri, Some(&token)))
-                .await
-                .expect("the request ends on Rise's upstream timeout");
+            let got = rise.get_guarded(uri, &token).await;
             check_error(&got, status, code, part);
             let shown = got.1.to_string();
             assert!(
@@ -723,23 +700,13 @@ actions = ["push", "pull"]
     #[tokio::test]
     async fn missing_token_is_a_clear_configuration_error() {
         let fake = FakeQuay::start().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut f = tempfile::NamedTempFile::new().expect("temp file");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}",
-            dir.path().join("data"),
-            registry_table(&fake, "").replace(&format!("token = \"{OAUTH_TOKEN}\"\n"), "")
-        );
-        f.write_all(text.as_bytes()).expect("write");
-        let config = Config::load(&Sources {
-            files: vec![f.path().to_owned()],
-            env: vec![],
-        })
-        .expect("loads: the token may come later from the environment");
-        let e = match rise_backend::server::build_state(&config).await {
-            Ok(_) => panic!("a Quay registry without a token must not start"),
-            Err(e) => format!("{e:#}"),
-        };
+        // The file loads: the token may come later from the environment.
+        let e = start_error(
+            &registry_table(&fake, "").replace(&format!("token = \"{OAUTH_TOKEN}\"\n"), ""),
+            vec![],
+            "a Quay registry without a token",
+        )
+        .await;
         assert!(e.contains("registry default"), "{e}");
         assert!(e.contains("token is not set"), "{e}");
         assert!(e.contains("RISE_REGISTRY__TOKEN"), "{e}");
@@ -752,7 +719,7 @@ actions = ["push", "pull"]
     #[tokio::test]
     async fn grants_revoke_deletes_a_quay_robot() {
         use crate::support::process::{COMMAND_TIMEOUT, run_with_timeout};
-        use crate::support::rise_process::command;
+        use crate::support::rise_process::{command, write_config};
 
         let fake = FakeQuay::start().await;
         let p = provider(&fake, "").await;
@@ -764,16 +731,7 @@ actions = ["push", "pull"]
         .expect("issued");
         let id = c.credential_id.clone().expect("id");
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("rise.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\ndata_dir = {:?}\n{}",
-                dir.path().join("data").display().to_string(),
-                registry_table(&fake, "")
-            ),
-        )
-        .expect("config");
+        let config = write_config(dir.path(), &registry_table(&fake, ""));
         let mut cmd = command(
             &config,
             &[
@@ -844,8 +802,8 @@ actions = ["push", "pull"]
     /// logging does not depend on what other tests in this binary do.
     #[tokio::test]
     async fn logs_carry_no_secrets() {
-        use crate::support::process::{COMMAND_TIMEOUT, ChildProcess, STARTUP_TIMEOUT};
-        use crate::support::rise_process::{command, run};
+        use crate::support::process::COMMAND_TIMEOUT;
+        use crate::support::rise_process::{RiseProcess, caller_token, write_serve_config};
 
         let fake = FakeQuay::start().await;
         let past = unix_now() - 10;
@@ -856,37 +814,12 @@ actions = ["push", "pull"]
         );
         let expired_token = fake.robot(&expired).expect("seeded").token;
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("rise.toml");
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n{}",
-            dir.path().join("data"),
-            registry_table(&fake, "reap_interval = \"300ms\"\n")
+        let config = write_serve_config(
+            dir.path(),
+            &registry_table(&fake, "reap_interval = \"300ms\"\n"),
         );
-        std::fs::write(&config, text).expect("config");
-        let issued = run(
-            &config,
-            &["token", "issue", "--sub", "alice", "--group", "developers"],
-        )
-        .await;
-        assert!(issued.status.success(), "{issued:?}");
-        let token = String::from_utf8(issued.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned();
-
-        let mut cmd = command(&config, &["serve"]);
-        cmd.env("RISE_LOG", "trace").env("RISE_LOG_FORMAT", "json");
-        let mut process = ChildProcess::spawn("rise-backend", cmd).expect("rise-backend starts");
-        let line = process
-            .wait_for_line(
-                "waiting for `rise-backend listening`",
-                |line| line.contains("rise-backend listening"),
-                STARTUP_TIMEOUT,
-            )
-            .await
-            .expect("listening");
-        let event: Value = serde_json::from_str(&line).expect("JSON log line");
-        let addr = event["fields"]["addr"].as_str().expect("addr").to_owned();
+        let token = caller_token(&config, "alice", &["developers"]).await;
+        let process = RiseProcess::serve_logging(&config, "trace").await;
         let http = reqwest::Client::builder()
             .timeout(COMMAND_TIMEOUT)
             .build()
@@ -910,7 +843,8 @@ actions = ["push", "pull"]
             }
             let response = http
                 .get(format!(
-                    "http://{addr}/registry/credentials?project=my-app&ttl=1m"
+                    "{}/registry/credentials?project=my-app&ttl=1m",
+                    process.url()
                 ))
                 .bearer_auth(&token)
                 .send()
@@ -926,7 +860,7 @@ actions = ["push", "pull"]
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         fake.set_failure(None);
-        let logs = process.logs().text();
+        let logs = process.logs();
         drop(process);
         for expected in [
             "quay credential not issued",
@@ -951,8 +885,6 @@ actions = ["push", "pull"]
             ]
             .map(str::to_owned),
         );
-        for s in &secrets {
-            assert!(!logs.contains(s.as_str()), "a secret is in the logs");
-        }
+        assert_logs_free_of(&logs, &secrets);
     }
 }

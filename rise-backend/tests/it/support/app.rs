@@ -12,6 +12,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tower::ServiceExt;
 
+use super::provider_calls::GUARD;
+
 pub struct TestRise {
     pub dir: TempDir,
     pub config: Config,
@@ -64,6 +66,13 @@ impl TestRise {
         self.send(req.body(Body::empty()).expect("request")).await
     }
 
+    /// `get` under the liveness guard: it must end on Rise's own (upstream) timeouts.
+    pub async fn get_guarded(&self, uri: &str, bearer: &str) -> (StatusCode, Value) {
+        tokio::time::timeout(GUARD, self.get(uri, Some(bearer)))
+            .await
+            .expect("the request ends on Rise's upstream timeout")
+    }
+
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = rise_backend::http::app(self.state.clone())
             .oneshot(req)
@@ -76,5 +85,22 @@ impl TestRise {
         let json = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, json)
+    }
+}
+
+/// The error with which Rise refuses to start from `toml` (without `[server]`; one is added
+/// with a temp data dir) and the environment `env`; the file itself must load. `what` says why
+/// it must not start.
+pub async fn start_error(toml: &str, env: Vec<(String, String)>, what: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = super::rise_process::write_serve_config(dir.path(), toml);
+    let config = Config::load(&Sources {
+        files: vec![path],
+        env,
+    })
+    .expect("the file itself is valid");
+    match rise_backend::server::build_state(&config).await {
+        Ok(_) => panic!("{what}: the server must not start"),
+        Err(e) => format!("{e:#}"),
     }
 }

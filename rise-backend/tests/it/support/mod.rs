@@ -25,6 +25,7 @@ pub mod oidc;
 pub mod postgres;
 pub mod process;
 pub mod provider_calls;
+pub mod provider_checks;
 pub mod recording_proxy;
 pub mod registry;
 pub mod rise;

@@ -52,3 +52,10 @@ pub async fn issue(
         .await
         .expect("issue must end on its own timeout")
 }
+
+/// `p.revoke(id)`, which must end on the provider's own timeouts.
+pub async fn revoke(p: &impl RegistryProvider, id: &str) -> Result<(), ProviderError> {
+    tokio::time::timeout(GUARD, p.revoke(id))
+        .await
+        .expect("revoke must end on its own timeout")
+}

@@ -1,5 +1,8 @@
 //! The `rise-backend` binary as a child process: `serve` on a free port from a config file (the
 //! port is read from its JSON log line), one-shot subcommands, SIGKILL.
+//!
+//! Also the config files these runs read, and the one-shot subcommands the provider tests share
+//! (`token issue`, `grants revoke`, `audit export`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,67 @@ pub async fn run(config: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|err| panic!("rise-backend {args:?}: {err:#}"))
 }
 
+/// Writes `dir/rise.toml`: a `[server]` table with its data directory in `dir`, then `tables`.
+/// For one-shot subcommands, which listen nowhere.
+pub fn write_config(dir: &Path, tables: &str) -> PathBuf {
+    write_config_file(dir, "", tables)
+}
+
+/// [`write_config`] for `serve`: it also listens on a free loopback port.
+pub fn write_serve_config(dir: &Path, tables: &str) -> PathBuf {
+    write_config_file(dir, "listen = \"127.0.0.1:0\"\n", tables)
+}
+
+fn write_config_file(dir: &Path, listen: &str, tables: &str) -> PathBuf {
+    let path = dir.join("rise.toml");
+    let text = format!(
+        "[server]\n{listen}data_dir = {:?}\n\n{tables}",
+        dir.join("data").display().to_string()
+    );
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// `token issue --sub SUB --group G...`: a caller token of the local issuer.
+pub async fn caller_token(config: &Path, sub: &str, groups: &[&str]) -> String {
+    let mut args = vec!["token", "issue", "--sub", sub];
+    for g in groups {
+        args.extend(["--group", g]);
+    }
+    let issued = run(config, &args).await;
+    assert!(issued.status.success(), "{issued:?}");
+    String::from_utf8(issued.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// `grants revoke --credential ID --registry REGISTRY`, whatever its outcome.
+pub async fn grants_revoke(config: &Path, credential: &str, registry: &str) -> Output {
+    run(
+        config,
+        &[
+            "grants",
+            "revoke",
+            "--credential",
+            credential,
+            "--registry",
+            registry,
+        ],
+    )
+    .await
+}
+
+/// `audit export`, which must succeed: one JSON value a record.
+pub async fn audit_records(config: &Path) -> Vec<serde_json::Value> {
+    let export = run(config, &["audit", "export"]).await;
+    assert!(export.status.success(), "{export:?}");
+    String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
 /// A running `rise-backend serve`; SIGKILLed on drop.
 pub struct RiseProcess {
     process: ChildProcess,
@@ -43,8 +107,13 @@ pub struct RiseProcess {
 impl RiseProcess {
     /// Starts `serve` with `config` (whose `listen` may use port 0) and waits until it listens.
     pub async fn serve(config: &Path) -> Self {
+        Self::serve_logging(config, "info").await
+    }
+
+    /// [`RiseProcess::serve`], logging at `level` (`RISE_LOG`).
+    pub async fn serve_logging(config: &Path, level: &str) -> Self {
         let mut cmd = command(config, &["serve"]);
-        cmd.env("RISE_LOG", "info").env("RISE_LOG_FORMAT", "json");
+        cmd.env("RISE_LOG", level).env("RISE_LOG_FORMAT", "json");
         let mut process = ChildProcess::spawn("rise-backend", cmd)
             .unwrap_or_else(|err| panic!("starting rise-backend: {err:#}"));
         let line = process
