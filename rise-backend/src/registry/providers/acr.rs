@@ -101,19 +101,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use self::arm::{ArmClient, ArmSettings};
 use crate::config::lenient;
+use crate::registry::providers::account;
 use crate::registry::providers::sweeper::{self, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
 };
-use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{Secret, SecretResolver, SecretSource};
 
 /// The `[registry]` table with `type = "acr"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -280,17 +281,8 @@ impl AcrProvider {
     /// Validate `config` and build the provider; an `aws-secretsmanager:` client secret is read
     /// now, with the AWS SDK's default credential chain. No Azure call is made.
     pub async fn from_config(name: &str, config: &AcrConfig) -> anyhow::Result<Self> {
-        let settings = SecretSettings {
-            refresh_interval: config.secret_refresh_interval,
-            ..SecretSettings::default()
-        };
-        let resolver = match &config.client_secret {
-            Some(SecretSource::AwsSecretsManager(_)) => {
-                SecretResolver::from_environment(settings).await
-            }
-            // Nothing to read: an empty SDK configuration avoids probing the environment.
-            _ => SecretResolver::new(aws_config::SdkConfig::builder().build(), settings),
-        };
+        let resolver =
+            account::resolver_for(config.secret_refresh_interval, &config.client_secret).await;
         Ok(Self::with_secrets(name, config, &resolver).await?)
     }
 
@@ -669,27 +661,20 @@ async fn resolve_client_secret(
     secrets: &SecretResolver,
 ) -> Result<Secret, ProviderError> {
     let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
-    let env = if name == crate::config::DEFAULT_REGISTRY {
-        "RISE_REGISTRY__CLIENT_SECRET".to_owned()
-    } else {
-        format!(
-            "RISE_REGISTRIES__{}__CLIENT_SECRET",
-            name.to_ascii_uppercase()
-        )
-    };
+    let env = format!("{}CLIENT_SECRET", account::env_prefix(name));
     let Some(source) = &config.client_secret else {
         return Err(bad(format!(
             "client_secret is missing: set client_secret, client_secret_file or {env} to the app registration's client secret"
         )));
     };
-    let secret = secrets
-        .resolve(source)
-        .await
-        .map_err(|e| bad(format!("client_secret: {e}")))?;
-    if secret.current().await.expose_secret().trim().is_empty() {
-        return Err(bad(format!("client_secret is empty (set it or {env})")));
-    }
-    Ok(secret)
+    account::resolve_nonblank(
+        secrets,
+        "client_secret",
+        source,
+        &format!(" (set it or {env})"),
+    )
+    .await
+    .map_err(bad)
 }
 
 /// `host[:port]`, lowercase, without scheme or path.
@@ -1040,6 +1025,8 @@ client_id = "22222222-2222-2222-2222-222222222222"
 #[cfg(test)]
 mod config_tests {
     use std::io::Write;
+
+    use secrecy::ExposeSecret;
 
     use super::*;
     use crate::config::Config;

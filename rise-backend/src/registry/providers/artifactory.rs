@@ -120,12 +120,12 @@ use serde::Deserialize;
 use self::access::{AccessAuth, AccessClient, CreateTokenRequest};
 use self::docker_credentials::{DockerCredential, DockerCredentialSource};
 use crate::config::lenient;
-use crate::registry::providers::upstream;
+use crate::registry::providers::{account, upstream};
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
 };
-use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{Secret, SecretResolver, SecretSource};
 
 /// The `[registry]` table with `type = "artifactory"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -304,20 +304,13 @@ impl ArtifactoryProvider {
         name: &str,
         config: &ArtifactoryConfig,
     ) -> Result<Self, ProviderError> {
-        let settings = SecretSettings {
-            refresh_interval: config.secret_refresh_interval,
-            ..SecretSettings::default()
-        };
-        let has_reference = [&config.password, &config.admin_token]
-            .into_iter()
-            .flatten()
-            .any(|s| matches!(s, SecretSource::AwsSecretsManager(_)));
-        let resolver = if has_reference {
-            SecretResolver::from_environment(settings).await
-        } else {
-            // Nothing to read: an empty SDK configuration avoids probing the environment.
-            SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
-        };
+        let resolver = account::resolver_for(
+            config.secret_refresh_interval,
+            [&config.password, &config.admin_token]
+                .into_iter()
+                .flatten(),
+        )
+        .await;
         Self::with_secrets(name, config, &resolver).await
     }
 
@@ -691,11 +684,7 @@ async fn backend_credential(
     secrets: &SecretResolver,
 ) -> Result<BackendCredential, ProviderError> {
     let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
-    let env_prefix = if name == crate::config::DEFAULT_REGISTRY {
-        "RISE_REGISTRY__".to_owned()
-    } else {
-        format!("RISE_REGISTRIES__{}__", name.to_ascii_uppercase())
-    };
+    let env_prefix = account::env_prefix(name);
     let has_user = config.username.is_some() || config.password.is_some();
     let given = [
         config.admin_token.is_some(),
@@ -711,23 +700,11 @@ async fn backend_credential(
                 .into(),
         ));
     }
-    let resolve = |key: &'static str, source: &SecretSource| {
-        let source = source.clone();
-        async move {
-            let secret = secrets
-                .resolve(&source)
-                .await
-                .map_err(|e| bad(format!("{key}: {e}")))?;
-            if secret.current().await.expose_secret().trim().is_empty() {
-                return Err(bad(format!("{key} is empty")));
-            }
-            Ok(secret)
-        }
-    };
     if let Some(token) = &config.admin_token {
-        return Ok(BackendCredential::AdminToken(
-            resolve("admin_token", token).await?,
-        ));
+        return account::resolve_nonblank(secrets, "admin_token", token, "")
+            .await
+            .map(BackendCredential::AdminToken)
+            .map_err(bad);
     }
     if config.use_credential_helper {
         return DockerCredentialSource::new(
@@ -745,11 +722,16 @@ async fn backend_credential(
                     "username is empty (set username or {env_prefix}USERNAME)"
                 )));
             }
-            let password = resolve("password", password).await.map_err(|e| {
-                ProviderError::Misconfigured(format!(
-                    "{e} (set password, password_file or {env_prefix}PASSWORD)"
-                ))
-            })?;
+            let password = account::resolve_nonblank(secrets, "password", password, "")
+                .await
+                .map_err(|e| {
+                    // The whole error, prefix included, then the hint (as this message always read).
+                    ProviderError::Misconfigured(format!(
+                        "{} (set {})",
+                        bad(e),
+                        account::secret_key_ways(name, "password")
+                    ))
+                })?;
             Ok(BackendCredential::UserPassword {
                 username: username.trim().to_owned(),
                 password,

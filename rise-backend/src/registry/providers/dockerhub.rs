@@ -112,13 +112,14 @@ use serde::Deserialize;
 
 use self::api::{CreateOat, CreatedOat, Deleted, HubClient, OatInfo, OatPage, Reply, Resource};
 use crate::config::lenient;
+use crate::registry::providers::account;
 use crate::registry::providers::sweeper::{self, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
 };
-use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{Secret, SecretSource};
 
 /// The `[registry]` table with `type = "dockerhub"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -754,52 +755,30 @@ async fn credential(
     config: &DockerhubConfig,
 ) -> Result<(String, Secret), ProviderError> {
     let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
-    let env_prefix = if name == crate::config::DEFAULT_REGISTRY {
-        "RISE_REGISTRY__".to_owned()
-    } else {
-        format!("RISE_REGISTRIES__{}__", name.to_ascii_uppercase())
-    };
-    let username = match config.username.as_deref().map(str::trim) {
-        Some(u) if !u.is_empty() => u.to_owned(),
-        _ => {
-            return Err(bad(format!(
-                "username is not set: set username or {env_prefix}USERNAME (an owner of organization {})",
-                config.organization.trim()
-            )));
-        }
-    };
+    let username = account::username(
+        name,
+        config.username.as_deref(),
+        &format!("an owner of organization {}", config.organization.trim()),
+    )
+    .map_err(bad)?;
     let (key, source) = match (&config.password, &config.access_token) {
-        (Some(p), None) => ("password", p),
-        (None, Some(t)) => ("access_token", t),
+        (Some(p), None) => ("password", Some(p)),
+        (None, Some(t)) => ("access_token", Some(t)),
         (Some(_), Some(_)) => {
             return Err(bad("give one of password and access_token, not both".into()));
         }
-        (None, None) => {
-            return Err(bad(format!(
-                "password is not set: set password, password_file or {env_prefix}PASSWORD (or access_token / {env_prefix}ACCESS_TOKEN for a personal access token)"
-            )));
-        }
+        (None, None) => ("password", None),
     };
-    let settings = SecretSettings {
-        refresh_interval: config.secret_refresh_interval,
-        ..SecretSettings::default()
-    };
-    let resolver = if matches!(source, SecretSource::AwsSecretsManager(_)) {
-        SecretResolver::from_environment(settings).await
-    } else {
-        // Nothing to read: an empty SDK configuration avoids probing the environment.
-        SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
-    };
-    let secret = resolver
-        .resolve(source)
-        .await
-        .map_err(|e| bad(format!("{key}: {e}")))?;
-    if secret.current().await.expose_secret().trim().is_empty() {
-        let env = key.to_ascii_uppercase();
-        return Err(bad(format!(
-            "{key} is empty (set {key}, {key}_file or {env_prefix}{env})"
-        )));
-    }
+    let env_prefix = account::env_prefix(name);
+    let secret = account::secret(
+        name,
+        key,
+        source,
+        config.secret_refresh_interval,
+        &format!(" (or access_token / {env_prefix}ACCESS_TOKEN for a personal access token)"),
+    )
+    .await
+    .map_err(bad)?;
     Ok((username, secret))
 }
 

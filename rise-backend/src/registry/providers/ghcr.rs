@@ -128,16 +128,16 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use self::api::{CreateTokenBody, GitHubClient, InstallationToken};
 use crate::config::lenient;
-use crate::registry::providers::upstream;
+use crate::registry::providers::{account, upstream};
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
 };
-use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{Secret, SecretResolver, SecretSource};
 
 /// The `[registry]` table with `type = "ghcr"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -272,20 +272,11 @@ impl GhcrProvider {
     /// Validate `config` and build the provider; `aws-secretsmanager:` references are read now,
     /// with the AWS SDK's default credential chain. `name` is the registry's configured name.
     pub async fn from_config(name: &str, config: &GhcrConfig) -> anyhow::Result<Self> {
-        let settings = SecretSettings {
-            refresh_interval: config.secret_refresh_interval,
-            ..SecretSettings::default()
-        };
-        let has_reference = [&config.private_key, &config.token]
-            .into_iter()
-            .flatten()
-            .any(|s| matches!(s, SecretSource::AwsSecretsManager(_)));
-        let resolver = if has_reference {
-            SecretResolver::from_environment(settings).await
-        } else {
-            // Nothing to read: an empty SDK configuration avoids probing the environment.
-            SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
-        };
+        let resolver = account::resolver_for(
+            config.secret_refresh_interval,
+            [&config.private_key, &config.token].into_iter().flatten(),
+        )
+        .await;
         Ok(Self::with_secrets(name, config, &resolver).await?)
     }
 
@@ -348,18 +339,13 @@ impl GhcrProvider {
                     return Err(bad(format!(
                         "{key} is required in {} mode (or {key}_file, or {}{})",
                         mode_name(mode),
-                        env_prefix(name),
+                        account::env_prefix(name),
                         key.to_ascii_uppercase()
                     )));
                 };
-                let secret = secrets
-                    .resolve(&source)
+                account::resolve_nonblank(secrets, key, &source, "")
                     .await
-                    .map_err(|e| bad(format!("{key}: {e}")))?;
-                if secret.current().await.expose_secret().trim().is_empty() {
-                    return Err(bad(format!("{key} is empty")));
-                }
-                Ok(secret)
+                    .map_err(bad)
             }
         };
         let backend = match mode {
@@ -427,7 +413,7 @@ impl GhcrProvider {
                     .ok_or_else(|| {
                         bad(format!(
                             "username (the GitHub login owning the token) is required in static mode (or {}USERNAME)",
-                            env_prefix(name)
+                            account::env_prefix(name)
                         ))
                     })?
                     .to_owned();
@@ -802,14 +788,6 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-fn env_prefix(name: &str) -> String {
-    if name == crate::config::DEFAULT_REGISTRY {
-        "RISE_REGISTRY__".to_owned()
-    } else {
-        format!("RISE_REGISTRIES__{}__", name.to_ascii_uppercase())
-    }
-}
-
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
@@ -848,6 +826,8 @@ fn optional_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, OnceLock};
+
+    use secrecy::ExposeSecret;
 
     use super::*;
     use crate::auth::Principal;
@@ -1173,6 +1153,8 @@ mod tests {
 #[cfg(test)]
 mod config_tests {
     use std::io::Write;
+
+    use secrecy::ExposeSecret;
 
     use super::*;
     use crate::config::Config;

@@ -108,11 +108,12 @@ use serde::Deserialize;
 use self::client::{GoogleClient, parse_endpoint};
 use self::identity::{RiseIdentity, ServiceAccountKey};
 use crate::config::lenient;
+use crate::registry::providers::account;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProjectName, ProviderError,
     RegistryProvider, RepositoryName,
 };
-use crate::secrets::{SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{SecretResolver, SecretSource};
 
 /// The user name Google documents for `docker login` with an access token.
 pub const ACCESS_TOKEN_USERNAME: &str = "oauth2accesstoken";
@@ -193,19 +194,9 @@ impl GoogleProvider {
     /// with the AWS SDK's default credential chain. `name` is the registry's configured name,
     /// used in error messages and logs.
     pub async fn from_config(name: &str, config: &GoogleConfig) -> anyhow::Result<Self> {
-        let settings = SecretSettings {
-            refresh_interval: config.secret_refresh_interval,
-            ..SecretSettings::default()
-        };
-        let resolver = if matches!(
-            config.service_account_key,
-            Some(SecretSource::AwsSecretsManager(_))
-        ) {
-            SecretResolver::from_environment(settings).await
-        } else {
-            // Nothing to read: an empty SDK configuration avoids probing the environment.
-            SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
-        };
+        let resolver =
+            account::resolver_for(config.secret_refresh_interval, &config.service_account_key)
+                .await;
         Ok(Self::with_secrets(name, config, &resolver).await?)
     }
 
@@ -248,14 +239,7 @@ impl GoogleProvider {
             config.insecure_http,
         )
         .map_err(bad)?;
-        let env_var = if name == crate::config::DEFAULT_REGISTRY {
-            "RISE_REGISTRY__SERVICE_ACCOUNT_KEY".to_owned()
-        } else {
-            format!(
-                "RISE_REGISTRIES__{}__SERVICE_ACCOUNT_KEY",
-                name.to_ascii_uppercase()
-            )
-        };
+        let env_var = format!("{}SERVICE_ACCOUNT_KEY", account::env_prefix(name));
         let source = config.service_account_key.as_ref().ok_or_else(|| {
             bad(format!(
                 "no service account key: set service_account_key, service_account_key_file or {env_var} to the JSON key of Rise's own service account"

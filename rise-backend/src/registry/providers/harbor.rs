@@ -97,20 +97,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::Url;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use self::api::{
     Access, CreateError, CreateRobot, Deleted, HarborClient, Login, Robot, RobotPermission,
 };
 use crate::config::lenient;
+use crate::registry::providers::account;
 use crate::registry::providers::sweeper::{self, Reaper, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
 };
-use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{Secret, SecretSource};
 
 /// The `[registry]` table with `type = "harbor"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -237,7 +237,21 @@ impl HarborProvider {
                     .into(),
             ));
         }
-        let (username, password) = credential(name, config).await?;
+        let username = account::username(
+            name,
+            config.username.as_deref(),
+            "Rise's own Harbor account",
+        )
+        .map_err(bad)?;
+        let password = account::secret(
+            name,
+            "password",
+            config.password.as_ref(),
+            config.secret_refresh_interval,
+            "",
+        )
+        .await
+        .map_err(bad)?;
         let client = HarborClient::new(&base_url, config.connect_timeout, config.request_timeout)
             .map_err(|e| bad(e.to_string()))?;
         let shared = Arc::new(Shared {
@@ -547,48 +561,6 @@ impl RegistryProvider for HarborProvider {
         }
         result
     }
-}
-
-async fn credential(name: &str, config: &HarborConfig) -> Result<(String, Secret), ProviderError> {
-    let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
-    let env_prefix = if name == crate::config::DEFAULT_REGISTRY {
-        "RISE_REGISTRY__".to_owned()
-    } else {
-        format!("RISE_REGISTRIES__{}__", name.to_ascii_uppercase())
-    };
-    let username = match config.username.as_deref().map(str::trim) {
-        Some(u) if !u.is_empty() => u.to_owned(),
-        _ => {
-            return Err(bad(format!(
-                "username is not set: set username or {env_prefix}USERNAME (Rise's own Harbor account)"
-            )));
-        }
-    };
-    let Some(source) = &config.password else {
-        return Err(bad(format!(
-            "password is not set: set password, password_file or {env_prefix}PASSWORD"
-        )));
-    };
-    let settings = SecretSettings {
-        refresh_interval: config.secret_refresh_interval,
-        ..SecretSettings::default()
-    };
-    let resolver = if matches!(source, SecretSource::AwsSecretsManager(_)) {
-        SecretResolver::from_environment(settings).await
-    } else {
-        // Nothing to read: an empty SDK configuration avoids probing the environment.
-        SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
-    };
-    let password = resolver
-        .resolve(source)
-        .await
-        .map_err(|e| bad(format!("password: {e}")))?;
-    if password.current().await.expose_secret().trim().is_empty() {
-        return Err(bad(format!(
-            "password is empty (set password, password_file or {env_prefix}PASSWORD)"
-        )));
-    }
-    Ok((username, password))
 }
 
 /// Harbor's external URL: https (unless `insecure_http`), a host, no credentials, no query.

@@ -1,6 +1,7 @@
 //! Registry providers. Each module owns its configuration struct (the `type = "..."` table) and
 //! an implementation of [`RegistryProvider`](super::RegistryProvider).
 
+pub(crate) mod account;
 pub mod acr;
 pub mod artifactory;
 pub mod distribution;

@@ -109,18 +109,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use reqwest::Url;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use self::api::{CreateRobot, Deleted, GrantError, QuayClient};
 use crate::config::lenient;
+use crate::registry::providers::account;
 use crate::registry::providers::sweeper::{self, Reaper, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
     Action, Actions, CredentialRequest, IssuedCredential, ProviderError, RegistryProvider,
     RepositoryName,
 };
-use crate::secrets::{Secret, SecretResolver, SecretSettings, SecretSource};
+use crate::secrets::{Secret, SecretSource};
 
 /// The `[registry]` table with `type = "quay"`. See the module documentation.
 #[derive(Debug, Deserialize)]
@@ -252,7 +252,15 @@ impl QuayProvider {
                 return Err(bad(format!("{key} must be greater than zero")));
             }
         }
-        let token = oauth_token(name, config).await?;
+        let token = account::secret(
+            name,
+            "token",
+            config.token.as_ref(),
+            config.secret_refresh_interval,
+            " (an OAuth access token of the organization with the org:admin and repo:admin scopes)",
+        )
+        .await
+        .map_err(bad)?;
         let client = QuayClient::new(&base_url, config.connect_timeout, config.request_timeout)
             .map_err(|e| bad(e.to_string()))?;
         let shared = Arc::new(Shared {
@@ -528,40 +536,6 @@ impl RegistryProvider for QuayProvider {
         }
         result
     }
-}
-
-async fn oauth_token(name: &str, config: &QuayConfig) -> Result<Secret, ProviderError> {
-    let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
-    let env_prefix = if name == crate::config::DEFAULT_REGISTRY {
-        "RISE_REGISTRY__".to_owned()
-    } else {
-        format!("RISE_REGISTRIES__{}__", name.to_ascii_uppercase())
-    };
-    let Some(source) = &config.token else {
-        return Err(bad(format!(
-            "token is not set: set token, token_file or {env_prefix}TOKEN (an OAuth access token of the organization with the org:admin and repo:admin scopes)"
-        )));
-    };
-    let settings = SecretSettings {
-        refresh_interval: config.secret_refresh_interval,
-        ..SecretSettings::default()
-    };
-    let resolver = if matches!(source, SecretSource::AwsSecretsManager(_)) {
-        SecretResolver::from_environment(settings).await
-    } else {
-        // Nothing to read: an empty SDK configuration avoids probing the environment.
-        SecretResolver::new(aws_config::SdkConfig::builder().build(), settings)
-    };
-    let token = resolver
-        .resolve(source)
-        .await
-        .map_err(|e| bad(format!("token: {e}")))?;
-    if token.current().await.expose_secret().trim().is_empty() {
-        return Err(bad(format!(
-            "token is empty (set token, token_file or {env_prefix}TOKEN)"
-        )));
-    }
-    Ok(token)
 }
 
 /// Quay's URL: https (unless `insecure_http`), a host, no credentials, no query, no path (Quay
