@@ -165,7 +165,11 @@ pub struct AcrConfig {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::{
+        connect_timeout, max_ttl, request_timeout, secret_refresh_interval,
+    };
     use std::time::Duration;
+
     pub fn authority_url() -> String {
         "https://login.microsoftonline.com".into()
     }
@@ -175,15 +179,6 @@ mod defaults {
     pub fn api_version() -> String {
         "2023-07-01".into()
     }
-    pub fn max_ttl() -> Duration {
-        Duration::from_secs(12 * 3600)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
     pub fn operation_timeout() -> Duration {
         Duration::from_secs(60)
     }
@@ -192,9 +187,6 @@ mod defaults {
     }
     pub fn cleanup_batch() -> u64 {
         20
-    }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
     }
 }
 
@@ -352,16 +344,13 @@ impl AcrProvider {
         {
             return Err(bad("api_version must look like 2023-07-01".into()));
         }
-        for (key, value) in [
+        super::require_nonzero(&[
             ("max_ttl", config.max_ttl),
             ("request_timeout", config.request_timeout),
             ("connect_timeout", config.connect_timeout),
             ("operation_timeout", config.operation_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(bad(format!("{key} must be greater than zero")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         if config.cleanup_batch == 0 {
             return Err(bad("cleanup_batch must be at least 1".into()));
         }
@@ -623,15 +612,7 @@ impl RegistryProvider for AcrProvider {
 
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let result = self.inner.issue(request).await;
-        if let Err(e) = &result {
-            tracing::warn!(
-                registry = %self.inner.name,
-                request_id = %request.request_id,
-                project = %request.project,
-                error = %e,
-                "acr credential not issued"
-            );
-        }
+        super::warn_if_not_issued(self.kind(), &self.inner.name, request, &result);
         result
     }
 

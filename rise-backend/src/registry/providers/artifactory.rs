@@ -206,27 +206,16 @@ pub enum TokenScope {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::{
+        connect_timeout, max_ttl, request_timeout, secret_refresh_interval, yes,
+    };
     use std::time::Duration;
-    pub fn yes() -> bool {
-        true
-    }
+
     pub fn helper_timeout() -> Duration {
         Duration::from_secs(10)
     }
     pub fn revocable_threshold() -> Duration {
         Duration::from_secs(6 * 3600)
-    }
-    pub fn max_ttl() -> Duration {
-        Duration::from_secs(12 * 3600)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
     }
 }
 
@@ -322,11 +311,7 @@ impl ArtifactoryProvider {
     ) -> Result<Self, ProviderError> {
         let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
         let platform_url = parse_base_url(&config.base_url, config.insecure_http).map_err(bad)?;
-        let registry_host = match (platform_url.host_str(), platform_url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            (None, _) => return Err(bad("base_url has no host".into())),
-        };
+        let registry_host = upstream::host_and_port("base_url", &platform_url).map_err(bad)?;
         let repository_key = config.repository.trim();
         if repository_key.contains('/') || RepositoryName::parse(repository_key).is_err() {
             return Err(bad(format!(
@@ -359,7 +344,7 @@ impl ArtifactoryProvider {
                     .into(),
             ));
         }
-        for (key, value) in [
+        super::require_nonzero(&[
             ("max_ttl", config.max_ttl),
             ("request_timeout", config.request_timeout),
             ("connect_timeout", config.connect_timeout),
@@ -367,11 +352,8 @@ impl ArtifactoryProvider {
                 "credential_helper_timeout",
                 config.credential_helper_timeout,
             ),
-        ] {
-            if value.is_zero() {
-                return Err(bad(format!("{key} must be greater than zero")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         let access = AccessClient::new(
             &platform_url,
             config.connect_timeout,
@@ -495,7 +477,7 @@ impl ArtifactoryProvider {
                 self.name
             )));
         }
-        let description = truncate(
+        let description = upstream::truncate(
             &format!(
                 "Rise {}/{} ({}) for {} of issuer {}, request {}",
                 request.registry,
@@ -623,15 +605,7 @@ impl RegistryProvider for ArtifactoryProvider {
             Mode::Static => self.issue_static(path, ttl).await,
             Mode::AccessToken => self.issue_token(request, path, ttl).await,
         };
-        if let Err(e) = &result {
-            tracing::warn!(
-                registry = %self.name,
-                request_id = %request.request_id,
-                project = %request.project,
-                error = %e,
-                "artifactory credential not issued"
-            );
-        }
+        super::warn_if_not_issued(self.kind(), &self.name, request, &result);
         result
     }
 
@@ -801,17 +775,6 @@ fn validate_username_template(template: &str) -> Result<(), String> {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
 /// Upstream text made safe for a log line: known secrets and anything that looks like a token
 /// (a long run of base64/JWT characters) replaced, control characters dropped, and truncated.
 pub(crate) fn redact_for_log(text: &str, secrets: &[&str]) -> String {
@@ -846,7 +809,7 @@ pub(crate) fn redact_for_log(text: &str, secrets: &[&str]) -> String {
     flush(&mut run, &mut cleaned);
     let cleaned = cleaned.trim();
     if cleaned.len() > MAX {
-        format!("{}…", truncate(cleaned, MAX))
+        format!("{}…", upstream::truncate(cleaned, MAX))
     } else {
         cleaned.to_owned()
     }

@@ -165,7 +165,11 @@ pub struct DockerhubConfig {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::{
+        connect_timeout, max_ttl, request_timeout, secret_refresh_interval, yes,
+    };
     use std::time::Duration;
+
     pub fn api_url() -> String {
         "https://hub.docker.com".into()
     }
@@ -175,23 +179,8 @@ mod defaults {
     pub fn label_prefix() -> String {
         "rise".into()
     }
-    pub fn yes() -> bool {
-        true
-    }
     pub fn cleanup_interval() -> Duration {
         Duration::from_secs(600)
-    }
-    pub fn max_ttl() -> Duration {
-        Duration::from_secs(12 * 3600)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
     }
 }
 
@@ -267,16 +256,13 @@ impl DockerhubProvider {
                 MAX_LABEL_LEN / 2 - 2
             )));
         }
-        for (key, value) in [
+        super::require_nonzero(&[
             ("max_ttl", config.max_ttl),
             ("cleanup_interval", config.cleanup_interval),
             ("request_timeout", config.request_timeout),
             ("connect_timeout", config.connect_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(bad(format!("{key} must be greater than zero")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         if config.max_ttl > MAX_TTL_LIMIT {
             return Err(bad(
                 "max_ttl must be at most 365 days: Docker Hub lets an organization access token expire at most one year ahead".into(),
@@ -339,17 +325,10 @@ impl RegistryProvider for DockerhubProvider {
 
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let result = self.shared.issue(request).await;
-        match &result {
-            Ok(_) if self.shared.delete_expired => sweeper::sweep_soon(&self.shared),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(
-                registry = %self.shared.name,
-                request_id = %request.request_id,
-                project = %request.project,
-                error = %e,
-                "dockerhub credential not issued"
-            ),
+        if result.is_ok() && self.shared.delete_expired {
+            sweeper::sweep_soon(&self.shared);
         }
+        super::warn_if_not_issued(self.kind(), &self.shared.name, request, &result);
         result
     }
 
@@ -385,14 +364,14 @@ impl Shared {
         // Whole seconds, rounded down: never longer than asked.
         let requested_expiry = floor_to_second(SystemTime::now() + ttl);
         let scopes = scopes_for(request.actions);
-        let label = truncate(
+        let label = upstream::truncate(
             &format!(
                 "{} {}/{} {}",
                 self.label_prefix, self.name, request.project, request.request_id
             ),
             MAX_LABEL_LEN,
         );
-        let description = truncate(
+        let description = upstream::truncate(
             &format!(
                 "Rise {}/{} ({}) for {} of issuer {}, request {}",
                 request.registry,
@@ -739,17 +718,6 @@ fn floor_to_second(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
 async fn credential(
     name: &str,
     config: &DockerhubConfig,
@@ -998,14 +966,12 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_rounded_down_and_texts_truncated() {
+    fn expiry_is_rounded_down() {
         let t = UNIX_EPOCH + Duration::from_millis(1_653_008_058_999);
         assert_eq!(
             floor_to_second(t),
             UNIX_EPOCH + Duration::from_secs(1_653_008_058)
         );
-        assert_eq!(truncate("ééé", 3), "é");
-        assert_eq!(truncate(&"x".repeat(300), MAX_DESCRIPTION_LEN).len(), 200);
     }
 }
 

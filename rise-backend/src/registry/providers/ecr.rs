@@ -235,7 +235,9 @@ pub struct EcrConfig {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::secret_refresh_interval;
     use std::time::Duration;
+
     pub fn refresh_margin() -> Duration {
         Duration::from_secs(300)
     }
@@ -247,9 +249,6 @@ mod defaults {
     }
     pub fn max_attempts() -> u64 {
         2
-    }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
     }
 }
 

@@ -199,7 +199,11 @@ pub enum Mode {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::{
+        connect_timeout, request_timeout, secret_refresh_interval,
+    };
     use std::time::Duration;
+
     pub fn github_repository() -> String {
         "{repository}".into()
     }
@@ -214,15 +218,6 @@ mod defaults {
     }
     pub fn max_ttl() -> Duration {
         super::TOKEN_LIFETIME
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
     }
 }
 
@@ -302,15 +297,12 @@ impl GhcrProvider {
             )));
         }
         let api_base = parse_api_url(&config.api_url, config.insecure_http).map_err(bad)?;
-        for (key, value) in [
+        super::require_nonzero(&[
             ("max_ttl", config.max_ttl),
             ("request_timeout", config.request_timeout),
             ("connect_timeout", config.connect_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(bad(format!("{key} must be greater than zero")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         let app_keys = config.app_id.is_some()
             || config.installation_id.is_some()
             || config.private_key.is_some();
@@ -617,16 +609,7 @@ impl RegistryProvider for GhcrProvider {
             }
             Backend::App(app) => self.issue_app(app, request, path, ttl).await,
         };
-        if let Err(e) = &result {
-            // Errors carry no secret: bodies are redacted, tokens and keys never formatted.
-            tracing::warn!(
-                registry = %self.name,
-                request_id = %request.request_id,
-                project = %request.project,
-                error = %e,
-                "ghcr credential not issued"
-            );
-        }
+        super::warn_if_not_issued(self.kind(), &self.name, request, &result);
         result
     }
 

@@ -156,22 +156,16 @@ pub struct GoogleConfig {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::{
+        connect_timeout, request_timeout, secret_refresh_interval,
+    };
     use std::time::Duration;
 
     pub fn iam_credentials_url() -> String {
         "https://iamcredentials.googleapis.com".to_owned()
     }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
-    }
     pub fn max_ttl() -> Duration {
         Duration::from_secs(3600)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
     }
 }
 
@@ -219,15 +213,12 @@ impl GoogleProvider {
             .map(|t| AccountTemplate::parse("pull_service_account", t))
             .transpose()
             .map_err(bad)?;
-        for (key, value) in [
+        super::require_nonzero(&[
             ("max_ttl", config.max_ttl),
             ("request_timeout", config.request_timeout),
             ("connect_timeout", config.connect_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(bad(format!("{key} must be greater than zero")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         if config.max_ttl > EXTENDED_MAX_LIFETIME {
             return Err(bad(
                 "max_ttl must be at most 12h, the longest lifetime Google issues (and over 1h only for accounts listed in the organization policy constraints/iam.allowServiceAccountCredentialLifetimeExtension)".into(),
@@ -388,15 +379,7 @@ impl RegistryProvider for GoogleProvider {
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let ttl = request.ttl.min(self.max_ttl);
         let result = self.issue_token(request, ttl).await;
-        if let Err(e) = &result {
-            tracing::warn!(
-                registry = %self.name,
-                request_id = %request.request_id,
-                project = %request.project,
-                error = %e,
-                "google credential not issued"
-            );
-        }
+        super::warn_if_not_issued(self.kind(), &self.name, request, &result);
         result
     }
 }

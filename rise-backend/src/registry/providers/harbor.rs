@@ -146,24 +146,16 @@ pub struct HarborConfig {
 }
 
 mod defaults {
+    pub use crate::registry::providers::defaults::{
+        connect_timeout, max_ttl, request_timeout, secret_refresh_interval,
+    };
     use std::time::Duration;
+
     pub fn robot_prefix() -> String {
         "rise-".into()
     }
-    pub fn max_ttl() -> Duration {
-        Duration::from_secs(12 * 3600)
-    }
     pub fn reap_interval() -> Duration {
         Duration::from_secs(60)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn secret_refresh_interval() -> Duration {
-        Duration::from_secs(300)
     }
 }
 
@@ -214,23 +206,16 @@ impl HarborProvider {
     async fn build(name: &str, config: &HarborConfig) -> Result<Self, ProviderError> {
         let bad = |m: String| ProviderError::Misconfigured(format!("registry {name}: {m}"));
         let base_url = parse_url(&config.url, config.insecure_http).map_err(bad)?;
-        let registry_host = match (base_url.host_str(), base_url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            (None, _) => return Err(bad("url has no host".into())),
-        };
+        let registry_host = upstream::host_and_port("url", &base_url).map_err(bad)?;
         validate_project_template(&config.project).map_err(bad)?;
         validate_robot_prefix(&config.robot_prefix).map_err(bad)?;
-        for (key, value) in [
+        super::require_nonzero(&[
             ("max_ttl", config.max_ttl),
             ("reap_interval", config.reap_interval),
             ("request_timeout", config.request_timeout),
             ("connect_timeout", config.connect_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(bad(format!("{key} must be greater than zero")));
-            }
-        }
+        ])
+        .map_err(bad)?;
         if config.max_ttl > MAX_TTL_LIMIT {
             return Err(bad(
                 "max_ttl must be at most 24h: Harbor robots live one day at least, and Rise deletes them when they expire"
@@ -389,7 +374,7 @@ impl Shared {
         } else {
             Actions::PULL
         };
-        let description = truncate(
+        let description = upstream::truncate(
             &format!(
                 "{DESCRIPTION_MARKER}{} for {} of issuer {}: registry {}, project {} ({}), request {}",
                 humantime::format_rfc3339_seconds(expires_at),
@@ -541,16 +526,10 @@ impl RegistryProvider for HarborProvider {
 
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let result = self.shared.issue(request).await;
-        match &result {
-            Ok(_) => sweeper::sweep_soon(&self.shared),
-            Err(e) => tracing::warn!(
-                registry = %self.shared.name,
-                request_id = %request.request_id,
-                project = %request.project,
-                error = %e,
-                "harbor credential not issued"
-            ),
+        if result.is_ok() {
+            sweeper::sweep_soon(&self.shared);
         }
+        super::warn_if_not_issued(self.kind(), &self.shared.name, request, &result);
         result
     }
 
@@ -666,17 +645,6 @@ fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
 }
 
 #[cfg(test)]

@@ -14,7 +14,11 @@ pub mod quay;
 pub mod sweeper;
 pub(crate) mod upstream;
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use crate::registry::{CredentialRequest, IssuedCredential, ProviderError};
 
 /// A `[registry]` or `[registries.NAME]` table, selected by its `type` key.
 #[derive(Debug, Deserialize)]
@@ -81,5 +85,71 @@ impl ProviderConfig {
             ProviderConfig::Harbor(_) => "harbor",
             ProviderConfig::Quay(_) => "quay",
         }
+    }
+}
+
+/// Defaults that several providers' tables share. Each provider's own `defaults` module
+/// re-exports those it uses, beside its own, for its `#[serde(default = ...)]` attributes.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub fn max_ttl() -> Duration {
+        Duration::from_secs(12 * 3600)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn secret_refresh_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// `<key> must be greater than zero` for the first of `durations` that is zero.
+pub(crate) fn require_nonzero(durations: &[(&str, Duration)]) -> Result<(), String> {
+    match durations.iter().find(|(_, value)| value.is_zero()) {
+        Some((key, _)) => Err(format!("{key} must be greater than zero")),
+        None => Ok(()),
+    }
+}
+
+/// Logs a failed issuance of provider `kind` for registry `registry`, the same way for every
+/// provider. Errors carry no secret: upstream bodies are redacted, secrets never formatted.
+pub(crate) fn warn_if_not_issued(
+    kind: &str,
+    registry: &str,
+    request: &CredentialRequest,
+    result: &Result<IssuedCredential, ProviderError>,
+) {
+    if let Err(e) = result {
+        tracing::warn!(
+            registry = %registry,
+            request_id = %request.request_id,
+            project = %request.project,
+            error = %e,
+            "{kind} credential not issued"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::require_nonzero;
+
+    #[test]
+    fn zero_durations_are_named() {
+        let one = Duration::from_secs(1);
+        assert_eq!(require_nonzero(&[("a", one), ("b", one)]), Ok(()));
+        assert_eq!(
+            require_nonzero(&[("a", one), ("b", Duration::ZERO), ("c", Duration::ZERO)]),
+            Err("b must be greater than zero".to_owned())
+        );
     }
 }

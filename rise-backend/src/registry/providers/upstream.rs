@@ -117,6 +117,29 @@ pub(crate) fn endpoint_url(
     Ok(url)
 }
 
+/// `host` or `host:port` of the URL given as `key`: what clients log in to when the registry is
+/// served at the same address as the API.
+pub(crate) fn host_and_port(key: &str, url: &Url) -> Result<String, String> {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => Ok(format!("{host}:{port}")),
+        (Some(host), None) => Ok(host.to_owned()),
+        (None, _) => Err(format!("{key} has no host")),
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary: a text field within an upstream's
+/// documented length limit.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +166,25 @@ mod tests {
         assert!(endpoint_url("k", "http://127.0.0.1:1", true, None).is_ok());
         let e = endpoint_url("url", "nope", false, Some("https://quay.io")).expect_err("hint");
         assert!(e.ends_with("; use e.g. https://quay.io"), "{e}");
+    }
+
+    #[test]
+    fn hosts_keep_their_port() {
+        let url = |s| Url::parse(s).expect("valid");
+        assert_eq!(
+            host_and_port("url", &url("https://h.example/x")),
+            Ok("h.example".to_owned())
+        );
+        assert_eq!(
+            host_and_port("url", &url("http://127.0.0.1:8080/")),
+            Ok("127.0.0.1:8080".to_owned())
+        );
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate(&"x".repeat(300), 200).len(), 200);
     }
 }
