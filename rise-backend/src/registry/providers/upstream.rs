@@ -8,6 +8,25 @@ use reqwest::{RequestBuilder, StatusCode, Url};
 
 use crate::registry::ProviderError;
 
+/// The HTTP client of an upstream API: `connect_timeout` to connect, `timeout` for a whole
+/// exchange (connecting, sending and reading the whole body: the bound on every call), Rise's
+/// user agent, `headers` on every request, and no redirects: a redirect would resend
+/// credentials somewhere the operator did not configure.
+pub(crate) fn http_client(
+    connect_timeout: Duration,
+    timeout: Duration,
+    headers: HeaderMap,
+) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
 /// A reply read in full (within the caller's bound), before it is interpreted.
 pub(crate) struct Reply {
     pub status: StatusCode,
@@ -72,6 +91,25 @@ async fn read(
         headers,
         body,
     })
+}
+
+/// The error for a JSON body of `len` bytes, answered with `status`, that does not parse: where
+/// parsing stopped, never the body (on success it may hold a secret).
+pub(crate) fn malformed(
+    operation: &'static str,
+    status: impl std::fmt::Display,
+    e: &serde_json::Error,
+    len: usize,
+) -> ProviderError {
+    ProviderError::Upstream {
+        operation,
+        detail: format!(
+            "HTTP {status} with a malformed body ({:?} at line {}, column {}; {len} bytes)",
+            e.classify(),
+            e.line(),
+            e.column(),
+        ),
+    }
 }
 
 /// The configured URL `key` of an upstream API: `https://` (or `http://` with `insecure_http`),

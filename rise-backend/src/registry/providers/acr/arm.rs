@@ -248,15 +248,11 @@ impl ArmClient {
             "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerRegistry/registries/{}",
             settings.subscription_id, settings.resource_group, settings.registry_name
         );
-        let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(settings.request_timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            // A redirect would resend the bearer token somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+        let http = upstream::http_client(
+            settings.connect_timeout,
+            settings.request_timeout,
+            reqwest::header::HeaderMap::new(),
+        )?;
         Ok(Self {
             http,
             token_url,

@@ -99,15 +99,9 @@ impl AccessClient {
         let tokens_url = platform_url
             .join("access/api/v1/tokens")
             .map_err(|e| ProviderError::Misconfigured(format!("base_url: {e}")))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            // A redirect would resend credentials somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Misconfigured(format!("HTTP client: {e}")))?;
+        let http =
+            upstream::http_client(connect_timeout, timeout, reqwest::header::HeaderMap::new())
+                .map_err(ProviderError::Misconfigured)?;
         Ok(Self {
             http,
             tokens_url,
@@ -127,17 +121,8 @@ impl AccessClient {
             return Err(status_error(CREATE_OPERATION, status, &body, secrets));
         }
         // Never put the body in an error: on success it holds the minted token.
-        let parsed: CreateTokenResponse =
-            serde_json::from_slice(&body).map_err(|e| ProviderError::Upstream {
-                operation: CREATE_OPERATION,
-                detail: format!(
-                    "HTTP 200 with a malformed body ({:?} at line {}, column {}; {} bytes)",
-                    e.classify(),
-                    e.line(),
-                    e.column(),
-                    body.len()
-                ),
-            })?;
+        let parsed: CreateTokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| upstream::malformed(CREATE_OPERATION, 200, &e, body.len()))?;
         if parsed.access_token.expose_secret().is_empty() || !valid_token_id(&parsed.token_id) {
             return Err(ProviderError::Upstream {
                 operation: CREATE_OPERATION,

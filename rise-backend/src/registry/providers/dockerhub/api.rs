@@ -172,15 +172,9 @@ impl HubClient {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            // A redirect would resend credentials somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Misconfigured(format!("HTTP client: {e}")))?;
+        let http =
+            upstream::http_client(connect_timeout, timeout, reqwest::header::HeaderMap::new())
+                .map_err(ProviderError::Misconfigured)?;
         Ok(Self {
             http,
             base: base.clone(),
@@ -314,17 +308,8 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     operation: &'static str,
     reply: &Reply,
 ) -> Result<T, ProviderError> {
-    serde_json::from_slice(&reply.body).map_err(|e| ProviderError::Upstream {
-        operation,
-        detail: format!(
-            "HTTP {} with a malformed body ({:?} at line {}, column {}; {} bytes)",
-            reply.status,
-            e.classify(),
-            e.line(),
-            e.column(),
-            reply.body.len()
-        ),
-    })
+    serde_json::from_slice(&reply.body)
+        .map_err(|e| upstream::malformed(operation, reply.status, &e, reply.body.len()))
 }
 
 /// A non-success reply as a [`ProviderError`]: 401/403 mean Rise's own identity is wrong or too

@@ -142,16 +142,8 @@ impl GitHubClient {
             "x-github-api-version",
             reqwest::header::HeaderValue::from_static(API_VERSION),
         );
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
-            // A redirect would resend credentials somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Misconfigured(format!("HTTP client: {e}")))?;
+        let http = upstream::http_client(connect_timeout, timeout, headers)
+            .map_err(ProviderError::Misconfigured)?;
         Ok(Self {
             http,
             api_base,
@@ -188,17 +180,8 @@ impl GitHubClient {
             ));
         }
         // Never put the body in an error: on success it holds the minted token.
-        let parsed: InstallationToken =
-            serde_json::from_slice(&bytes).map_err(|e| ProviderError::Upstream {
-                operation: CREATE_OPERATION,
-                detail: format!(
-                    "HTTP {status} with a malformed body ({:?} at line {}, column {}; {} bytes)",
-                    e.classify(),
-                    e.line(),
-                    e.column(),
-                    bytes.len()
-                ),
-            })?;
+        let parsed: InstallationToken = serde_json::from_slice(&bytes)
+            .map_err(|e| upstream::malformed(CREATE_OPERATION, status, &e, bytes.len()))?;
         if parsed.token.expose_secret().trim().is_empty() {
             return Err(ProviderError::Upstream {
                 operation: CREATE_OPERATION,

@@ -100,15 +100,9 @@ impl GoogleClient {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            // A redirect would resend the assertion or a token somewhere not configured.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Misconfigured(format!("HTTP client: {e}")))?;
+        let http =
+            upstream::http_client(connect_timeout, timeout, reqwest::header::HeaderMap::new())
+                .map_err(ProviderError::Misconfigured)?;
         Ok(Self {
             http,
             iam_base,
@@ -153,7 +147,7 @@ impl GoogleClient {
         }
         // Never put the body in an error: on success it holds the token.
         serde_json::from_slice::<GrantedToken>(&body)
-            .map_err(|e| malformed(TOKEN_OPERATION, &e, body.len()))
+            .map_err(|e| upstream::malformed(TOKEN_OPERATION, 200, &e, body.len()))
             .and_then(|t| {
                 if t.access_token.expose_secret().is_empty() {
                     Err(ProviderError::Upstream {
@@ -228,8 +222,8 @@ impl GoogleClient {
                 rise_token_refused: status == StatusCode::UNAUTHORIZED,
             });
         }
-        let parsed: GenerateAccessTokenResponse =
-            serde_json::from_slice(&body).map_err(|e| malformed(IAM_OPERATION, &e, body.len()))?;
+        let parsed: GenerateAccessTokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| upstream::malformed(IAM_OPERATION, 200, &e, body.len()))?;
         if parsed.access_token.expose_secret().is_empty() {
             return Err(ProviderError::Upstream {
                 operation: IAM_OPERATION,
@@ -268,18 +262,6 @@ impl GoogleClient {
 /// An `https://` endpoint (or `http://` with `insecure_http`): see [`upstream::endpoint_url`].
 pub(super) fn parse_endpoint(key: &str, raw: &str, insecure_http: bool) -> Result<Url, String> {
     upstream::endpoint_url(key, raw, insecure_http, None)
-}
-
-fn malformed(operation: &'static str, e: &serde_json::Error, len: usize) -> ProviderError {
-    ProviderError::Upstream {
-        operation,
-        detail: format!(
-            "HTTP 200 with a malformed body ({:?} at line {}, column {}; {len} bytes)",
-            e.classify(),
-            e.line(),
-            e.column()
-        ),
-    }
 }
 
 /// The OAuth 2.0 `error` code of a token endpoint reply, if the body is one.

@@ -146,15 +146,9 @@ impl HarborClient {
         let robots_url = base_url
             .join("api/v2.0/robots")
             .map_err(|e| ProviderError::Misconfigured(format!("url: {e}")))?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            // A redirect would resend credentials somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Misconfigured(format!("HTTP client: {e}")))?;
+        let http =
+            upstream::http_client(connect_timeout, timeout, reqwest::header::HeaderMap::new())
+                .map_err(ProviderError::Misconfigured)?;
         Ok(Self {
             http,
             robots_url,
@@ -186,7 +180,12 @@ impl HarborClient {
         }
         // Never put the body in an error: on success it holds the robot's secret.
         let created: RobotCreated = serde_json::from_slice(&bytes).map_err(|e| {
-            CreateError::Other(malformed(CREATE_OPERATION, status, &e, bytes.len()))
+            CreateError::Other(upstream::malformed(
+                CREATE_OPERATION,
+                status,
+                &e,
+                bytes.len(),
+            ))
         })?;
         if created.id <= 0 || created.name.is_empty() || created.secret.expose_secret().is_empty() {
             return Err(CreateError::Other(ProviderError::Upstream {
@@ -207,7 +206,7 @@ impl HarborClient {
         match status {
             StatusCode::OK => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| malformed(GET_OPERATION, status, &e, bytes.len())),
+                .map_err(|e| upstream::malformed(GET_OPERATION, status, &e, bytes.len())),
             StatusCode::NOT_FOUND => Ok(None),
             other => Err(status_error(GET_OPERATION, other, &bytes, &login.secrets())),
         }
@@ -252,7 +251,7 @@ impl HarborClient {
         }
         // Harbor answers `null` rather than `[]` for an empty page.
         let robots: Option<Vec<Robot>> = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(LIST_OPERATION, status, &e, bytes.len()))?;
+            .map_err(|e| upstream::malformed(LIST_OPERATION, status, &e, bytes.len()))?;
         Ok(robots.unwrap_or_default())
     }
 
@@ -283,23 +282,6 @@ impl HarborClient {
         let reply =
             upstream::exchange("harbor", operation, self.timeout, MAX_BODY, builder).await?;
         Ok((reply.status, reply.body))
-    }
-}
-
-fn malformed(
-    operation: &'static str,
-    status: StatusCode,
-    e: &serde_json::Error,
-    len: usize,
-) -> ProviderError {
-    ProviderError::Upstream {
-        operation,
-        detail: format!(
-            "HTTP {status} with a malformed body ({:?} at line {}, column {}; {len} bytes)",
-            e.classify(),
-            e.line(),
-            e.column(),
-        ),
     }
 }
 

@@ -124,15 +124,9 @@ impl QuayClient {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Covers connecting, sending and reading the whole body: the bound on every call.
-            .timeout(timeout)
-            .user_agent(concat!("rise-backend/", env!("CARGO_PKG_VERSION")))
-            // A redirect would resend the OAuth token somewhere the operator did not configure.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ProviderError::Misconfigured(format!("HTTP client: {e}")))?;
+        let http =
+            upstream::http_client(connect_timeout, timeout, reqwest::header::HeaderMap::new())
+                .map_err(ProviderError::Misconfigured)?;
         Ok(Self {
             http,
             base: base.clone(),
