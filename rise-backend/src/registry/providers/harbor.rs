@@ -93,7 +93,7 @@
 mod api;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use reqwest::Url;
@@ -104,6 +104,7 @@ use self::api::{
 };
 use crate::config::lenient;
 use crate::registry::providers::account;
+use crate::registry::providers::robots;
 use crate::registry::providers::sweeper::{self, Reaper, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
@@ -162,11 +163,7 @@ mod defaults {
 /// Harbor's shortest robot lifetime: one day, so no Rise credential may be meant to outlive it.
 const ROBOT_DURATION_DAYS: i64 = 1;
 const MAX_TTL_LIMIT: Duration = Duration::from_secs(24 * 3600);
-/// The start of every description Rise writes; the reaper deletes only robots that carry it.
-const DESCRIPTION_MARKER: &str = "Rise robot until ";
 const MAX_DESCRIPTION_LEN: usize = 1000;
-/// Hex digits of the random part of a robot name.
-const NONCE_LEN: usize = 12;
 /// Bounds of one sweep.
 const MAX_LIST_PAGES: usize = 20;
 const MAX_DELETES_PER_SWEEP: usize = 500;
@@ -287,7 +284,7 @@ impl Sweep for Shared {
     async fn sweep(&self) -> SweepReport {
         let password = self.password.current().await;
         let login = self.login_with(&password);
-        let now = unix_seconds(SystemTime::now());
+        let now = robots::unix_seconds(SystemTime::now());
         let mut report = SweepReport::default();
         let mut expired = Vec::new();
         for page in 1..=MAX_LIST_PAGES {
@@ -340,10 +337,7 @@ impl Shared {
     /// The Rise expiry of a robot Rise created; `None` for any other robot.
     fn rise_robot_expiry(&self, robot: &Robot) -> Option<u64> {
         let system = robot.level.as_deref().is_none_or(|l| l == "system");
-        let ours = robot
-            .description
-            .as_deref()
-            .is_some_and(|d| d.starts_with(DESCRIPTION_MARKER));
+        let ours = robots::is_rise_description(robot.description.as_deref());
         if !system || !ours {
             return None;
         }
@@ -364,29 +358,15 @@ impl Shared {
 
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let harbor_project = self.harbor_project(request.project.as_str())?;
-        let ttl = request.ttl.min(self.max_ttl).max(Duration::from_secs(1));
-        // Whole seconds, rounded down (never longer than asked): the name carries seconds.
-        let expiry = unix_seconds(SystemTime::now() + ttl);
-        let expires_at = UNIX_EPOCH + Duration::from_secs(expiry);
+        let (expiry, expires_at) = robots::expiry(request.ttl, self.max_ttl);
         let push = request.actions.contains(Action::Push);
         let granted_actions = if push {
             Actions::PUSH_PULL
         } else {
             Actions::PULL
         };
-        let description = upstream::truncate(
-            &format!(
-                "{DESCRIPTION_MARKER}{} for {} of issuer {}: registry {}, project {} ({}), request {}",
-                humantime::format_rfc3339_seconds(expires_at),
-                request.principal.subject,
-                request.principal.issuer,
-                request.registry,
-                request.project,
-                granted_actions,
-                request.request_id
-            ),
-            MAX_DESCRIPTION_LEN,
-        );
+        let description =
+            robots::description(expires_at, request, granted_actions, MAX_DESCRIPTION_LEN);
         let mut access = vec![Access {
             resource: "repository",
             action: "pull",
@@ -415,7 +395,7 @@ impl Shared {
         let mut attempts = 0;
         let (local_name, created) = loop {
             attempts += 1;
-            let local_name = robot_name(&self.robot_prefix, expiry, &nonce());
+            let local_name = robot_name(&self.robot_prefix, expiry, &robots::nonce());
             let body = CreateRobot {
                 name: &local_name,
                 description: &description,
@@ -606,31 +586,15 @@ fn robot_name(prefix: &str, expiry_unix: u64, nonce: &str) -> String {
     format!("{prefix}{expiry_unix}-{nonce}")
 }
 
-fn nonce() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..NONCE_LEN].to_owned()
-}
-
 /// The expiry of a robot name as Harbor lists it (`robot$rise-1764331200-3f2a9c1b07de`), when
 /// it is a Rise name: Harbor's robot prefix (anything without `+`, which marks a project robot),
-/// then exactly `<prefix><digits>-<NONCE_LEN hex digits>`.
+/// then exactly `<prefix><digits>-<robots::NONCE_LEN hex digits>`.
 fn parse_robot_name(prefix: &str, name: &str) -> Option<u64> {
     let (harbor_prefix, rest) = name.rsplit_once(prefix)?;
     if harbor_prefix.is_empty() || harbor_prefix.contains('+') {
         return None;
     }
-    let (expiry, nonce) = rest.split_once('-')?;
-    let hex = |s: &str| {
-        s.len() == NONCE_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let digits =
-        !expiry.is_empty() && expiry.len() <= 19 && expiry.bytes().all(|b| b.is_ascii_digit());
-    if digits && hex(nonce) {
-        expiry.parse().ok()
-    } else {
-        None
-    }
+    robots::parse_expiry(rest, '-')
 }
 
 /// A robot id: a positive decimal number, nothing else (it goes into a URL path).
@@ -639,12 +603,6 @@ fn parse_robot_id(id: &str) -> Option<i64> {
         return None;
     }
     id.parse().ok().filter(|n| *n > 0)
-}
-
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -752,8 +710,8 @@ mod tests {
         let name = robot_name("rise-", 1_764_331_200, "3f2a9c1b07de");
         assert_eq!(name, "rise-1764331200-3f2a9c1b07de");
         assert!(valid_harbor_name(&name));
-        let n = nonce();
-        assert_eq!(n.len(), NONCE_LEN);
+        let n = robots::nonce();
+        assert_eq!(n.len(), robots::NONCE_LEN);
         assert!(valid_harbor_name(&robot_name("ci.rise_", 1, &n)));
         assert_eq!(
             parse_robot_name("rise-", &format!("robot${name}")),

@@ -11,6 +11,7 @@ pub mod ghcr;
 pub mod google;
 pub mod harbor;
 pub mod quay;
+pub(crate) mod robots;
 pub mod sweeper;
 pub(crate) mod upstream;
 

@@ -105,7 +105,7 @@
 mod api;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use reqwest::Url;
@@ -114,6 +114,7 @@ use serde::Deserialize;
 use self::api::{CreateRobot, Deleted, GrantError, QuayClient};
 use crate::config::lenient;
 use crate::registry::providers::account;
+use crate::registry::providers::robots;
 use crate::registry::providers::sweeper::{self, Reaper, Schedule, Sweep, SweepReport};
 use crate::registry::providers::upstream;
 use crate::registry::{
@@ -174,15 +175,11 @@ mod defaults {
     }
 }
 
-/// The start of every description Rise writes; the reaper deletes only robots that carry it.
-const DESCRIPTION_MARKER: &str = "Rise robot until ";
 /// `createOrgRobot`'s schema: `description` has `maxLength: 255`.
 const MAX_DESCRIPTION_LEN: usize = 255;
 /// Quay's user names (robots included: `org+shortname`) are 2 to 255 characters.
 const MAX_USERNAME_LEN: usize = 255;
 const MAX_PREFIX_LEN: usize = 32;
-/// Hex digits of the random part of a robot name.
-const NONCE_LEN: usize = 12;
 /// Bound of one sweep.
 const MAX_DELETES_PER_SWEEP: usize = 500;
 
@@ -284,7 +281,7 @@ impl Sweep for Shared {
 
     async fn sweep(&self) -> SweepReport {
         let token = self.token.current().await;
-        let now = unix_seconds(SystemTime::now());
+        let now = robots::unix_seconds(SystemTime::now());
         let mut report = SweepReport::default();
         let robots = match self.client.list_robots(&token, &self.organization).await {
             Ok(robots) => robots,
@@ -295,10 +292,7 @@ impl Sweep for Shared {
         };
         let mut expired = Vec::new();
         for robot in robots {
-            let ours = robot
-                .description
-                .as_deref()
-                .is_some_and(|d| d.starts_with(DESCRIPTION_MARKER));
+            let ours = robots::is_rise_description(robot.description.as_deref());
             match self.rise_robot(&robot.name).filter(|_| ours) {
                 Some((shortname, expiry)) if expiry <= now => expired.push(shortname),
                 Some(_) => report.kept += 1,
@@ -353,17 +347,14 @@ impl Shared {
     async fn issue(&self, request: &CredentialRequest) -> Result<IssuedCredential, ProviderError> {
         let repository = request.repository.as_str();
         let path = format!("{}/{repository}", self.organization);
-        let ttl = request.ttl.min(self.max_ttl).max(Duration::from_secs(1));
-        // Whole seconds, rounded down (never longer than asked): the name carries seconds.
-        let expiry = unix_seconds(SystemTime::now() + ttl);
-        let expires_at = UNIX_EPOCH + Duration::from_secs(expiry);
+        let (expiry, expires_at) = robots::expiry(request.ttl, self.max_ttl);
         let push = request.actions.contains(Action::Push);
         let (role, granted_actions) = if push {
             ("write", Actions::PUSH_PULL)
         } else {
             ("read", Actions::PULL)
         };
-        let shortname = robot_name(&self.robot_prefix, expiry, &nonce());
+        let shortname = robot_name(&self.robot_prefix, expiry, &robots::nonce());
         let full_name = self.full_name(&shortname);
         if full_name.len() > MAX_USERNAME_LEN {
             return Err(ProviderError::Misconfigured(format!(
@@ -371,19 +362,8 @@ impl Shared {
                 self.name, self.organization
             )));
         }
-        let description = upstream::truncate(
-            &format!(
-                "{DESCRIPTION_MARKER}{} for {} of issuer {}: registry {}, project {} ({}), request {}",
-                humantime::format_rfc3339_seconds(expires_at),
-                request.principal.subject,
-                request.principal.issuer,
-                request.registry,
-                request.project,
-                granted_actions,
-                request.request_id
-            ),
-            MAX_DESCRIPTION_LEN,
-        );
+        let description =
+            robots::description(expires_at, request, granted_actions, MAX_DESCRIPTION_LEN);
         let metadata = serde_json::json!({
             "rise_expires_at": expiry,
             "rise_registry": request.registry,
@@ -587,31 +567,9 @@ fn robot_name(prefix: &str, expiry_unix: u64, nonce: &str) -> String {
     format!("{prefix}{expiry_unix}_{nonce}")
 }
 
-fn nonce() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..NONCE_LEN].to_owned()
-}
-
-/// The expiry of a robot short name when it is exactly `<prefix><digits>_<NONCE_LEN hex>`.
+/// The expiry of a robot short name when it is exactly `<prefix><digits>_<robots::NONCE_LEN hex>`.
 fn parse_robot_name(prefix: &str, shortname: &str) -> Option<u64> {
-    let rest = shortname.strip_prefix(prefix)?;
-    let (expiry, nonce) = rest.split_once('_')?;
-    let hex = nonce.len() == NONCE_LEN
-        && nonce
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let digits =
-        !expiry.is_empty() && expiry.len() <= 19 && expiry.bytes().all(|b| b.is_ascii_digit());
-    if hex && digits {
-        expiry.parse().ok()
-    } else {
-        None
-    }
-}
-
-fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    robots::parse_expiry(shortname.strip_prefix(prefix)?, '_')
 }
 
 #[cfg(test)]
@@ -716,8 +674,8 @@ mod tests {
         let name = robot_name("rise_", 1_764_331_200, "3f2a9c1b07de");
         assert_eq!(name, "rise_1764331200_3f2a9c1b07de");
         assert!(valid_quay_name(&name));
-        let n = nonce();
-        assert_eq!(n.len(), NONCE_LEN);
+        let n = robots::nonce();
+        assert_eq!(n.len(), robots::NONCE_LEN);
         assert!(valid_quay_name(&robot_name("ci_rise_", u64::MAX, &n)));
         assert_eq!(parse_robot_name("rise_", &name), Some(1_764_331_200));
         assert_eq!(
