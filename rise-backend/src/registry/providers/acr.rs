@@ -1005,14 +1005,13 @@ client_id = "22222222-2222-2222-2222-222222222222"
 /// The configuration through the real loader: files, `_file` secrets, environment variables.
 #[cfg(test)]
 mod config_tests {
-    use std::io::Write;
-
     use secrecy::ExposeSecret;
 
     use super::*;
     use crate::config::Config;
     use crate::config::test_support::load;
     use crate::registry::providers::ProviderConfig;
+    use crate::registry::providers::test_support::{assert_typo_named, secret_file};
 
     fn acr(c: &Config) -> &AcrConfig {
         match &c.registry {
@@ -1034,12 +1033,8 @@ client_id = "22222222-2222-2222-2222-222222222222"
 
     #[tokio::test]
     async fn client_secret_from_a_file_and_settings_from_the_environment() {
-        let mut secret = tempfile::NamedTempFile::new().expect("temp file");
-        secret.write_all(b"secret-from-file\n").expect("write");
-        let text = format!(
-            "{TABLE}client_secret_file = {:?}\n",
-            secret.path().display().to_string()
-        );
+        let (_secret, line) = secret_file("client_secret", "secret-from-file\n");
+        let text = format!("{TABLE}{line}");
         let c = load(
             &text,
             &[
@@ -1082,9 +1077,6 @@ client_id = "22222222-2222-2222-2222-222222222222"
 
     #[test]
     fn typo_names_the_key_and_not_the_value() {
-        let e =
-            load(&format!("{TABLE}client_secrett = \"hunter2\"\n"), &[]).expect_err("unknown key");
-        assert!(e.contains("registry.client_secrett"), "{e}");
-        assert!(!e.contains("hunter2"), "{e}");
+        assert_typo_named(TABLE, "client_secrett", "hunter2");
     }
 }

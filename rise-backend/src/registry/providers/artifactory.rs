@@ -1005,12 +1005,11 @@ mod tests {
 /// The seed's Artifactory examples (`registry.md`) through the real configuration loader.
 #[cfg(test)]
 mod seed_config_tests {
-    use std::io::Write;
-
     use super::*;
     use crate::config::Config;
     use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
+    use crate::registry::providers::test_support::{assert_typo_named, secret_file};
 
     fn artifactory(c: &Config) -> &ArtifactoryConfig {
         match &c.registry {
@@ -1097,11 +1096,9 @@ repository = "docker-local"
 
     #[test]
     fn secrets_from_files_and_environment_strings() {
-        let mut secret = tempfile::NamedTempFile::new().expect("temp file");
-        secret.write_all(b"token-from-file\n").expect("write");
+        let (_secret, line) = secret_file("admin_token", "token-from-file\n");
         let text = format!(
-            "[registry]\ntype = \"artifactory\"\nbase_url = \"https://company.jfrog.io\"\nrepository = \"docker-local\"\nadmin_token_file = {:?}\n",
-            secret.path().display().to_string()
+            "[registry]\ntype = \"artifactory\"\nbase_url = \"https://company.jfrog.io\"\nrepository = \"docker-local\"\n{line}"
         );
         let c = load(
             &text,
@@ -1119,12 +1116,10 @@ repository = "docker-local"
 
     #[test]
     fn typo_names_the_key() {
-        let e = load(
-            "[registry]\ntype = \"artifactory\"\nbase_url = \"https://h\"\nrepository = \"r\"\npasword = \"x\"\n",
-            &[],
-        )
-        .expect_err("unknown key");
-        assert!(e.contains("registry.pasword"), "{e}");
-        assert!(!e.contains("\"x\""), "{e}");
+        assert_typo_named(
+            "[registry]\ntype = \"artifactory\"\nbase_url = \"https://h\"\nrepository = \"r\"\n",
+            "pasword",
+            "secret-x",
+        );
     }
 }

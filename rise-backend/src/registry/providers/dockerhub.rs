@@ -978,12 +978,11 @@ mod tests {
 /// Docker Hub configurations through the real configuration loader.
 #[cfg(test)]
 mod seed_config_tests {
-    use std::io::Write;
-
     use super::*;
     use crate::config::Config;
     use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
+    use crate::registry::providers::test_support::{assert_typo_named, secret_file};
 
     fn dockerhub(c: &Config) -> &DockerhubConfig {
         match &c.registry {
@@ -1031,12 +1030,8 @@ mod seed_config_tests {
 
     #[test]
     fn secrets_from_files() {
-        let mut secret = tempfile::NamedTempFile::new().expect("temp file");
-        secret.write_all(b"pat-from-file\n").expect("write");
-        let text = format!(
-            "{TEXT}username = \"owner\"\naccess_token_file = {:?}\n",
-            secret.path().display().to_string()
-        );
+        let (_secret, line) = secret_file("access_token", "pat-from-file\n");
+        let text = format!("{TEXT}username = \"owner\"\n{line}");
         let c = load(&text, &[]).expect("loads");
         let d = dockerhub(&c);
         assert_eq!(value(d.access_token.as_ref()), Some("pat-from-file"));
@@ -1045,8 +1040,6 @@ mod seed_config_tests {
 
     #[test]
     fn typo_names_the_key() {
-        let e = load(&format!("{TEXT}pasword = \"x\"\n"), &[]).expect_err("unknown key");
-        assert!(e.contains("registry.pasword"), "{e}");
-        assert!(!e.contains("\"x\""), "{e}");
+        assert_typo_named(TEXT, "pasword", "secret-x");
     }
 }

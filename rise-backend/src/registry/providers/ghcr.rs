@@ -1135,14 +1135,13 @@ mod tests {
 /// Configuration through the real loader: `_file` secrets, environment strings, typos.
 #[cfg(test)]
 mod config_tests {
-    use std::io::Write;
-
     use secrecy::ExposeSecret;
 
     use super::*;
     use crate::config::Config;
     use crate::config::test_support::load;
     use crate::registry::providers::ProviderConfig;
+    use crate::registry::providers::test_support::{assert_typo_named, secret_file};
 
     fn ghcr(c: &Config) -> &GhcrConfig {
         match &c.registry {
@@ -1153,13 +1152,8 @@ mod config_tests {
 
     #[tokio::test]
     async fn private_key_file_and_environment_strings() {
-        let mut key = tempfile::NamedTempFile::new().expect("temp file");
-        key.write_all(super::tests::test_key_pem().as_bytes())
-            .expect("write");
-        let text = format!(
-            "[registry]\ntype = \"ghcr\"\nowner = \"acme\"\napp_id = 42\nprivate_key_file = {:?}\n",
-            key.path().display().to_string()
-        );
+        let (_key, line) = secret_file("private_key", super::tests::test_key_pem());
+        let text = format!("[registry]\ntype = \"ghcr\"\nowner = \"acme\"\napp_id = 42\n{line}");
         let c = load(
             &text,
             &[
@@ -1214,11 +1208,10 @@ mod config_tests {
 
     #[test]
     fn typo_names_the_key() {
-        let e = load(
-            "[registry]\ntype = \"ghcr\"\nowner = \"acme\"\ninstalation_id = 7\n",
-            &[],
-        )
-        .expect_err("unknown key");
-        assert!(e.contains("registry.instalation_id"), "{e}");
+        assert_typo_named(
+            "[registry]\ntype = \"ghcr\"\nowner = \"acme\"\n",
+            "privat_key",
+            "secret-x",
+        );
     }
 }

@@ -664,7 +664,6 @@ mod tests {
 /// Configuration through the real loader, with a generated key.
 #[cfg(test)]
 mod config_tests {
-    use std::io::Write;
     use std::sync::OnceLock;
 
     use secrecy::ExposeSecret;
@@ -673,6 +672,7 @@ mod config_tests {
     use crate::config::Config;
     use crate::config::test_support::load;
     use crate::registry::providers::ProviderConfig;
+    use crate::registry::providers::test_support::{assert_typo_named, secret_file};
 
     /// A service account JSON key with a freshly generated RSA key (once per process: RSA
     /// generation is slow in debug builds).
@@ -713,12 +713,8 @@ pull_service_account = "rise-{project}-pull@my-gcp-project.iam.gserviceaccount.c
 
     #[tokio::test]
     async fn key_from_a_file_through_the_loader() {
-        let mut key = tempfile::NamedTempFile::new().expect("temp file");
-        key.write_all(key_json().as_bytes()).expect("write");
-        let text = format!(
-            "{TABLE}service_account_key_file = {:?}\n",
-            key.path().display().to_string()
-        );
+        let (_key, line) = secret_file("service_account_key", key_json());
+        let text = format!("{TABLE}{line}");
         let c = load(&text, &[("RISE_REGISTRY__MAX_TTL", "30m")]).expect("loads");
         let g = google(&c);
         assert_eq!(g.max_ttl, Duration::from_secs(1800));
@@ -830,7 +826,6 @@ pull_service_account = "rise-{project}-pull@my-gcp-project.iam.gserviceaccount.c
 
     #[test]
     fn typo_names_the_key() {
-        let e = load(&format!("{TABLE}push_service_acount = \"x\"\n"), &[]).expect_err("typo");
-        assert!(e.contains("registry.push_service_acount"), "{e}");
+        assert_typo_named(TABLE, "push_service_acount", "secret-x");
     }
 }

@@ -768,12 +768,11 @@ mod tests {
 /// The configuration as operators write it, through the real configuration loader.
 #[cfg(test)]
 mod config_tests {
-    use std::io::Write;
-
     use super::*;
     use crate::config::Config;
     use crate::config::test_support::{load, value};
     use crate::registry::providers::ProviderConfig;
+    use crate::registry::providers::test_support::{assert_typo_named, secret_file};
 
     fn harbor<'a>(c: &'a Config, name: Option<&str>) -> &'a HarborConfig {
         let table = match name {
@@ -790,12 +789,8 @@ mod config_tests {
 
     #[tokio::test]
     async fn password_from_a_file_and_settings_from_the_environment() {
-        let mut secret = tempfile::NamedTempFile::new().expect("temp file");
-        secret.write_all(b"from-file\n").expect("write");
-        let text = format!(
-            "{TABLE}password_file = {:?}\n",
-            secret.path().display().to_string()
-        );
+        let (_secret, line) = secret_file("password", "from-file\n");
+        let text = format!("{TABLE}{line}");
         let c = load(
             &text,
             &[
@@ -852,8 +847,6 @@ mod config_tests {
 
     #[test]
     fn typo_names_the_key_without_the_value() {
-        let e = load(&format!("{TABLE}pasword = \"secret-x\"\n"), &[]).expect_err("unknown key");
-        assert!(e.contains("registry.pasword"), "{e}");
-        assert!(!e.contains("secret-x"), "{e}");
+        assert_typo_named(TABLE, "pasword", "secret-x");
     }
 }

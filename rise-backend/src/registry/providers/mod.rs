@@ -138,6 +138,31 @@ pub(crate) fn warn_if_not_issued(
     }
 }
 
+/// What the providers' configuration tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::io::Write;
+
+    use crate::config::test_support::load;
+
+    /// A temporary file holding `contents`, and the line `<key>_file = "<its path>"` that names
+    /// it in a table. The file is gone once dropped: keep it until the configuration is loaded.
+    pub(crate) fn secret_file(key: &str, contents: &str) -> (tempfile::NamedTempFile, String) {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(contents.as_bytes()).expect("write");
+        let line = format!("{key}_file = {:?}\n", file.path().display().to_string());
+        (file, line)
+    }
+
+    /// Loading `table` with `key = "<value>"` added, a key its type does not have, fails with
+    /// an error that names the key and not the value.
+    pub(crate) fn assert_typo_named(table: &str, key: &str, value: &str) {
+        let e = load(&format!("{table}{key} = {value:?}\n"), &[]).expect_err("unknown key");
+        assert!(e.contains(&format!("registry.{key}")), "{e}");
+        assert!(!e.contains(value), "{e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
