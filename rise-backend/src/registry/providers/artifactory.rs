@@ -699,10 +699,8 @@ async fn backend_credential(
             let password = account::resolve_nonblank(secrets, "password", password, "")
                 .await
                 .map_err(|e| {
-                    // The whole error, prefix included, then the hint (as this message always read).
-                    ProviderError::Misconfigured(format!(
-                        "{} (set {})",
-                        bad(e),
+                    bad(format!(
+                        "{e} (set {})",
                         account::secret_key_ways(name, "password")
                     ))
                 })?;
@@ -937,6 +935,18 @@ mod tests {
                 .expect_err("named registry")
                 .to_string();
         assert!(e.contains("RISE_REGISTRIES__EU__PASSWORD"), "{e}");
+        // The error names its kind once, then the registry, the problem and the fix.
+        let e = provider(&format!("{BASE}username = \"u\"\npassword = \" \"\n"))
+            .await
+            .expect_err("blank password");
+        assert!(
+            e.starts_with("provider misconfigured: registry default: password is empty"),
+            "{e}"
+        );
+        assert!(
+            e.contains("(set password, password_file or RISE_REGISTRY__PASSWORD)"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
