@@ -223,25 +223,40 @@ impl Keyring {
         match &self.backend {
             Backend::Files { data_dir } => load_files(&keys_dir(data_dir)?, family),
             Backend::Database { store, sealer } => {
-                let mut keys = Vec::with_capacity(3);
-                for slot in [Slot::Current, Slot::Next] {
-                    let row = family.row(slot);
-                    let fresh = sealer.seal(&row, &(family.generate)()?)?;
-                    // First writer wins: every replica reads back the same row.
-                    let stored = store.key_get_or_insert(&row, &fresh).await?;
-                    keys.push(sealer.open(&row, &stored)?);
-                }
-                let row = family.row(Slot::Previous);
-                let previous = match store.key_get(&row).await? {
-                    Some(stored) => Some(sealer.open(&row, &stored)?),
-                    None => None,
+                let rows = [
+                    family.row(Slot::Current),
+                    family.row(Slot::Next),
+                    family.row(Slot::Previous),
+                ];
+                // One statement reads every slot: a rotation shows whole or not at all.
+                let mut stored = store.key_get_all_of(&rows).await?;
+                let holds = |stored: &[(String, String)], row: &str| {
+                    stored.iter().any(|(name, _)| name == row)
                 };
-                let next = keys.pop().context("next key")?;
-                let current = keys.pop().context("current key")?;
+                let mut created = false;
+                for row in &rows[..2] {
+                    if !holds(&stored, row) {
+                        let fresh = sealer.seal(row, &(family.generate)()?)?;
+                        // First writer wins: every replica reads back the same row.
+                        store.key_get_or_insert(row, &fresh).await?;
+                        created = true;
+                    }
+                }
+                if created {
+                    stored = store.key_get_all_of(&rows).await?;
+                }
+                let open = |row: &str| {
+                    stored
+                        .iter()
+                        .find(|(name, _)| name == row)
+                        .map(|(_, value)| sealer.open(row, value))
+                        .transpose()
+                };
+                let vanished = |row: &str| format!("key slot {row} vanished while being read");
                 Ok(FamilyKeys {
-                    current,
-                    next,
-                    previous,
+                    current: open(&rows[0])?.with_context(|| vanished(&rows[0]))?,
+                    next: open(&rows[1])?.with_context(|| vanished(&rows[1]))?,
+                    previous: open(&rows[2])?,
                 })
             }
         }
@@ -351,6 +366,11 @@ pub struct ResealReport {
 /// The family's keys from the files in `dir` (the keys directory), generating `current` and
 /// `next` if they do not exist yet.
 pub fn load_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
+    // Shared with other readers, excluded by a rotation: the slots read are one state, never
+    // half of a rotation.
+    let lock = rotate_lock(dir)?;
+    lock.lock_shared()
+        .with_context(|| format!("locking {}", dir.join(ROTATE_LOCK_FILE).display()))?;
     let path = |slot| dir.join(family.file(slot));
     let current = read_or_create(&path(Slot::Current), family.generate)?;
     let next = read_or_create(&path(Slot::Next), family.generate)?;
@@ -368,19 +388,24 @@ pub fn load_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<FamilyKeys> 
     })
 }
 
-/// `previous ← current ← next ← fresh`, under an exclusive lock file. Every step is an atomic
-/// rename, so a reader always sees a complete file; a reader that finds `next` missing between
-/// the last two steps creates one, and the rotation then keeps that one.
-fn rotate_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<()> {
-    let lock_path = dir.join(ROTATE_LOCK_FILE);
-    let lock = fs::OpenOptions::new()
+/// The lock file that rotations hold exclusively and readers shared (not locked yet).
+fn rotate_lock(dir: &Path) -> anyhow::Result<fs::File> {
+    let path = dir.join(ROTATE_LOCK_FILE);
+    fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// `previous ← current ← next ← fresh`, under an exclusive lock file: readers, which hold it
+/// shared, see the slots before or after, never between steps. Every step is an atomic rename,
+/// so a crash mid-way leaves complete files (a missing `next` is created on the next read).
+fn rotate_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<()> {
+    let lock = rotate_lock(dir)?;
     lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+        .with_context(|| format!("locking {}", dir.join(ROTATE_LOCK_FILE).display()))?;
     let path = |slot| dir.join(family.file(slot));
     let current = read_private(&path(Slot::Current))
         .with_context(|| format!("reading {}", path(Slot::Current).display()))?;
@@ -650,6 +675,50 @@ mod tests {
         assert_eq!(*second.current, *first.next);
         assert_ne!(*second.next, *first.next);
         assert_ne!(*second.next, *first.current);
+    }
+
+    /// Loads running beside rotations see each family before or after a rotation, never
+    /// between its steps: the three slots always hold three different keys.
+    async fn reads_never_see_half_a_rotation(ring: Keyring) {
+        let family = counter_family();
+        ring.load(&family).await.expect("load");
+        ring.rotate(&family).await.expect("rotate");
+        let rotator = {
+            let (ring, family) = (ring.clone(), counter_family());
+            tokio::spawn(async move {
+                for _ in 0..150 {
+                    ring.rotate(&family).await.expect("rotate");
+                }
+            })
+        };
+        let mut reads = 0;
+        while !rotator.is_finished() {
+            let keys = ring.load(&family).await.expect("load");
+            let previous = keys.previous.expect("rotated already");
+            assert_ne!(*keys.current, *keys.next, "after {reads} reads");
+            assert_ne!(*previous, *keys.current, "after {reads} reads");
+            assert_ne!(*previous, *keys.next, "after {reads} reads");
+            reads += 1;
+        }
+        rotator.await.expect("rotations");
+        assert!(reads > 150, "the reads ran beside the rotations: {reads}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_reads_never_see_half_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        reads_never_see_half_a_rotation(Keyring::files(dir.path()).expect("keyring")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn database_reads_never_see_half_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("rise.db"), true)
+            .await
+            .expect("store");
+        let key = SecretString::from(STANDARD.encode([5u8; 32]));
+        reads_never_see_half_a_rotation(Keyring::database(store, &key, None).expect("keyring"))
+            .await;
     }
 
     #[test]

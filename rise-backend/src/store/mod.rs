@@ -259,6 +259,24 @@ impl Store {
         })
     }
 
+    /// The stored values of the key slots `names` that exist, read in one statement, so
+    /// together they are one state of the table: never half of a rotation.
+    pub async fn key_get_all_of(
+        &self,
+        names: &[String; 3],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        on_backend!(self, |pool, d| {
+            Ok(
+                sqlx::query_as("SELECT name, value FROM rise_keys WHERE name IN ($1, $2, $3)")
+                    .bind(names[0].as_str())
+                    .bind(names[1].as_str())
+                    .bind(names[2].as_str())
+                    .fetch_all(pool)
+                    .await?,
+            )
+        })
+    }
+
     /// When key slot `name` was last written (ms since the epoch), if it exists.
     pub async fn key_updated_ms(&self, name: &str) -> Result<Option<i64>, StoreError> {
         on_backend!(self, |pool, d| {

@@ -679,7 +679,7 @@ async fn a_server_refuses_keys_rolled_back_past_a_rotation() {
             &String::from_utf8_lossy(&out.stdout),
             "registry token current ",
         );
-        // Each rotation is picked up before the next, so the server sees the original retire.
+        // The server follows each rotation: it signs with the new current key.
         let deadline = Instant::now() + Duration::from_secs(20);
         while token_kid(&rise, &config).await != rotated {
             assert!(

@@ -102,12 +102,6 @@ impl GrantKeys {
     }
 
     /// The `kid`s of every accepted key, the signing one first.
-    /// The `kid` of the `previous` slot's key, if loaded: the key the next rotation retires.
-    pub fn previous_kid(&self) -> Option<&str> {
-        // `others` is `[next, previous]`, as `from_family` builds it.
-        self.others.get(1).map(|k| k.kid.as_str())
-    }
-
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         std::iter::once(&self.current)
             .chain(&self.others)

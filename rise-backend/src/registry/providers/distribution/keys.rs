@@ -106,13 +106,6 @@ impl KeySet {
         Self { current, extra }
     }
 
-    /// The `kid` of the `previous` slot's key, if loaded (and distinct from `current`): the key
-    /// the next rotation retires.
-    pub fn previous_kid(&self) -> Option<&str> {
-        // `extra` is `[next, previous]`, as `from_family` builds it.
-        self.extra.get(1).map(TrustedCert::kid)
-    }
-
     /// The key that signs tokens now.
     pub fn current(&self) -> &SigningKey {
         &self.current

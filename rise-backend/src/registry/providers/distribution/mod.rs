@@ -139,14 +139,6 @@ impl SharedKeys {
         let signing = self.signing.trusted().map(TrustedCert::kid);
         signing.chain(self.grant.kids())
     }
-
-    /// The keys in the `previous` slots: the keys the next rotation retires.
-    fn retiring(&self) -> impl Iterator<Item = &str> {
-        self.signing
-            .previous_kid()
-            .into_iter()
-            .chain(self.grant.previous_kid())
-    }
 }
 
 /// Keys this server saw retired by a rotation are in the store again: the store was restored
@@ -386,10 +378,10 @@ pub struct TokenService {
     revocations: Arc<revocation::LiveRevocations>,
     /// The longest grant of any of its registries: how long a revocation must stay in force.
     longest_grant: Duration,
-    /// Keys this server saw leave the `previous` slot through a rotation. A rotation never
-    /// brings one back, so finding one in the store again means the store was rolled back (an
-    /// old backup, or someone with write access restoring a key they hold). Kept in memory: a
-    /// server started after the rotation cannot tell.
+    /// Keys this server loaded and later saw gone from the store, in a reload it accepted. A
+    /// rotation never brings one back, so finding one in the store again means the store was
+    /// rolled back (an old backup, or someone with write access restoring a key they hold).
+    /// Kept in memory: a server started after the rotation cannot tell.
     retired: std::sync::Mutex<HashSet<String>>,
 }
 
@@ -460,14 +452,7 @@ impl TokenService {
                 .retired
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Only a key of the `previous` slot can have been retired: a read that raced a
-            // rotation may miss the key moving from `next` to `current`, never that one.
             let fresh_kids: HashSet<&str> = fresh.kids().collect();
-            retired.extend(
-                live.retiring()
-                    .filter(|kid| !fresh_kids.contains(kid))
-                    .map(str::to_owned),
-            );
             let mut back: Vec<String> = fresh_kids
                 .iter()
                 .filter(|kid| retired.contains(**kid))
@@ -482,6 +467,13 @@ impl TokenService {
                 }
                 .into());
             }
+            // Each family is read in one piece, so a key loaded before and gone now left
+            // through rotations, however many happened since the last reload.
+            retired.extend(
+                live.kids()
+                    .filter(|kid| !fresh_kids.contains(kid))
+                    .map(str::to_owned),
+            );
         }
         crate::metrics::record_key_reload("rotated");
         tracing::info!(

@@ -534,3 +534,43 @@ fn a_retired_key_back_in_the_store_is_refused() {
     copy_files(backup.path(), &keys_dir);
     assert_eq!(self::service(&f).signing_kid(), original);
 }
+
+/// A server that reloads less often than the keys rotate still knows which keys left: the
+/// original keys, gone after two rotations it saw as one change, are refused when restored.
+#[test]
+fn keys_retired_between_two_reloads_are_refused_when_restored() {
+    let f = fixture("");
+    let service = service(&f);
+    let keyring = crate::keyring::Keyring::files(&f.config.server.data_dir).expect("keyring");
+    let keys_dir = crate::keyring::keys_dir(&f.config.server.data_dir).expect("keys dir");
+    let backup = tempfile::tempdir().expect("tempdir");
+    copy_files(&keys_dir, backup.path());
+    let original_signing = service.signing_kid();
+    let original_grant = service.keys.get().grant.kids().next().map(str::to_owned);
+    let original_grant = original_grant.expect("a grant key");
+    for _ in 0..2 {
+        block_on(async {
+            keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
+            keyring.rotate(&grant::GRANT_KEYS).await
+        })
+        .expect("rotate");
+    }
+    assert!(
+        block_on(service.reload_keys()).expect("reload"),
+        "picked up"
+    );
+    let rotated = service.signing_kid();
+    assert_ne!(rotated, original_signing);
+
+    copy_files(backup.path(), &keys_dir);
+    let refused = block_on(service.reload_keys()).expect_err("the retired keys are refused");
+    let message = format!("{refused:#}");
+    assert!(refused.is::<RetiredKeyReturned>(), "{message}");
+    assert!(message.contains(&original_signing), "{message}");
+    assert!(message.contains(&original_grant), "{message}");
+    assert_eq!(
+        service.signing_kid(),
+        rotated,
+        "the loaded keys stay in use"
+    );
+}
