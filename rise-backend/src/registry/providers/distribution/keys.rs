@@ -461,8 +461,13 @@ wr3mcytrCFoCIQD76m3QGZ7fEdsxGNyZTaWNA9z6AZN4IAg3mqcSUK9XUg==
                 .collect()
         });
         assert!(kids.iter().all(|k| k == &kids[0]), "{kids:?}");
-        let leftovers = fs::read_dir(dir.path().join(KEYS_DIR)).expect("ls").count();
-        assert_eq!(leftovers, 2, "temporary files are cleaned up");
+        let names: Vec<String> = fs::read_dir(dir.path().join(KEYS_DIR))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        let temporary = names.iter().filter(|n| n.ends_with(".tmp")).count();
+        assert_eq!(temporary, 0, "temporary files are cleaned up: {names:?}");
+        assert_eq!(names.len(), 3, "current, next and the lock: {names:?}");
     }
 
     #[tokio::test]
