@@ -448,29 +448,53 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// The fixture's key files, with a copy taken when this is made.
+struct BackedUpKeys {
+    keyring: crate::keyring::Keyring,
+    dir: std::path::PathBuf,
+    backup: tempfile::TempDir,
+}
+
+impl BackedUpKeys {
+    fn of(f: &Fixture) -> Self {
+        let data_dir = &f.config.server.data_dir;
+        let keys = Self {
+            keyring: crate::keyring::Keyring::files(data_dir).expect("keyring"),
+            dir: crate::keyring::keys_dir(data_dir).expect("keys dir"),
+            backup: tempfile::tempdir().expect("tempdir"),
+        };
+        copy_files(&keys.dir, keys.backup.path());
+        keys
+    }
+
+    /// `keys rotate`: both families, one step.
+    fn rotate(&self) {
+        block_on(async {
+            self.keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
+            self.keyring.rotate(&grant::GRANT_KEYS).await
+        })
+        .expect("rotate");
+    }
+
+    /// Put the copy back over the key files.
+    fn restore(&self) {
+        copy_files(self.backup.path(), &self.dir);
+    }
+}
+
 /// Rotations are picked up; keys restored from before two rotations (a backup, or someone
 /// with write access putting back a key they hold) are refused while the loaded keys stay.
 #[test]
 fn a_retired_key_back_in_the_store_is_refused() {
     let f = fixture("");
     let service = service(&f);
-    let keyring = crate::keyring::Keyring::files(&f.config.server.data_dir).expect("keyring");
-    let keys_dir = crate::keyring::keys_dir(&f.config.server.data_dir).expect("keys dir");
-    let backup = tempfile::tempdir().expect("tempdir");
-    copy_files(&keys_dir, backup.path());
-    let rotate = || {
-        block_on(async {
-            keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
-            keyring.rotate(&grant::GRANT_KEYS).await
-        })
-        .expect("rotate")
-    };
+    let keys = BackedUpKeys::of(&f);
     let original = service.signing_kid();
 
     // Two rotations, each picked up: the original key is `previous`, then retired.
     let mut kids = vec![original.clone()];
     for _ in 0..2 {
-        rotate();
+        keys.rotate();
         assert!(
             block_on(service.reload_keys()).expect("reload"),
             "picked up"
@@ -489,7 +513,7 @@ fn a_retired_key_back_in_the_store_is_refused() {
         .collect::<Vec<_>>();
 
     // The store goes back to the backup: the original keys are current again.
-    copy_files(backup.path(), &keys_dir);
+    keys.restore();
     let refused = block_on(service.reload_keys()).expect_err("a retired key is refused");
     let message = format!("{refused:#}");
     assert!(refused.is::<RetiredKeyReturned>(), "{message}");
@@ -521,9 +545,9 @@ fn a_retired_key_back_in_the_store_is_refused() {
 
     // A fresh rotation from the restored store still carries the retired key (as `previous`):
     // refused too. Rotating past it brings only keys never retired here: accepted.
-    rotate();
+    keys.rotate();
     assert!(block_on(service.reload_keys()).is_err());
-    rotate();
+    keys.rotate();
     assert!(
         block_on(service.reload_keys()).expect("reload"),
         "picked up"
@@ -531,7 +555,7 @@ fn a_retired_key_back_in_the_store_is_refused() {
     assert!(!kids.contains(&service.signing_kid()));
 
     // A server started on the restored store never saw the rotations: it cannot tell.
-    copy_files(backup.path(), &keys_dir);
+    keys.restore();
     assert_eq!(self::service(&f).signing_kid(), original);
 }
 
@@ -541,20 +565,12 @@ fn a_retired_key_back_in_the_store_is_refused() {
 fn keys_retired_between_two_reloads_are_refused_when_restored() {
     let f = fixture("");
     let service = service(&f);
-    let keyring = crate::keyring::Keyring::files(&f.config.server.data_dir).expect("keyring");
-    let keys_dir = crate::keyring::keys_dir(&f.config.server.data_dir).expect("keys dir");
-    let backup = tempfile::tempdir().expect("tempdir");
-    copy_files(&keys_dir, backup.path());
+    let keys = BackedUpKeys::of(&f);
     let original_signing = service.signing_kid();
     let original_grant = service.keys.get().grant.kids().next().map(str::to_owned);
     let original_grant = original_grant.expect("a grant key");
-    for _ in 0..2 {
-        block_on(async {
-            keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
-            keyring.rotate(&grant::GRANT_KEYS).await
-        })
-        .expect("rotate");
-    }
+    keys.rotate();
+    keys.rotate();
     assert!(
         block_on(service.reload_keys()).expect("reload"),
         "picked up"
@@ -562,7 +578,7 @@ fn keys_retired_between_two_reloads_are_refused_when_restored() {
     let rotated = service.signing_kid();
     assert_ne!(rotated, original_signing);
 
-    copy_files(backup.path(), &keys_dir);
+    keys.restore();
     let refused = block_on(service.reload_keys()).expect_err("the retired keys are refused");
     let message = format!("{refused:#}");
     assert!(refused.is::<RetiredKeyReturned>(), "{message}");
