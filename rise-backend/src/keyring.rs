@@ -368,9 +368,7 @@ pub struct ResealReport {
 pub fn load_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
     // Shared with other readers, excluded by a rotation: the slots read are one state, never
     // half of a rotation.
-    let lock = rotate_lock(dir)?;
-    lock.lock_shared()
-        .with_context(|| format!("locking {}", dir.join(ROTATE_LOCK_FILE).display()))?;
+    let _lock = rotate_lock_shared(dir, ROTATION_WAIT)?;
     let path = |slot| dir.join(family.file(slot));
     let current = read_or_create(&path(Slot::Current), family.generate)?;
     let next = read_or_create(&path(Slot::Next), family.generate)?;
@@ -397,6 +395,34 @@ fn rotate_lock(dir: &Path) -> anyhow::Result<fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))
+}
+
+/// How long a read waits for a rotation to finish: one takes milliseconds.
+const ROTATION_WAIT: Duration = Duration::from_secs(2);
+
+/// The rotation lock, shared, waiting at most `wait` for a rotation to let go of it: a
+/// rotation stuck while holding it (a stopped process) costs a reload an error, not a server
+/// thread blocked for good.
+fn rotate_lock_shared(dir: &Path, wait: Duration) -> anyhow::Result<fs::File> {
+    let lock = rotate_lock(dir)?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match lock.try_lock_shared() {
+            Ok(()) => return Ok(lock),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => bail!(
+                "a key rotation has held {} for over {}: the keys were not read (the loaded ones stay in use); if no `keys rotate` is running, a stopped one may hold it",
+                dir.join(ROTATE_LOCK_FILE).display(),
+                humantime::format_duration(wait)
+            ),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e)
+                    .with_context(|| format!("locking {}", dir.join(ROTATE_LOCK_FILE).display()));
+            }
+        }
+    }
 }
 
 /// `previous ← current ← next ← fresh`, under an exclusive lock file: readers, which hold it
@@ -706,6 +732,38 @@ mod tests {
             assert_ne!(*previous, *keys.next, "read {read}");
         }
         rotator.await.expect("rotations");
+    }
+
+    /// A rotation that never lets go of the lock (a stopped `keys rotate`) makes a read fail
+    /// after a bounded wait, saying why; once it is released, reads work again.
+    #[test]
+    fn a_read_waits_for_a_stuck_rotation_only_so_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = keys_dir(dir.path()).expect("keys dir");
+        load_files(&keys, &counter_family()).expect("first load");
+        let rotation = rotate_lock(&keys).expect("lock file");
+        rotation.lock().expect("held as a rotation holds it");
+        // On a thread of its own, so that a read that waited for ever fails this test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = {
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let read = load_files(&keys, &counter_family()).map(|_| ());
+                let _ = tx.send((read, started.elapsed()));
+            })
+        };
+        let (read, waited) = rx
+            .recv_timeout(ROTATION_WAIT * 5)
+            .expect("the read gave up in bounded time");
+        reader.join().expect("reader");
+        let err = read.expect_err("refused while the rotation holds the lock");
+        assert!(waited >= ROTATION_WAIT, "{waited:?}");
+        let message = format!("{err:#}");
+        assert!(message.contains("a key rotation has held"), "{message}");
+        assert!(message.contains(ROTATE_LOCK_FILE), "{message}");
+        drop(rotation);
+        load_files(&keys, &counter_family()).expect("load after the rotation let go");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
