@@ -101,7 +101,7 @@ impl Slot {
 }
 
 /// A family of keys: its name, its file names, and how a fresh key is made.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct KeyFamily {
     /// Row names in `rise_keys` are `<name>/<slot>`.
     pub name: &'static str,
@@ -221,7 +221,10 @@ impl Keyring {
     /// The family's keys, generating `current` and `next` if they do not exist yet.
     pub async fn load(&self, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
         match &self.backend {
-            Backend::Files { data_dir } => load_files(&keys_dir(data_dir)?, family),
+            Backend::Files { data_dir } => {
+                let (dir, family) = (keys_dir(data_dir)?, *family);
+                off_the_runtime(move || load_files(&dir, &family)).await
+            }
             Backend::Database { store, sealer } => {
                 let rows = [
                     family.row(Slot::Current),
@@ -289,7 +292,10 @@ impl Keyring {
         // Make sure current and next exist, so a rotation never promotes nothing.
         self.load(family).await?;
         match &self.backend {
-            Backend::Files { data_dir } => rotate_files(&keys_dir(data_dir)?, family),
+            Backend::Files { data_dir } => {
+                let (dir, family) = (keys_dir(data_dir)?, *family);
+                off_the_runtime(move || rotate_files(&dir, &family)).await
+            }
             Backend::Database { store, sealer } => {
                 let rows = [
                     family.row(Slot::Previous),
@@ -384,6 +390,16 @@ pub fn load_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<FamilyKeys> 
         next,
         previous,
     })
+}
+
+/// Run file work that may block (reads, writes, waiting for the rotation lock) on Tokio's
+/// blocking pool, so that it never holds up the async workers serving requests.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("the key file task stopped")?
 }
 
 /// The lock file that rotations hold exclusively and readers shared (not locked yet).
@@ -764,6 +780,27 @@ mod tests {
         assert!(message.contains(ROTATE_LOCK_FILE), "{message}");
         drop(rotation);
         load_files(&keys, &counter_family()).expect("load after the rotation let go");
+    }
+
+    /// A read of key files waits for a rotation's lock off the async workers: on a one-thread
+    /// runtime, the task holding the lock still runs and lets go, and the read then succeeds.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_file_read_waiting_for_a_rotation_leaves_the_runtime_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ring = Keyring::files(dir.path()).expect("keyring");
+        ring.load(&counter_family()).await.expect("first load");
+        let rotation = rotate_lock(&keys_dir(dir.path()).expect("keys dir")).expect("lock file");
+        rotation.lock().expect("held as a rotation holds it");
+        let read = tokio::spawn({
+            let ring = ring.clone();
+            async move { ring.load(&counter_family()).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!read.is_finished(), "the read waits for the rotation");
+        drop(rotation);
+        read.await
+            .expect("reader")
+            .expect("read once the rotation let go");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
