@@ -17,7 +17,7 @@ use secrecy::SecretString;
 
 use crate::policy::{Pattern, Rule};
 use crate::ratelimit::RateLimitConfig;
-use crate::registry::providers::ProviderConfig;
+use crate::registry::providers::{LONGEST_MAX_TTL, ProviderConfig};
 use crate::registry::{Actions, ProjectName, RepositoryName};
 use crate::tls::TlsConfig;
 
@@ -642,15 +642,117 @@ impl Config {
                 )));
             }
         }
-        if self.audit.queue_capacity == 0 || self.audit.max_batch == 0 {
-            return Err(ConfigError::Semantic(
-                "audit.queue_capacity and audit.max_batch must be at least 1".into(),
-            ));
-        }
+        self.validate_bounds()?;
         self.database.resolve_url()?;
         Ok(())
     }
+
+    /// Numbers and durations within what Rise can honour: a zero timeout that fails every
+    /// request, or a lifetime or queue so large that it overflows, is refused here by key.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError::Semantic(message));
+        let audit = &self.audit;
+        if !(1..=MAX_AUDIT_QUEUE).contains(&audit.queue_capacity) {
+            return fail(format!(
+                "audit.queue_capacity must be between 1 and {MAX_AUDIT_QUEUE}"
+            ));
+        }
+        if !(1..=MAX_AUDIT_QUEUE).contains(&audit.max_batch) {
+            return fail(format!(
+                "audit.max_batch must be between 1 and {MAX_AUDIT_QUEUE}"
+            ));
+        }
+        if !(1..=MAX_DB_CONNECTIONS).contains(&self.database.max_connections) {
+            return fail(format!(
+                "database.max_connections must be between 1 and {MAX_DB_CONNECTIONS}"
+            ));
+        }
+        let mut durations = vec![
+            ("audit.commit_timeout".to_owned(), audit.commit_timeout, MIN_TIMEOUT, MAX_WAIT),
+            (
+                "database.acquire_timeout".to_owned(),
+                self.database.acquire_timeout,
+                MIN_TIMEOUT,
+                MAX_WAIT,
+            ),
+            (
+                "auth.local.max_ttl".to_owned(),
+                self.auth.local.max_ttl,
+                Duration::from_secs(60),
+                LONGEST_MAX_TTL,
+            ),
+        ];
+        for (name, issuer) in &self.auth.issuers {
+            let key = format!("auth.issuers.{name}");
+            durations.push((
+                format!("{key}.jwks_cache_ttl"),
+                issuer.jwks_cache_ttl,
+                Duration::from_secs(1),
+                LONGEST_MAX_TTL,
+            ));
+            durations.push((
+                format!("{key}.jwks_refresh_floor"),
+                issuer.jwks_refresh_floor,
+                Duration::from_secs(1),
+                LONGEST_MAX_TTL,
+            ));
+        }
+        for (name, registry) in self.all_registries() {
+            if let Some(max_ttl) = registry.max_ttl() {
+                let key = match name {
+                    DEFAULT_REGISTRY if self.registry.is_some() => "registry.max_ttl".to_owned(),
+                    name => format!("registries.{name}.max_ttl"),
+                };
+                // Zero and other lower bounds are each provider's own rule.
+                if max_ttl > LONGEST_MAX_TTL {
+                    return fail(format!(
+                        "{key} = {} is too long: Rise hands out short-lived credentials; give at most {}",
+                        shown_duration(max_ttl),
+                        shown_duration(LONGEST_MAX_TTL)
+                    ));
+                }
+            }
+        }
+        for (project, p) in &self.projects {
+            if let Some(ttl) = p.ttl {
+                durations.push((
+                    format!("projects.{project}.ttl"),
+                    ttl,
+                    crate::http::MIN_CREDENTIAL_TTL,
+                    LONGEST_MAX_TTL,
+                ));
+            }
+        }
+        for (key, value, min, max) in durations {
+            if value < min || value > max {
+                return fail(format!(
+                    "{key} = {} is out of range: give a duration from {} to {}",
+                    shown_duration(value),
+                    shown_duration(min),
+                    shown_duration(max),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// `d` as the config spells it: whole days as `365d`, anything else as humantime writes it.
+fn shown_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs > 0 && secs % 86_400 == 0 {
+        format!("{}d", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+/// The longest audit queue and batch: far beyond any need, and within Tokio's channel limits.
+const MAX_AUDIT_QUEUE: u64 = 1 << 20;
+const MAX_DB_CONNECTIONS: u64 = 10_000;
+/// Bounds of the waits a request or a start-up may spend (commit, pool acquire).
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_WAIT: Duration = Duration::from_secs(600);
 
 fn parse_builtin(text: &str) -> Table {
     // The built-in files are part of the binary and covered by tests; failing here is a build defect.
@@ -1127,6 +1229,56 @@ mod tests {
         let err = load(&[&f], &[]).expect_err("not a bool").to_string();
         assert!(!err.contains("hunter2-secret"), "{err}");
         assert!(err.contains("auth.local.enabled"), "{err}");
+    }
+
+    #[test]
+    fn numbers_and_durations_out_of_range_are_named() {
+        let registry = "[registry]\ntype = \"distribution\"\nurl = \"127.0.0.1:5000\"\n";
+        for (toml, expected) in [
+            (
+                "[audit]\nqueue_capacity = 9223372036854775807\n".to_owned(),
+                "audit.queue_capacity must be between 1 and 1048576",
+            ),
+            ("[audit]\nmax_batch = 0\n".to_owned(), "audit.max_batch must be between"),
+            (
+                "[database]\nmax_connections = 0\n".to_owned(),
+                "database.max_connections must be between",
+            ),
+            (
+                "[audit]\ncommit_timeout = \"0s\"\n".to_owned(),
+                "audit.commit_timeout = 0s is out of range: give a duration from 1ms to 10m",
+            ),
+            (
+                "[database]\nacquire_timeout = \"1year\"\n".to_owned(),
+                "database.acquire_timeout = ",
+            ),
+            (
+                "[auth.local]\nmax_ttl = \"0s\"\n".to_owned(),
+                "auth.local.max_ttl = 0s is out of range: give a duration from 1m to 365d",
+            ),
+            (
+                "[auth.issuers.corp]\nissuer = \"https://idp.example\"\naudience = \"rise\"\njwks_refresh_floor = \"0s\"\n".to_owned(),
+                "auth.issuers.corp.jwks_refresh_floor = 0s is out of range",
+            ),
+            (
+                format!("{registry}[projects.app]\nttl = \"0s\"\n"),
+                "projects.app.ttl = 0s is out of range: give a duration from 1m to 365d",
+            ),
+            (
+                format!("{registry}max_ttl = \"10000y\"\n"),
+                "registry.max_ttl = 3652500d is too long",
+            ),
+            (
+                format!(
+                    "[registries.big]\ntype = \"distribution\"\nurl = \"r.example\"\nmax_ttl = \"366d\"\n"
+                ),
+                "registries.big.max_ttl = 366d is too long: Rise hands out short-lived credentials; give at most 365d",
+            ),
+        ] {
+            let f = file(&toml);
+            let err = load(&[&f], &[]).expect_err(&toml).to_string();
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
     }
 
     #[test]

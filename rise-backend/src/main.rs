@@ -327,8 +327,8 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
             "{} {}  revoked {}  in force until {}{}",
             r.kind,
             r.value,
-            humantime::format_rfc3339_seconds(at),
-            humantime::format_rfc3339_seconds(until),
+            rise_backend::audit::rfc3339_seconds(at),
+            rise_backend::audit::rfc3339_seconds(until),
             if r.reason.is_empty() {
                 String::new()
             } else {

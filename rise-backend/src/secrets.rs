@@ -240,6 +240,19 @@ impl SecretResolver {
 }
 
 /// `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME` -> `REGION`.
+/// `raw`, a configured URL that may not even parse, fit to quote in an error message: at most
+/// 100 characters, any `user:password@` before the host replaced by `<redacted>@`.
+pub(crate) fn shown_url(raw: &str) -> String {
+    let start = raw.find("://").map_or(0, |i| i + 3);
+    let rest = &raw[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let shown = match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &raw[..start], &rest[at..]),
+        None => raw.to_owned(),
+    };
+    shown.chars().take(100).collect()
+}
+
 fn arn_region(secret_id: &str) -> Option<&str> {
     let mut parts = secret_id.splitn(6, ':');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -408,6 +421,23 @@ async fn fetch(
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_shown_url_hides_its_userinfo_even_when_it_does_not_parse() {
+        for (raw, shown) in [
+            (
+                "https://admin:s3cret@jfrog.example:99999/x",
+                "https://<redacted>@jfrog.example:99999/x",
+            ),
+            ("https://a:b@c@[::1", "https://<redacted>@[::1"),
+            ("admin:s3cret@host", "<redacted>@host"),
+            ("https://host/p@th?q=a@b", "https://host/p@th?q=a@b"),
+            ("rise example com", "rise example com"),
+        ] {
+            assert_eq!(shown_url(raw), shown, "{raw}");
+        }
+        assert_eq!(shown_url(&"x".repeat(500)).len(), 100);
+    }
 
     #[test]
     fn plain_values_and_references() {

@@ -544,6 +544,28 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_RFC3339_SECOND: Duration = Duration::from_secs(253_402_300_799);
+
+/// `t` in RFC 3339 to the second. A time the format cannot write (before 1970, after the year
+/// 9999: an upstream's absurd expiry, a corrupt row) is shown at the nearest bound instead of
+/// failing the reply.
+pub fn rfc3339_seconds(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(writable(t)).to_string()
+}
+
+/// [`rfc3339_seconds`] with milliseconds.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(writable(t)).to_string()
+}
+
+fn writable(t: SystemTime) -> SystemTime {
+    t.clamp(
+        SystemTime::UNIX_EPOCH,
+        SystemTime::UNIX_EPOCH + LAST_RFC3339_SECOND,
+    )
+}
+
 /// The inverse of [`unix_ms`].
 pub fn from_unix_ms(ms: i64) -> SystemTime {
     let magnitude = Duration::from_millis(ms.unsigned_abs());
@@ -671,6 +693,16 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_rfc3339_are_written_at_its_bounds() {
+        assert_eq!(rfc3339_seconds(from_unix_ms(i64::MAX)), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339_millis(from_unix_ms(i64::MIN)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_seconds(from_unix_ms(1_700_000_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+    }
 
     #[test]
     fn fingerprint_is_truncated_sha256_and_never_the_secret() {

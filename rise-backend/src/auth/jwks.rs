@@ -279,17 +279,24 @@ fn describe(url: &Url, e: &reqwest::Error) -> String {
     }
 }
 
-/// An issuer or JWKS URL: `https`, or `http` only where the issuer is marked `insecure_http`.
+/// An issuer or JWKS URL: `https`, or `http` only where the issuer is marked `insecure_http`;
+/// never with credentials in it. Messages show the URL without any userinfo.
 fn parse_url(text: &str, insecure_http: bool) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    let shown = crate::secrets::shown_url(text);
+    let url = Url::parse(text).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{shown:?} must not contain credentials: issuer and key URLs are public"
+        ));
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" if insecure_http => Ok(url),
         "http" => Err(format!(
-            "{text:?} uses http: keys fetched without TLS can be forged; use https, or set insecure_http = true for local testing only"
+            "{shown:?} uses http: keys fetched without TLS can be forged; use https, or set insecure_http = true for local testing only"
         )),
         other => Err(format!(
-            "{text:?}: scheme {other:?} is not supported; use https"
+            "{shown:?}: scheme {other:?} is not supported; use https"
         )),
     }
 }
@@ -306,5 +313,9 @@ mod tests {
         assert!(parse_url("http://127.0.0.1:1", true).is_ok());
         assert!(parse_url("file:///etc/passwd", true).is_err());
         assert!(parse_url("not a url", true).is_err());
+        for raw in ["https://u:hunter2@idp.example.com", "https://u:hunter2@idp:99999"] {
+            let err = parse_url(raw, true).expect_err(raw);
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }

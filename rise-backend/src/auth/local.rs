@@ -108,6 +108,16 @@ impl LocalIssuer {
     pub fn issue(&self, sub: &str, groups: &[String], ttl: Duration) -> anyhow::Result<String> {
         anyhow::ensure!(!sub.is_empty(), "the subject must not be empty");
         anyhow::ensure!(
+            !sub.chars().any(char::is_control),
+            "the subject must not contain control characters"
+        );
+        anyhow::ensure!(
+            groups
+                .iter()
+                .all(|g| !g.is_empty() && !g.chars().any(char::is_control)),
+            "a group must be non-empty, without control characters"
+        );
+        anyhow::ensure!(
             ttl >= Duration::from_secs(1),
             "the token lifetime must be at least 1s"
         );
@@ -331,6 +341,11 @@ mod tests {
             .to_string();
         assert!(err.contains("max_ttl"), "{err}");
         assert!(issuer.issue("", &[], Duration::from_secs(60)).is_err());
+        let minute = Duration::from_secs(60);
+        let err = issuer.issue("a\nb", &[], minute).expect_err("newline");
+        assert!(err.to_string().contains("control characters"), "{err}");
+        assert!(issuer.issue("alice", &[String::new()], minute).is_err());
+        assert!(issuer.issue("alice", &["x\0".into()], minute).is_err());
         assert!(issuer.issue("alice", &[], Duration::ZERO).is_err());
         issuer
             .issue("alice", &[], Duration::from_secs(3600))

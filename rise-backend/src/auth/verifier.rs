@@ -320,6 +320,20 @@ impl Issuer {
                 .ok_or_else(|| self.bad_groups())?,
             Some(_) => return Err(self.bad_groups()),
         };
+        // Subjects and groups reach log lines, audit records and policy patterns: a newline or
+        // NUL in them could forge a log line or hide in a match.
+        if subject.chars().any(char::is_control) {
+            return Err(AuthError::MalformedToken(format!(
+                "claim `{}` contains control characters",
+                self.subject_claim
+            )));
+        }
+        if groups.iter().any(|g| g.chars().any(char::is_control)) {
+            return Err(AuthError::MalformedToken(format!(
+                "claim `{}` contains control characters",
+                self.groups_claim
+            )));
+        }
         Ok(Principal {
             issuer: self.name.clone(),
             issuer_url: self.iss.clone(),

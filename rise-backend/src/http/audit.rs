@@ -237,7 +237,7 @@ impl<'a> From<&'a StoredRecord> for RecordView<'a> {
         let list = |s: &'a str| s.split(',').filter(|a| !a.is_empty()).collect::<Vec<_>>();
         RecordView {
             id: r.id,
-            time: humantime::format_rfc3339_millis(from_unix_ms(f.time_ms)).to_string(),
+            time: crate::audit::rfc3339_millis(from_unix_ms(f.time_ms)),
             request_id: &f.request_id,
             operation: &f.operation,
             caller: CallerView {
@@ -257,7 +257,7 @@ impl<'a> From<&'a StoredRecord> for RecordView<'a> {
             reason: &f.reason,
             expires_at: f
                 .expires_ms
-                .map(|ms| humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()),
+                .map(|ms| crate::audit::rfc3339_seconds(from_unix_ms(ms))),
             credential_fingerprint: f.fingerprint.as_deref(),
             credential_id: f.credential_id.as_deref(),
             prev_hash: &r.prev_hash,

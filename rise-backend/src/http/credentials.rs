@@ -61,6 +61,9 @@ impl CredentialsQuery {
     }
 }
 
+/// The shortest `ttl` a caller (or a project's `ttl`) may ask for.
+pub const MIN_CREDENTIAL_TTL: Duration = Duration::from_secs(60);
+
 fn parse_ttl(v: &str) -> Result<Duration, ApiError> {
     let bad = || {
         ApiError::BadRequest(format!(
@@ -72,7 +75,7 @@ fn parse_ttl(v: &str) -> Result<Duration, ApiError> {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(v).map_err(|_| bad())?,
     };
-    if ttl < Duration::from_secs(60) {
+    if ttl < MIN_CREDENTIAL_TTL {
         return Err(ApiError::BadRequest("ttl must be at least 60s".into()));
     }
     Ok(ttl)
@@ -153,14 +156,14 @@ pub(super) async fn get_credentials(
 }
 
 /// Authorise and mint; fills `record` with what it learns on the way. Also returns the `ttl`
-/// the caller asked for, if any.
+/// the caller asked for, if any, and whose limit applies beyond it.
 async fn issue(
     state: &AppState,
     request_id: String,
     raw: Option<&str>,
     principal: Arc<Principal>,
     record: &mut AuditRecord,
-) -> Result<(CredentialRequest, IssuedCredential, Option<Duration>), ApiError> {
+) -> Result<(CredentialRequest, IssuedCredential, Option<(Duration, TtlLimit)>), ApiError> {
     let query = CredentialsQuery::parse(raw)?;
     record.project = Some(query.project.to_string());
     if let Some(actions) = query.actions {
@@ -208,11 +211,18 @@ async fn issue(
             project.name, project.registry
         ))
     })?;
+    // The project's ttl (or the server's default) is the most a caller gets: asking can only
+    // shorten it.
+    let most = project.ttl.unwrap_or(state.default_ttl);
     let ttl = query
         .ttl
-        .or(project.ttl)
-        .unwrap_or(state.default_ttl)
+        .map_or(most, |asked| asked.min(most))
         .min(provider.max_ttl());
+    // Whose limit a caller who asked for more ran into, for the warning.
+    let limit = match query.ttl {
+        Some(asked) if asked > most && most < provider.max_ttl() => TtlLimit::Project(most),
+        _ => TtlLimit::Registry,
+    };
     let request = CredentialRequest {
         request_id,
         principal,
@@ -233,7 +243,16 @@ async fn issue(
         source,
     })?;
     record.repository = Some(credential.repository.clone());
-    Ok((request, credential, query.ttl))
+    Ok((request, credential, query.ttl.map(|asked| (asked, limit))))
+}
+
+/// What kept a credential shorter than the caller asked.
+#[derive(Debug, Clone, Copy)]
+enum TtlLimit {
+    /// The project's `ttl` (or the server's default lifetime), which a caller cannot exceed.
+    Project(Duration),
+    /// The registry's `max_ttl`, or what the upstream grants.
+    Registry,
 }
 
 /// A credential that lives shorter than asked by more than this is reported in `warnings`
@@ -243,7 +262,7 @@ const TTL_SHORTFALL: Duration = Duration::from_secs(60);
 fn render<'a>(
     request: &'a CredentialRequest,
     c: &'a IssuedCredential,
-    asked_ttl: Option<Duration>,
+    asked_ttl: Option<(Duration, TtlLimit)>,
 ) -> CredentialsResponse<'a> {
     let now = SystemTime::now();
     let expires_in = c
@@ -264,14 +283,21 @@ fn render<'a>(
             "this credential does not expire upstream: expires_in only says when to ask again; rotate the backend's password to revoke it".to_owned()
         });
     }
-    if let Some(asked) = asked_ttl
+    if let Some((asked, limit)) = asked_ttl
         && Duration::from_secs(expires_in) + TTL_SHORTFALL < asked
     {
+        let why = match limit {
+            TtlLimit::Project(most) => format!(
+                "project {} grants at most {} (its ttl)",
+                request.project,
+                humantime::format_duration(most)
+            ),
+            TtlLimit::Registry => format!("registry {} issues none longer", request.registry),
+        };
         warnings.push(format!(
-            "asked for ttl {}, but this credential expires in {}: registry {} issues none longer",
+            "asked for ttl {}, but this credential expires in {}: {why}",
             humantime::format_duration(asked),
             humantime::format_duration(Duration::from_secs(expires_in)),
-            request.registry
         ));
     }
     if !c.repository_scoped {
@@ -296,7 +322,7 @@ fn render<'a>(
             repository: &c.repository,
             actions: c.granted_actions.to_vec(),
         },
-        expires_at: humantime::format_rfc3339_seconds(c.expires_at).to_string(),
+        expires_at: crate::audit::rfc3339_seconds(c.expires_at),
         repository_scoped: c.repository_scoped,
         revocable: c.revocable,
         warnings,

@@ -57,9 +57,26 @@ pub enum ApiError {
     /// The caller may not read the audit log.
     #[error("subject {subject} (issuer {issuer}) is not an audit administrator")]
     NotAuditAdmin { subject: String, issuer: String },
+    /// The request body exceeds what the endpoint reads.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// Something went wrong inside Rise; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    /// An unreadable body: too large, or broken off or garbled on the wire.
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge
+        } else {
+            ApiError::BadRequest(format!(
+                "the request body could not be read ({}); send it again, whole",
+                rejection.body_text()
+            ))
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -185,6 +202,14 @@ impl ApiError {
                 "forbidden",
                 format!(
                     "{self}; an operator can add it to `[audit] admins` in the Rise configuration"
+                ),
+            ),
+            ApiError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is larger than the {} KiB this endpoint reads; send less",
+                    super::MAX_BODY_BYTES / 1024
                 ),
             ),
             ApiError::Internal(_) => (

@@ -80,7 +80,7 @@ pub(super) async fn whoami(Caller(principal): Caller) -> Json<WhoAmI> {
         subject: principal.subject.clone(),
         issuer: principal.issuer.clone(),
         groups: principal.groups.clone(),
-        expires_at: humantime::format_rfc3339_seconds(expires_at).to_string(),
+        expires_at: crate::audit::rfc3339_seconds(expires_at),
     })
 }
 

@@ -20,6 +20,7 @@ use axum::http::Uri;
 use axum::middleware;
 use axum::routing::{get, post};
 
+pub use credentials::MIN_CREDENTIAL_TTL;
 pub use error::ApiError;
 pub use extract::{ClientInfo, RequestId};
 pub use ratelimit::{ClientIp, RateLimited, RateLimits};
@@ -51,6 +52,9 @@ pub struct AppState {
 
 /// The application router; tests drive it in-process with `oneshot`. Handlers share one
 /// `Arc<AppState>`: extracting it per request is one reference count, not one per field.
+/// The largest request body read (axum's default limit, stated so errors can name it).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
 pub fn app(state: AppState) -> Router {
     crate::metrics::install();
     let state = Arc::new(state);
@@ -73,8 +77,16 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(ops::track_requests))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // The span names the path, never the query: `GET /token` may carry a password there.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        )
         .with_state(state)
 }
 

@@ -10,6 +10,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -43,14 +44,16 @@ pub(super) async fn post_revocation(
     RequestId(request_id): RequestId,
     client: ClientInfo,
     Caller(principal): Caller,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // Who asks comes before what they sent: a caller who may not revoke learns only that.
     if !state.policy.is_audit_admin(&principal) {
         return Err(ApiError::NotAuditAdmin {
             subject: principal.subject.clone(),
             issuer: principal.issuer.clone(),
         });
     }
+    let body = body?;
     let Some(service) = state.token_service.clone() else {
         return Err(ApiError::BadRequest(
             "no Distribution registry is configured: there are no grants to revoke".into(),
@@ -109,7 +112,7 @@ pub(super) async fn post_revocation(
         audit_id,
         "grants revoked"
     );
-    let at = |ms| humantime::format_rfc3339_seconds(crate::audit::from_unix_ms(ms)).to_string();
+    let at = |ms| crate::audit::rfc3339_seconds(crate::audit::from_unix_ms(ms));
     Ok((
         StatusCode::CREATED,
         Json(Revoked {

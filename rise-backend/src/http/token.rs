@@ -20,6 +20,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -72,12 +73,16 @@ pub(super) async fn post_token(
     RequestId(request_id): RequestId,
     client: ClientInfo,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body?;
+    // Media types are case-insensitive (RFC 9110, 8.3.1).
     if let Some(content_type) = headers.get(header::CONTENT_TYPE)
-        && !content_type
-            .to_str()
-            .is_ok_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+        && !content_type.to_str().is_ok_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        })
     {
         return Err(ApiError::BadRequest(
             "POST /token takes an application/x-www-form-urlencoded body (grant_type, service, scope, client_id, ...)".into(),
@@ -279,7 +284,7 @@ async fn issue(
         token: jwt,
         access_token: jwt,
         expires_in,
-        issued_at: humantime::format_rfc3339_seconds(token.issued_at).to_string(),
+        issued_at: crate::audit::rfc3339_seconds(token.issued_at),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

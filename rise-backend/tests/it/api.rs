@@ -2,7 +2,8 @@
 //! refusal's status and JSON body, and policy decisions. The provider is the real distribution
 //! token server (its registry is not needed to mint a grant).
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::app::TestRise;
@@ -26,6 +27,13 @@ actions = ["push", "pull"]
 issuer = "local"
 groups = ["readers"]
 actions = ["pull"]
+
+[projects.long-app]
+ttl = "48h"
+[[projects.long-app.allow]]
+issuer = "local"
+groups = ["developers"]
+actions = ["push", "pull"]
 
 [projects.other-app]
 registry = "second"
@@ -115,13 +123,48 @@ async fn caller_may_ask_for_less() {
     assert!((890..=900).contains(&expires_in), "{expires_in}");
 }
 
-/// More than the registry grants: capped at its `max_ttl` (12 h by default), and said so.
+/// A caller's `ttl` only shortens: asking for more than the project's lifetime (here the
+/// server's default, 1 h) gets that lifetime, and a warning that says whose limit it is.
+#[tokio::test]
+async fn a_caller_cannot_ask_for_longer_than_the_project_grants() {
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=my-app&ttl=12h", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
+    assert!((3590..=3600).contains(&expires_in), "{expires_in}");
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    let warning = warnings[0].as_str().expect("text");
+    assert!(
+        warning.starts_with("asked for ttl 12h, but this credential expires in 59m"),
+        "{warning}"
+    );
+    assert!(
+        warning.ends_with("project my-app grants at most 1h (its ttl)"),
+        "{warning}"
+    );
+
+    // A project's own ttl bounds the same way.
+    let ci = rise.token("ci-build", &[]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=other-app&ttl=1h", Some(&ci))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
+    assert!((590..=600).contains(&expires_in), "{expires_in}");
+}
+
+/// A project may allow more than the registry grants: capped at its `max_ttl` (12 h by
+/// default), and said so.
 #[tokio::test]
 async fn a_longer_ttl_than_the_registry_grants_is_capped_with_a_warning() {
     let rise = rise().await;
     let token = rise.token("alice", &["developers"]);
     let (status, body) = rise
-        .get("/registry/credentials?project=my-app&ttl=48h", Some(&token))
+        .get("/registry/credentials?project=long-app&ttl=48h", Some(&token))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
@@ -140,7 +183,7 @@ async fn a_longer_ttl_than_the_registry_grants_is_capped_with_a_warning() {
 
     // Within the cap: no warning.
     let (_, body) = rise
-        .get("/registry/credentials?project=my-app&ttl=12h", Some(&token))
+        .get("/registry/credentials?project=long-app&ttl=12h", Some(&token))
         .await;
     assert!(body.get("warnings").is_none(), "{body}");
 }
@@ -320,4 +363,99 @@ async fn unknown_routes_and_methods_are_json() {
         "method_not_allowed",
         "method",
     );
+}
+
+/// `GET /token` may carry a password in its query (Docker clients send it so); no log line,
+/// request spans included, may show the query.
+#[tokio::test]
+async fn query_strings_stay_out_of_the_logs() {
+    let rise = rise().await;
+    let captured = crate::support::logs::TraceCapture::start();
+    let (status, _) = rise
+        .get(
+            "/token?service=rise-registry&password=QUERYSECRET123&refresh_token=QUERYSECRET456",
+            None,
+        )
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    let logs = captured.text();
+    assert!(logs.contains("path=/token"), "the span names the path: {logs}");
+    assert!(!logs.contains("QUERYSECRET"), "{logs}");
+}
+
+fn post(uri: &str, content_type: &str, bearer: Option<&str>, body: Vec<u8>) -> Request<Body> {
+    let mut req = Request::post(uri).header("content-type", content_type);
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    req.body(Body::from(body)).expect("request")
+}
+
+/// A body beyond the limit is a JSON 413 naming the limit, not the framework's plain text; and
+/// a caller who may not revoke hears that first, whatever they sent.
+#[tokio::test]
+async fn oversized_bodies_get_a_json_413_after_the_caller_is_checked() {
+    let rise = rise().await;
+    let big = format!("grant_type=password&password=x&{}", "a".repeat(3 << 20));
+    let got = rise
+        .send(post(
+            "/token",
+            "application/x-www-form-urlencoded",
+            None,
+            big.clone().into_bytes(),
+        ))
+        .await;
+    check_error(
+        &got,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "larger than the 2048 KiB this endpoint reads",
+    );
+
+    let token = rise.token("alice", &["developers"]);
+    let got = rise
+        .send(post(
+            "/grants/revocations",
+            "application/json",
+            Some(&token),
+            big.into_bytes(),
+        ))
+        .await;
+    check_error(
+        &got,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "is not an audit administrator",
+    );
+}
+
+/// Media types are case-insensitive: a grant traded at `POST /token` with an upper-case
+/// `Content-Type` (and a charset) is accepted like any other.
+#[tokio::test]
+async fn token_content_type_is_matched_without_case() {
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let (status, creds) = rise
+        .get("/registry/credentials?project=my-app", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{creds}");
+    let grant = creds["credentials"]["password"].as_str().expect("grant");
+    let form = format!(
+        "grant_type=password&service=rise-registry&scope=repository:my-app:pull&password={grant}"
+    );
+    let (status, body) = rise
+        .send(post(
+            "/token",
+            "APPLICATION/X-WWW-FORM-URLENCODED; charset=UTF-8",
+            None,
+            form.into_bytes(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["token"].as_str().is_some_and(|t| t.len() > 20), "{body}");
+
+    let got = rise
+        .send(post("/token", "text/plain", None, b"grant_type=password".to_vec()))
+        .await;
+    check_error(&got, StatusCode::BAD_REQUEST, "bad_request", "x-www-form-urlencoded");
 }

@@ -347,6 +347,20 @@ fn audience_and_claim_rejections() {
         Err(AuthError::MissingClaim("sub".into())),
     );
     check(&c(json!({"sub": 42})), Ok("42"));
+    for sub in ["mallory\n2026-01-01T00:00:00Z  INFO forged", "a\u{0}b", "tab\there"] {
+        check(
+            &c(json!({ "sub": sub })),
+            Err(AuthError::MalformedToken(
+                "claim `sub` contains control characters".into(),
+            )),
+        );
+    }
+    check(
+        &c(json!({"groups": ["ok", "bad\r\nline"]})),
+        Err(AuthError::MalformedToken(
+            "claim `groups` contains control characters".into(),
+        )),
+    );
     check(&c(json!({"groups": "admins"})), Ok("alice"));
     check(&c(json!({"groups": ["a", 1]})), malformed());
     check(&c(json!({"groups": {"a": 1}})), malformed());

@@ -762,7 +762,7 @@ fn random_suffix() -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
 pub(super) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    crate::audit::rfc3339_seconds(t)
 }
 
 /// RFC 3339 date-time (`Z` or `±HH:MM`), as ARM writes them (e.g. `2020-12-31T15:59:59.0707808Z`),

@@ -565,7 +565,10 @@ impl ArtifactoryProvider {
             registry_url: self.registry_host.clone(),
             username: docker_username,
             password: created.access_token,
-            expires_at: sent_at + granted_secs_duration,
+            // An absurd lifetime from the upstream saturates instead of overflowing.
+            expires_at: sent_at
+                .checked_add(granted_secs_duration)
+                .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
             repository: path,
             granted_actions: if repository_scoped {
                 request.actions

@@ -391,7 +391,7 @@ impl Shared {
                 path: path.clone(),
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             }],
-            expires_at: humantime::format_rfc3339_seconds(requested_expiry).to_string(),
+            expires_at: crate::audit::rfc3339_seconds(requested_expiry),
         };
         let created = self.create(&body).await?;
         let expires_at = self.check_expiry(&created, requested_expiry).await?;
@@ -480,15 +480,15 @@ impl Shared {
             Some(None) => "Docker Hub replied with an unreadable expires_at".to_owned(),
             Some(Some(at)) if at > SystemTime::now() + self.max_ttl + EXPIRY_SLACK => format!(
                 "Docker Hub minted a token expiring at {}, beyond max_ttl",
-                humantime::format_rfc3339_seconds(at)
+                crate::audit::rfc3339_seconds(at)
             ),
             Some(Some(at)) => {
                 if at > requested + EXPIRY_SLACK {
                     tracing::warn!(
                         registry = %self.name,
                         token_id = %created.id,
-                        requested = %humantime::format_rfc3339_seconds(requested),
-                        granted = %humantime::format_rfc3339_seconds(at),
+                        requested = %crate::audit::rfc3339_seconds(requested),
+                        granted = %crate::audit::rfc3339_seconds(at),
                         "Docker Hub set a later expiry than requested; reporting Docker Hub's"
                     );
                 }
@@ -912,7 +912,7 @@ mod tests {
                     .map(str::to_owned)
                     .collect(),
             }],
-            expires_at: humantime::format_rfc3339_seconds(
+            expires_at: crate::audit::rfc3339_seconds(
                 UNIX_EPOCH + Duration::from_secs(1_653_008_058),
             )
             .to_string(),

@@ -458,7 +458,7 @@ impl EcrProvider {
                 tracing::warn!(
                     registry = %self.name,
                     reported = %reported
-                        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                        .map(|t| crate::audit::rfc3339_seconds(t))
                         .unwrap_or_else(|| "nothing".into()),
                     "ECR reported an authorization token expiry that is missing or already past; assuming the documented 12 h{}",
                     if session.is_some() { ", bounded by the role session" } else { "" }
@@ -685,10 +685,9 @@ impl Validated {
             "max_attempts must be between 1 and 10"
         );
         if let Some(endpoint) = &config.endpoint_url {
-            ensure!(
-                endpoint.starts_with("https://") || endpoint.starts_with("http://"),
-                "endpoint_url must be an http(s) URL"
-            );
+            // An emulator (moto) or a VPC endpoint: plain http is allowed, credentials are not.
+            super::upstream::endpoint_url("endpoint_url", endpoint, true, None)
+                .map_err(anyhow::Error::msg)?;
         }
         let dns_suffix = if partition == "aws-cn" {
             "amazonaws.com.cn"
@@ -942,7 +941,16 @@ mod tests {
         );
         check("max_ttl = \"13h\"", "at most 12h");
         check("max_attempts = 0", "max_attempts");
-        check("endpoint_url = \"127.0.0.1:5000\"", "http(s) URL");
+        check("endpoint_url = \"127.0.0.1:5000\"", "is not a URL");
+        check("endpoint_url = \"http://\"", "endpoint_url");
+        check(
+            "endpoint_url = \"https://admin:hunter2@[::1\"",
+            "endpoint_url \"https://<redacted>@[::1\" is not a URL",
+        );
+        check(
+            "endpoint_url = \"https://admin:hunter2@sts.example\"",
+            "must not contain credentials",
+        );
         let c = config("region = \"us-east-1\"\naccount_id = \"1234\"\n");
         let err = Validated::check(&c).expect_err("short account").to_string();
         assert!(err.contains("12-digit"), "{err}");

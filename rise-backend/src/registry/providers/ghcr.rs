@@ -992,7 +992,7 @@ mod tests {
     fn reply(permissions: &[(&str, &str)], selection: &str, repos: &[&str]) -> InstallationToken {
         let body = serde_json::json!({
             "token": "ghs_test",
-            "expires_at": humantime::format_rfc3339_seconds(SystemTime::now() + TOKEN_LIFETIME).to_string(),
+            "expires_at": crate::audit::rfc3339_seconds(SystemTime::now() + TOKEN_LIFETIME),
             "permissions": permissions.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "repository_selection": selection,
             "repositories": repos.iter().map(|n| serde_json::json!({"id": 1, "name": n, "full_name": format!("acme/{n}")})).collect::<Vec<_>>(),
@@ -1073,11 +1073,11 @@ mod tests {
         // A later expiry than GitHub documents (a skewed clock) is taken as GitHub says: the
         // caller's TTL then ends it by revocation.
         let later = now + Duration::from_secs(8 * 3600);
-        late.expires_at = humantime::format_rfc3339_seconds(later).to_string();
+        late.expires_at = crate::audit::rfc3339_seconds(later);
         let (_, at) = check_reply(&late, "my-app", "read", now).expect("accepted");
         assert!(at > now + TOKEN_LIFETIME);
         late.expires_at =
-            humantime::format_rfc3339_seconds(now - Duration::from_secs(5)).to_string();
+            crate::audit::rfc3339_seconds(now - Duration::from_secs(5));
         assert!(check_reply(&late, "my-app", "read", now).is_err());
         late.expires_at = "tomorrow".into();
         assert!(check_reply(&late, "my-app", "read", now).is_err());

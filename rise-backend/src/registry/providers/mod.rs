@@ -73,7 +73,26 @@ pub fn error_path(table: &toml::Table) -> Option<String> {
     .filter(|p| !p.is_empty() && p != ".")
 }
 
+/// The longest `max_ttl` any registry may set: Rise hands out short-lived credentials, and no
+/// upstream it speaks to keeps one longer (Docker Hub's limit is a year).
+pub const LONGEST_MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl ProviderConfig {
+    /// The configured `max_ttl`, where the table sets one (ECR derives its own when not set).
+    pub fn max_ttl(&self) -> Option<Duration> {
+        match self {
+            ProviderConfig::Distribution(c) => Some(c.max_ttl),
+            ProviderConfig::Ecr(c) => c.max_ttl,
+            ProviderConfig::Artifactory(c) => Some(c.max_ttl),
+            ProviderConfig::Google(c) => Some(c.max_ttl),
+            ProviderConfig::Acr(c) => Some(c.max_ttl),
+            ProviderConfig::Ghcr(c) => Some(c.max_ttl),
+            ProviderConfig::Dockerhub(c) => Some(c.max_ttl),
+            ProviderConfig::Harbor(c) => Some(c.max_ttl),
+            ProviderConfig::Quay(c) => Some(c.max_ttl),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Distribution(_) => "distribution",

@@ -60,7 +60,7 @@ pub(crate) fn description(
     upstream::truncate(
         &format!(
             "{DESCRIPTION_MARKER}{} for {} of issuer {}: registry {}, project {} ({}), request {}",
-            humantime::format_rfc3339_seconds(expires_at),
+            crate::audit::rfc3339_seconds(expires_at),
             request.principal.subject,
             request.principal.issuer,
             request.registry,

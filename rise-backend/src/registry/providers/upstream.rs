@@ -128,7 +128,7 @@ pub(crate) fn endpoint_url(
             .unwrap_or_default();
         format!(
             "{key} {:?} is not a URL ({e}){hint}",
-            raw.chars().take(100).collect::<String>()
+            crate::secrets::shown_url(raw)
         )
     })?;
     match url.scheme() {
@@ -195,6 +195,7 @@ mod tests {
             ("host", false, "is not a URL"),
             ("https://host/?x=1", false, "query"),
             ("https://host/#f", false, "fragment"),
+            ("https://u:p@host:99999", false, "is not a URL"),
         ] {
             let e = endpoint_url("api_url", raw, insecure, None).expect_err(raw);
             assert!(e.starts_with("api_url "), "{raw}: {e}");

@@ -32,7 +32,7 @@ impl std::fmt::Display for Revoked {
         write!(
             f,
             "the Rise grant was revoked at {}",
-            humantime::format_rfc3339_seconds(self.at)
+            crate::audit::rfc3339_seconds(self.at)
         )?;
         if !self.reason.is_empty() {
             write!(f, " ({})", self.reason)?;
