@@ -358,20 +358,30 @@ pub mod lenient {
     use serde::{Deserialize, Deserializer, de::Error};
 
     pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum B {
-            B(bool),
-            S(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = bool;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true or false")
+            }
+            fn visit_bool<E: Error>(self, b: bool) -> Result<bool, E> {
+                Ok(b)
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<bool, E> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => Ok(true),
+                    "false" | "0" | "no" => Ok(false),
+                    _ => Err(E::custom("expected true or false")),
+                }
+            }
+            fn visit_i64<E: Error>(self, _: i64) -> Result<bool, E> {
+                Err(E::custom("expected true or false (without quotes), not a number"))
+            }
+            fn visit_u64<E: Error>(self, _: u64) -> Result<bool, E> {
+                Err(E::custom("expected true or false (without quotes), not a number"))
+            }
         }
-        match B::deserialize(d)? {
-            B::B(b) => Ok(b),
-            B::S(s) => match s.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(D::Error::custom("expected true or false")),
-            },
-        }
+        d.deserialize_any(V)
     }
 
     /// A list of networks (`a.b.c.d/n`, `v6/n`; a bare address is a single host), as a TOML
@@ -404,25 +414,58 @@ pub mod lenient {
     }
 
     pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum N {
-            N(u64),
-            S(String),
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = u64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number, 0 or more")
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<u64, E> {
+                Ok(n)
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<u64, E> {
+                u64::try_from(n).map_err(|_| E::custom("expected a whole number, 0 or more"))
+            }
+            fn visit_f64<E: Error>(self, _: f64) -> Result<u64, E> {
+                Err(E::custom("expected a whole number, 0 or more, not a fraction"))
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<u64, E> {
+                s.trim()
+                    .parse()
+                    .map_err(|_| E::custom("expected a whole number, 0 or more"))
+            }
         }
-        match N::deserialize(d)? {
-            N::N(n) => Ok(n),
-            N::S(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| D::Error::custom("expected a number")),
-        }
+        d.deserialize_any(V)
     }
 }
 
 impl Config {
     fn validate_server(&self) -> Result<(), ConfigError> {
         let server = &self.server;
+        if let Some(raw) = &server.public_url {
+            // Registries and clients are sent to `<public_url>/token`: it must be a plain
+            // http(s) base URL.
+            let shown = crate::secrets::shown_url(raw);
+            let bad = |why: &str| {
+                Err(ConfigError::Semantic(format!(
+                    "server.public_url {shown:?} {why}; give the URL clients reach Rise at, e.g. https://rise.example.com"
+                )))
+            };
+            match reqwest::Url::parse(raw.trim()) {
+                Err(e) => return bad(&format!("is not a URL ({e})")),
+                Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                    return bad("is not http(s)");
+                }
+                Ok(url) if url.host_str().is_none_or(str::is_empty) => return bad("has no host"),
+                Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                    return bad("must not contain credentials");
+                }
+                Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                    return bad("must not have a query or fragment");
+                }
+                Ok(_) => {}
+            }
+        }
         if server.tls.is_none()
             && !server.listen.ip().is_loopback()
             && !server.danger_insecure_http_on_non_loopback
@@ -488,11 +531,24 @@ pub enum ConfigError {
 }
 
 /// Where configuration comes from, in order of increasing precedence.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Sources {
     pub files: Vec<PathBuf>,
     /// `(name, value)` pairs, normally `std::env::vars()`.
     pub env: Vec<(String, String)>,
+}
+
+/// Names the variables, never their values: the environment holds passwords and keys.
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("files", &self.files)
+            .field(
+                "env",
+                &self.env.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Sources {
@@ -528,9 +584,16 @@ impl Config {
                 path: path.clone(),
                 error,
             })?;
+            // The position, not toml's full report: that quotes the line, which may hold a secret.
             let table: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
                 path: path.clone(),
-                message: e.message().to_owned(),
+                message: match e.span() {
+                    Some(span) => {
+                        let (line, column) = line_and_column(&text, span.start);
+                        format!("line {line}, column {column}: {}", e.message().trim_end())
+                    }
+                    None => e.message().trim_end().to_owned(),
+                },
             })?;
             merge_source(
                 &mut tree,
@@ -754,6 +817,16 @@ const MAX_DB_CONNECTIONS: u64 = 10_000;
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
 fn parse_builtin(text: &str) -> Table {
     // The built-in files are part of the binary and covered by tests; failing here is a build defect.
     #[allow(clippy::expect_used)]
@@ -835,6 +908,15 @@ fn merge_table(
         match (base.get_mut(&k), v) {
             (Some(Value::Table(b)), Value::Table(o)) => merge_table(b, prov, source, o, &key),
             (_, v) => {
+                // A secret given one way here replaces the other way from an earlier source:
+                // `RISE_REGISTRY__PASSWORD` overrides a file's `password_file`, and vice versa.
+                if let Some(other) = other_form_of_secret(&k) {
+                    let other_key = dotted_under(prefix, &other);
+                    if prov.0.get(&other_key).is_some_and(|s| s != source) {
+                        base.remove(&other);
+                        prov.0.remove(&other_key);
+                    }
+                }
                 // A table replaced wholesale (e.g. `[registry]` of another `type`) takes all its
                 // keys from the new source.
                 prov.0
@@ -843,6 +925,25 @@ fn merge_table(
                 base.insert(k, v);
             }
         }
+    }
+}
+
+/// `password_file` for `password` and back, for the secret keys (and the database URL).
+fn other_form_of_secret(key: &str) -> Option<String> {
+    let is_secret = |k: &str| SECRET_KEYS.contains(&k) || k == "url";
+    match key.strip_suffix("_file") {
+        Some(base) if is_secret(base) => Some(base.to_owned()),
+        Some(_) => None,
+        None if is_secret(key) => Some(format!("{key}_file")),
+        None => None,
+    }
+}
+
+fn dotted_under(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
     }
 }
 
@@ -1107,6 +1208,33 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_from_the_environment_replaces_the_file_form_and_back() {
+        let registry = "[registry]\ntype = \"artifactory\"\nbase_url = \"https://jfrog.example\"\nrepository = \"docker-local\"\nusername = \"u\"\n";
+        let mut secret = tempfile::NamedTempFile::new().expect("temp file");
+        secret.write_all(b"from-file\n").expect("write");
+        let path = secret.path().display().to_string();
+        let password = |c: &Config| match &c.registry {
+            Some(ProviderConfig::Artifactory(a)) => {
+                test_support::value(a.password.as_ref()).map(str::to_owned)
+            }
+            _ => None,
+        };
+
+        let f = file(&format!("{registry}password_file = {path:?}\n"));
+        let c = load(&[&f], &[("RISE_REGISTRY__PASSWORD", "from-env")]).expect("env wins");
+        assert_eq!(password(&c).as_deref(), Some("from-env"));
+
+        let f = file(&format!("{registry}password = \"inline\"\n"));
+        let c = load(&[&f], &[("RISE_REGISTRY__PASSWORD_FILE", &path)]).expect("env wins");
+        assert_eq!(password(&c).as_deref(), Some("from-file"));
+
+        // Both ways in one source is still a mistake.
+        let f = file(&format!("{registry}password = \"x\"\npassword_file = {path:?}\n"));
+        let err = load(&[&f], &[]).expect_err("both").to_string();
+        assert!(err.contains("give the secret one way"), "{err}");
+    }
+
+    #[test]
     fn bad_env_value_names_the_variable() {
         let err = load(&[], &[("RISE_SERVER__LISTEN", "nope")])
             .expect_err("invalid address")
@@ -1282,6 +1410,57 @@ mod tests {
     }
 
     #[test]
+    fn syntax_errors_give_the_position_and_not_the_line() {
+        let f = file("[registry]\npassword = \"hunter2\" junk\n");
+        let err = load(&[&f], &[]).expect_err("bad TOML").to_string();
+        assert!(err.contains("line 2, column "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_flags_and_numbers_say_what_is_expected() {
+        let f = file("[server]\ndanger_insecure_http_on_non_loopback = 1\n");
+        let err = load(&[&f], &[]).expect_err("number").to_string();
+        assert!(err.contains("expected true or false"), "{err}");
+        assert!(!err.contains("untagged"), "{err}");
+        let f = file("[audit]\nmax_batch = -1\n");
+        let err = load(&[&f], &[]).expect_err("negative").to_string();
+        assert!(err.contains("expected a whole number"), "{err}");
+        assert!(err.contains("audit.max_batch"), "{err}");
+    }
+
+    #[test]
+    fn public_url_must_be_an_http_base_url() {
+        for (url, part) in [
+            ("rise example com", "is not a URL"),
+            ("ftp://rise.example", "is not http(s)"),
+            ("https://admin:hunter2@rise.example", "must not contain credentials"),
+            ("https://admin:hunter2@rise.example:99999", "is not a URL"),
+            ("https://rise.example/?a=b", "query"),
+        ] {
+            let f = file(&format!("[server]\npublic_url = {url:?}\n"));
+            let err = load(&[&f], &[]).expect_err(url).to_string();
+            assert!(err.contains("server.public_url"), "{err}");
+            assert!(err.contains(part), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let f = file("[server]\npublic_url = \"https://rise.example/base/\"\n");
+        let config = load(&[&f], &[]).expect("valid");
+        assert_eq!(config.server.public_url(), "https://rise.example/base");
+    }
+
+    #[test]
+    fn sources_debug_names_variables_but_not_values() {
+        let sources = Sources {
+            files: Vec::new(),
+            env: vec![("RISE_REGISTRY__PASSWORD".into(), "hunter2".into())],
+        };
+        let printed = format!("{sources:?}");
+        assert!(printed.contains("RISE_REGISTRY__PASSWORD"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
     fn leeway_is_capped() {
         let f = file("[auth]\nleeway = \"5m\"\n");
         let err = load(&[&f], &[]).expect_err("too lenient").to_string();
@@ -1312,9 +1491,17 @@ mod tests {
         let resolved = c.database.resolve_url().expect("url").expect("set");
         assert_eq!(secrecy::ExposeSecret::expose_secret(&resolved), url);
 
-        let err = load(&[&f], &[("RISE_DATABASE__URL", url)])
-            .expect_err("both ways")
-            .to_string();
+        // The environment overrides the file, whichever form each uses.
+        let other = "postgres://rise:hunter3@db.internal/rise";
+        let c = load(&[&f], &[("RISE_DATABASE__URL", other)]).expect("env wins");
+        let resolved = c.database.resolve_url().expect("url").expect("set");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&resolved), other);
+
+        let both = file(&format!(
+            "[database]\nurl = {url:?}\nurl_file = {:?}\n",
+            secret.path().display().to_string()
+        ));
+        let err = load(&[&both], &[]).expect_err("both ways").to_string();
         assert!(err.contains("one way"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
     }

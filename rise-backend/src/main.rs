@@ -251,6 +251,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DevCert { .. } => Ok(()),
         Command::CheckConfig => {
             rise_backend::server::build_state(&config).await?;
+            // What `serve` loads next: a certificate that cannot be read fails here too.
+            if let Some(tls) = &config.server.tls {
+                rise_backend::tls::TlsReloader::load(tls.clone())
+                    .await
+                    .context("loading [server.tls]")?;
+            }
             println!("configuration is valid");
             Ok(())
         }

@@ -44,10 +44,11 @@ fn default_watch_interval() -> Duration {
 /// Why a certificate could not be loaded. Never contains key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {source}", .path.display())]
+    /// The I/O error is part of the message, not a `source`: error chains would print it twice.
+    #[error("cannot read {}: {error}", .path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)", .0.display())]
     NoCertificate(PathBuf),
@@ -211,9 +212,9 @@ async fn load_blocking(files: TlsConfig) -> Result<Loaded, TlsError> {
 
 fn load(files: &TlsConfig) -> Result<Loaded, TlsError> {
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
+        std::fs::read(path).map_err(|error| TlsError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })
     };
     let cert_pem = read(&files.certificate)?;

@@ -242,3 +242,25 @@ async fn plain_http_on_a_non_loopback_address_is_refused() {
         "it must refuse before binding: {stderr}"
     );
 }
+
+/// `check-config` loads what `serve` loads: a certificate that cannot be read fails it, named
+/// once with its cause.
+#[tokio::test]
+async fn check_config_reads_the_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing");
+    let config = crate::support::rise_process::write_config(
+        dir.path(),
+        &tls_section(&missing, "10s"),
+    );
+    let out = crate::support::rise_process::run(&config, &["check-config"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("loading [server.tls]"), "{stderr}");
+    assert!(stderr.contains("cert.pem"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+}
