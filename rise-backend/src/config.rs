@@ -94,6 +94,9 @@ pub struct ServerConfig {
     /// Networks of the proxies in front of Rise, e.g. `["127.0.0.1/32", "10.0.0.0/8"]`.
     #[serde(default, deserialize_with = "lenient::networks")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a client may take to send a request's headers before its connection is closed.
+    #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -347,6 +350,9 @@ mod defaults {
     }
     pub fn audit_max_batch() -> u64 {
         1024
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn audit_commit_timeout() -> Duration {
         Duration::from_secs(10)
@@ -732,6 +738,12 @@ impl Config {
         }
         let mut durations = vec![
             ("audit.commit_timeout".to_owned(), audit.commit_timeout, MIN_TIMEOUT, MAX_WAIT),
+            (
+                "server.header_read_timeout".to_owned(),
+                self.server.header_read_timeout,
+                MIN_TIMEOUT,
+                MAX_WAIT,
+            ),
             (
                 "database.acquire_timeout".to_owned(),
                 self.database.acquire_timeout,

@@ -135,8 +135,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     run(listener, &config.server, state, shutdown_signal()).await
 }
 
-/// How long open connections may finish their requests after a TLS server is told to stop.
-const TLS_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long open connections may finish their requests after the server is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serve `state` on a bound `listener` until `shutdown` completes: HTTPS with a reloadable
 /// certificate when `[server.tls]` is set, plain HTTP otherwise. Handlers see the TCP peer as
@@ -149,11 +149,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let app = crate::http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let listener = listener.into_std()?;
+    // A client gets `header_read_timeout` to send a request's headers (a new connection: to
+    // have its first request dispatched), then the connection is closed: silent or trickling
+    // clients cannot hold connections open.
     let Some(tls) = &server.tls else {
         tracing::info!(%addr, public_url = %server.public_url(), tls = false, "rise-backend listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let mut http = axum_server::from_tcp(listener)?
+            .handle(handle)
+            .first_request_timeout(server.header_read_timeout);
+        http.http_builder()
+            .http1()
+            .header_read_timeout(server.header_read_timeout);
+        http.serve(app).await?;
         return Ok(());
     };
     let reloader = Arc::new(
@@ -162,17 +176,15 @@ pub async fn run(
             .context("loading [server.tls]")?,
     );
     let watcher = reloader.clone().spawn_watcher();
-    let handle = axum_server::Handle::new();
-    let stopper = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopper.graceful_shutdown(Some(TLS_SHUTDOWN_GRACE));
-    });
     tracing::info!(%addr, public_url = %server.public_url(), tls = true, "rise-backend listening");
-    let served = axum_server::from_tcp_rustls(listener.into_std()?, reloader.rustls_config())?
+    let mut https = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
         .handle(handle)
-        .serve(app)
-        .await;
+        .first_request_timeout(server.header_read_timeout);
+    https
+        .http_builder()
+        .http1()
+        .header_read_timeout(server.header_read_timeout);
+    let served = https.serve(app).await;
     watcher.abort();
     served?;
     Ok(())

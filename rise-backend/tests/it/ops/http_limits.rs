@@ -468,3 +468,56 @@ async fn audit_records_the_client_behind_a_trusted_proxy() {
     assert_eq!(dave.len(), 1);
     assert_eq!(dave[0].client_ip.as_deref(), Some("192.0.2.44"));
 }
+
+/// Whether the server closes `stream` before `deadline` (a guard, not a timing claim): it
+/// reads until end of file or a reset, ignoring whatever the server sends first.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A client that never finishes its headers (slowloris), or sends nothing at all, is cut off
+/// after `server.header_read_timeout`; a normal client on the same server is served.
+#[tokio::test]
+async fn connections_that_do_not_send_their_headers_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let (config, _dir) = load_config("header_read_timeout = \"500ms\"", "");
+    let served = Served::start(config).await;
+    let mut trickling = tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect");
+    trickling
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    let mut silent = tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect");
+    let guard = Duration::from_secs(20);
+    assert!(
+        closed_by_server(&mut trickling, guard).await,
+        "half-sent headers are cut off"
+    );
+    assert!(
+        closed_by_server(&mut silent, guard).await,
+        "a silent connection is cut off"
+    );
+
+    let r = crate::support::process::http_client()
+        .get(format!("http://{}/healthz", served.addr))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    served.shutdown().await.expect("graceful shutdown");
+}
