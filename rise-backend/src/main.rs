@@ -163,13 +163,7 @@ enum AuditCommand {
 }
 
 fn parse_time(v: &str) -> Result<SystemTime, String> {
-    if let Ok(secs) = v.parse::<u64>() {
-        return SystemTime::UNIX_EPOCH
-            .checked_add(Duration::from_secs(secs))
-            .ok_or_else(|| "out of range".to_owned());
-    }
-    humantime::parse_rfc3339_weak(v)
-        .map_err(|_| "give RFC 3339 (2026-01-02T03:04:05Z) or Unix seconds".to_owned())
+    rise_backend::audit::parse_time(v).map_err(str::to_owned)
 }
 
 fn parse_outcome(v: &str) -> Result<Outcome, String> {

@@ -544,6 +544,24 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
+/// A time given by a person: RFC 3339 with any offset (`2026-01-02T03:04:05Z`, `...+02:00`),
+/// the same without an offset (read as UTC), or Unix seconds. The error says what to give.
+pub fn parse_time(v: &str) -> Result<SystemTime, &'static str> {
+    const EXPECTED: &str = "give RFC 3339 (2026-01-02T03:04:05Z, or with an offset such as +02:00) or Unix seconds";
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or("out of range");
+    }
+    if let Ok(t) =
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(SystemTime::from(t));
+    }
+    humantime::parse_rfc3339_weak(v).map_err(|_| EXPECTED)
+}
+
 /// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
 const LAST_RFC3339_SECOND: Duration = Duration::from_secs(253_402_300_799);
 
@@ -693,6 +711,17 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_read_with_any_offset() {
+        let utc = parse_time("2026-01-01T02:00:00Z").expect("utc");
+        assert_eq!(parse_time("2026-01-01T04:00:00+02:00"), Ok(utc));
+        assert_eq!(parse_time("2025-12-31T21:00:00-05:00"), Ok(utc));
+        assert_eq!(parse_time("2026-01-01T02:00:00"), Ok(utc));
+        assert_eq!(parse_time(" 1767232800 "), Ok(utc));
+        let err = parse_time("yesterday").expect_err("not a time");
+        assert!(err.contains("+02:00"), "{err}");
+    }
 
     #[test]
     fn times_outside_rfc3339_are_written_at_its_bounds() {

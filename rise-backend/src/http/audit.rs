@@ -8,7 +8,7 @@
 //! `x-next-after-id` header in both formats; it is absent on the last page.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -124,19 +124,10 @@ fn bounded_text(name: &str, v: &str) -> Result<String, ApiError> {
     Ok(v.to_owned())
 }
 
-/// RFC 3339 (`2026-01-02T03:04:05Z`) or Unix seconds.
+/// See [`crate::audit::parse_time`].
 fn parse_time(name: &str, v: &str) -> Result<SystemTime, ApiError> {
-    if let Ok(secs) = v.parse::<u64>() {
-        return SystemTime::UNIX_EPOCH
-            .checked_add(Duration::from_secs(secs))
-            .ok_or_else(|| ApiError::BadRequest(format!("{name} is out of range")));
-    }
-    humantime::parse_rfc3339_weak(v).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "invalid {name} {:?}: give RFC 3339 (2026-01-02T03:04:05Z) or Unix seconds",
-            shorten(v)
-        ))
-    })
+    crate::audit::parse_time(v)
+        .map_err(|why| ApiError::BadRequest(format!("invalid {name} {:?}: {why}", shorten(v))))
 }
 
 pub(super) async fn get_audit(
@@ -274,6 +265,8 @@ pub fn export_line(record: &StoredRecord) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn check(raw: &str, expect: Result<(), &str>) -> Option<AuditQuery> {

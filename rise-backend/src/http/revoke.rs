@@ -136,11 +136,40 @@ fn describe(e: &serde_json::Error) -> String {
         }
         Category::Data => {
             let text = e.to_string();
-            match text.strip_prefix("unknown field ") {
+            if let Some(rest) = text.strip_prefix("unknown field ") {
                 // Names the field, then lists the expected ones: keep the name only.
-                Some(rest) => format!("unknown field {}", rest.split(',').next().unwrap_or("")),
-                None => "credential, subject and reason must be strings".into(),
+                format!("unknown field {}", rest.split(',').next().unwrap_or(""))
+            } else if let Some(rest) = text.strip_prefix("duplicate field ") {
+                format!("duplicate field {}", rest.split(" at ").next().unwrap_or(""))
+            } else if text.contains("expected struct RevokeBody") {
+                "it is not a JSON object".into()
+            } else {
+                "credential, subject and reason must be strings".into()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn why(body: &str) -> String {
+        describe(&serde_json::from_str::<RevokeBody>(body).expect_err(body))
+    }
+
+    #[test]
+    fn body_errors_name_what_is_wrong() {
+        assert_eq!(why("[]"), "it is not a JSON object");
+        assert_eq!(
+            why(r#"{"credential":"x","credential":"y"}"#),
+            "duplicate field `credential`"
+        );
+        assert_eq!(why(r#"{"credentail":"x"}"#), "unknown field `credentail`");
+        assert_eq!(
+            why(r#"{"credential":5}"#),
+            "credential, subject and reason must be strings"
+        );
+        assert!(why("{").starts_with("it is not JSON (line 1"));
     }
 }
