@@ -59,11 +59,21 @@ pub fn app(state: AppState) -> Router {
     crate::metrics::install();
     let state = Arc::new(state);
     Router::new()
-        .route("/registry/credentials", get(credentials::get_credentials))
+        // HEAD would mint (and audit) a credential the caller never receives: refused, as on
+        // the other minting route.
+        .route(
+            "/registry/credentials",
+            get(credentials::get_credentials).head(method_not_allowed),
+        )
         .route("/audit", get(audit::get_audit))
         .route("/auth/config", get(meta::auth_config))
         .route("/auth/whoami", get(meta::whoami))
-        .route("/token", get(token::get_token).post(token::post_token))
+        .route(
+            "/token",
+            get(token::get_token)
+                .post(token::post_token)
+                .head(method_not_allowed),
+        )
         .route("/grants/revocations", post(revoke::post_revocation))
         // Routes above are rate limited by client address; a `route_layer` applies only to the
         // routes added before it.

@@ -459,3 +459,29 @@ async fn token_content_type_is_matched_without_case() {
         .await;
     check_error(&got, StatusCode::BAD_REQUEST, "bad_request", "x-www-form-urlencoded");
 }
+
+/// HEAD on a minting route would issue (and audit) a credential nobody receives: refused, and
+/// nothing is recorded.
+#[tokio::test]
+async fn head_does_not_mint() {
+    let rise = rise().await;
+    let token = rise.token("harriet", &["developers"]);
+    for uri in [
+        "/registry/credentials?project=my-app",
+        "/token?service=rise-registry&scope=repository:my-app:pull",
+    ] {
+        let req = Request::head(uri)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        let (status, _) = rise.send(req).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{uri}");
+    }
+    let filter = rise_backend::audit::AuditFilter {
+        subject: Some("harriet".to_owned()),
+        limit: 10,
+        ..Default::default()
+    };
+    let records = rise.state.audit.query(&filter).await.expect("audit");
+    assert!(records.is_empty(), "{} records", records.len());
+}
