@@ -381,10 +381,14 @@ pub mod lenient {
                 }
             }
             fn visit_i64<E: Error>(self, _: i64) -> Result<bool, E> {
-                Err(E::custom("expected true or false (without quotes), not a number"))
+                Err(E::custom(
+                    "expected true or false (without quotes), not a number",
+                ))
             }
             fn visit_u64<E: Error>(self, _: u64) -> Result<bool, E> {
-                Err(E::custom("expected true or false (without quotes), not a number"))
+                Err(E::custom(
+                    "expected true or false (without quotes), not a number",
+                ))
             }
         }
         d.deserialize_any(V)
@@ -433,7 +437,9 @@ pub mod lenient {
                 u64::try_from(n).map_err(|_| E::custom("expected a whole number, 0 or more"))
             }
             fn visit_f64<E: Error>(self, _: f64) -> Result<u64, E> {
-                Err(E::custom("expected a whole number, 0 or more, not a fraction"))
+                Err(E::custom(
+                    "expected a whole number, 0 or more, not a fraction",
+                ))
             }
             fn visit_str<E: Error>(self, s: &str) -> Result<u64, E> {
                 s.trim()
@@ -737,7 +743,12 @@ impl Config {
             ));
         }
         let mut durations = vec![
-            ("audit.commit_timeout".to_owned(), audit.commit_timeout, MIN_TIMEOUT, MAX_WAIT),
+            (
+                "audit.commit_timeout".to_owned(),
+                audit.commit_timeout,
+                MIN_TIMEOUT,
+                MAX_WAIT,
+            ),
             (
                 "server.header_read_timeout".to_owned(),
                 self.server.header_read_timeout,
@@ -815,7 +826,7 @@ impl Config {
 /// `d` as the config spells it: whole days as `365d`, anything else as humantime writes it.
 fn shown_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    if d.subsec_nanos() == 0 && secs > 0 && secs % 86_400 == 0 {
+    if d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
     } else {
         humantime::format_duration(d).to_string()
@@ -1241,7 +1252,9 @@ mod tests {
         assert_eq!(password(&c).as_deref(), Some("from-file"));
 
         // Both ways in one source is still a mistake.
-        let f = file(&format!("{registry}password = \"x\"\npassword_file = {path:?}\n"));
+        let f = file(&format!(
+            "{registry}password = \"x\"\npassword_file = {path:?}\n"
+        ));
         let err = load(&[&f], &[]).expect_err("both").to_string();
         assert!(err.contains("give the secret one way"), "{err}");
     }
@@ -1409,9 +1422,8 @@ mod tests {
                 "registry.max_ttl = 3652500d is too long",
             ),
             (
-                format!(
-                    "[registries.big]\ntype = \"distribution\"\nurl = \"r.example\"\nmax_ttl = \"366d\"\n"
-                ),
+                "[registries.big]\ntype = \"distribution\"\nurl = \"r.example\"\nmax_ttl = \"366d\"\n"
+                    .to_owned(),
                 "registries.big.max_ttl = 366d is too long: Rise hands out short-lived credentials; give at most 365d",
             ),
         ] {
@@ -1446,7 +1458,10 @@ mod tests {
         for (url, part) in [
             ("rise example com", "is not a URL"),
             ("ftp://rise.example", "is not http(s)"),
-            ("https://admin:hunter2@rise.example", "must not contain credentials"),
+            (
+                "https://admin:hunter2@rise.example",
+                "must not contain credentials",
+            ),
             ("https://admin:hunter2@rise.example:99999", "is not a URL"),
             ("https://rise.example/?a=b", "query"),
         ] {

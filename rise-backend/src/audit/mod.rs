@@ -547,16 +547,15 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 /// A time given by a person: RFC 3339 with any offset (`2026-01-02T03:04:05Z`, `...+02:00`),
 /// the same without an offset (read as UTC), or Unix seconds. The error says what to give.
 pub fn parse_time(v: &str) -> Result<SystemTime, &'static str> {
-    const EXPECTED: &str = "give RFC 3339 (2026-01-02T03:04:05Z, or with an offset such as +02:00) or Unix seconds";
+    const EXPECTED: &str =
+        "give RFC 3339 (2026-01-02T03:04:05Z, or with an offset such as +02:00) or Unix seconds";
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return SystemTime::UNIX_EPOCH
             .checked_add(Duration::from_secs(secs))
             .ok_or("out of range");
     }
-    if let Ok(t) =
-        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
-    {
+    if let Ok(t) = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339) {
         return Ok(SystemTime::from(t));
     }
     humantime::parse_rfc3339_weak(v).map_err(|_| EXPECTED)
@@ -725,8 +724,14 @@ mod tests {
 
     #[test]
     fn times_outside_rfc3339_are_written_at_its_bounds() {
-        assert_eq!(rfc3339_seconds(from_unix_ms(i64::MAX)), "9999-12-31T23:59:59Z");
-        assert_eq!(rfc3339_millis(from_unix_ms(i64::MIN)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_seconds(from_unix_ms(i64::MAX)),
+            "9999-12-31T23:59:59Z"
+        );
+        assert_eq!(
+            rfc3339_millis(from_unix_ms(i64::MIN)),
+            "1970-01-01T00:00:00.000Z"
+        );
         assert_eq!(
             rfc3339_seconds(from_unix_ms(1_700_000_000_000)),
             "2023-11-14T22:13:20Z"

@@ -313,7 +313,10 @@ mod tests {
         assert!(parse_url("http://127.0.0.1:1", true).is_ok());
         assert!(parse_url("file:///etc/passwd", true).is_err());
         assert!(parse_url("not a url", true).is_err());
-        for raw in ["https://u:hunter2@idp.example.com", "https://u:hunter2@idp:99999"] {
+        for raw in [
+            "https://u:hunter2@idp.example.com",
+            "https://u:hunter2@idp:99999",
+        ] {
             let err = parse_url(raw, true).expect_err(raw);
             assert!(!err.contains("hunter2"), "{err}");
         }

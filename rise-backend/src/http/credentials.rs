@@ -163,7 +163,14 @@ async fn issue(
     raw: Option<&str>,
     principal: Arc<Principal>,
     record: &mut AuditRecord,
-) -> Result<(CredentialRequest, IssuedCredential, Option<(Duration, TtlLimit)>), ApiError> {
+) -> Result<
+    (
+        CredentialRequest,
+        IssuedCredential,
+        Option<(Duration, TtlLimit)>,
+    ),
+    ApiError,
+> {
     let query = CredentialsQuery::parse(raw)?;
     record.project = Some(query.project.to_string());
     if let Some(actions) = query.actions {

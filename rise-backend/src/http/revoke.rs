@@ -140,7 +140,10 @@ fn describe(e: &serde_json::Error) -> String {
                 // Names the field, then lists the expected ones: keep the name only.
                 format!("unknown field {}", rest.split(',').next().unwrap_or(""))
             } else if let Some(rest) = text.strip_prefix("duplicate field ") {
-                format!("duplicate field {}", rest.split(" at ").next().unwrap_or(""))
+                format!(
+                    "duplicate field {}",
+                    rest.split(" at ").next().unwrap_or("")
+                )
             } else if text.contains("expected struct RevokeBody") {
                 "it is not a JSON object".into()
             } else {

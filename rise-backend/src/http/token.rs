@@ -79,9 +79,10 @@ pub(super) async fn post_token(
     // Media types are case-insensitive (RFC 9110, 8.3.1).
     if let Some(content_type) = headers.get(header::CONTENT_TYPE)
         && !content_type.to_str().is_ok_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
         })
     {
         return Err(ApiError::BadRequest(

@@ -164,7 +164,10 @@ async fn a_longer_ttl_than_the_registry_grants_is_capped_with_a_warning() {
     let rise = rise().await;
     let token = rise.token("alice", &["developers"]);
     let (status, body) = rise
-        .get("/registry/credentials?project=long-app&ttl=48h", Some(&token))
+        .get(
+            "/registry/credentials?project=long-app&ttl=48h",
+            Some(&token),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let expires_in = body["credentials"]["expires_in"].as_u64().expect("number");
@@ -183,7 +186,10 @@ async fn a_longer_ttl_than_the_registry_grants_is_capped_with_a_warning() {
 
     // Within the cap: no warning.
     let (_, body) = rise
-        .get("/registry/credentials?project=long-app&ttl=12h", Some(&token))
+        .get(
+            "/registry/credentials?project=long-app&ttl=12h",
+            Some(&token),
+        )
         .await;
     assert!(body.get("warnings").is_none(), "{body}");
 }
@@ -379,7 +385,10 @@ async fn query_strings_stay_out_of_the_logs() {
         .await;
     assert!(status.is_client_error(), "{status}");
     let logs = captured.text();
-    assert!(logs.contains("path=/token"), "the span names the path: {logs}");
+    assert!(
+        logs.contains("path=/token"),
+        "the span names the path: {logs}"
+    );
     assert!(!logs.contains("QUERYSECRET"), "{logs}");
 }
 
@@ -452,12 +461,25 @@ async fn token_content_type_is_matched_without_case() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["token"].as_str().is_some_and(|t| t.len() > 20), "{body}");
+    assert!(
+        body["token"].as_str().is_some_and(|t| t.len() > 20),
+        "{body}"
+    );
 
     let got = rise
-        .send(post("/token", "text/plain", None, b"grant_type=password".to_vec()))
+        .send(post(
+            "/token",
+            "text/plain",
+            None,
+            b"grant_type=password".to_vec(),
+        ))
         .await;
-    check_error(&got, StatusCode::BAD_REQUEST, "bad_request", "x-www-form-urlencoded");
+    check_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "x-www-form-urlencoded",
+    );
 }
 
 /// HEAD on a minting route would issue (and audit) a credential nobody receives: refused, and

@@ -347,7 +347,11 @@ fn audience_and_claim_rejections() {
         Err(AuthError::MissingClaim("sub".into())),
     );
     check(&c(json!({"sub": 42})), Ok("42"));
-    for sub in ["mallory\n2026-01-01T00:00:00Z  INFO forged", "a\u{0}b", "tab\there"] {
+    for sub in [
+        "mallory\n2026-01-01T00:00:00Z  INFO forged",
+        "a\u{0}b",
+        "tab\there",
+    ] {
         check(
             &c(json!({ "sub": sub })),
             Err(AuthError::MalformedToken(

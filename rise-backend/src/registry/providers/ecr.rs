@@ -458,7 +458,7 @@ impl EcrProvider {
                 tracing::warn!(
                     registry = %self.name,
                     reported = %reported
-                        .map(|t| crate::audit::rfc3339_seconds(t))
+                        .map(crate::audit::rfc3339_seconds)
                         .unwrap_or_else(|| "nothing".into()),
                     "ECR reported an authorization token expiry that is missing or already past; assuming the documented 12 h{}",
                     if session.is_some() { ", bounded by the role session" } else { "" }

@@ -1076,8 +1076,7 @@ mod tests {
         late.expires_at = crate::audit::rfc3339_seconds(later);
         let (_, at) = check_reply(&late, "my-app", "read", now).expect("accepted");
         assert!(at > now + TOKEN_LIFETIME);
-        late.expires_at =
-            crate::audit::rfc3339_seconds(now - Duration::from_secs(5));
+        late.expires_at = crate::audit::rfc3339_seconds(now - Duration::from_secs(5));
         assert!(check_reply(&late, "my-app", "read", now).is_err());
         late.expires_at = "tomorrow".into();
         assert!(check_reply(&late, "my-app", "read", now).is_err());

@@ -249,10 +249,8 @@ async fn plain_http_on_a_non_loopback_address_is_refused() {
 async fn check_config_reads_the_certificate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing");
-    let config = crate::support::rise_process::write_config(
-        dir.path(),
-        &tls_section(&missing, "10s"),
-    );
+    let config =
+        crate::support::rise_process::write_config(dir.path(), &tls_section(&missing, "10s"));
     let out = crate::support::rise_process::run(&config, &["check-config"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
