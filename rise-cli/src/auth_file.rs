@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::context::{Context, vars};
 use crate::error::CliError;
 use crate::fsutil;
+use crate::registries::{DOCKER_HUB, DOCKER_HUB_INDEX, canonical_host};
 
 /// The helper's name as the files name it (`docker-credential-<name>` on PATH).
 pub const HELPER_NAME: &str = "rise";
@@ -27,6 +28,16 @@ pub enum AuthFile {
 }
 
 impl AuthFile {
+    /// The key this file's tools look a registry host up under: Docker files Docker Hub as
+    /// `https://index.docker.io/v1/`; the containers tools as `docker.io`.
+    pub fn registry_key(self, host: &str) -> String {
+        let host = canonical_host(host);
+        match self {
+            AuthFile::Docker if host == DOCKER_HUB => DOCKER_HUB_INDEX.to_owned(),
+            _ => host.to_owned(),
+        }
+    }
+
     pub fn path(self, ctx: &Context) -> Result<PathBuf, CliError> {
         match self {
             AuthFile::Docker => {
@@ -219,5 +230,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "[1,2]");
         let missing = dir.path().join("new/config.json");
         register_helper(&missing, "h").expect("created");
+    }
+
+    #[test]
+    fn docker_hub_keys_are_what_each_tool_looks_up() {
+        for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            assert_eq!(
+                AuthFile::Docker.registry_key(host),
+                "https://index.docker.io/v1/"
+            );
+            assert_eq!(AuthFile::Containers.registry_key(host), "docker.io");
+        }
+        assert_eq!(AuthFile::Docker.registry_key("reg:5000"), "reg:5000");
+        assert_eq!(AuthFile::Containers.registry_key("reg:5000"), "reg:5000");
     }
 }

@@ -1,11 +1,18 @@
 //! The Rise backend's HTTP API as the client uses it, and its wire types.
 
-use std::time::{Duration, SystemTime};
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::context::{Transport, vars};
 use crate::error::{CliError, Hint};
+
+/// The longest credential lifetime the client believes: registries' tokens last minutes to
+/// days, so a longer `expires_in` is a broken backend (and a time past it cannot be computed
+/// or written everywhere).
+pub const MAX_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 /// A Rise backend at a base URL.
 #[derive(Debug, Clone)]
@@ -70,6 +77,37 @@ pub struct Grant {
     pub project: String,
     pub actions: Vec<String>,
     pub warnings: Vec<String>,
+}
+
+impl Grant {
+    /// `expires_at` as RFC 3339 (`2026-01-02T03:04:05Z`).
+    pub fn expires_at_rfc3339(&self) -> Result<String, CliError> {
+        format_rfc3339(self.expires_at).ok_or_else(|| {
+            CliError::Other(
+                "the credential's expiry cannot be written as a date; fetch a fresh credential"
+                    .to_owned(),
+            )
+        })
+    }
+}
+
+/// RFC 3339 to the second, or `None` for a time RFC 3339 cannot hold (before 1970, after 9999),
+/// which `humantime` would panic on.
+pub fn format_rfc3339(t: SystemTime) -> Option<String> {
+    /// 9999-12-31T23:59:59Z.
+    const LAST: u64 = 253_402_300_799;
+    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    (secs <= LAST).then(|| humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// When a credential received at `received_at` that lasts `expires_in` seconds expires, if
+/// that is believable (at most [`MAX_CREDENTIAL_LIFETIME`]).
+pub fn credential_expiry(received_at: SystemTime, expires_in: u64) -> Option<SystemTime> {
+    let lifetime = Duration::from_secs(expires_in);
+    if lifetime > MAX_CREDENTIAL_LIFETIME {
+        return None;
+    }
+    received_at.checked_add(lifetime)
 }
 
 /// A grant and the backend's response body as received (it holds the password).
@@ -161,10 +199,10 @@ struct ErrorWire {
 }
 
 impl Backend {
-    /// `url` must be an absolute `http(s)://` URL.
-    pub fn new(url: &str, http: reqwest::Client) -> Result<Self, CliError> {
+    /// `url` must be an absolute `https://` URL (see [`normalize_url`]).
+    pub fn new(url: &str, http: reqwest::Client, transport: Transport) -> Result<Self, CliError> {
         Ok(Self {
-            base: normalize_url(url)?,
+            base: normalize_url(url, transport)?,
             http,
         })
     }
@@ -223,11 +261,19 @@ impl Backend {
         let image = wire
             .image
             .unwrap_or_else(|| format!("{registry_url}/{}", wire.repository));
+        let expires_in = wire.credentials.expires_in;
+        let expires_at = credential_expiry(received_at, expires_in).ok_or_else(|| {
+            CliError::Unavailable(format!(
+                "the Rise backend at {} sent an invalid expiry for the credential (expires in {expires_in} seconds, more than {} days); is the backend a compatible version?",
+                self.base,
+                MAX_CREDENTIAL_LIFETIME.as_secs() / 86_400
+            ))
+        })?;
         let grant = Grant {
             registry_url,
             username: wire.credentials.username,
             password: wire.credentials.password,
-            expires_at: received_at + Duration::from_secs(wire.credentials.expires_in),
+            expires_at,
             repository: wire.repository,
             image,
             project: wire.project.unwrap_or_else(|| query.project.clone()),
@@ -384,25 +430,75 @@ pub fn describe_reqwest(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// `https://rise.example.com/` -> `https://rise.example.com`; refuses non-http(s) and relative URLs.
-pub fn normalize_url(url: &str) -> Result<String, CliError> {
+/// `https://rise.example.com/` -> `https://rise.example.com`. Refuses relative URLs, schemes
+/// other than http(s), a user name or password in the URL (it would be stored and shown), and
+/// `http://` to another machine unless `transport` allows it (the URL receives bearer tokens).
+/// Error messages never repeat a user name or password.
+pub fn normalize_url(url: &str, transport: Transport) -> Result<String, CliError> {
     let trimmed = url.trim().trim_end_matches('/');
+    let shown = without_userinfo(trimmed);
     let parsed = reqwest::Url::parse(trimmed).map_err(|_| {
         CliError::Input(format!(
-            "invalid backend URL {trimmed:?}: give an absolute URL such as https://rise.example.com"
+            "invalid backend URL {shown:?}: give an absolute URL such as https://rise.example.com"
         ))
     })?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(CliError::Input(format!(
-            "invalid backend URL {trimmed:?}: it must start with https:// (or http:// for local testing)"
+            "invalid backend URL {shown:?}: it must start with https:// (or http:// for this machine)"
+        )));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(CliError::Input(format!(
+            "invalid backend URL {shown:?}: remove the user name and password from it (sign in with `rise login`, or set RISE_TOKEN)"
         )));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(CliError::Input(format!(
-            "invalid backend URL {trimmed:?}: remove the query or fragment"
+            "invalid backend URL {shown:?}: remove the query or fragment"
+        )));
+    }
+    if !may_carry_tokens(&parsed, transport) {
+        return Err(CliError::Input(format!(
+            "the backend URL {shown:?} uses plain http:// to another machine, which would send your token in clear text: use https://, or set {}=1 on a trusted test network",
+            vars::INSECURE_HTTP_BACKEND
         )));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Whether a token may be sent to `url`: over https, or over http to this machine (127.0.0.0/8,
+/// ::1, localhost), or over http anywhere when the user allowed it.
+pub fn may_carry_tokens(url: &reqwest::Url, transport: Transport) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => {
+            transport == Transport::InsecureHttpAllowed
+                || url.host_str().is_some_and(is_loopback_host)
+        }
+        _ => false,
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1 (a host name without port; IPv6 in brackets or not).
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for messages.
+pub fn without_userinfo(url: &str) -> Cow<'_, str> {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{scheme}***@{}", &rest[at + 1..])),
+        None => Cow::Borrowed(url),
+    }
 }
 
 /// `https://host:5000/` -> `host:5000`.
@@ -418,20 +514,138 @@ pub fn strip_scheme(url: &str) -> &str {
 mod tests {
     use super::*;
 
+    use crate::testing::{FakeServer, credentials_body, route};
+
+    const STRICT: Transport = Transport::HttpsOrLoopback;
+
     #[test]
     fn urls() {
         assert_eq!(
-            normalize_url("https://rise.example.com/").expect("valid"),
+            normalize_url("https://rise.example.com/", STRICT).expect("valid"),
             "https://rise.example.com"
         );
         assert_eq!(
-            normalize_url("http://127.0.0.1:3000").expect("valid"),
+            normalize_url("http://127.0.0.1:3000", STRICT).expect("valid"),
             "http://127.0.0.1:3000"
         );
         for bad in ["rise.example.com", "ftp://x", "https://x/?a=b", ""] {
-            assert!(normalize_url(bad).is_err(), "{bad}");
+            assert!(normalize_url(bad, STRICT).is_err(), "{bad}");
         }
         assert_eq!(strip_scheme("https://h:5000/"), "h:5000");
         assert_eq!(strip_scheme("h"), "h");
+    }
+
+    #[test]
+    fn plain_http_only_to_this_machine_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:3000",
+            "http://127.8.9.10",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+            "http://[::1]:3000",
+            "https://rise.example.com",
+        ] {
+            assert!(normalize_url(ok, STRICT).is_ok(), "{ok}");
+        }
+        for remote in [
+            "http://rise.example.com",
+            "http://10.0.0.1:3000",
+            "http://[::2]:3000",
+            "http://localhost.example.com",
+        ] {
+            let err = normalize_url(remote, STRICT).expect_err(remote);
+            assert!(matches!(err, CliError::Input(_)), "{remote}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains("clear text"), "{msg}");
+            assert!(msg.contains("RISE_INSECURE_HTTP_BACKEND=1"), "{msg}");
+            assert_eq!(
+                normalize_url(remote, Transport::InsecureHttpAllowed).expect("opted in"),
+                remote
+            );
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        for url in [
+            "http://admin:hunter2@127.0.0.1:9",
+            "https://admin:hunter2@rise.example.com/",
+            "https://hunter2@rise.example.com",
+            "admin:hunter2@rise.example.com",
+            "http://admin:hunter2@[broken",
+        ] {
+            for transport in [STRICT, Transport::InsecureHttpAllowed] {
+                let err = normalize_url(url, transport).expect_err(url);
+                assert!(matches!(err, CliError::Input(_)), "{url}: {err}");
+                let msg = err.to_string();
+                assert!(!msg.contains("hunter2"), "{url}: {msg}");
+            }
+        }
+        let msg = normalize_url("http://admin:hunter2@127.0.0.1:9", STRICT)
+            .expect_err("userinfo")
+            .to_string();
+        assert_eq!(
+            msg,
+            "invalid backend URL \"http://***@127.0.0.1:9\": remove the user name and password from it (sign in with `rise login`, or set RISE_TOKEN)"
+        );
+    }
+
+    async fn credentials_expiring_in(expires_in: u64) -> Result<GrantResponse, CliError> {
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("127.0.0.1:5000", expires_in),
+        )]);
+        let backend = Backend::new(&server.url, reqwest::Client::new(), STRICT).expect("backend");
+        let query = CredentialQuery {
+            project: "my-app".into(),
+            actions: None,
+            ttl: None,
+        };
+        backend
+            .credentials(&"token".to_owned().into(), &query)
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_unbelievable_expiry_is_an_error_not_a_panic() {
+        for expires_in in [u64::MAX, 10_000_000_000_000, 11 * 366 * 24 * 3600] {
+            let err = credentials_expiring_in(expires_in)
+                .await
+                .expect_err("refused");
+            assert!(matches!(err, CliError::Unavailable(_)), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("sent an invalid expiry"), "{msg}");
+            assert!(!msg.contains("s3cret-password"), "{msg}");
+        }
+        let ok = credentials_expiring_in(3600)
+            .await
+            .expect("an hour is fine");
+        let left = ok
+            .grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .expect("in the future");
+        assert!(left <= Duration::from_secs(3600) && left > Duration::from_secs(3500));
+        assert!(ok.grant.expires_at_rfc3339().is_ok());
+    }
+
+    #[test]
+    fn times_rfc3339_cannot_hold_are_not_formatted() {
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_secs(1_800_000_000)).as_deref(),
+            Some("2027-01-15T08:00:00Z")
+        );
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_secs(253_402_300_799)).as_deref(),
+            Some("9999-12-31T23:59:59Z")
+        );
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_secs(253_402_300_800)),
+            None
+        );
+        assert_eq!(format_rfc3339(UNIX_EPOCH - Duration::from_secs(1)), None);
+        assert!(credential_expiry(SystemTime::now(), u64::MAX).is_none());
+        assert!(credential_expiry(SystemTime::now(), 3600).is_some());
     }
 }

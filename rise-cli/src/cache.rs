@@ -1,6 +1,7 @@
 //! Brokered registry credentials cached per identity and scope (`<cache>/credentials.json`, 0600),
 //! so the credential helper does not ask the backend on every `docker` call, and asks again once
-//! a cached credential is within the margin of its expiry.
+//! a cached credential is within the margin of its expiry. The cache is an optimisation: with no
+//! cache directory it is empty, and an entry that cannot be believed is a miss.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,10 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::Grant;
+use crate::backend::{Grant, MAX_CREDENTIAL_LIFETIME};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::fsutil;
+use crate::registries::same_host;
 use crate::session::secret_serde;
 
 /// Fresh credentials are fetched when a cached one expires within this long, unless configured.
@@ -67,9 +69,18 @@ pub fn get(ctx: &Context, scope: &Scope<'_>, margin: Duration) -> Result<Option<
     let Some(e) = file.entries.get(&scope.key()) else {
         return Ok(None);
     };
-    let expires_at = UNIX_EPOCH + Duration::from_secs(e.expires_at);
+    // The file is ours but may be edited or corrupt: an expiry past any believable lifetime
+    // (or past what a SystemTime holds) is a miss, not a panic.
+    let now = SystemTime::now();
+    let latest = now.checked_add(MAX_CREDENTIAL_LIFETIME);
+    let Some(expires_at) = UNIX_EPOCH
+        .checked_add(Duration::from_secs(e.expires_at))
+        .filter(|t| latest.is_some_and(|latest| *t <= latest))
+    else {
+        return Ok(None);
+    };
     let fresh_enough = expires_at
-        .duration_since(SystemTime::now())
+        .duration_since(now)
         .is_ok_and(|left| left > margin);
     if !fresh_enough {
         return Ok(None);
@@ -106,7 +117,7 @@ pub fn put(ctx: &Context, scope: &Scope<'_>, grant: &Grant) -> Result<(), CliErr
             actions: grant.actions.clone(),
         },
     );
-    fsutil::write_json_private(&ctx.credentials_cache_file(), &file)
+    fsutil::write_json_private(&ctx.credentials_cache_file()?, &file)
 }
 
 /// Forget cached credentials for a registry host (helper `erase`) or a backend (`rise logout`).
@@ -116,14 +127,16 @@ pub fn forget(
     registry_host: Option<&str>,
     backend: Option<&str>,
 ) -> Result<usize, CliError> {
-    let path = ctx.credentials_cache_file();
+    let Ok(path) = ctx.credentials_cache_file() else {
+        return Ok(0);
+    };
     if !path.exists() {
         return Ok(0);
     }
     let mut file: CacheFile = read(ctx)?;
     let before = file.entries.len();
     file.entries.retain(|_, e| {
-        let host_matches = registry_host.is_some_and(|h| e.registry_url.eq_ignore_ascii_case(h));
+        let host_matches = registry_host.is_some_and(|h| same_host(&e.registry_url, h));
         let backend_matches = backend.is_some_and(|b| e.backend == b);
         !(host_matches || backend_matches)
     });
@@ -145,8 +158,11 @@ pub fn usernames(ctx: &Context) -> Result<BTreeMap<String, String>, CliError> {
 }
 
 fn read(ctx: &Context) -> Result<CacheFile, CliError> {
+    let Ok(path) = ctx.credentials_cache_file() else {
+        return Ok(CacheFile::default());
+    };
     // A cache that cannot be parsed (older version, truncated) is worthless, not an error.
-    match fsutil::read_json_or_default(&ctx.credentials_cache_file()) {
+    match fsutil::read_json_or_default(&path) {
         Ok(f) => Ok(f),
         Err(CliError::Input(_)) => Ok(CacheFile::default()),
         Err(e) => Err(e),
@@ -190,8 +206,7 @@ mod tests {
                 "RISE_CACHE_DIR".to_owned(),
                 dir.path().join("k").display().to_string(),
             ),
-        ])
-        .expect("ctx");
+        ]);
         let alice = Scope {
             backend: "http://b",
             identity: "idp alice",
@@ -231,5 +246,55 @@ mod tests {
             1
         );
         assert!(get(&ctx, &alice, Duration::ZERO).expect("get").is_none());
+    }
+
+    #[test]
+    fn an_unbelievable_cached_expiry_is_a_miss() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([(
+            "RISE_CACHE_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        let scope = Scope {
+            backend: "http://b",
+            identity: "idp alice",
+            project: "my-app",
+            actions: "",
+        };
+        put(&ctx, &scope, &grant("s1", Duration::from_secs(600))).expect("put");
+        let path = ctx.credentials_cache_file().expect("dir");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+        for expires_at in [u64::MAX, 100_000_000_000] {
+            for entry in doc["entries"]
+                .as_object_mut()
+                .expect("entries")
+                .values_mut()
+            {
+                entry["expires_at"] = expires_at.into();
+            }
+            std::fs::write(&path, doc.to_string()).expect("write");
+            assert!(
+                get(&ctx, &scope, Duration::ZERO).expect("get").is_none(),
+                "{expires_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_cache_directory_the_cache_is_empty() {
+        let ctx = Context::with_platform_dirs([], None, None);
+        let scope = Scope {
+            backend: "http://b",
+            identity: "idp alice",
+            project: "my-app",
+            actions: "",
+        };
+        assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
+        assert!(usernames(&ctx).expect("list").is_empty());
+        assert_eq!(forget(&ctx, Some("h"), None).expect("forget"), 0);
+        let err = put(&ctx, &scope, &grant("s1", Duration::from_secs(600)))
+            .expect_err("nowhere to write");
+        assert!(err.to_string().contains("RISE_CACHE_DIR"), "{err}");
     }
 }

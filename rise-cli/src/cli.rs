@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 
 use crate::auth_file::{self, AuthFile};
-use crate::backend::{Backend, CredentialQuery, Grant};
+use crate::backend::{Backend, CredentialQuery, Grant, format_rfc3339};
 use crate::cache;
 use crate::context::{Context, parse_duration};
 use crate::error::{CliError, EXIT_CODES_HELP};
@@ -31,7 +31,8 @@ use crate::session::{self, StoredLogin, TokenSource};
     after_long_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
-    /// Rise backend URL [default: the backend of the last `rise login`]
+    /// Rise backend URL, https:// (http:// only to this machine, unless
+    /// RISE_INSECURE_HTTP_BACKEND=1) [default: the backend of the last `rise login`]
     #[arg(long, global = true, env = "RISE_BACKEND", value_name = "URL")]
     pub backend: Option<String>,
     #[command(subcommand)]
@@ -135,12 +136,10 @@ fn parse_time_arg(s: &str) -> Result<String, String> {
         return Ok(s.to_owned());
     }
     match humantime::parse_duration(s) {
-        Ok(ago) => {
-            let at = std::time::SystemTime::now()
-                .checked_sub(ago)
-                .ok_or_else(|| format!("{s} ago is before the epoch"))?;
-            Ok(humantime::format_rfc3339_seconds(at).to_string())
-        }
+        Ok(ago) => std::time::SystemTime::now()
+            .checked_sub(ago)
+            .and_then(format_rfc3339)
+            .ok_or_else(|| format!("{s} ago is before 1970: give a shorter duration or a date")),
         Err(_) => Err(format!(
             "invalid time {s:?}: give RFC 3339 (2026-01-02T03:04:05Z), Unix seconds, or a duration ago such as 1h"
         )),
@@ -299,7 +298,7 @@ async fn revoke(
 ) -> Result<(), CliError> {
     let backend_url = session::resolve_backend(ctx, backend_flag)?;
     let http = ctx.http()?;
-    let backend = Backend::new(&backend_url, http.clone())?;
+    let backend = Backend::new(&backend_url, http.clone(), ctx.transport())?;
     let caller = session::caller_token(ctx, &http, backend.url()).await?;
     let mut body = serde_json::json!({ "reason": args.reason });
     match (args.credential, args.subject) {
@@ -326,7 +325,7 @@ async fn revoke(
 async fn audit(ctx: &Context, backend_flag: Option<&str>, args: AuditArgs) -> Result<(), CliError> {
     let backend_url = session::resolve_backend(ctx, backend_flag)?;
     let http = ctx.http()?;
-    let backend = Backend::new(&backend_url, http.clone())?;
+    let backend = Backend::new(&backend_url, http.clone(), ctx.transport())?;
     let caller = session::caller_token(ctx, &http, backend.url()).await?;
     let mut query = crate::backend::AuditQuery {
         project: args.project,
@@ -440,7 +439,7 @@ fn note(text: &str) {
 async fn login(ctx: &Context, backend_flag: Option<&str>, args: LoginArgs) -> Result<(), CliError> {
     let backend_url = session::resolve_backend(ctx, backend_flag)?;
     let http = ctx.http()?;
-    let backend = Backend::new(&backend_url, http.clone())?;
+    let backend = Backend::new(&backend_url, http.clone(), ctx.transport())?;
     let config = backend.auth_config().await?;
     let wanted = args.issuer.clone().or(config.default_issuer.clone());
     let issuer = match (&wanted, config.issuers.as_slice()) {
@@ -474,7 +473,7 @@ async fn login(ctx: &Context, backend_flag: Option<&str>, args: LoginArgs) -> Re
         .clone()
         .or_else(|| issuer.scopes.as_ref().map(|s| s.join(" ")))
         .unwrap_or_else(|| oidc::DEFAULT_SCOPES.to_owned());
-    let meta = oidc::discover(&http, &issuer.issuer).await?;
+    let meta = oidc::discover(&http, ctx.transport(), &issuer.issuer).await?;
     let tokens = if args.browser {
         let no_open = args.no_open;
         oidc::auth_code_flow(&http, &meta, &issuer.client_id, &scope, |url| {
@@ -541,7 +540,14 @@ async fn logout(ctx: &Context, backend_flag: Option<&str>) -> Result<(), CliErro
     };
     let mut revoked = false;
     if let (Some(endpoint), Some(refresh)) = (&login.revocation_endpoint, &login.refresh_token) {
-        revoked = oidc::revoke(&ctx.http()?, endpoint, &login.client_id, refresh).await;
+        revoked = oidc::revoke(
+            &ctx.http()?,
+            ctx.transport(),
+            endpoint,
+            &login.client_id,
+            refresh,
+        )
+        .await;
     }
     out(&format!(
         "Logged out of {backend_url}{}.\n",
@@ -556,7 +562,7 @@ async fn logout(ctx: &Context, backend_flag: Option<&str>) -> Result<(), CliErro
 async fn whoami(ctx: &Context, backend_flag: Option<&str>) -> Result<(), CliError> {
     let backend_url = session::resolve_backend(ctx, backend_flag)?;
     let http = ctx.http()?;
-    let backend = Backend::new(&backend_url, http.clone())?;
+    let backend = Backend::new(&backend_url, http.clone(), ctx.transport())?;
     let caller = session::caller_token(ctx, &http, backend.url()).await?;
     let me = backend.whoami(&caller.token).await?;
     let source = match &caller.source {
@@ -582,7 +588,7 @@ async fn fetch_grant(
 ) -> Result<(Backend, crate::backend::GrantResponse), CliError> {
     let backend_url = session::resolve_backend(ctx, backend_flag)?;
     let http = ctx.http()?;
-    let backend = Backend::new(&backend_url, http.clone())?;
+    let backend = Backend::new(&backend_url, http.clone(), ctx.transport())?;
     let caller = session::caller_token(ctx, &http, backend.url()).await?;
     let response = backend.credentials(&caller.token, query).await?;
     Ok((backend, response))
@@ -605,15 +611,15 @@ async fn credentials(
     // Exposed because the user asked for the credential on stdout.
     let text = match args.format {
         Format::Json => format!("{}\n", response.body.expose_secret().trim_end()),
-        Format::Env => env_lines(&response.grant),
+        Format::Env => env_lines(&response.grant)?,
         Format::DockerConfig => docker_config(&response.grant)?,
     };
     out(&text)
 }
 
 /// `RISE_REGISTRY_*=value` lines, single-quoted where the shell needs it.
-pub fn env_lines(g: &Grant) -> String {
-    let expires = humantime::format_rfc3339_seconds(g.expires_at).to_string();
+pub fn env_lines(g: &Grant) -> Result<String, CliError> {
+    let expires = g.expires_at_rfc3339()?;
     let vars = [
         ("RISE_REGISTRY_URL", g.registry_url.as_str()),
         ("RISE_REGISTRY_USERNAME", g.username.as_str()),
@@ -622,9 +628,10 @@ pub fn env_lines(g: &Grant) -> String {
         ("RISE_REGISTRY_IMAGE", g.image.as_str()),
         ("RISE_REGISTRY_EXPIRES_AT", expires.as_str()),
     ];
-    vars.iter()
+    Ok(vars
+        .iter()
         .map(|(k, v)| format!("{k}={}\n", shell_quote(v)))
-        .collect()
+        .collect())
 }
 
 fn shell_quote(v: &str) -> String {
@@ -638,10 +645,12 @@ fn shell_quote(v: &str) -> String {
     }
 }
 
-/// A Docker config.json holding the credential under `auths`.
+/// A Docker config.json holding the credential under `auths` (Docker Hub under Docker's key for
+/// it, which the containers tools read too).
 pub fn docker_config(g: &Grant) -> Result<String, CliError> {
     let auth = STANDARD.encode(format!("{}:{}", g.username, g.password.expose_secret()));
-    let doc = serde_json::json!({ "auths": { g.registry_url.clone(): { "auth": auth } } });
+    let key = AuthFile::Docker.registry_key(&g.registry_url);
+    let doc = serde_json::json!({ "auths": { key: { "auth": auth } } });
     serde_json::to_string_pretty(&doc)
         .map(|s| s + "\n")
         .map_err(|e| CliError::Other(format!("cannot encode the config: {e}")))
@@ -660,7 +669,7 @@ async fn registry_login(
     // Asking once proves the caller may use the project and tells where its registry is.
     let (backend, response) = fetch_grant(ctx, backend_flag, &query).await?;
     let grant = response.grant;
-    let host = grant.registry_url.clone();
+    let host = crate::registries::canonical_host(&grant.registry_url).to_owned();
     let files: Vec<AuthFile> = match args.client {
         ClientKind::Docker => vec![AuthFile::Docker],
         ClientKind::Podman => vec![AuthFile::Containers],
@@ -668,17 +677,28 @@ async fn registry_login(
     };
     let mut text = String::new();
     if args.store_password {
+        // Everything that can fail on the grant is checked before a file is touched.
+        let expires = grant.expires_at_rfc3339()?;
+        let left = grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         // Podman and skopeo look up `auths` by host/repository too, so several projects on one
         // host keep separate entries there; Docker only looks up the host.
         for file in files {
             let path = file.path(ctx)?;
+            let registry_key = file.registry_key(&host);
             let key = match file {
-                AuthFile::Docker => host.clone(),
-                AuthFile::Containers => format!("{host}/{}", grant.repository),
+                AuthFile::Docker => registry_key.clone(),
+                AuthFile::Containers => format!("{registry_key}/{}", grant.repository),
             };
-            for n in
-                auth_file::store_password(&path, &key, &host, &grant.username, &grant.password)?
-            {
+            for n in auth_file::store_password(
+                &path,
+                &key,
+                &registry_key,
+                &grant.username,
+                &grant.password,
+            )? {
                 note(&format!("note: {n}"));
             }
             text.push_str(&format!(
@@ -686,14 +706,9 @@ async fn registry_login(
                 path.display()
             ));
         }
-        let left = grant
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
         text.push_str(&format!(
-            "It expires in {} (at {}): run this again then, or leave out --store-password to use the credential helper.\n",
+            "It expires in {} (at {expires}): run this again then, or leave out --store-password to use the credential helper.\n",
             humantime::format_duration(Duration::from_secs(left.as_secs())),
-            humantime::format_rfc3339_seconds(grant.expires_at)
         ));
     } else {
         let mut map = RegistryMap::load(ctx)?;
@@ -708,11 +723,12 @@ async fn registry_login(
         map.save(ctx)?;
         for file in files {
             let path = file.path(ctx)?;
-            for n in auth_file::register_helper(&path, &host)? {
+            let key = file.registry_key(&host);
+            for n in auth_file::register_helper(&path, &key)? {
                 note(&format!("note: {n}"));
             }
             text.push_str(&format!(
-                "Registered the Rise credential helper for {host} in {}.\n",
+                "Registered the Rise credential helper for {key} in {}.\n",
                 path.display()
             ));
         }
@@ -748,7 +764,7 @@ async fn push_image(
     let broker = Broker {
         ctx: ctx.clone(),
         http: http.clone(),
-        backend: Backend::new(&backend_url, http)?,
+        backend: Backend::new(&backend_url, http, ctx.transport())?,
         query: CredentialQuery {
             project: args.project.clone(),
             actions: Some("push,pull".into()),
@@ -797,7 +813,7 @@ mod tests {
 
     #[test]
     fn env_format_quotes_for_the_shell() {
-        insta::assert_snapshot!(env_lines(&grant()), @r"
+        insta::assert_snapshot!(env_lines(&grant()).expect("lines"), @r"
         RISE_REGISTRY_URL=127.0.0.1:5000
         RISE_REGISTRY_USERNAME=rise
         RISE_REGISTRY_PASSWORD='pa'\''ss word'
@@ -833,5 +849,171 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    use crate::testing::{FakeServer, credentials_body, route};
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("rise").chain(args.iter().copied())).expect("args")
+    }
+
+    fn ctx_in(dir: &std::path::Path, extra: &[(&str, &str)]) -> Context {
+        let mut vars = vec![
+            ("RISE_CONFIG_DIR", dir.join("config").display().to_string()),
+            ("RISE_CACHE_DIR", dir.join("cache").display().to_string()),
+            ("DOCKER_CONFIG", dir.join("docker").display().to_string()),
+            (
+                "REGISTRY_AUTH_FILE",
+                dir.join("containers/auth.json").display().to_string(),
+            ),
+            ("RISE_TOKEN", "t".to_owned()),
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        Context::from_env(vars.into_iter().map(|(k, v)| (k.to_owned(), v)))
+    }
+
+    #[tokio::test]
+    async fn an_expiry_past_year_9999_writes_nothing_and_panics_nowhere() {
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("127.0.0.1:5000", 10_000_000_000_000),
+        )]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = ctx_in(dir.path(), &[]);
+        for args in [
+            vec![
+                "registry",
+                "credentials",
+                "--project",
+                "my-app",
+                "--format",
+                "env",
+            ],
+            vec![
+                "registry",
+                "login",
+                "--project",
+                "my-app",
+                "--store-password",
+                "--client",
+                "all",
+            ],
+            vec!["registry", "login", "--project", "my-app"],
+        ] {
+            let mut full = vec!["--backend", server.url.as_str()];
+            full.extend(args.iter().copied());
+            let err = run(parse(&full), ctx.clone())
+                .await
+                .expect_err("invalid expiry");
+            assert!(matches!(err, CliError::Unavailable(_)), "{args:?}: {err}");
+            assert!(err.to_string().contains("sent an invalid expiry"), "{err}");
+        }
+        for written in [
+            "docker/config.json",
+            "containers/auth.json",
+            "config/registries.json",
+        ] {
+            assert!(!dir.path().join(written).exists(), "{written} was written");
+        }
+    }
+
+    #[tokio::test]
+    async fn whoami_with_a_token_and_a_backend_needs_no_home() {
+        let server = FakeServer::start(vec![route(
+            "GET /auth/whoami",
+            200,
+            r#"{"subject":"alice","issuer":"https://idp"}"#,
+        )]);
+        let ctx =
+            Context::with_platform_dirs([("RISE_TOKEN".to_owned(), "t".to_owned())], None, None);
+        run(parse(&["--backend", &server.url, "whoami"]), ctx)
+            .await
+            .expect("no config directory needed");
+    }
+
+    #[tokio::test]
+    async fn a_password_in_the_backend_url_is_refused_and_never_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = ctx_in(dir.path(), &[]);
+        for args in [
+            vec!["whoami"],
+            vec!["registry", "login", "--project", "my-app"],
+            vec!["login"],
+        ] {
+            let mut full = vec!["--backend", "http://admin:hunter2@127.0.0.1:9"];
+            full.extend(args.iter().copied());
+            let err = run(parse(&full), ctx.clone()).await.expect_err("refused");
+            assert!(matches!(err, CliError::Input(_)), "{args:?}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        assert!(!dir.path().join("config").exists());
+    }
+
+    #[test]
+    fn times_before_1970_are_refused_not_formatted() {
+        assert!(parse_time_arg("1h").is_ok());
+        let err = parse_time_arg("100years").expect_err("before 1970");
+        assert!(err.contains("before 1970"), "{err}");
+    }
+
+    fn read_json(path: &std::path::Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).expect("read")).expect("json")
+    }
+
+    #[tokio::test]
+    async fn docker_hub_is_registered_where_each_tool_looks_and_the_helper_answers() {
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("docker.io", 3600),
+        )]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = ctx_in(dir.path(), &[]);
+        let base = [
+            "--backend",
+            server.url.as_str(),
+            "registry",
+            "login",
+            "--project",
+            "my-app",
+        ];
+        let mut args = base.to_vec();
+        args.extend(["--client", "all"]);
+        run(parse(&args), ctx.clone()).await.expect("helper");
+        let docker = read_json(&dir.path().join("docker/config.json"));
+        assert_eq!(docker["credHelpers"]["https://index.docker.io/v1/"], "rise");
+        assert!(docker["credHelpers"].get("docker.io").is_none(), "{docker}");
+        let containers = read_json(&dir.path().join("containers/auth.json"));
+        assert_eq!(containers["credHelpers"]["docker.io"], "rise");
+        // What Docker asks the helper for Docker Hub.
+        let out = crate::helper::handle(&ctx, "get", "https://index.docker.io/v1/\n").await;
+        assert_eq!(out.status, 0, "{out:?}");
+        let creds: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(creds["ServerURL"], "https://index.docker.io/v1/");
+        assert_eq!(creds["Secret"], "s3cret-password");
+        let out = crate::helper::handle(&ctx, "get", "docker.io").await;
+        assert_eq!(out.status, 0, "{out:?}");
+
+        args.push("--store-password");
+        run(parse(&args), ctx.clone()).await.expect("store");
+        let docker = read_json(&dir.path().join("docker/config.json"));
+        assert!(docker["auths"]["https://index.docker.io/v1/"]["auth"].is_string());
+        assert!(
+            docker["credHelpers"]
+                .get("https://index.docker.io/v1/")
+                .is_none()
+        );
+        let containers = read_json(&dir.path().join("containers/auth.json"));
+        assert!(containers["auths"]["docker.io/my-app"]["auth"].is_string());
+        assert!(containers["credHelpers"].get("docker.io").is_none());
+
+        let g = Grant {
+            registry_url: "docker.io".into(),
+            ..grant()
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(&docker_config(&g).expect("json")).expect("json");
+        assert!(doc["auths"]["https://index.docker.io/v1/"]["auth"].is_string());
     }
 }

@@ -5,7 +5,8 @@
 //! while they stay valid for longer than the margin, else fresh from the backend. `store` accepts
 //! and ignores what `docker login` hands it (Rise brokers credentials itself; a `docker login`
 //! must not fail); `erase` forgets cached credentials for the host; `list` names the hosts with
-//! cached credentials.
+//! cached credentials. The cache is an optimisation: when it cannot be read or written, `get`
+//! says so on stderr and still answers. `version` needs no configuration directory.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -121,7 +122,10 @@ async fn get(ctx: &Context, server_url: &str) -> Result<Option<(String, String)>
         }
     };
     let margin = margin(ctx, mapping)?;
-    let grant = credentials_for(ctx, mapping, margin).await?;
+    let (grant, cache_problems) = credentials_for(ctx, mapping, margin).await?;
+    for problem in cache_problems {
+        warnings.push_str(&format!("docker-credential-rise: warning: {problem}\n"));
+    }
     let body = Credentials {
         server_url,
         username: &grant.username,
@@ -133,14 +137,15 @@ async fn get(ctx: &Context, server_url: &str) -> Result<Option<(String, String)>
     Ok(Some((out + "\n", warnings)))
 }
 
-/// Cached credentials for the mapping's project while they outlive `margin`, else fresh ones.
+/// Cached credentials for the mapping's project while they outlive `margin`, else fresh ones;
+/// and what went wrong with the cache, if anything (for a warning: the credential is good).
 pub async fn credentials_for(
     ctx: &Context,
     mapping: &Mapping,
     margin: Duration,
-) -> Result<crate::backend::Grant, CliError> {
+) -> Result<(crate::backend::Grant, Vec<String>), CliError> {
     let http = ctx.http()?;
-    let backend = Backend::new(&mapping.backend, http.clone())?;
+    let backend = Backend::new(&mapping.backend, http.clone(), ctx.transport())?;
     let caller = session::caller_token(ctx, &http, backend.url()).await?;
     let actions = mapping.actions.clone().unwrap_or_default();
     let scope = Scope {
@@ -149,8 +154,11 @@ pub async fn credentials_for(
         project: &mapping.project,
         actions: &actions,
     };
-    if let Some(grant) = cache::get(ctx, &scope, margin)? {
-        return Ok(grant);
+    let mut problems = Vec::new();
+    match cache::get(ctx, &scope, margin) {
+        Ok(Some(grant)) => return Ok((grant, problems)),
+        Ok(None) => {}
+        Err(e) => problems.push(format!("cannot read the credential cache ({e})")),
     }
     let query = CredentialQuery {
         project: mapping.project.clone(),
@@ -158,8 +166,12 @@ pub async fn credentials_for(
         ttl: None,
     };
     let response = backend.credentials(&caller.token, &query).await?;
-    cache::put(ctx, &scope, &response.grant)?;
-    Ok(response.grant)
+    if let Err(e) = cache::put(ctx, &scope, &response.grant) {
+        problems.push(format!(
+            "cannot cache the credential ({e}); a fresh one is fetched on every use until this is fixed"
+        ));
+    }
+    Ok((response.grant, problems))
 }
 
 /// `RISE_CREDENTIAL_MARGIN`, else the mapping's margin, else [`DEFAULT_MARGIN`].
@@ -194,8 +206,14 @@ fn list(ctx: &Context) -> Result<String, CliError> {
 mod tests {
     use super::*;
 
+    use crate::testing::{FakeServer, credentials_body, route};
+
     fn ctx(dir: &std::path::Path) -> Context {
-        Context::from_env([
+        ctx_with(dir, &[])
+    }
+
+    fn ctx_with(dir: &std::path::Path, extra: &[(&str, &str)]) -> Context {
+        let mut vars = vec![
             (
                 "RISE_CONFIG_DIR".to_owned(),
                 dir.join("c").display().to_string(),
@@ -204,8 +222,23 @@ mod tests {
                 "RISE_CACHE_DIR".to_owned(),
                 dir.join("k").display().to_string(),
             ),
-        ])
-        .expect("ctx")
+        ];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Context::from_env(vars)
+    }
+
+    /// Map 127.0.0.1:5000 to project my-app on `backend`.
+    fn map_registry(c: &Context, backend: &str) {
+        let mut map = RegistryMap::default();
+        map.upsert(Mapping {
+            host: "127.0.0.1:5000".into(),
+            repository: "my-app".into(),
+            project: "my-app".into(),
+            backend: backend.into(),
+            actions: None,
+            margin_secs: None,
+        });
+        map.save(c).expect("save");
     }
 
     #[tokio::test]
@@ -250,5 +283,75 @@ mod tests {
             "{}",
             out.stdout
         );
+    }
+
+    #[tokio::test]
+    async fn version_needs_no_configuration_directory() {
+        let c = Context::with_platform_dirs([], None, None);
+        let out = handle(&c, "version", "").await;
+        assert_eq!(out.status, 0, "{out:?}");
+        assert!(out.stdout.starts_with("docker-credential-rise "), "{out:?}");
+        let out = handle(&c, "get", "127.0.0.1:5000").await;
+        assert_eq!(out.status, 1);
+        assert!(
+            out.stdout.contains("set RISE_CONFIG_DIR or HOME"),
+            "{out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_cache_is_a_warning_and_the_credential_is_still_given() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("127.0.0.1:5000", 3600),
+        )]);
+        // A cache directory under a file cannot be created.
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").expect("write");
+        let cache = blocker.join("x").display().to_string();
+        let c = ctx_with(
+            dir.path(),
+            &[("RISE_TOKEN", "t"), ("RISE_CACHE_DIR", &cache)],
+        );
+        map_registry(&c, &server.url);
+        let out = handle(&c, "get", "127.0.0.1:5000\n").await;
+        assert_eq!(out.status, 0, "{out:?}");
+        let creds: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        assert_eq!(creds["Secret"], "s3cret-password");
+        assert!(
+            out.stderr
+                .starts_with("docker-credential-rise: warning: cannot cache the credential"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("s3cret-password"), "{}", out.stderr);
+    }
+
+    #[tokio::test]
+    async fn an_unbelievable_expiry_follows_the_error_protocol() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("127.0.0.1:5000", u64::MAX),
+        )]);
+        let c = ctx_with(dir.path(), &[("RISE_TOKEN", "t")]);
+        map_registry(&c, &server.url);
+        let out = handle(&c, "get", "127.0.0.1:5000").await;
+        assert_eq!(out.status, 1, "{out:?}");
+        assert!(
+            out.stdout
+                .starts_with("docker-credential-rise: the Rise backend at "),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("sent an invalid expiry"),
+            "{}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("s3cret-password"), "{}", out.stdout);
     }
 }

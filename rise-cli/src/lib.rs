@@ -33,5 +33,7 @@ pub mod oidc;
 pub mod push;
 pub mod registries;
 pub mod session;
+#[cfg(test)]
+mod testing;
 
 pub use error::CliError;

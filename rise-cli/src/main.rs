@@ -21,10 +21,7 @@ fn main() -> ExitCode {
             )));
         }
     };
-    let result = runtime.block_on(async {
-        let ctx = Context::from_process()?;
-        run(cli, ctx).await
-    });
+    let result = runtime.block_on(run(cli, Context::from_process()));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

@@ -2,6 +2,9 @@
 //! (RFC 8628), the authorization code grant with PKCE (RFC 7636) and a loopback redirect
 //! (RFC 8252), refresh (RFC 6749 §6) and revocation (RFC 7009). The CLI is a public client: it
 //! sends its `client_id` and no secret.
+//!
+//! The issuer and every endpoint that receives a code or token must be `https://` (or `http://`
+//! on this machine, or anywhere with `RISE_INSECURE_HTTP_BACKEND`), like the backend URL.
 
 use std::time::Duration;
 
@@ -12,13 +15,21 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::{describe_reqwest, json_problem};
+use crate::backend::{describe_reqwest, json_problem, may_carry_tokens, without_userinfo};
+use crate::context::{Transport, vars};
 use crate::error::CliError;
 
 /// Scopes asked for when the backend names none: an ID token and a refresh token.
 pub const DEFAULT_SCOPES: &str = "openid offline_access";
 /// Polling interval when the provider names none (RFC 8628 §3.2).
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Bounds on the polling interval, whatever the provider says (0 would hammer it; a huge one
+/// would never poll).
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+/// The longest wait for a person to confirm a device code: providers give minutes; a longer
+/// (or absurd) `expires_in` is cut to this.
+const MAX_DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long `rise login --browser` waits for the browser to come back.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -81,8 +92,14 @@ pub enum RefreshError {
     Failed(CliError),
 }
 
-/// OIDC discovery (`<issuer>/.well-known/openid-configuration`).
-pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ProviderMetadata, CliError> {
+/// OIDC discovery (`<issuer>/.well-known/openid-configuration`). The issuer and the endpoints
+/// it publishes must be fit to carry tokens (see the module docs).
+pub async fn discover(
+    http: &reqwest::Client,
+    transport: Transport,
+    issuer: &str,
+) -> Result<ProviderMetadata, CliError> {
+    check_provider_url(issuer, "issuer URL", transport)?;
     let url = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
@@ -111,6 +128,19 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<ProviderMe
             "it names itself {:?}, not {issuer:?}",
             meta.issuer
         )));
+    }
+    check_provider_url(&meta.token_endpoint, "token endpoint", transport)?;
+    for (url, what) in [
+        (
+            &meta.device_authorization_endpoint,
+            "device authorization endpoint",
+        ),
+        (&meta.authorization_endpoint, "authorization endpoint"),
+        (&meta.revocation_endpoint, "revocation endpoint"),
+    ] {
+        if let Some(url) = url {
+            check_provider_url(url, what, transport)?;
+        }
     }
     Ok(meta)
 }
@@ -142,11 +172,13 @@ pub async fn device_flow(
         verification_uri: wire.verification_uri.clone(),
         verification_uri_complete: wire.verification_uri_complete.clone(),
     });
-    let deadline = started + Duration::from_secs(wire.expires_in);
+    let lifetime = Duration::from_secs(wire.expires_in).min(MAX_DEVICE_CODE_LIFETIME);
+    let deadline = started + lifetime;
     let mut interval = wire
         .interval
         .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_INTERVAL);
+        .unwrap_or(DEFAULT_INTERVAL)
+        .clamp(MIN_INTERVAL, MAX_INTERVAL);
     loop {
         tokio::time::sleep(interval).await;
         if tokio::time::Instant::now() > deadline {
@@ -166,7 +198,7 @@ pub async fn device_flow(
             Ok(tokens) => return Ok(tokens),
             Err(err) => match err.error.as_str() {
                 "authorization_pending" => {}
-                "slow_down" => interval += Duration::from_secs(5),
+                "slow_down" => interval = (interval + DEFAULT_INTERVAL).min(MAX_INTERVAL),
                 "access_denied" => {
                     return Err(CliError::Auth(
                         "the sign-in was denied at the identity provider: run `rise login` to try again".into(),
@@ -350,10 +382,13 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
 /// Exchange a refresh token for fresh tokens.
 pub async fn refresh(
     http: &reqwest::Client,
+    transport: Transport,
     token_endpoint: &str,
     client_id: &str,
     refresh_token: &SecretString,
 ) -> Result<TokenSet, RefreshError> {
+    check_provider_url(token_endpoint, "token endpoint", transport)
+        .map_err(RefreshError::Failed)?;
     let response = http
         .post(token_endpoint)
         .form(&[
@@ -395,13 +430,18 @@ pub async fn refresh(
     }
 }
 
-/// Revoke a token (RFC 7009), best effort: logging out must work offline too.
+/// Revoke a token (RFC 7009), best effort: logging out must work offline too. A token is never
+/// sent to an endpoint unfit to carry it.
 pub async fn revoke(
     http: &reqwest::Client,
+    transport: Transport,
     endpoint: &str,
     client_id: &str,
     token: &SecretString,
 ) -> bool {
+    if check_provider_url(endpoint, "revocation endpoint", transport).is_err() {
+        return false;
+    }
     http.post(endpoint)
         .form(&[
             ("token", token.expose_secret()),
@@ -493,6 +533,22 @@ fn provider_unreachable(meta: &ProviderMetadata, e: &reqwest::Error) -> CliError
     ))
 }
 
+/// Refuse an identity-provider URL that would carry codes or tokens in clear text to another
+/// machine (or is no http(s) URL at all).
+fn check_provider_url(url: &str, what: &str, transport: Transport) -> Result<(), CliError> {
+    let shown = without_userinfo(url);
+    match reqwest::Url::parse(url) {
+        Ok(u) if may_carry_tokens(&u, transport) => Ok(()),
+        Ok(u) if u.scheme() == "http" => Err(CliError::Unavailable(format!(
+            "the identity provider's {what} {shown} uses plain http:// to another machine, which would send tokens in clear text: ask the Rise operator to use https://, or set {}=1 on a trusted test network",
+            vars::INSECURE_HTTP_BACKEND
+        ))),
+        _ => Err(CliError::Unavailable(format!(
+            "the identity provider's {what} {shown:?} is not an https:// URL; ask the Rise operator to check the issuer"
+        ))),
+    }
+}
+
 /// `bytes` random bytes, base64url: PKCE verifiers (RFC 7636 §4.1 wants 43-128 chars) and states.
 fn random_token(bytes: usize) -> Result<String, CliError> {
     let mut buf = vec![0u8; bytes];
@@ -518,5 +574,115 @@ mod tests {
         let pairs = form_pairs("code=a%2Fb&state=xyz&error_description=no+way");
         assert_eq!(pairs[0], ("code".into(), "a/b".into()));
         assert_eq!(pairs[2].1, "no way");
+    }
+
+    use crate::testing::{FakeServer, route};
+
+    const STRICT: Transport = Transport::HttpsOrLoopback;
+
+    fn meta_at(base: &str) -> ProviderMetadata {
+        ProviderMetadata {
+            issuer: base.to_owned(),
+            token_endpoint: format!("{base}/token"),
+            device_authorization_endpoint: Some(format!("{base}/device")),
+            authorization_endpoint: None,
+            revocation_endpoint: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn absurd_device_code_lifetimes_and_intervals_do_not_panic() {
+        let server = FakeServer::start(vec![
+            route(
+                "POST /device",
+                200,
+                r#"{"device_code":"dc","user_code":"ABCD","verification_uri":"https://idp.example/verify","expires_in":18446744073709551615,"interval":0}"#,
+            ),
+            route(
+                "POST /token",
+                200,
+                r#"{"access_token":"opaque","expires_in":18446744073709551615}"#,
+            ),
+        ]);
+        let meta = meta_at(&server.url);
+        let mut shown = None;
+        let tokens = device_flow(&reqwest::Client::new(), &meta, "cli", "openid", |c| {
+            shown = Some(c.user_code.clone())
+        })
+        .await
+        .expect("signed in");
+        assert_eq!(shown.as_deref(), Some("ABCD"));
+        assert_eq!(tokens.expires_in, Some(u64::MAX));
+        // What `rise login` does next: store the login.
+        let login = crate::session::StoredLogin::new("corp", &meta, "cli", tokens, None);
+        assert_eq!(login.expires_at, Some(u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn provider_urls_must_not_carry_tokens_in_clear_text() {
+        let http = reqwest::Client::new();
+        let err = discover(&http, STRICT, "http://idp.invalid")
+            .await
+            .expect_err("plain-http issuer");
+        assert!(matches!(err, CliError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("clear text"), "{err}");
+
+        // A loopback issuer that publishes a plain-http endpoint on another machine.
+        for field in ["token_endpoint", "revocation_endpoint"] {
+            let mut doc = serde_json::json!({
+                "issuer": "{base}",
+                "token_endpoint": "{base}/token",
+            });
+            doc[field] = "http://idp.invalid/x".into();
+            let server = FakeServer::start(vec![route(
+                "GET /.well-known/openid-configuration",
+                200,
+                &doc.to_string(),
+            )]);
+            let err = discover(&http, STRICT, &server.url)
+                .await
+                .expect_err("published plain-http endpoint");
+            assert!(err.to_string().contains("clear text"), "{field}: {err}");
+            discover(&http, Transport::InsecureHttpAllowed, &server.url)
+                .await
+                .expect("opted in");
+        }
+
+        let refresh_token: SecretString = "refresh-secret".to_owned().into();
+        let err = refresh(
+            &http,
+            STRICT,
+            "http://idp.invalid/token",
+            "cli",
+            &refresh_token,
+        )
+        .await
+        .expect_err("plain-http token endpoint");
+        let RefreshError::Failed(err) = err else {
+            panic!("not a failure: {err:?}")
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("token endpoint http://idp.invalid/token"),
+            "{msg}"
+        );
+        assert!(msg.contains("RISE_INSECURE_HTTP_BACKEND=1"), "{msg}");
+        assert!(!msg.contains("refresh-secret"), "{msg}");
+
+        // Revocation against a loopback fake is sent; to another machine over http it is not.
+        let server = FakeServer::start(vec![route("POST /revoke", 200, "{}")]);
+        let local = format!("{}/revoke", server.url);
+        assert!(revoke(&http, STRICT, &local, "cli", &refresh_token).await);
+        assert!(
+            !revoke(
+                &http,
+                STRICT,
+                "http://idp.invalid/revoke",
+                "cli",
+                &refresh_token
+            )
+            .await
+        );
+        assert_eq!(server.requests().len(), 1);
     }
 }

@@ -4,12 +4,38 @@
 //! Several projects may share a registry host (ECR accounts, Artifactory). Clients that name a
 //! path (`host/docker-local/my-app`) get the project whose repository matches longest; clients that
 //! name only the host (skopeo, `docker push`) get the project registered last for that host.
+//!
+//! Docker Hub has several names: images say `docker.io`, the registry answers at
+//! `registry-1.docker.io`, and Docker files it (and asks the helper for it) as
+//! `https://index.docker.io/v1/`. All are one host here, stored as `docker.io`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::context::Context;
 use crate::error::CliError;
 use crate::fsutil;
+
+/// Docker Hub's host as Rise stores it (the registry part of its image references).
+pub const DOCKER_HUB: &str = "docker.io";
+/// Where the Docker CLI files Docker Hub in `config.json` (`auths` and `credHelpers` keys) and
+/// the server URL it hands a credential helper.
+pub const DOCKER_HUB_INDEX: &str = "https://index.docker.io/v1/";
+
+/// `docker.io`, `index.docker.io` and `registry-1.docker.io` (any case) are [`DOCKER_HUB`];
+/// other hosts are returned as they are.
+pub fn canonical_host(host: &str) -> &str {
+    const ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    if ALIASES.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+        DOCKER_HUB
+    } else {
+        host
+    }
+}
+
+/// Whether two registry hosts name the same registry.
+pub fn same_host(a: &str, b: &str) -> bool {
+    canonical_host(a).eq_ignore_ascii_case(canonical_host(b))
+}
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,17 +75,17 @@ pub enum Lookup<'a> {
 
 impl RegistryMap {
     pub fn load(ctx: &Context) -> Result<Self, CliError> {
-        fsutil::read_json_or_default(&ctx.registries_file())
+        fsutil::read_json_or_default(&ctx.registries_file()?)
     }
 
     pub fn save(&self, ctx: &Context) -> Result<(), CliError> {
-        fsutil::write_json_private(&ctx.registries_file(), self)
+        fsutil::write_json_private(&ctx.registries_file()?, self)
     }
 
     /// Add or replace the mapping for its host and repository, making it the most recent.
     pub fn upsert(&mut self, m: Mapping) {
         self.registries
-            .retain(|x| !(x.host.eq_ignore_ascii_case(&m.host) && x.repository == m.repository));
+            .retain(|x| !(same_host(&x.host, &m.host) && x.repository == m.repository));
         self.registries.insert(0, m);
     }
 
@@ -68,7 +94,7 @@ impl RegistryMap {
         let on_host: Vec<&Mapping> = self
             .registries
             .iter()
-            .filter(|m| m.host.eq_ignore_ascii_case(host))
+            .filter(|m| same_host(&m.host, host))
             .collect();
         if on_host.is_empty() {
             return Lookup::None;
@@ -188,5 +214,27 @@ mod tests {
         map.upsert(m("jfrog.io", "docker-local/a", "a"));
         check(&map, "jfrog.io", Some("a"), true);
         assert_eq!(map.registries.len(), 3);
+    }
+
+    #[test]
+    fn docker_hub_is_found_under_each_of_its_names() {
+        let mut map = RegistryMap::default();
+        map.upsert(m("docker.io", "my-org/app", "hub"));
+        for url in [
+            "https://index.docker.io/v1/",
+            "index.docker.io",
+            "docker.io",
+            "registry-1.docker.io",
+            "https://registry-1.docker.io/v2/",
+            "docker.io/my-org/app",
+        ] {
+            check(&map, url, Some("hub"), false);
+        }
+        check(&map, "other.docker.io", None, false);
+        // Registering under another name of Docker Hub replaces the entry.
+        map.upsert(m("index.docker.io", "my-org/app", "hub2"));
+        assert_eq!(map.registries.len(), 1);
+        assert_eq!(canonical_host("Registry-1.Docker.IO"), DOCKER_HUB);
+        assert_eq!(canonical_host("ghcr.io"), "ghcr.io");
     }
 }

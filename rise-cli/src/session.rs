@@ -3,8 +3,12 @@
 //! The token sent to the backend comes from, in order: `RISE_TOKEN` (CI), the file named by
 //! `RISE_TOKEN_FILE` (re-read on every use, for platforms that rotate it), or the login that
 //! `rise login` stored for the backend, renewed with its refresh token when it has expired.
+//! A token from the environment or a file is checked before it is sent: surrounding whitespace
+//! (a file's trailing newline) is dropped, and anything else that cannot be part of a bearer
+//! token (spaces, line breaks, control or non-ASCII characters) is refused.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +24,8 @@ use crate::oidc::{self, RefreshError, TokenSet};
 
 /// A stored token is renewed when it expires within this long, so it does not expire in flight.
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
+/// A token file larger than this is not a token file (the helper bounds its stdin the same way).
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 
 /// `login.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -75,7 +81,8 @@ impl StoredLogin {
         };
         login.expires_at = jwt::claims(login.bearer().expose_secret())
             .and_then(|c| c.exp)
-            .or_else(|| tokens.expires_in.map(|s| unix_now() + s));
+            // Saturating: a provider's absurd lifetime must not wrap into a past expiry.
+            .or_else(|| tokens.expires_in.map(|s| unix_now().saturating_add(s)));
         login
     }
 
@@ -91,7 +98,7 @@ impl StoredLogin {
 
     fn needs_renewal(&self) -> bool {
         match self.expires_at {
-            Some(exp) => unix_now() + RENEW_BEFORE.as_secs() >= exp,
+            Some(exp) => unix_now().saturating_add(RENEW_BEFORE.as_secs()) >= exp,
             None => false,
         }
     }
@@ -120,10 +127,11 @@ pub struct CallerToken {
 /// The backend to talk to: `--backend`, else `RISE_BACKEND`, else the last `rise login`.
 pub fn resolve_backend(ctx: &Context, flag: Option<&str>) -> Result<String, CliError> {
     if let Some(url) = flag.or(ctx.var(vars::BACKEND)) {
-        return normalize_url(url);
+        return normalize_url(url, ctx.transport());
     }
-    let file: LoginFile = fsutil::read_json_or_default(&ctx.login_file())?;
-    file.default_backend.ok_or(CliError::NoBackend)
+    let file: LoginFile = fsutil::read_json_or_default(&ctx.login_file()?)?;
+    let url = file.default_backend.ok_or(CliError::NoBackend)?;
+    normalize_url(&url, ctx.transport())
 }
 
 /// The token to send to `backend` (see the module docs for the order).
@@ -133,7 +141,7 @@ pub async fn caller_token(
     backend: &str,
 ) -> Result<CallerToken, CliError> {
     if let Some(token) = ctx.var(vars::TOKEN) {
-        let token = token.trim().to_owned();
+        let token = checked_token(token, vars::TOKEN)?;
         return Ok(CallerToken {
             identity: jwt::identity(&token),
             token: token.into(),
@@ -142,23 +150,7 @@ pub async fn caller_token(
     }
     if let Some(path) = ctx.var(vars::TOKEN_FILE) {
         let path = PathBuf::from(path);
-        let token = std::fs::read_to_string(&path)
-            .map_err(|e| {
-                CliError::file(
-                    &format!("read the token file ({})", vars::TOKEN_FILE),
-                    &path,
-                    &e,
-                )
-            })?
-            .trim()
-            .to_owned();
-        if token.is_empty() {
-            return Err(CliError::Input(format!(
-                "the token file {} ({}) is empty",
-                path.display(),
-                vars::TOKEN_FILE
-            )));
-        }
+        let token = read_token_file(&path)?;
         return Ok(CallerToken {
             identity: jwt::identity(&token),
             token: token.into(),
@@ -173,13 +165,51 @@ pub async fn caller_token(
     })
 }
 
+/// `raw` without surrounding whitespace, refused when empty or when what is left holds anything
+/// but printable ASCII (a bearer token never does; such a header could not even be sent).
+fn checked_token(raw: &str, from: &str) -> Result<String, CliError> {
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(CliError::Input(format!("{from} holds no token")));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(CliError::Input(format!(
+            "the token contains invalid characters (a space, line break, control or non-ASCII character): check {from}; it must hold exactly one token"
+        )));
+    }
+    Ok(token.to_owned())
+}
+
+/// The token in `RISE_TOKEN_FILE`, read up to [`MAX_TOKEN_FILE_BYTES`].
+fn read_token_file(path: &Path) -> Result<String, CliError> {
+    let action = format!("read the token file ({})", vars::TOKEN_FILE);
+    let from = format!("the token file {} ({})", path.display(), vars::TOKEN_FILE);
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| CliError::file(&action, path, &e))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(CliError::Input(format!(
+            "{from} is larger than {} KiB, too large for a token: point {} at the file that holds only the token",
+            MAX_TOKEN_FILE_BYTES / 1024,
+            vars::TOKEN_FILE
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        CliError::Input(format!(
+            "the token contains invalid characters (it is not text): check {from}; it must hold exactly one token"
+        ))
+    })?;
+    checked_token(&text, &from)
+}
+
 /// The stored login's bearer token, renewed first when it has (nearly) expired.
 async fn stored_bearer(
     ctx: &Context,
     http: &reqwest::Client,
     backend: &str,
 ) -> Result<SecretString, CliError> {
-    let path = ctx.login_file();
+    let path = ctx.login_file()?;
     let file: LoginFile = fsutil::read_json_or_default(&path)?;
     let login = file
         .logins
@@ -192,7 +222,7 @@ async fn stored_bearer(
     }
     // Renew under a lock: providers that rotate refresh tokens revoke the whole grant when one
     // is used twice, so two helpers renewing at once would log the user out.
-    let _lock = lock_file(&ctx.config_dir.join("login.lock"))?;
+    let _lock = lock_file(&ctx.login_lock_file()?)?;
     let mut file: LoginFile = fsutil::read_json_or_default(&path)?;
     let Some(login) = file.logins.get(backend) else {
         return Err(CliError::NotLoggedIn {
@@ -208,6 +238,7 @@ async fn stored_bearer(
     let refresh_token = login.refresh_token.clone().ok_or_else(expired)?;
     let tokens = match oidc::refresh(
         http,
+        ctx.transport(),
         &login.token_endpoint,
         &login.client_id,
         &refresh_token,
@@ -240,8 +271,8 @@ async fn stored_bearer(
 
 /// Store a fresh login for `backend` and make it the default backend.
 pub fn save_login(ctx: &Context, backend: &str, login: StoredLogin) -> Result<(), CliError> {
-    let path = ctx.login_file();
-    let _lock = lock_file(&ctx.config_dir.join("login.lock"))?;
+    let path = ctx.login_file()?;
+    let _lock = lock_file(&ctx.login_lock_file()?)?;
     let mut file: LoginFile = fsutil::read_json_or_default(&path)?;
     file.logins.insert(backend.to_owned(), login);
     file.default_backend = Some(backend.to_owned());
@@ -250,8 +281,8 @@ pub fn save_login(ctx: &Context, backend: &str, login: StoredLogin) -> Result<()
 
 /// Remove the login for `backend`; returns it so the caller can revoke its refresh token.
 pub fn remove_login(ctx: &Context, backend: &str) -> Result<Option<StoredLogin>, CliError> {
-    let path = ctx.login_file();
-    let _lock = lock_file(&ctx.config_dir.join("login.lock"))?;
+    let path = ctx.login_file()?;
+    let _lock = lock_file(&ctx.login_lock_file()?)?;
     let mut file: LoginFile = fsutil::read_json_or_default(&path)?;
     let removed = file.logins.remove(backend);
     if file.default_backend.as_deref() == Some(backend) {
@@ -342,7 +373,7 @@ mod tests {
             ),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Context::from_env(vars).expect("context")
+        Context::from_env(vars)
     }
 
     fn meta() -> oidc::ProviderMetadata {
@@ -401,17 +432,22 @@ mod tests {
         let fresh = jwt(unix_now() + 600);
         save_login(
             &c,
-            "http://b",
+            "http://127.0.0.1:9",
             StoredLogin::new("corp", &meta(), "cli", tokens(fresh.clone(), None), None),
         )
         .expect("save");
-        assert_eq!(resolve_backend(&c, None).expect("default"), "http://b");
-        let t = caller_token(&c, &http, "http://b").await.expect("token");
+        assert_eq!(
+            resolve_backend(&c, None).expect("default"),
+            "http://127.0.0.1:9"
+        );
+        let t = caller_token(&c, &http, "http://127.0.0.1:9")
+            .await
+            .expect("token");
         assert_eq!(t.token.expose_secret(), fresh);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(c.login_file())
+            let mode = std::fs::metadata(c.login_file().expect("dir"))
                 .expect("meta")
                 .permissions()
                 .mode();
@@ -421,15 +457,19 @@ mod tests {
         let stale = jwt(unix_now() - 10);
         save_login(
             &c,
-            "http://b",
+            "http://127.0.0.1:9",
             StoredLogin::new("corp", &meta(), "cli", tokens(stale, None), None),
         )
         .expect("save");
-        let err = caller_token(&c, &http, "http://b")
+        let err = caller_token(&c, &http, "http://127.0.0.1:9")
             .await
             .expect_err("cannot refresh");
         assert!(matches!(err, CliError::Unavailable(_)), "{err}");
-        assert!(remove_login(&c, "http://b").expect("remove").is_some());
+        assert!(
+            remove_login(&c, "http://127.0.0.1:9")
+                .expect("remove")
+                .is_some()
+        );
         assert!(matches!(
             resolve_backend(&c, None),
             Err(CliError::NoBackend)
@@ -453,5 +493,105 @@ mod tests {
             !debug.contains("opaque") && !debug.contains(&id),
             "secrets leak into Debug: {debug}"
         );
+    }
+
+    #[tokio::test]
+    async fn tokens_with_line_breaks_or_spaces_are_refused_as_input_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = reqwest::Client::new();
+        for bad in ["abc\ndef", "abc def", "abc\u{7f}", "abc\tdef", "abcé"] {
+            let c = ctx(dir.path(), &[("RISE_TOKEN", bad)]);
+            let err = caller_token(&c, &http, "http://b")
+                .await
+                .expect_err("refused");
+            assert!(matches!(err, CliError::Input(_)), "{bad:?}: {err}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("the token contains invalid characters"),
+                "{msg}"
+            );
+            assert!(msg.contains("RISE_TOKEN"), "{msg}");
+            assert!(
+                !msg.contains("abc"),
+                "the token leaks into the error: {msg}"
+            );
+        }
+        let c = ctx(dir.path(), &[("RISE_TOKEN", "  abc.def-ghi_jkl \n")]);
+        let t = caller_token(&c, &http, "http://b").await.expect("trimmed");
+        assert_eq!(t.token.expose_secret(), "abc.def-ghi_jkl");
+
+        let file = dir.path().join("token");
+        let file_var = file.display().to_string();
+        std::fs::write(&file, "first\nsecond\n").expect("write");
+        let c = ctx(dir.path(), &[("RISE_TOKEN_FILE", &file_var)]);
+        let err = caller_token(&c, &http, "http://b")
+            .await
+            .expect_err("two lines");
+        assert!(matches!(err, CliError::Input(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("the token contains invalid characters"),
+            "{msg}"
+        );
+        assert!(msg.contains("RISE_TOKEN_FILE"), "{msg}");
+        assert!(!msg.contains("first"), "{msg}");
+        std::fs::write(&file, [b'a', 0xff, b'\n']).expect("write");
+        let err = caller_token(&c, &http, "http://b")
+            .await
+            .expect_err("not text");
+        assert!(matches!(err, CliError::Input(_)), "{err}");
+        std::fs::write(&file, "one-token\n").expect("write");
+        let t = caller_token(&c, &http, "http://b").await.expect("one line");
+        assert_eq!(t.token.expose_secret(), "one-token");
+    }
+
+    #[tokio::test]
+    async fn token_file_reads_are_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = reqwest::Client::new();
+        let file = dir.path().join("token");
+        let file_var = file.display().to_string();
+        let c = ctx(dir.path(), &[("RISE_TOKEN_FILE", &file_var)]);
+        std::fs::write(&file, "a".repeat(64 * 1024 + 1)).expect("write");
+        let err = caller_token(&c, &http, "http://b")
+            .await
+            .expect_err("too large");
+        assert!(matches!(err, CliError::Input(_)), "{err}");
+        assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+        std::fs::write(&file, "a".repeat(64 * 1024)).expect("write");
+        caller_token(&c, &http, "http://b")
+            .await
+            .expect("64 KiB is allowed");
+        #[cfg(unix)]
+        {
+            let c = ctx(dir.path(), &[("RISE_TOKEN_FILE", "/dev/zero")]);
+            let err = caller_token(&c, &http, "http://b")
+                .await
+                .expect_err("endless");
+            assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_absurd_token_lifetime_saturates() {
+        let mut t = tokens("opaque".into(), None);
+        t.expires_in = Some(u64::MAX);
+        let login = StoredLogin::new("corp", &meta(), "cli", t, None);
+        assert_eq!(login.expires_at, Some(u64::MAX));
+        assert!(!login.needs_renewal());
+    }
+
+    #[test]
+    fn a_stored_default_backend_is_checked_like_a_given_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ctx(dir.path(), &[]);
+        let path = c.login_file().expect("dir");
+        fsutil::write_json_private(
+            &path,
+            &serde_json::json!({"default_backend": "http://rise.example.com", "logins": {}}),
+        )
+        .expect("seed");
+        let err = resolve_backend(&c, None).expect_err("plain http");
+        assert!(err.to_string().contains("clear text"), "{err}");
     }
 }

@@ -14,20 +14,15 @@ fn main() -> ExitCode {
         // Bounded: a server URL or a small JSON document.
         let _ = std::io::stdin().take(64 * 1024).read_to_string(&mut input);
     }
-    let outcome = match (
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Context::from_process(),
-    ) {
-        (Ok(rt), Ok(ctx)) => rt.block_on(helper::handle(&ctx, &action, &input)),
-        (Err(e), _) => helper::Outcome {
+    // The context only names directories; an action that needs one and has none says so.
+    let ctx = Context::from_process();
+    let outcome = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(helper::handle(&ctx, &action, &input)),
+        Err(e) => helper::Outcome {
             stdout: format!("docker-credential-rise: cannot start: {e}\n"),
-            status: 1,
-            ..Default::default()
-        },
-        (_, Err(e)) => helper::Outcome {
-            stdout: format!("docker-credential-rise: {e}\n"),
             status: 1,
             ..Default::default()
         },

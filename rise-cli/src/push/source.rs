@@ -2,11 +2,17 @@
 //! OCI layout Docker 25+ writes inside it, or the older `manifest.json` format, for which an OCI
 //! manifest is built). Blobs are not loaded into memory: each is located (a file, or a byte range
 //! of the archive) and streamed when it is uploaded.
+//!
+//! Architecture invariant: only files inside the source are read. Archive member names are
+//! normalized within the archive; a directory's entries must be relative paths without `..`
+//! whose real path (after symbolic links) stays inside the directory, else the source is refused
+//! naming the entry. (`manifest.json` names its files, and a hostile one must not upload
+//! `~/.config/rise/login.json`.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -259,7 +265,7 @@ fn add_blob(
     }
     let name = blob_path(&d.digest)
         .ok_or_else(|| store.invalid(&format!("names an unsupported digest {:?}", d.digest)))?;
-    let (location, size) = store.locate(&name).map_err(|_| {
+    let (location, size) = store.find(&name)?.ok_or_else(|| {
         store.invalid(&format!(
             "lacks {kind} {} (blobs/{})",
             d.digest,
@@ -506,37 +512,76 @@ impl Store {
 
     fn exists(&self, name: &str) -> bool {
         match self {
-            Store::Dir(d) => d.join(name).is_file(),
+            Store::Dir(d) => matches!(self.confined(d, name), Ok(Some(p)) if p.is_file()),
             Store::Archive(a) => a.members.contains_key(name),
         }
     }
 
     fn locate(&self, name: &str) -> Result<(Location, u64), CliError> {
+        self.find(name)?
+            .ok_or_else(|| self.invalid(&format!("lacks {name}")))
+    }
+
+    /// Where `name` is and its size; `None` when the source has no such file. An entry that
+    /// would lead outside the source is an error naming it (see the module docs).
+    fn find(&self, name: &str) -> Result<Option<(Location, u64)>, CliError> {
         match self {
             Store::Dir(d) => {
-                let path = d.join(name);
+                let Some(path) = self.confined(d, name)? else {
+                    return Ok(None);
+                };
                 let meta =
                     std::fs::metadata(&path).map_err(|e| CliError::file("read", &path, &e))?;
                 if !meta.is_file() {
-                    return Err(self.invalid(&format!("lacks {name}")));
+                    return Ok(None);
                 }
-                Ok((Location::File(path), meta.len()))
+                Ok(Some((Location::File(path), meta.len())))
             }
             Store::Archive(a) => {
-                let (offset, size) = a
-                    .members
+                Ok(a.members
                     .get(&normalize_member(name))
-                    .copied()
-                    .ok_or_else(|| self.invalid(&format!("lacks {name}")))?;
-                Ok((
-                    Location::Archive {
-                        archive: a.path.clone(),
-                        offset,
-                    },
-                    size,
-                ))
+                    .map(|&(offset, size)| {
+                        (
+                            Location::Archive {
+                                archive: a.path.clone(),
+                                offset,
+                            },
+                            size,
+                        )
+                    }))
             }
         }
+    }
+
+    /// The real path of entry `name` of directory `dir`, `None` when it does not exist; an error
+    /// when `name` is absolute, has `..`, or resolves (through symbolic links) outside `dir`.
+    fn confined(&self, dir: &Path, name: &str) -> Result<Option<PathBuf>, CliError> {
+        let outside = |how: &str| {
+            self.invalid(&format!(
+                "names {name:?}, {how}: only files inside the image source are uploaded; check where this image came from"
+            ))
+        };
+        let relative = Path::new(name);
+        if name.is_empty()
+            || !relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(outside(
+                "which is not a plain path inside it (absolute, or with ..)",
+            ));
+        }
+        let base =
+            std::fs::canonicalize(dir).map_err(|e| CliError::file("read image source", dir, &e))?;
+        let real = match std::fs::canonicalize(base.join(relative)) {
+            Ok(real) => real,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CliError::file("read", &base.join(relative), &e)),
+        };
+        if !real.starts_with(&base) {
+            return Err(outside("a symbolic link leading outside it"));
+        }
+        Ok(Some(real))
     }
 
     fn read_small(&self, name: &str) -> Result<Vec<u8>, CliError> {
@@ -728,5 +773,80 @@ mod tests {
         assert_eq!(m["layers"][0]["mediaType"], OCI_LAYER_TAR);
         assert_eq!(m["config"]["digest"], sha256_digest(br#"{"os":"linux"}"#));
         assert_eq!(image.root.digest, sha256_digest(&image.root.bytes));
+    }
+
+    /// A `docker save` directory whose manifest.json names `config` and `layers`.
+    fn docker_dir(root: &Path, config: &str, layers: &[&str]) {
+        std::fs::create_dir_all(root).expect("mkdir");
+        std::fs::write(root.join("cfg.json"), br#"{"os":"linux"}"#).expect("write");
+        std::fs::write(root.join("layer.tar"), b"layer").expect("write");
+        std::fs::write(
+            root.join("manifest.json"),
+            serde_json::to_vec(&serde_json::json!([{"Config": config, "Layers": layers}]))
+                .expect("json"),
+        )
+        .expect("write");
+    }
+
+    #[test]
+    fn a_docker_save_directory_cannot_reach_files_outside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("secret.txt"), b"do not upload").expect("write");
+        let secret = dir.path().join("secret.txt").display().to_string();
+        let root = dir.path().join("img");
+        docker_dir(&root, "cfg.json", &["layer.tar", "./layer.tar"]);
+        let image = open(&root, None).expect("a well-behaved directory");
+        assert_eq!(image.blobs.len(), 2);
+        for (config, layers) in [
+            ("../secret.txt", vec!["layer.tar"]),
+            (secret.as_str(), vec!["layer.tar"]),
+            ("cfg.json", vec!["sub/../../secret.txt"]),
+            ("cfg.json", vec![secret.as_str()]),
+            ("", vec!["layer.tar"]),
+        ] {
+            docker_dir(&root, config, &layers);
+            let err = open(&root, None).expect_err("escapes");
+            assert!(matches!(err, CliError::Input(_)), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("only files inside the image source"), "{msg}");
+            let named = if config == "cfg.json" {
+                layers[0]
+            } else {
+                config
+            };
+            assert!(msg.contains(&format!("{named:?}")), "{msg}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symbolic_links_out_of_an_image_directory_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("secret.txt"), b"do not upload").expect("write");
+        let root = dir.path().join("img");
+        docker_dir(&root, "cfg.json", &["link.tar"]);
+        std::os::unix::fs::symlink("../secret.txt", root.join("link.tar")).expect("symlink");
+        let err = open(&root, None).expect_err("escapes").to_string();
+        assert!(
+            err.contains("\"link.tar\", a symbolic link leading outside it"),
+            "{err}"
+        );
+        // A link that stays inside is fine.
+        std::fs::remove_file(root.join("link.tar")).expect("rm");
+        std::os::unix::fs::symlink("layer.tar", root.join("link.tar")).expect("symlink");
+        open(&root, None).expect("inside");
+
+        // The same for an OCI layout's blobs.
+        let oci = dir.path().join("oci");
+        let digest = layout(&oci, &[b"abc"]);
+        let _ = digest;
+        let layer = oci
+            .join("blobs/sha256")
+            .join(sha256_digest(b"abc").trim_start_matches("sha256:"));
+        std::fs::copy(&layer, dir.path().join("outside")).expect("copy");
+        std::fs::remove_file(&layer).expect("rm");
+        std::os::unix::fs::symlink(dir.path().join("outside"), &layer).expect("symlink");
+        let err = open(&oci, None).expect_err("escapes").to_string();
+        assert!(err.contains("symbolic link leading outside"), "{err}");
     }
 }

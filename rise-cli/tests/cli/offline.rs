@@ -157,3 +157,64 @@ fn credential_helper_protocol_without_a_mapping() {
     assert_eq!(code, 1);
     insta::assert_snapshot!("helper_usage", stdout);
 }
+
+#[test]
+fn unsafe_backend_urls_and_tokens_are_refused_before_anything_is_sent() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let rise = env!("CARGO_BIN_EXE_rise");
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
+        (
+            "password_in_backend_url",
+            &["--backend", "http://admin:hunter2@127.0.0.1:9", "whoami"],
+            &[("RISE_TOKEN", "t")],
+        ),
+        (
+            "plain_http_backend",
+            &["--backend", "http://rise.invalid", "whoami"],
+            &[("RISE_TOKEN", "t")],
+        ),
+        (
+            "token_with_a_line_break",
+            &["--backend", "http://127.0.0.1:9", "whoami"],
+            &[("RISE_TOKEN", "abc\ndef")],
+        ),
+    ];
+    for (name, args, env) in cases {
+        let (_, stderr, code) = run(rise, args, home.path(), env);
+        assert_eq!(code, 7, "{name}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{name}: {stderr}");
+        assert!(!stderr.contains("abc"), "{name}: {stderr}");
+        insta::assert_snapshot!(*name, stderr);
+    }
+    let (_, stderr, code) = run(
+        rise,
+        &[
+            "--backend",
+            "http://admin:hunter2@127.0.0.1:9",
+            "registry",
+            "login",
+            "--project",
+            "p",
+        ],
+        home.path(),
+        &[("RISE_TOKEN", "t")],
+    );
+    assert_eq!(code, 7, "{stderr}");
+    assert!(
+        !home.path().join("config").exists(),
+        "nothing is stored for a refused URL"
+    );
+}
+
+#[test]
+fn helper_version_without_home() {
+    let out = Command::new(env!("CARGO_BIN_EXE_docker-credential-rise"))
+        .env_clear()
+        .arg("version")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("docker-credential-rise "));
+}
