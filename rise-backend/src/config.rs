@@ -776,10 +776,11 @@ impl Config {
                 Duration::from_secs(1),
                 LONGEST_MAX_TTL,
             ));
+            // 0s is allowed: refetch on every unknown key id (tests, key rotation drills).
             durations.push((
                 format!("{key}.jwks_refresh_floor"),
                 issuer.jwks_refresh_floor,
-                Duration::from_secs(1),
+                Duration::ZERO,
                 LONGEST_MAX_TTL,
             ));
         }
@@ -801,10 +802,12 @@ impl Config {
         }
         for (project, p) in &self.projects {
             if let Some(ttl) = p.ttl {
+                // Shorter than a caller may ask for (60s) is allowed: grants that expire while
+                // a push runs are how renewal is tested.
                 durations.push((
                     format!("projects.{project}.ttl"),
                     ttl,
-                    crate::http::MIN_CREDENTIAL_TTL,
+                    Duration::from_secs(1),
                     LONGEST_MAX_TTL,
                 ));
             }
@@ -1410,12 +1413,12 @@ mod tests {
                 "auth.local.max_ttl = 0s is out of range: give a duration from 1m to 365d",
             ),
             (
-                "[auth.issuers.corp]\nissuer = \"https://idp.example\"\naudience = \"rise\"\njwks_refresh_floor = \"0s\"\n".to_owned(),
-                "auth.issuers.corp.jwks_refresh_floor = 0s is out of range",
+                "[auth.issuers.corp]\nissuer = \"https://idp.example\"\naudience = \"rise\"\njwks_cache_ttl = \"0s\"\n".to_owned(),
+                "auth.issuers.corp.jwks_cache_ttl = 0s is out of range",
             ),
             (
                 format!("{registry}[projects.app]\nttl = \"0s\"\n"),
-                "projects.app.ttl = 0s is out of range: give a duration from 1m to 365d",
+                "projects.app.ttl = 0s is out of range: give a duration from 1s to 365d",
             ),
             (
                 format!("{registry}max_ttl = \"10000y\"\n"),

@@ -61,8 +61,8 @@ impl CredentialsQuery {
     }
 }
 
-/// The shortest `ttl` a caller (or a project's `ttl`) may ask for.
-pub const MIN_CREDENTIAL_TTL: Duration = Duration::from_secs(60);
+/// The shortest `ttl` a caller may ask for.
+const MIN_CREDENTIAL_TTL: Duration = Duration::from_secs(60);
 
 fn parse_ttl(v: &str) -> Result<Duration, ApiError> {
     let bad = || {

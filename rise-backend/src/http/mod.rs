@@ -20,7 +20,6 @@ use axum::http::Uri;
 use axum::middleware;
 use axum::routing::{get, post};
 
-pub use credentials::MIN_CREDENTIAL_TTL;
 pub use error::ApiError;
 pub use extract::{ClientInfo, RequestId};
 pub use ratelimit::{ClientIp, RateLimited, RateLimits};
