@@ -381,8 +381,8 @@ impl Backend {
                 };
                 Err(CliError::Backend {
                     status: status.as_u16(),
-                    code: err.error,
-                    message: err.message,
+                    code: printable(&err.error, 64),
+                    message: printable(&err.message, MAX_SERVER_TEXT),
                     hint,
                 })
             }
@@ -408,6 +408,24 @@ impl Backend {
 }
 
 /// What is wrong with a JSON body, without quoting it (it may hold secrets).
+/// The most characters of a server's own text (an error message) shown to the user.
+pub const MAX_SERVER_TEXT: usize = 1000;
+
+/// `text` from a server, fit for a terminal: control characters (escape sequences that could
+/// rewrite the screen or the window title, line breaks that could fake output) become `?`, and
+/// at most `max` characters are kept.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 pub fn json_problem(e: &serde_json::Error) -> &'static str {
     match e.classify() {
         serde_json::error::Category::Syntax => "not JSON",
@@ -605,6 +623,41 @@ mod tests {
         backend
             .credentials(&"token".to_owned().into(), &query)
             .await
+    }
+
+    #[tokio::test]
+    async fn a_backend_message_cannot_drive_the_terminal_or_flood_it() {
+        let message = format!("\u{1b}]0;owned\u{7}denied\nfake line{}", "x".repeat(5000));
+        let body = serde_json::json!({"error": "forbidden\u{1b}[2J", "message": message});
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            403,
+            &body.to_string(),
+        )]);
+        let backend = Backend::new(&server.url, reqwest::Client::new(), STRICT).expect("backend");
+        let query = CredentialQuery {
+            project: "my-app".into(),
+            actions: None,
+            ttl: None,
+        };
+        let err = backend
+            .credentials(&"token".to_owned().into(), &query)
+            .await
+            .expect_err("refused");
+        let CliError::Backend { code, message, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(code, "forbidden?[2J");
+        assert!(
+            message.starts_with("?]0;owned?denied?fake line"),
+            "{message}"
+        );
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert_eq!(
+            message.chars().count(),
+            MAX_SERVER_TEXT + 1,
+            "cut, with an ellipsis"
+        );
     }
 
     #[tokio::test]

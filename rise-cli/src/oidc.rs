@@ -512,16 +512,14 @@ async fn read_oauth<T: serde::de::DeserializeOwned>(
 
 fn refused(meta: &ProviderMetadata, err: &OAuthErrorWire) -> CliError {
     // The description is the provider's text for the person; bounded so it cannot flood.
-    let description: String = err
-        .error_description
-        .as_deref()
-        .unwrap_or("no description")
-        .chars()
-        .take(200)
-        .collect();
+    let description = crate::backend::printable(
+        err.error_description.as_deref().unwrap_or("no description"),
+        200,
+    );
     CliError::Auth(format!(
         "the identity provider {} refused the sign-in ({}: {description}); ask the Rise operator whether the client is set up for this flow",
-        meta.issuer, err.error
+        meta.issuer,
+        crate::backend::printable(&err.error, 64)
     ))
 }
 
