@@ -470,37 +470,36 @@ async fn wrong_admin_token_is_an_operator_problem() {
     assert_no_secret(&e, &["wrong-admin-token-value"]);
 }
 
+/// A token that got more than asked (no expiry, a longer life, a wider scope) is taken back
+/// and refused, never handed out.
 #[tokio::test]
-async fn non_expiring_reply_is_revoked_and_refused() {
-    let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config()).await;
-    fake.set_failure(Some(Failure::NonExpiring));
-    let e = issue(
-        &p,
-        &request("my-app", Actions::PULL, Duration::from_secs(600)),
-    )
-    .await
-    .expect_err("a permanent token is never handed out");
-    assert!(matches!(e, ProviderError::Upstream { .. }), "{e:?}");
-    let minted = fake.tokens();
-    assert_eq!(minted.len(), 1);
-    assert!(minted[0].revoked, "the token was taken back");
-    assert_no_secret(&e, &[&minted[0].access_token]);
-}
-
-#[tokio::test]
-async fn widened_scope_is_reported_as_unscoped() {
-    let fake = FakeArtifactory::start().await;
-    let p = provider(&fake, &admin_token_config()).await;
-    fake.set_failure(Some(Failure::WidenScope));
-    let c = issue(
-        &p,
-        &request("my-app", Actions::PULL, Duration::from_secs(600)),
-    )
-    .await
-    .expect("still a credential");
-    assert!(!c.repository_scoped);
-    assert_eq!(c.granted_actions, Actions::PUSH_PULL);
+async fn wider_replies_are_revoked_and_refused() {
+    for (failure, says) in [
+        (Failure::NonExpiring, "a non-expiring token"),
+        (
+            Failure::TenYears,
+            "a token living 315360000s where 600s were asked",
+        ),
+        (Failure::WidenScope, "applied-permissions/admin"),
+    ] {
+        let fake = FakeArtifactory::start().await;
+        let p = provider(&fake, &admin_token_config()).await;
+        fake.set_failure(Some(failure));
+        let e = issue(
+            &p,
+            &request("my-app", Actions::PULL, Duration::from_secs(600)),
+        )
+        .await
+        .expect_err("a wider token is never handed out");
+        assert!(
+            matches!(&e, ProviderError::Upstream { detail, .. } if detail.contains(says) && detail.contains("it was revoked")),
+            "{e:?}"
+        );
+        let minted = fake.tokens();
+        assert_eq!(minted.len(), 1);
+        assert!(minted[0].revoked, "the token was taken back");
+        assert_no_secret(&e, &[&minted[0].access_token]);
+    }
 }
 
 #[tokio::test]

@@ -417,6 +417,11 @@ async fn iam_failures_become_provider_errors() {
         (Failure::Status(429), "upstream"),
         (Failure::Garbage, "upstream"),
         (Failure::Hang, "timeout"),
+        // A token living longer than asked is refused, not handed out.
+        (
+            Failure::LongerLifetime(Duration::from_secs(3600)),
+            "upstream",
+        ),
     ] {
         fake.set_failure(Endpoint::Iam, Some(failure.clone()));
         let e = issue(&p, &req).await.expect_err("failure");

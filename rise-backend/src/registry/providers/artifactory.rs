@@ -82,7 +82,9 @@
 //! # Lifetime, refresh, revocation
 //!
 //! Tokens expire after the request's TTL (at most `max_ttl`); Artifactory's reply is trusted
-//! for the real lifetime, and a reply claiming a non-expiring token is revoked and refused. They
+//! for the real lifetime when it is no longer. A reply claiming a non-expiring token, a longer
+//! lifetime (by more than a minute) or another scope than asked is revoked and refused; one
+//! without a scope is reported `repository_scoped: false`. They
 //! are not refreshable: clients ask Rise again. [`RegistryProvider::revoke`] revokes by token id
 //! (`DELETE /access/api/v1/tokens/{id}`). Artifactory makes tokens that live shorter than its
 //! `revocable-expiry-threshold` (6 h by default) non-revocable unless they carry
@@ -518,9 +520,29 @@ impl ArtifactoryProvider {
             .create_token(backend.auth(), &body, &secrets)
             .await?;
         let granted_secs = created.expires_in.unwrap_or(requested_secs);
-        if granted_secs == 0 {
-            // `expires_in: 0` is Artifactory's "never expires": take it back rather than hand
-            // out a permanent credential.
+        // What the token really got, when it is more than asked: such a token is taken back,
+        // never handed out.
+        let too_wide = if granted_secs == 0 {
+            // `expires_in: 0` is Artifactory's "never expires".
+            Some("a non-expiring token".to_owned())
+        } else if granted_secs > requested_secs + LIFETIME_SLACK_SECS {
+            Some(format!(
+                "a token living {granted_secs}s where {requested_secs}s were asked"
+            ))
+        } else if self.token_scope == TokenScope::Repository
+            && created
+                .scope
+                .as_deref()
+                .is_some_and(|granted| !same_scope(granted, &scope))
+        {
+            Some(format!(
+                "a token with scope {:?} where {scope:?} was asked",
+                upstream::truncate(created.scope.as_deref().unwrap_or_default(), 200)
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = too_wide {
             let revoked = self
                 .access
                 .revoke_token(backend.auth(), &created.token_id, &secrets)
@@ -528,7 +550,7 @@ impl ArtifactoryProvider {
             return Err(ProviderError::Upstream {
                 operation: access::CREATE_OPERATION,
                 detail: format!(
-                    "Artifactory minted a non-expiring token (id {}); {}",
+                    "Artifactory minted {what} (id {}); {}",
                     created.token_id,
                     match revoked {
                         Ok(()) => "it was revoked".to_owned(),
@@ -537,38 +559,16 @@ impl ArtifactoryProvider {
                 ),
             });
         }
-        if granted_secs > requested_secs {
-            tracing::warn!(
-                registry = %self.name,
-                request_id = %request.request_id,
-                requested_secs,
-                granted_secs,
-                "Artifactory granted a longer lifetime than requested"
-            );
-        }
-        let repository_scoped = self.token_scope == TokenScope::Repository
-            && created
-                .scope
-                .as_deref()
-                .is_none_or(|granted| same_scope(granted, &scope));
-        if self.token_scope == TokenScope::Repository && !repository_scoped {
-            tracing::warn!(
-                registry = %self.name,
-                request_id = %request.request_id,
-                requested = %scope,
-                granted = ?created.scope,
-                "Artifactory returned another scope than requested; reporting the token as not repository-scoped"
-            );
-        }
+        // A reply without `scope` cannot prove the token is limited to the repository.
+        let repository_scoped =
+            self.token_scope == TokenScope::Repository && created.scope.is_some();
         let granted_secs_duration = Duration::from_secs(granted_secs);
         Ok(IssuedCredential {
             registry_url: self.registry_host.clone(),
             username: docker_username,
             password: created.access_token,
-            // An absurd lifetime from the upstream saturates instead of overflowing.
-            expires_at: sent_at
-                .checked_add(granted_secs_duration)
-                .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
+            // Bounded above by the request (plus slack), itself at most max_ttl.
+            expires_at: sent_at + granted_secs_duration,
             repository: path,
             granted_actions: if repository_scoped {
                 request.actions
@@ -751,6 +751,9 @@ fn artifact_actions(actions: Actions, push_can_overwrite: bool) -> &'static str 
 }
 
 /// Scopes are space-separated token sets; order is not significant.
+/// Seconds an upstream's lifetime may exceed the request by (its clock, its rounding).
+const LIFETIME_SLACK_SECS: u64 = 60;
+
 fn same_scope(a: &str, b: &str) -> bool {
     let mut x: Vec<&str> = a.split_whitespace().collect();
     let mut y: Vec<&str> = b.split_whitespace().collect();

@@ -50,8 +50,9 @@
 //! # What is scoped
 //!
 //! `repository_scoped: true` only when Docker Hub's reply echoes exactly the one repository
-//! resource and no scope beyond those asked for; anything else (no `resources` in the reply, a
-//! glob path, more scopes) is reported as unscoped with `granted_actions` pull and push, and
+//! resource and no scope beyond those asked for. A reply naming other resources or more scopes
+//! (a glob path, push for a pull request) is deleted and refused; one without `resources` cannot
+//! prove the restriction and is reported as unscoped with `granted_actions` pull and push, and
 //! logged. Not a restriction Rise can add: a public repository is pullable by anyone, with or
 //! without the token; keep repositories that must stay closed private.
 //!
@@ -395,13 +396,34 @@ impl Shared {
         };
         let created = self.create(&body).await?;
         let expires_at = self.check_expiry(&created, requested_expiry).await?;
-        let repository_scoped = confirms_scope(created.resources.as_deref(), &path, &scopes);
+        // A reply that names other resources or scopes than asked got more: taken back.
+        // One that names none cannot prove the restriction: reported unscoped.
+        let repository_scoped = match created.resources.as_deref() {
+            None | Some([]) => false,
+            Some(resources) if confirms_scope(Some(resources), &path, &scopes) => true,
+            Some(resources) => {
+                let granted = resources
+                    .iter()
+                    .map(|r| format!("{} {} {}", r.kind, r.path, r.scopes.join(",")))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(self
+                    .take_back(
+                        &created.id,
+                        format!(
+                            "Docker Hub minted a token for {:?} where {path} ({}) was asked",
+                            upstream::truncate(&granted, 200),
+                            scopes.join(",")
+                        ),
+                    )
+                    .await);
+            }
+        };
         if !repository_scoped {
             tracing::warn!(
                 registry = %self.name,
                 request_id = %request.request_id,
                 requested = %path,
-                granted = ?created.resources,
                 "Docker Hub did not confirm the repository restriction; reporting the token as not repository-scoped"
             );
         }
@@ -468,7 +490,7 @@ impl Shared {
     }
 
     /// The expiry to report, from Docker Hub's reply. A token that never expires or outlives
-    /// `max_ttl` is deleted and refused.
+    /// the request is deleted and refused.
     async fn check_expiry(
         &self,
         created: &CreatedOat,
@@ -478,35 +500,29 @@ impl Shared {
         let problem = match granted {
             None => "Docker Hub minted a token that never expires".to_owned(),
             Some(None) => "Docker Hub replied with an unreadable expires_at".to_owned(),
-            Some(Some(at)) if at > SystemTime::now() + self.max_ttl + EXPIRY_SLACK => format!(
-                "Docker Hub minted a token expiring at {}, beyond max_ttl",
-                crate::audit::rfc3339_seconds(at)
+            Some(Some(at)) if at > requested + EXPIRY_SLACK => format!(
+                "Docker Hub minted a token expiring at {}, later than the {} asked for",
+                crate::audit::rfc3339_seconds(at),
+                crate::audit::rfc3339_seconds(requested)
             ),
-            Some(Some(at)) => {
-                if at > requested + EXPIRY_SLACK {
-                    tracing::warn!(
-                        registry = %self.name,
-                        token_id = %created.id,
-                        requested = %crate::audit::rfc3339_seconds(requested),
-                        granted = %crate::audit::rfc3339_seconds(at),
-                        "Docker Hub set a later expiry than requested; reporting Docker Hub's"
-                    );
-                }
-                return Ok(at);
-            }
+            Some(Some(at)) => return Ok(at),
         };
-        let deleted = self.delete(&created.id).await;
-        Err(ProviderError::Upstream {
+        Err(self.take_back(&created.id, problem).await)
+    }
+
+    /// Delete the token just minted, because of `problem`; the error to return.
+    async fn take_back(&self, id: &str, problem: String) -> ProviderError {
+        let deleted = self.delete(id).await;
+        ProviderError::Upstream {
             operation: api::CREATE_OPERATION,
             detail: format!(
-                "{problem} (id {}); {}",
-                created.id,
+                "{problem} (id {id}); {}",
                 match deleted {
                     Ok(_) => "it was deleted".to_owned(),
                     Err(e) => format!("deleting it failed, delete it by hand: {e}"),
                 }
             ),
-        })
+        }
     }
 
     async fn revoke(&self, id: &str) -> Result<(), ProviderError> {

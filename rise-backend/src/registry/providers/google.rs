@@ -67,7 +67,8 @@
 //!
 //! # Lifetime, refresh, revocation
 //!
-//! Tokens expire at Google's `expireTime`: the request's TTL capped at `max_ttl`. Google allows 1
+//! Tokens expire at Google's `expireTime`: the request's TTL capped at `max_ttl` (a reply
+//! expiring later than asked, by more than a minute of clock slack, is refused). Google allows 1
 //! hour by default and up to 12 hours for accounts listed in an organization policy enforcing
 //! `constraints/iam.allowServiceAccountCredentialLifetimeExtension`; `max_ttl` above 1h is
 //! accepted (up to 12h) only for that setup, and Google's refusal otherwise names the policy.
@@ -320,15 +321,17 @@ impl GoogleProvider {
                 detail: format!("HTTP 200 with a token for {account} that has already expired"),
             });
         }
+        // A token living longer than asked is not handed out (Rise cannot revoke it either:
+        // it is dropped here and expires at Google's time).
         let longest = sent_at + Duration::from_secs(lifetime_secs) + CLOCK_SLACK;
         if minted.expire_time > longest {
-            tracing::warn!(
-                registry = %self.name,
-                request_id = %request.request_id,
-                service_account = %account,
-                lifetime_secs,
-                "Google granted a longer lifetime than requested; reporting Google's expireTime"
-            );
+            return Err(ProviderError::Upstream {
+                operation: client::IAM_OPERATION,
+                detail: format!(
+                    "HTTP 200 with a token for {account} expiring at {}, later than the {lifetime_secs}s asked for; refused",
+                    crate::audit::rfc3339_seconds(minted.expire_time)
+                ),
+            });
         }
         tracing::info!(
             registry = %self.name,

@@ -155,6 +155,16 @@ pub(crate) fn endpoint_url(
     Ok(url)
 }
 
+/// The longest Rise keeps one of its own upstream access tokens before asking for a new one,
+/// whatever lifetime the upstream claims: a larger claim only means an earlier refresh (and an
+/// absurd one cannot overflow the deadline arithmetic).
+pub(crate) const LONGEST_TOKEN_CACHE: Duration = Duration::from_secs(24 * 3600);
+
+/// The lifetime to cache an upstream token for, given the `expires_in` seconds it claims.
+pub(crate) fn cache_lifetime(expires_in_secs: u64) -> Duration {
+    Duration::from_secs(expires_in_secs).min(LONGEST_TOKEN_CACHE)
+}
+
 /// `host` or `host:port` of the URL given as `key`: what clients log in to when the registry is
 /// served at the same address as the API.
 pub(crate) fn host_and_port(key: &str, url: &Url) -> Result<String, String> {
@@ -181,6 +191,18 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_token_lifetimes_are_bounded() {
+        assert_eq!(cache_lifetime(3600), Duration::from_secs(3600));
+        assert_eq!(cache_lifetime(u64::MAX), LONGEST_TOKEN_CACHE);
+        // The deadline arithmetic the providers do cannot overflow any more.
+        assert!(
+            Instant::now()
+                .checked_add(cache_lifetime(u64::MAX))
+                .is_some()
+        );
+    }
 
     #[test]
     fn endpoint_urls_are_https_with_a_host_and_nothing_secret() {

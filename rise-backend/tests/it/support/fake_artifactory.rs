@@ -63,6 +63,8 @@ pub enum Failure {
     NonExpiring,
     /// Mint the token but report a wider scope than was asked for.
     WidenScope,
+    /// Mint the token with a ten-year lifetime, whatever was asked.
+    TenYears,
 }
 
 /// How a request authenticated.
@@ -549,6 +551,7 @@ fn mint(
     });
     let reported_expiry = match failure {
         Some(Failure::NonExpiring) => 0,
+        Some(Failure::TenYears) => 10 * 365 * 24 * 3600,
         _ => expires_in,
     };
     Ok(json!({

@@ -68,6 +68,8 @@ pub enum Failure {
     Hang,
     /// Reply 200 with a body cut off mid-token.
     Garbage,
+    /// IAM: mint the token living this much longer than asked.
+    LongerLifetime(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +372,8 @@ fn record(inner: &mut Inner, endpoint: Endpoint, path: &str, headers: &HeaderMap
 /// Answer with the injected failure, if any (after recording the request).
 async fn injected(failure: Option<Failure>, endpoint: Endpoint) -> Option<Response> {
     match failure? {
+        // Not a reply of its own: the handler mints differently.
+        Failure::LongerLifetime(_) => None,
         Failure::Hang => {
             std::future::pending::<()>().await;
             None
@@ -554,6 +558,10 @@ async fn generate_access_token(
         record(&mut inner, Endpoint::Iam, &path, &headers, parsed.clone());
         inner.failures.get(&Endpoint::Iam).cloned()
     };
+    let extra = match &failure {
+        Some(Failure::LongerLifetime(extra)) => *extra,
+        _ => Duration::ZERO,
+    };
     if let Some(reply) = injected(failure, Endpoint::Iam).await {
         return reply;
     }
@@ -646,7 +654,7 @@ async fn generate_access_token(
         );
     }
     let access_token = format!("ya29.fake-sa-{}", uuid::Uuid::new_v4().simple());
-    let expire_time = now + Duration::from_secs(lifetime_secs);
+    let expire_time = now + Duration::from_secs(lifetime_secs) + extra;
     inner.minted.push(MintedToken {
         access_token: access_token.clone(),
         service_account: account.to_owned(),

@@ -567,7 +567,7 @@ impl ArmClient {
             Some(Value::String(s)) => s.trim().parse().ok(),
             _ => None,
         }
-        .map(Duration::from_secs)
+        .map(super::super::upstream::cache_lifetime)
         .ok_or_else(|| upstream(op, "HTTP 200 without a usable expires_in".into()))?;
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         *cached = Some(CachedToken {

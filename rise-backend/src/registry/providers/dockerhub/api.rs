@@ -397,7 +397,8 @@ fn jwt_expiry(jwt: &str) -> Option<SystemTime> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let claims: Claims = serde_json::from_slice(&bytes).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(claims.exp))
+    // An `exp` beyond what a time can hold is as good as none: the documented lifetime applies.
+    UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp))
 }
 
 /// An RFC 3339 date-time as Docker Hub writes it (`2023-05-20T00:54:18Z`, optionally with a
@@ -492,6 +493,9 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(1_764_331_200))
         );
         assert_eq!(jwt_expiry("opaque"), None);
+        let absurd = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"exp":18446744073709551615}"#);
+        assert_eq!(jwt_expiry(&format!("e30.{absurd}.sig")), None);
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl RiseIdentity {
                 detail: "HTTP 200 with expires_in 0".into(),
             });
         }
-        let lifetime = Duration::from_secs(granted.expires_in);
+        let lifetime = super::super::upstream::cache_lifetime(granted.expires_in);
         // Counted from before the request: never later than Google's own expiry.
         let refresh_at = sent_at + lifetime - REFRESH_MARGIN.min(lifetime / 2);
         tracing::debug!(
