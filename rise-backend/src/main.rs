@@ -142,8 +142,13 @@ enum KeysCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the hash chain from the first record and report the first broken link (exit
-    /// status 1 when there is one).
-    Verify,
+    /// status 1 when there is one). Prints the head as ID:HASH: keep it outside the database
+    /// and pass it back with --anchor to detect a rewritten or cut-back chain.
+    Verify {
+        /// A record ID:HASH noted earlier (repeatable); it must still be in the chain.
+        #[arg(long = "anchor")]
+        anchors: Vec<rise_backend::audit::Anchor>,
+    },
     /// Print records as JSON lines, oldest first.
     Export {
         /// Only records at or after this time (RFC 3339 or Unix seconds).
@@ -690,13 +695,20 @@ async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result<()>
             .await
             .context("opening the audit store")?;
     match command {
-        AuditCommand::Verify => {
-            let report = rise_backend::audit::verify(&store).await?;
+        AuditCommand::Verify { anchors } => {
+            let report = rise_backend::audit::verify_anchored(&store, &anchors).await?;
             match report.broken {
                 None => {
                     println!(
-                        "audit chain intact: {} records, head {} {}",
-                        report.records, report.head_id, report.head_hash
+                        "audit chain intact: {} records, head {}:{}{}",
+                        report.records,
+                        report.head_id,
+                        report.head_hash,
+                        if anchors.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} anchor(s) found", anchors.len())
+                        }
                     );
                     Ok(())
                 }

@@ -627,6 +627,13 @@ pub enum LinkProblem {
     /// The last record is not the recorded head: records were removed from the end, or the
     /// head was altered.
     HeadMismatch { last_id: i64 },
+    /// Rows with ids below 1: outside the chain, so no walk would see them.
+    BeforeTheChain { rows: i64 },
+    /// The record's hash is not the one anchored outside the database: the chain was rewritten
+    /// from here (or before), hashes recomputed.
+    Unanchored,
+    /// An anchored record is past the end of the chain: it was cut back and its head moved.
+    AnchorMissing { last_id: i64 },
 }
 
 impl std::fmt::Display for BrokenLink {
@@ -647,6 +654,20 @@ impl std::fmt::Display for BrokenLink {
                 "record {expected} is missing (the next record is {})",
                 self.id
             ),
+            LinkProblem::Unanchored => write!(
+                f,
+                "record {} does not have the anchored hash: the chain was rewritten up to it, hashes recomputed",
+                self.id
+            ),
+            LinkProblem::AnchorMissing { last_id } => write!(
+                f,
+                "anchored record {} is gone: the chain ends at {last_id}, so it was cut back and its head rewritten",
+                self.id
+            ),
+            LinkProblem::BeforeTheChain { rows } => write!(
+                f,
+                "{rows} record(s) have an id below 1, outside the chain: they were not written by Rise"
+            ),
             LinkProblem::HeadMismatch { last_id } => write!(
                 f,
                 "the chain head names record {} but the last record is {last_id}: records were removed from the end, or the head was altered",
@@ -657,23 +678,64 @@ impl std::fmt::Display for BrokenLink {
 }
 
 /// Walk the whole chain from the first record, recomputing every hash; stop at the first
-/// broken link.
+/// broken link. Safe while writers append: the head is read after the rows it must cover (it
+/// only moves forward, and moves in the transaction that adds its rows), so records appended
+/// during the walk are walked too, and only rows beyond the head are a broken tail.
 pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
+    verify_anchored(store, &[]).await
+}
+
+/// A record's id and hash noted outside the database (`audit verify` prints the head; keep
+/// those lines somewhere the database's writers cannot rewrite). The chain alone cannot show a
+/// rewrite by someone who recomputes every hash after the change; an anchor can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub id: i64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+    /// `ID:HASH`, as `audit verify` prints the head.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || "give ID:HASH, e.g. 1234:9f86d0... (the head `audit verify` prints)".to_owned();
+        let (id, hash) = s.trim().split_once(':').ok_or_else(bad)?;
+        let id: i64 = id.trim().parse().map_err(|_| bad())?;
+        let hash = hash.trim().to_ascii_lowercase();
+        if id < 1 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        Ok(Anchor { id, hash })
+    }
+}
+
+/// [`verify`], also checking that every anchor is in the chain, with its hash.
+pub async fn verify_anchored(
+    store: &Store,
+    anchors: &[Anchor],
+) -> Result<VerifyReport, StoreError> {
     const PAGE: u32 = 2000;
-    let (head_id, head_hash) = store.audit_head().await?;
     let mut report = VerifyReport {
         records: 0,
-        head_id,
-        head_hash: head_hash.clone(),
+        head_id: 0,
+        head_hash: chain::GENESIS.to_owned(),
         broken: None,
     };
+    let before = store.audit_rows_before_the_chain().await?;
+    if before > 0 {
+        report.broken = Some(BrokenLink {
+            id: 0,
+            problem: LinkProblem::BeforeTheChain { rows: before },
+        });
+        return Ok(report);
+    }
     let mut prev_id = 0i64;
     let mut prev_hash = chain::GENESIS.to_owned();
+    // The head read after the last scan: every row up to it was committed before it was read.
+    let mut covered = None;
     loop {
         let page = store.audit_scan(prev_id, PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
         for r in &page {
             let problem = if r.id != prev_id + 1 {
                 Some(LinkProblem::Gap {
@@ -683,6 +745,8 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
                 Some(LinkProblem::Unlinked)
             } else if chain::seal(&r.prev_hash, r.id, &r.fields) != r.hash {
                 Some(LinkProblem::Altered)
+            } else if anchors.iter().any(|a| a.id == r.id && a.hash != r.hash) {
+                Some(LinkProblem::Unanchored)
             } else {
                 None
             };
@@ -694,17 +758,41 @@ pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
             prev_id = r.id;
             prev_hash.clone_from(&r.hash);
         }
-        if page.len() < PAGE as usize {
-            break;
+        if page.len() == PAGE as usize {
+            continue;
         }
+        if let Some(head_id) = covered
+            && prev_id < head_id
+        {
+            // Rows the head had already counted are not there: removed from the end.
+            report.broken = Some(BrokenLink {
+                id: head_id,
+                problem: LinkProblem::HeadMismatch { last_id: prev_id },
+            });
+            return Ok(report);
+        }
+        // The end of the rows, as of the scan: the head read now covers at least all of them.
+        let (head_id, head_hash) = store.audit_head().await?;
+        report.head_id = head_id;
+        report.head_hash.clone_from(&head_hash);
+        if prev_id < head_id {
+            // Appended while we walked (or removed: the next scan tells): walk on.
+            covered = Some(head_id);
+            continue;
+        }
+        if prev_id != head_id || prev_hash != head_hash {
+            report.broken = Some(BrokenLink {
+                id: head_id,
+                problem: LinkProblem::HeadMismatch { last_id: prev_id },
+            });
+        } else if let Some(a) = anchors.iter().find(|a| a.id > prev_id) {
+            report.broken = Some(BrokenLink {
+                id: a.id,
+                problem: LinkProblem::AnchorMissing { last_id: prev_id },
+            });
+        }
+        return Ok(report);
     }
-    if prev_id != head_id || prev_hash != head_hash {
-        report.broken = Some(BrokenLink {
-            id: head_id,
-            problem: LinkProblem::HeadMismatch { last_id: prev_id },
-        });
-    }
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -576,6 +576,16 @@ impl Store {
         })
     }
 
+    /// How many rows have an id the chain cannot have (below 1): none were ever written by Rise.
+    pub async fn audit_rows_before_the_chain(&self) -> Result<i64, StoreError> {
+        on_backend!(self, |pool, d| {
+            let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE id < 1")
+                .fetch_one(pool)
+                .await?;
+            Ok(row.try_get("n")?)
+        })
+    }
+
     /// The chain head: the id and hash of the last record (`0` and the genesis hash when empty).
     pub async fn audit_head(&self) -> Result<(i64, String), StoreError> {
         on_backend!(self, |pool, d| {

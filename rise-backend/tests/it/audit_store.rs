@@ -177,6 +177,9 @@ suite!(
     verify_names_an_altered_record,
     verify_names_a_rehashed_record_by_its_successor,
     verify_names_removed_records,
+    verify_names_rows_outside_the_chain,
+    anchors_catch_a_rewrite_the_chain_alone_cannot,
+    verify_while_writers_append_is_intact,
     filters_and_paging,
     store_failure_refuses_the_record,
     full_queue_refuses_at_once,
@@ -365,6 +368,129 @@ async fn verify_names_removed_records(b: Backend) {
         (broken.id, broken.problem),
         (10, LinkProblem::HeadMismatch { last_id: 6 })
     );
+}
+
+/// A row with an id below 1 is outside the chain, where no walk from record 1 would see it.
+async fn verify_names_rows_outside_the_chain(b: Backend) {
+    write_n(&log(&b.store), 3).await;
+    b.execute(
+        "INSERT INTO audit_log SELECT -1, time_ms, request_id, operation, issuer, 'mallory', \
+         caller_groups, client_ip, user_agent, project, registry, repository, \
+         actions_requested, actions_granted, result, reason, expires_ms, fingerprint, \
+         credential_id, prev_hash, hash FROM audit_log WHERE id = 1"
+            .into(),
+    )
+    .await;
+    let broken = audit::verify(&b.store)
+        .await
+        .expect("verify")
+        .broken
+        .expect("the planted row is found");
+    assert_eq!(
+        (broken.id, broken.problem),
+        (0, LinkProblem::BeforeTheChain { rows: 1 })
+    );
+}
+
+/// Someone who can write the database may rewrite the last record, recompute its hash and move
+/// the head, or cut the chain back: the chain alone still verifies, an anchor noted earlier
+/// does not.
+async fn anchors_catch_a_rewrite_the_chain_alone_cannot(b: Backend) {
+    write_n(&log(&b.store), 5).await;
+    let before = audit::verify(&b.store).await.expect("verify");
+    let anchor = audit::Anchor {
+        id: before.head_id,
+        hash: before.head_hash.clone(),
+    };
+    let anchored = audit::verify_anchored(&b.store, std::slice::from_ref(&anchor))
+        .await
+        .expect("verify");
+    assert_eq!(anchored.broken, None);
+
+    // Rewrite record 5 and re-seal it, moving the head along.
+    let stored = all_records(&b.store).await;
+    let mut forged = stored[4].fields.clone();
+    forged.subject = "mallory".into();
+    let hash = chain::seal(&stored[4].prev_hash, 5, &forged);
+    b.execute(format!(
+        "UPDATE audit_log SET subject = 'mallory', hash = '{hash}' WHERE id = 5"
+    ))
+    .await;
+    b.execute(format!(
+        "UPDATE audit_chain SET head_hash = '{hash}' WHERE name = 'audit'"
+    ))
+    .await;
+    assert_eq!(audit::verify(&b.store).await.expect("verify").broken, None);
+    let broken = audit::verify_anchored(&b.store, std::slice::from_ref(&anchor))
+        .await
+        .expect("verify")
+        .broken
+        .expect("the anchor shows the rewrite");
+    assert_eq!((broken.id, &broken.problem), (5, &LinkProblem::Unanchored));
+
+    // Cut back to record 3, head moved to it.
+    b.execute("DELETE FROM audit_log WHERE id > 3".into()).await;
+    b.execute(format!(
+        "UPDATE audit_chain SET head_id = 3, head_hash = '{}' WHERE name = 'audit'",
+        stored[2].hash
+    ))
+    .await;
+    assert_eq!(audit::verify(&b.store).await.expect("verify").broken, None);
+    let broken = audit::verify_anchored(&b.store, &[anchor])
+        .await
+        .expect("verify")
+        .broken
+        .expect("the anchor shows the cut");
+    assert_eq!(
+        (broken.id, broken.problem),
+        (5, LinkProblem::AnchorMissing { last_id: 3 })
+    );
+    assert!("5:abc".parse::<audit::Anchor>().is_err());
+    assert!(
+        format!("7:{}", "a".repeat(64))
+            .parse::<audit::Anchor>()
+            .is_ok()
+    );
+}
+
+/// Verifying a live store: records appended during the walk are walked too, not taken for a
+/// tampered tail.
+async fn verify_while_writers_append_is_intact(b: Backend) {
+    let log = log(&b.store);
+    // More than one page (2000 records), so the walk takes a while.
+    let mut batch = tokio::task::JoinSet::new();
+    for i in 0..2500 {
+        let log = log.clone();
+        batch.spawn(async move {
+            log.record(&record(&format!("u{i}"), "my-app", Outcome::Granted))
+                .await
+        });
+        if batch.len() == 500 {
+            while let Some(r) = batch.join_next().await {
+                r.expect("task").expect("commit");
+            }
+        }
+    }
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                log.record(&record(&format!("late{i}"), "my-app", Outcome::Granted))
+                    .await
+                    .expect("commit");
+            }
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() || checks == 0 {
+        let report = audit::verify(&b.store).await.expect("verify");
+        assert_eq!(report.broken, None, "{}: {report:?}", b.kind());
+        assert!(report.records >= 2500, "{report:?}");
+        checks += 1;
+    }
+    writer.await.expect("writer");
+    let report = audit::verify(&b.store).await.expect("verify");
+    assert_eq!((report.records, report.broken), (2800, None));
 }
 
 async fn filters_and_paging(b: Backend) {
