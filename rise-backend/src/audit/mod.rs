@@ -1,5 +1,6 @@
-//! The audit log: one record per credential request (granted or not) and per `/token` exchange,
-//! durably committed BEFORE the credential leaves Rise, hash-chained for tamper evidence.
+//! The audit log: one record per credential request (granted or not) and per repository of a
+//! `/token` exchange (sharing its request id), durably committed BEFORE the credential leaves
+//! Rise, hash-chained for tamper evidence.
 //!
 //! [`AuditLog::record`] hands a record to a single writer and waits for its commit. The writer
 //! drains whatever has queued up while the previous commit was in flight and commits it in one

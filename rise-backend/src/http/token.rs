@@ -202,7 +202,14 @@ async fn issue(
 
     // From here on the caller is known: every outcome is audited, and the token leaves only
     // after its record is committed.
-    let mut record = token_record(state, request_id, client, &caller, registry.name(), &scopes);
+    let mut records = token_records(state, request_id, client, &caller, registry.name(), &scopes);
+    let refuse = |records: &mut Vec<AuditRecord>, err: ApiError| {
+        let (status, code, _) = err.parts();
+        for record in records.iter_mut() {
+            record.refused(status.is_server_error(), code);
+        }
+        err
+    };
     if let TokenCaller::Grant(grant) = &caller
         && let Some(revoked) = registry.revoked(grant)
     {
@@ -210,8 +217,8 @@ async fn issue(
             code: "grant_revoked",
             message: revoked.to_string(),
         };
-        record.refused(false, "grant_revoked");
-        state.audit.record(&record).await?;
+        let err = refuse(&mut records, err);
+        record_all(state, &records).await?;
         return Err(err);
     }
     // The caller's bucket is the one `/registry/credentials` draws from: a grant counts as its
@@ -221,10 +228,8 @@ async fn issue(
         .check_caller(caller.issuer(), caller.subject(), None)
         .await
     {
-        let err = ApiError::from(limited);
-        let (status, code, _) = err.parts();
-        record.refused(status.is_server_error(), code);
-        state.audit.record(&record).await?;
+        let err = refuse(&mut records, ApiError::from(limited));
+        record_all(state, &records).await?;
         return Err(err);
     }
     let access = registry.authorize(&caller, &scopes, &state.policy);
@@ -240,24 +245,36 @@ async fn issue(
     let token = match minted {
         Ok(token) => token,
         Err(err) => {
-            let (status, code, _) = err.parts();
-            record.refused(status.is_server_error(), code);
-            state.audit.record(&record).await?;
+            let err = refuse(&mut records, err);
+            record_all(state, &records).await?;
             return Err(err);
         }
     };
-    record.outcome = Outcome::Granted;
-    record.actions_granted =
-        Actions::from_iter_actions(access.iter().flat_map(|a| a.actions.iter()));
-    record.reason = if access.is_empty() && !scopes.is_empty() {
-        // A token without access is still a token: the registry will answer insufficient_scope.
-        "issued_without_access".into()
-    } else {
-        "issued".into()
-    };
-    record.expires_at = Some(token.expires_at);
-    record.fingerprint = Some(audit::fingerprint(token.token.expose_secret()));
-    let audit_id = state.audit.record(&record).await?;
+    let fingerprint = audit::fingerprint(token.token.expose_secret());
+    for record in &mut records {
+        // What this record's repository got (none: the login probe without scopes).
+        let granted = record.repository.as_deref().map(|name| {
+            Actions::from_iter_actions(
+                access
+                    .iter()
+                    .filter(|a| a.name.as_str() == name)
+                    .flat_map(|a| a.actions.iter()),
+            )
+        });
+        record.outcome = Outcome::Granted;
+        record.actions_granted = granted.unwrap_or_default();
+        record.reason = if granted.is_some_and(|g| g.is_empty()) {
+            // A token without access is still a token: the registry will answer
+            // insufficient_scope.
+            "issued_without_access".into()
+        } else {
+            "issued".into()
+        };
+        record.expires_at = Some(token.expires_at);
+        record.fingerprint = Some(fingerprint.clone());
+    }
+    let audit_ids = record_all(state, &records).await?;
+    let audit_id = audit_ids.first().copied().unwrap_or_default();
     let summary: Vec<String> = access
         .iter()
         .map(|a| format!("{}:{}", a.name, a.actions))
@@ -290,23 +307,25 @@ async fn issue(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }
 
-/// The audit record of a token exchange by `caller`. Several scopes are recorded in one record:
-/// `repository` and `project` list them space-separated, actions are their union.
-/// `credential_id` is the id (`jti`) of the Rise grant presented, linking the exchange to the
-/// `/registry/credentials` record that issued it (absent for callers using a JWT directly).
-fn token_record(
+/// The audit records of a token exchange by `caller`: one per repository asked for (so a
+/// project filter finds every token that touched it), or one without a repository when no
+/// scope was asked (a `docker login` probe). `credential_id` is the id (`jti`) of the Rise
+/// grant presented, linking the exchange to the `/registry/credentials` record that issued it
+/// (absent for callers using a JWT directly). All share the request id and, once issued, the
+/// token's fingerprint.
+fn token_records(
     state: &AppState,
     request_id: &str,
     client: ClientInfo,
     caller: &TokenCaller,
     registry: &str,
     scopes: &[RepositoryScope],
-) -> AuditRecord {
+) -> Vec<AuditRecord> {
     let (groups, credential_id) = match caller {
         TokenCaller::Principal(p) => (p.groups.clone(), None),
         TokenCaller::Grant(g) => (Vec::new(), Some(g.claims.jti.clone())),
     };
-    let mut record = AuditRecord::begin(
+    let mut base = AuditRecord::begin(
         Operation::Token,
         request_id,
         CallerInfo {
@@ -317,20 +336,32 @@ fn token_record(
             user_agent: client.user_agent,
         },
     );
-    let join = |items: Vec<String>| (!items.is_empty()).then(|| items.join(" "));
-    record.registry = Some(registry.to_owned());
-    record.repository = join(scopes.iter().map(|s| s.name.to_string()).collect());
-    record.project = join(
-        scopes
-            .iter()
-            .filter_map(|s| state.policy.project_for_repository(registry, &s.name))
-            .map(|p| p.name.to_string())
-            .collect(),
-    );
-    record.actions_requested =
-        Actions::from_iter_actions(scopes.iter().flat_map(|s| s.actions.iter()));
-    record.credential_id = credential_id;
-    record
+    base.registry = Some(registry.to_owned());
+    base.credential_id = credential_id;
+    if scopes.is_empty() {
+        return vec![base];
+    }
+    scopes
+        .iter()
+        .map(|scope| {
+            let mut record = base.clone();
+            record.repository = Some(scope.name.to_string());
+            record.project = state
+                .policy
+                .project_for_repository(registry, &scope.name)
+                .map(|p| p.name.to_string());
+            record.actions_requested = scope.actions;
+            record
+        })
+        .collect()
+}
+
+/// Commit every record, concurrently (they share the writer's group commit); their ids in
+/// order. The token leaves only once all are committed.
+async fn record_all(state: &AppState, records: &[AuditRecord]) -> Result<Vec<i64>, ApiError> {
+    let ids =
+        futures_util::future::try_join_all(records.iter().map(|r| state.audit.record(r))).await?;
+    Ok(ids)
 }
 
 /// The password of `Authorization: Basic base64(user:password)`; the username is ignored.

@@ -310,32 +310,44 @@ async fn token_exchanges_are_recorded() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let token = body["token"].as_str().expect("token");
 
+    // One record per repository asked for, so filtering by project finds the exchange.
     let records = audit_records(&rise, "").await;
-    assert_eq!(records.len(), 2, "{records:#?}");
-    let (issued, exchanged) = (&records[0], &records[1]);
-    assert_eq!(exchanged["operation"], "token");
-    assert_eq!(exchanged["caller"]["subject"], "alice");
-    assert_eq!(exchanged["caller"]["issuer"], "local");
-    assert_eq!(exchanged["caller"]["user_agent"], "skopeo/1.9.3");
-    assert_eq!(exchanged["registry"], "default");
-    assert_eq!(exchanged["repository"], "my-app other");
-    assert_eq!(exchanged["project"], "my-app", "`other` is no project");
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let (issued, mine, other) = (&records[0], &records[1], &records[2]);
+    for exchanged in [mine, other] {
+        assert_eq!(exchanged["operation"], "token");
+        assert_eq!(exchanged["caller"]["subject"], "alice");
+        assert_eq!(exchanged["caller"]["issuer"], "local");
+        assert_eq!(exchanged["caller"]["user_agent"], "skopeo/1.9.3");
+        assert_eq!(exchanged["registry"], "default");
+        assert_eq!(exchanged["result"], "granted");
+        assert_eq!(exchanged["request_id"], mine["request_id"]);
+        assert_eq!(
+            exchanged["credential_fingerprint"],
+            rise_backend::audit::fingerprint(token)
+        );
+        assert_eq!(
+            exchanged["credential_id"], issued["credential_id"],
+            "the exchange names the grant it used"
+        );
+    }
+    assert_eq!(mine["repository"], "my-app");
+    assert_eq!(mine["project"], "my-app");
     assert_eq!(
-        exchanged["actions_requested"],
+        mine["actions_requested"],
         serde_json::json!(["pull", "push"])
     );
-    assert_eq!(
-        exchanged["actions_granted"],
-        serde_json::json!(["pull", "push"])
-    );
-    assert_eq!(exchanged["result"], "granted");
-    assert_eq!(
-        exchanged["credential_fingerprint"],
-        rise_backend::audit::fingerprint(token)
-    );
-    assert_eq!(
-        exchanged["credential_id"], issued["credential_id"],
-        "the exchange names the grant it used"
+    assert_eq!(mine["actions_granted"], serde_json::json!(["pull", "push"]));
+    assert_eq!(mine["reason"], "issued");
+    assert_eq!(other["repository"], "other");
+    assert!(other["project"].is_null(), "`other` is no project: {other}");
+    assert_eq!(other["actions_requested"], serde_json::json!(["pull"]));
+    assert_eq!(other["actions_granted"], serde_json::json!([]));
+    assert_eq!(other["reason"], "issued_without_access");
+    let by_project = audit_records(&rise, "?project=my-app").await;
+    assert!(
+        by_project.iter().any(|r| r["operation"] == "token"),
+        "{by_project:#?}"
     );
     assert!(issued["credential_id"].is_string(), "{issued}");
 }
