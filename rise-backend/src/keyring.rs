@@ -286,15 +286,56 @@ impl Keyring {
         }
     }
 
+    /// Which key a rotation of `family` would promote now: a digest of the stored `next`
+    /// value (never the key itself). Pass it to [`rotate_from`](Self::rotate_from) so the
+    /// rotation promotes exactly the key that was checked, or fails.
+    pub async fn next_key(&self, family: &KeyFamily) -> anyhow::Result<NextKey> {
+        // Make sure current and next exist.
+        self.load(family).await?;
+        match &self.backend {
+            Backend::Files { data_dir } => {
+                let path = keys_dir(data_dir)?.join(family.file(Slot::Next));
+                off_the_runtime(move || {
+                    let raw = read_private(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Ok(NextKey::of(&raw))
+                })
+                .await
+            }
+            Backend::Database { store, .. } => {
+                let row = family.row(Slot::Next);
+                let stored = store
+                    .key_get(&row)
+                    .await?
+                    .with_context(|| format!("key slot {row} is empty"))?;
+                Ok(NextKey::of(stored.as_bytes()))
+            }
+        }
+    }
+
     /// Rotate the family: `previous ← current ← next ← a fresh key`, atomically with respect
     /// to other rotations. Running servers pick it up within their reload interval.
     pub async fn rotate(&self, family: &KeyFamily) -> anyhow::Result<()> {
+        self.rotate_checked(family, None).await
+    }
+
+    /// [`rotate`](Self::rotate), only if `next` is still the key `expected` names: another
+    /// rotation since (a second `keys rotate`) makes it fail and change nothing.
+    pub async fn rotate_from(&self, family: &KeyFamily, expected: &NextKey) -> anyhow::Result<()> {
+        self.rotate_checked(family, Some(expected.clone())).await
+    }
+
+    async fn rotate_checked(
+        &self,
+        family: &KeyFamily,
+        expected: Option<NextKey>,
+    ) -> anyhow::Result<()> {
         // Make sure current and next exist, so a rotation never promotes nothing.
         self.load(family).await?;
         match &self.backend {
             Backend::Files { data_dir } => {
                 let (dir, family) = (keys_dir(data_dir)?, *family);
-                off_the_runtime(move || rotate_files(&dir, &family)).await
+                off_the_runtime(move || rotate_files(&dir, &family, expected.as_ref())).await
             }
             Backend::Database { store, sealer } => {
                 let rows = [
@@ -303,8 +344,10 @@ impl Keyring {
                     family.row(Slot::Next),
                 ];
                 let fresh = sealer.seal(&rows[2], &(family.generate)()?)?;
+                let expected =
+                    expected.map(|e| move |stored: &str| e == NextKey::of(stored.as_bytes()));
                 store
-                    .key_rotate(&rows, fresh, |row, value| {
+                    .key_rotate(&rows, fresh, expected, |row, value| {
                         // Values are sealed to their row name: re-seal them for their new row.
                         let (from, to) = row;
                         let plain = sealer.open(from, value)?;
@@ -444,11 +487,18 @@ fn rotate_lock_shared(dir: &Path, wait: Duration) -> anyhow::Result<fs::File> {
 /// `previous ← current ← next ← fresh`, under an exclusive lock file: readers, which hold it
 /// shared, see the slots before or after, never between steps. Every step is an atomic rename,
 /// so a crash mid-way leaves complete files (a missing `next` is created on the next read).
-fn rotate_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<()> {
+fn rotate_files(dir: &Path, family: &KeyFamily, expected: Option<&NextKey>) -> anyhow::Result<()> {
     let lock = rotate_lock(dir)?;
     lock.lock()
         .with_context(|| format!("locking {}", dir.join(ROTATE_LOCK_FILE).display()))?;
     let path = |slot| dir.join(family.file(slot));
+    if let Some(expected) = expected {
+        let next = read_private(&path(Slot::Next))
+            .with_context(|| format!("reading {}", path(Slot::Next).display()))?;
+        if NextKey::of(&next) != *expected {
+            bail!(ROTATED_MEANWHILE);
+        }
+    }
     let current = read_private(&path(Slot::Current))
         .with_context(|| format!("reading {}", path(Slot::Current).display()))?;
     write_private_replacing(&path(Slot::Previous), &current)?;
@@ -463,6 +513,20 @@ fn rotate_files(dir: &Path, family: &KeyFamily) -> anyhow::Result<()> {
     drop(lock);
     Ok(())
 }
+
+/// A digest of a family's stored `next` key: which key a rotation is to promote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextKey([u8; 32]);
+
+impl NextKey {
+    fn of(stored: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Self(sha2::Sha256::digest(stored).into())
+    }
+}
+
+/// Why a rotation that expected another `next` key did nothing.
+pub const ROTATED_MEANWHILE: &str = "another rotation changed the keys since they were checked (a second `keys rotate`?): nothing was rotated; run `keys show` and rotate again if still needed";
 
 /// AES-256-GCM under the configured sealing key; the row name is the associated data. Opening
 /// also tries the previous sealing key, while one is configured.
@@ -801,6 +865,53 @@ mod tests {
         read.await
             .expect("reader")
             .expect("read once the rotation let go");
+    }
+
+    /// Two `keys rotate` at once: both note the key to promote and check it; the second to
+    /// rotate finds it already promoted and changes nothing, instead of promoting a fresh key
+    /// nobody checked.
+    async fn a_rotation_promotes_only_the_key_it_checked(ring: Keyring) {
+        let family = counter_family();
+        let noted = ring.next_key(&family).await.expect("next");
+        let before = ring.load(&family).await.expect("load");
+        ring.rotate_from(&family, &noted)
+            .await
+            .expect("the first rotates");
+        let after = ring.load(&family).await.expect("load");
+        assert_eq!(*after.current, *before.next, "promoted the noted key");
+
+        let err = ring
+            .rotate_from(&family, &noted)
+            .await
+            .expect_err("the second finds next changed");
+        assert!(err.to_string().contains("another rotation"), "{err:#}");
+        let unchanged = ring.load(&family).await.expect("load");
+        assert_eq!(*unchanged.current, *after.current);
+        assert_eq!(*unchanged.next, *after.next);
+        assert_eq!(
+            unchanged.previous.as_deref().map(|p| p.to_vec()),
+            after.previous.as_deref().map(|p| p.to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn file_rotation_promotes_only_the_key_it_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        a_rotation_promotes_only_the_key_it_checked(Keyring::files(dir.path()).expect("keyring"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn database_rotation_promotes_only_the_key_it_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&dir.path().join("rise.db"), true)
+            .await
+            .expect("store");
+        let key = SecretString::from(STANDARD.encode([6u8; 32]));
+        a_rotation_promotes_only_the_key_it_checked(
+            Keyring::database(store, &key, None).expect("keyring"),
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

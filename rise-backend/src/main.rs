@@ -592,8 +592,23 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         return Ok(());
     }
     if let KeysCommand::Rotate { force } = command {
+        // The keys this rotation is to promote, read before any check: if another rotation
+        // moves them meanwhile, ours fails and changes nothing.
+        let expected = (
+            keyring.next_key(&REGISTRY_TOKEN_KEYS).await?,
+            keyring.next_key(&GRANT_KEYS).await?,
+        );
         let longest_grant = rise_backend::registry::providers::distribution::longest_grant(config);
-        if let Some(last) = keyring.last_rotation(&GRANT_KEYS).await?
+        // The later of the two families' rotations: one that rotated only the first family
+        // (it failed half-way) counts too.
+        let last = [
+            keyring.last_rotation(&REGISTRY_TOKEN_KEYS).await?,
+            keyring.last_rotation(&GRANT_KEYS).await?,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(last) = last
             && let Ok(since) = last.elapsed()
             && since < longest_grant
             && !force
@@ -605,8 +620,14 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         check_registries_trust_next(config, &keyring, force).await?;
-        keyring.rotate(&REGISTRY_TOKEN_KEYS).await?;
-        keyring.rotate(&GRANT_KEYS).await?;
+        // Grant keys first: should the token keys then fail, a forced re-run rotates the grant
+        // keys once more (grants from before the previous rotation stop verifying) but never
+        // promotes a token key the registries were not checked to trust.
+        keyring.rotate_from(&GRANT_KEYS, &expected.1).await?;
+        keyring
+            .rotate_from(&REGISTRY_TOKEN_KEYS, &expected.0)
+            .await
+            .context("the grant keys were rotated, the registry token keys not: fix the cause, then run `keys rotate --force` (it rotates the grant keys once more)")?;
         println!("rotated the registry token keys and the grant keys");
     }
     let signing = KeySet::load(&keyring).await?;

@@ -382,10 +382,12 @@ impl Store {
     /// Rotate the slots `[previous, current, next]` in one transaction: `previous ← current`,
     /// `current ← next`, `next ← fresh`. `reseal((from, to), value)` re-encodes a value for its
     /// new slot. Concurrent rotations serialise on the row locks (SQLite: the write lock).
+    /// With `expected_next`, the rotation happens only if it accepts the stored `next` value.
     pub async fn key_rotate(
         &self,
         rows: &[String; 3],
         fresh: String,
+        expected_next: Option<impl Fn(&str) -> bool>,
         reseal: impl Fn((&str, &str), &str) -> anyhow::Result<String>,
     ) -> anyhow::Result<()> {
         let [previous, current, next] = rows;
@@ -405,6 +407,13 @@ impl Store {
             };
             let old_current = read(current).await?;
             let old_next = read(next).await?;
+            if expected_next
+                .as_ref()
+                .is_some_and(|expected| !expected(&old_next))
+            {
+                // Dropping the transaction rolls it back: nothing changes.
+                anyhow::bail!(crate::keyring::ROTATED_MEANWHILE);
+            }
             let updates = [
                 (previous, reseal((current, previous), &old_current)?),
                 (current, reseal((next, current), &old_next)?),
