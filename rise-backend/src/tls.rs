@@ -2,7 +2,8 @@
 //! a local CA and certificate for HTTPS in development.
 //!
 //! Reloading: on SIGHUP, and when the files' contents change (checked every `watch_interval`), the
-//! files are read again; if they hold a valid certificate chain and the matching key, new
+//! files are read again; if they hold a certificate chain valid now (by its dates) and the
+//! matching key, new
 //! connections get the new certificate while established ones keep theirs. A half-replaced pair
 //! (new certificate, old key) is refused and the current certificate stays until the pair matches.
 
@@ -227,6 +228,21 @@ fn load(files: &TlsConfig) -> Result<Loaded, TlsError> {
         return Err(TlsError::NoCertificate(files.certificate.clone()));
     };
     let fingerprint = hex(&Sha256::digest(leaf.as_ref()));
+    // An expired (or not yet valid) certificate would fail every client: never load one, so a
+    // reload keeps the certificate that works.
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|_| TlsError::NoCertificate(files.certificate.clone()))?;
+    let validity = parsed.validity();
+    if !validity.is_valid() {
+        return Err(TlsError::Rejected {
+            certificate: files.certificate.clone(),
+            key: files.key.clone(),
+            message: format!(
+                "the certificate is valid only from {} to {}, not now",
+                validity.not_before, validity.not_after
+            ),
+        });
+    }
     let key =
         PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey(files.key.clone()))?;
     let rejected = |e: rustls::Error| TlsError::Rejected {
@@ -486,6 +502,26 @@ mod tests {
         let err = load(&missing).err().expect("missing refused").to_string();
         assert!(err.contains("nope.pem"), "{err}");
         assert!(!err.contains("PRIVATE KEY"), "{err}");
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["rise.test".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+        let cert = params.self_signed(&key).expect("cert");
+        let files = TlsConfig {
+            certificate: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            watch_interval: Duration::ZERO,
+        };
+        std::fs::write(&files.certificate, cert.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        let err = load(&files).err().expect("expired refused").to_string();
+        assert!(err.contains("valid only from"), "{err}");
+        assert!(err.contains("2020"), "{err}");
     }
 
     #[tokio::test]
