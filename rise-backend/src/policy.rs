@@ -30,7 +30,8 @@ pub struct Rule {
     /// The caller must be in at least one of these groups (patterns allowed).
     #[serde(default)]
     pub groups: Vec<Pattern>,
-    /// Every listed claim must match its pattern (string claims; for arrays, any element).
+    /// Every listed claim must match its pattern: a string, or a boolean or number as JSON
+    /// writes it (`true`, `123`); for an array, any such element (arrays inside it never match).
     #[serde(default)]
     pub claims: BTreeMap<String, Pattern>,
 }
@@ -73,11 +74,17 @@ impl Rule {
 
 fn claim_matches(pattern: &Pattern, value: &Value) -> bool {
     match value {
+        Value::Array(items) => items.iter().any(|v| scalar_matches(pattern, v)),
+        scalar => scalar_matches(pattern, scalar),
+    }
+}
+
+fn scalar_matches(pattern: &Pattern, value: &Value) -> bool {
+    match value {
         Value::String(s) => pattern.matches(s),
         Value::Bool(b) => pattern.matches(if *b { "true" } else { "false" }),
         Value::Number(n) => pattern.matches(&n.to_string()),
-        Value::Array(items) => items.iter().any(|v| claim_matches(pattern, v)),
-        Value::Null | Value::Object(_) => false,
+        Value::Null | Value::Object(_) | Value::Array(_) => false,
     }
 }
 
@@ -319,6 +326,27 @@ mod tests {
                  claims = { missing = "*" }
                  actions = ["push"]"#,
             &p,
+            false,
+        );
+        // Arrays inside arrays, and objects, never match: only one level of scalars.
+        let nested = principal(
+            "corp",
+            "alice",
+            &[],
+            serde_json::json!({"admin": [[["true"]]], "team": {"name": "ops"}}),
+        );
+        check(
+            r#"issuer = "corp"
+                 claims = { admin = "true" }
+                 actions = ["push"]"#,
+            &nested,
+            false,
+        );
+        check(
+            r#"issuer = "corp"
+                 claims = { team = "*" }
+                 actions = ["push"]"#,
+            &nested,
             false,
         );
     }

@@ -108,13 +108,13 @@ impl LocalIssuer {
     pub fn issue(&self, sub: &str, groups: &[String], ttl: Duration) -> anyhow::Result<String> {
         anyhow::ensure!(!sub.is_empty(), "the subject must not be empty");
         anyhow::ensure!(
-            !sub.chars().any(char::is_control),
+            !super::has_deceptive_chars(sub),
             "the subject must not contain control characters"
         );
         anyhow::ensure!(
             groups
                 .iter()
-                .all(|g| !g.is_empty() && !g.chars().any(char::is_control)),
+                .all(|g| !g.is_empty() && !super::has_deceptive_chars(g)),
             "a group must be non-empty, without control characters"
         );
         anyhow::ensure!(

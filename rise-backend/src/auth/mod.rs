@@ -88,3 +88,16 @@ mod verifier;
 
 pub use local::{KEY_FILE as LOCAL_ISSUER_KEY_FILE, LocalIssuer};
 pub use verifier::Authenticator;
+
+/// Whether `text` (a subject or group) carries characters that could forge or disguise a log
+/// line or an audit table: control characters, line and paragraph separators, and the
+/// invisible bidirectional marks and overrides.
+pub fn has_deceptive_chars(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            )
+    })
+}

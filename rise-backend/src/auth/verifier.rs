@@ -322,13 +322,13 @@ impl Issuer {
         };
         // Subjects and groups reach log lines, audit records and policy patterns: a newline or
         // NUL in them could forge a log line or hide in a match.
-        if subject.chars().any(char::is_control) {
+        if super::has_deceptive_chars(&subject) {
             return Err(AuthError::MalformedToken(format!(
                 "claim `{}` contains control characters",
                 self.subject_claim
             )));
         }
-        if groups.iter().any(|g| g.chars().any(char::is_control)) {
+        if groups.iter().any(|g| super::has_deceptive_chars(g)) {
             return Err(AuthError::MalformedToken(format!(
                 "claim `{}` contains control characters",
                 self.groups_claim

@@ -297,12 +297,14 @@ impl ClientIpResolver {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        // Header lines in order, then entries right to left.
+        // Header lines in order, then entries right to left. Split the raw bytes: a client's
+        // own garbage (non-ASCII bytes) in the line a proxy appended to spoils only its entry,
+        // never the addresses the proxies added after it.
         let entries: Vec<&str> = headers
             .get_all(header)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|entry| std::str::from_utf8(entry).unwrap_or(""))
             .collect();
         let mut nearest = peer;
         for entry in entries.iter().rev() {
@@ -426,6 +428,23 @@ mod tests {
         check(&r, "127.0.0.1:1000", &["nonsense"], "127.0.0.1");
         // Every hop trusted: the left-most.
         check(&r, "127.0.0.1:1000", &["10.2.2.2, 10.1.1.1"], "10.2.2.2");
+    }
+
+    /// A proxy appends the client's address to the line the client sent: non-ASCII bytes the
+    /// client put there spoil only its own entry.
+    #[test]
+    fn client_garbage_in_the_forwarded_line_does_not_hide_the_client() {
+        let r = resolver("x-forwarded-for", &["127.0.0.2/32"]);
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.55").expect("obs-text is allowed"),
+        );
+        let peer: SocketAddr = "127.0.0.2:1000".parse().expect("peer");
+        assert_eq!(
+            r.resolve(Some(peer), &headers),
+            Some("203.0.113.55".parse().expect("ip"))
+        );
     }
 
     #[test]

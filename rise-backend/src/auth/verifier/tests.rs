@@ -351,6 +351,8 @@ fn audience_and_claim_rejections() {
         "mallory\n2026-01-01T00:00:00Z  INFO forged",
         "a\u{0}b",
         "tab\there",
+        "line\u{2028}separator",
+        "admin\u{202E}nimda",
     ] {
         check(
             &c(json!({ "sub": sub })),

@@ -97,6 +97,11 @@ impl DistributionConfig {
         if self.service.trim().is_empty() || self.issuer.trim().is_empty() {
             return Err("service and issuer may not be empty: they must equal the registry's auth.token.service and auth.token.issuer".into());
         }
+        // They are written into the registry's YAML and environment lines (`registry-config`).
+        let plain = |v: &str| v.chars().all(|c| c.is_ascii_graphic());
+        if !plain(&self.service) || !plain(&self.issuer) {
+            return Err("service and issuer must be printable ASCII without spaces: registry-config writes them into the registry's configuration".into());
+        }
         if !(MIN_TOKEN_TTL..=MAX_TOKEN_TTL).contains(&self.token_ttl) {
             return Err(format!(
                 "token_ttl must be between {} and {}",

@@ -365,6 +365,15 @@ fn conflicting_or_invalid_registry_config_is_refused() {
         "[registries.third]\ntype = \"distribution\"\nurl = \"x\"\nservice = \"s3\"\nmax_ttl = \"10s\"\n",
         "max_ttl",
     );
+    // A line break would write YAML of its own into `registry-config`'s output.
+    check(
+        "[registries.third]\ntype = \"distribution\"\nurl = \"x\"\nservice = \"s3\\nauth:\\n  htpasswd: {}\"\n",
+        "printable ASCII without spaces",
+    );
+    check(
+        "[registries.third]\ntype = \"distribution\"\nurl = \"x\"\nservice = \"s3\"\nissuer = \"a b\"\n",
+        "printable ASCII without spaces",
+    );
 }
 
 #[test]
