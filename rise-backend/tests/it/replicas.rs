@@ -789,16 +789,19 @@ async fn keys_rotate_asks_registries_whether_they_trust_the_next_key() {
         )))
         .await
     };
-    // Backdate the last rotation past the longest grant lifetime (12 h), as if a day had passed.
+    // Backdate the last rotation of both families past the longest grant lifetime (12 h), as
+    // if a day had passed.
     let a_day_later = || {
-        let previous = dir.path().join("data/keys").join(GRANT_KEYS.files[2]);
-        std::fs::File::options()
-            .write(true)
-            .open(&previous)
-            .and_then(|f| {
-                f.set_modified(std::time::SystemTime::now() - Duration::from_secs(13 * 3600))
-            })
-            .expect("backdating the last rotation");
+        for family in [&GRANT_KEYS, &REGISTRY_TOKEN_KEYS] {
+            let previous = dir.path().join("data/keys").join(family.files[2]);
+            std::fs::File::options()
+                .write(true)
+                .open(&previous)
+                .and_then(|f| {
+                    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(13 * 3600))
+                })
+                .expect("backdating the last rotation");
+        }
     };
     let show = |config: std::path::PathBuf| async move {
         let out = run(&config, &["keys", "show"]).await;
