@@ -228,7 +228,8 @@ async fn issue(
     // Whose limit a caller who asked for more ran into, for the warning.
     let limit = match query.ttl {
         Some(asked) if asked > most && most < provider.max_ttl() => TtlLimit::Project(most),
-        _ => TtlLimit::Registry,
+        Some(asked) if asked > provider.max_ttl() => TtlLimit::MaxTtl(provider.max_ttl()),
+        _ => TtlLimit::Upstream,
     };
     let request = CredentialRequest {
         request_id,
@@ -258,8 +259,10 @@ async fn issue(
 enum TtlLimit {
     /// The project's `ttl` (or the server's default lifetime), which a caller cannot exceed.
     Project(Duration),
-    /// The registry's `max_ttl`, or what the upstream grants.
-    Registry,
+    /// The registry's `max_ttl`.
+    MaxTtl(Duration),
+    /// What the upstream granted, shorter than asked though within every configured limit.
+    Upstream,
 }
 
 /// A credential that lives shorter than asked by more than this is reported in `warnings`
@@ -299,7 +302,12 @@ fn render<'a>(
                 request.project,
                 humantime::format_duration(most)
             ),
-            TtlLimit::Registry => format!("registry {} issues none longer", request.registry),
+            TtlLimit::MaxTtl(max) => format!(
+                "registry {} issues none longer than {} (its max_ttl)",
+                request.registry,
+                humantime::format_duration(max)
+            ),
+            TtlLimit::Upstream => format!("registry {} issued none longer", request.registry),
         };
         warnings.push(format!(
             "asked for ttl {}, but this credential expires in {}: {why}",
