@@ -180,10 +180,22 @@ async fn issue(
     let caller = match registry.check_grant(password.expose_secret()) {
         GrantCheck::Valid(grant) => TokenCaller::Grant(grant),
         GrantCheck::Invalid(e) => {
-            return Err(ApiError::BadCredentials {
+            let err = ApiError::BadCredentials {
                 code: e.code(),
                 message: e.to_string(),
-            });
+            };
+            // Signed by this server (expired, or for another registry): the caller is known,
+            // so the refusal is audited like a revoked grant's.
+            if let Some(grant) = registry.refused_grant(password.expose_secret()) {
+                let caller = TokenCaller::Grant(grant);
+                let mut records =
+                    token_records(state, request_id, client, &caller, registry.name(), &scopes);
+                for record in &mut records {
+                    record.refused(false, e.code());
+                }
+                record_all(state, &records).await?;
+            }
+            return Err(err);
         }
         GrantCheck::NotAGrant => match state.auth.verify(password.expose_secret()).await {
             Ok(principal) => TokenCaller::Principal(principal),

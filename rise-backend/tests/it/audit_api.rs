@@ -13,6 +13,11 @@ const CONFIG: &str = r#"
 type = "distribution"
 url = "127.0.0.1:5000"
 
+[registries.second]
+type = "distribution"
+url = "127.0.0.1:5001"
+service = "second-registry"
+
 [projects.my-app]
 [[projects.my-app.allow]]
 issuer = "local"
@@ -350,6 +355,39 @@ async fn token_exchanges_are_recorded() {
         "{by_project:#?}"
     );
     assert!(issued["credential_id"].is_string(), "{issued}");
+}
+
+/// A grant this server signed but refuses (here: presented to another registry) still names
+/// its caller: the refusal is audited under their name, linked to the grant.
+#[tokio::test]
+async fn refused_grants_are_recorded_under_their_caller() {
+    use base64::Engine as _;
+    let rise = rise().await;
+    let alice = rise.token("alice", &["developers"]);
+    let (status, grant) = rise
+        .get("/registry/credentials?project=my-app", Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    let password = grant["credentials"]["password"].as_str().expect("password");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"));
+    let req = Request::get("/token?service=second-registry&scope=repository:my-app:pull")
+        .header("authorization", format!("Basic {basic}"))
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = rise.send(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "grant_wrong_registry");
+
+    let records = audit_records(&rise, "").await;
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let (issued, refused) = (&records[0], &records[1]);
+    assert_eq!(refused["operation"], "token");
+    assert_eq!(refused["result"], "denied");
+    assert_eq!(refused["reason"], "grant_wrong_registry");
+    assert_eq!(refused["caller"]["subject"], "alice");
+    assert_eq!(refused["registry"], "second");
+    assert_eq!(refused["repository"], "my-app");
+    assert_eq!(refused["credential_id"], issued["credential_id"]);
 }
 
 /// `POST /grants/revocations`: an audit administrator revokes a grant, then every grant of a

@@ -108,6 +108,21 @@ impl GrantKeys {
             .map(|k| k.kid.as_str())
     }
 
+    /// The claims of `password` if one of the accepted keys signed it, expired or not: who
+    /// presented a refused grant, for the audit log. Never a reason to accept it.
+    pub fn signed_claims(&self, password: &str) -> Option<GrantClaims> {
+        let kid = jsonwebtoken::decode_header(password).ok()?.kid?;
+        let key = std::iter::once(&self.current)
+            .chain(&self.others)
+            .find(|k| k.kid == kid)?;
+        let mut validation = key.validation.clone();
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["iss", "sub"]);
+        jsonwebtoken::decode::<GrantClaims>(password, &key.decoding, &validation)
+            .ok()
+            .map(|data| data.claims)
+    }
+
     /// Look at `password` as a grant of any accepted key.
     pub fn check(&self, password: &str) -> GrantCheck {
         let Ok(header) = jsonwebtoken::decode_header(password) else {
@@ -439,6 +454,13 @@ mod tests {
             key.check(&token),
             GrantCheck::Invalid(GrantError::Expired)
         ));
+        // Its caller can still be named for the audit log, from a key that signed it only.
+        let keys = GrantKeys::single(key);
+        let claims = keys.signed_claims(&token).expect("signed by this key");
+        assert!(claims.exp < unix_secs(SystemTime::now()));
+        let other = GrantKeys::single(GrantKey::from_secret(&[8; 32]));
+        assert!(other.signed_claims(&token).is_none(), "another key's grant");
+        assert!(keys.signed_claims("not.a.jwt").is_none());
     }
 
     #[test]

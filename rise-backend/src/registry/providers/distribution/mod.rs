@@ -299,6 +299,16 @@ impl DistributionProvider {
         }
     }
 
+    /// A grant this server signed but refuses (expired, or for another registry), as the
+    /// caller who presented it: the refusal is audited under their name.
+    pub fn refused_grant(&self, password: &str) -> Option<Grant> {
+        self.keys
+            .get()
+            .grant
+            .signed_claims(password)
+            .map(|claims| Grant { claims })
+    }
+
     /// Whether a valid `grant` has been revoked (`rise-backend grants revoke`).
     pub fn revoked(&self, grant: &Grant) -> Option<revocation::Revoked> {
         self.revocations.get().check(grant)
