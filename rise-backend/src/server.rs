@@ -27,6 +27,14 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// Build the application state from validated configuration.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    for (i, admin) in config.audit.admins.iter().enumerate() {
+        if admin.subject.is_none() && admin.groups.is_empty() && admin.claims.is_empty() {
+            tracing::warn!(
+                issuer = %admin.issuer,
+                "audit.admins[{i}] names only an issuer: every token of that issuer may read the audit log and revoke grants; add a subject, groups or claims"
+            );
+        }
+    }
     std::fs::create_dir_all(&config.server.data_dir).with_context(|| {
         format!(
             "creating data directory {}",

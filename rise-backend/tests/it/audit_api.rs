@@ -518,3 +518,19 @@ async fn audit_admins_revoke_grants_over_http() {
         );
     }
 }
+
+/// An admin rule naming only an issuer makes every token of that issuer an administrator:
+/// allowed (a dedicated admin issuer), but said at start-up.
+#[tokio::test]
+async fn an_issuer_wide_admin_rule_is_warned_about() {
+    let captured = crate::support::logs::TraceCapture::start();
+    let _rise = TestRise::from_toml(
+        "[registry]\ntype = \"distribution\"\nurl = \"127.0.0.1:5000\"\n\n[audit]\nadmins = [{ issuer = \"local\" }]\n",
+    )
+    .await;
+    let logs = captured.text();
+    assert!(
+        logs.contains("audit.admins[0] names only an issuer"),
+        "{logs}"
+    );
+}
