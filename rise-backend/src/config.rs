@@ -100,6 +100,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The host of an explicit `https://` `public_url`: the name the certificate must cover.
+    pub fn public_tls_host(&self) -> Option<String> {
+        let url = reqwest::Url::parse(self.public_url.as_deref()?.trim()).ok()?;
+        (url.scheme() == "https")
+            .then(|| url.host_str().map(str::to_owned))
+            .flatten()
+    }
+
     pub fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),

@@ -252,9 +252,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rise_backend::server::build_state(&config).await?;
             // What `serve` loads next: a certificate that cannot be read fails here too.
             if let Some(tls) = &config.server.tls {
-                rise_backend::tls::TlsReloader::load(tls.clone())
-                    .await
-                    .context("loading [server.tls]")?;
+                rise_backend::tls::TlsReloader::load_for(
+                    tls.clone(),
+                    config.server.public_tls_host(),
+                )
+                .await
+                .context("loading [server.tls]")?;
             }
             println!("configuration is valid");
             Ok(())

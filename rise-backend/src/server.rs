@@ -179,7 +179,7 @@ pub async fn run(
         return Ok(());
     };
     let reloader = Arc::new(
-        TlsReloader::load(tls.clone())
+        TlsReloader::load_for(tls.clone(), server.public_tls_host())
             .await
             .context("loading [server.tls]")?,
     );

@@ -68,6 +68,8 @@ pub enum TlsError {
 /// A loaded certificate: the rustls configuration, and a digest of the files it came from.
 struct Loaded {
     config: Arc<ServerConfig>,
+    /// The leaf certificate, DER.
+    leaf: Vec<u8>,
     files_digest: [u8; 32],
     /// SHA-256 of the leaf certificate, for the log.
     fingerprint: String,
@@ -76,6 +78,8 @@ struct Loaded {
 /// Holds the served certificate and replaces it when the files change.
 pub struct TlsReloader {
     files: TlsConfig,
+    /// The host clients reach Rise at (`server.public_url`), which every certificate must cover.
+    host: Option<String>,
     rustls: RustlsConfig,
     current_digest: Mutex<[u8; 32]>,
 }
@@ -93,7 +97,13 @@ impl TlsReloader {
     /// Load the configured certificate; fails when it is missing or invalid, so that `serve`
     /// refuses to start instead of serving nothing.
     pub async fn load(files: TlsConfig) -> Result<Self, TlsError> {
-        let loaded = load_blocking(files.clone()).await?;
+        Self::load_for(files, None).await
+    }
+
+    /// [`load`](Self::load), also requiring every certificate (now and on reload) to cover
+    /// `host`: the host of `server.public_url`, where clients reach Rise.
+    pub async fn load_for(files: TlsConfig, host: Option<String>) -> Result<Self, TlsError> {
+        let loaded = load_blocking(files.clone(), host.clone()).await?;
         tracing::info!(
             certificate = %files.certificate.display(),
             fingerprint = %loaded.fingerprint,
@@ -103,6 +113,7 @@ impl TlsReloader {
             rustls: RustlsConfig::from_config(loaded.config),
             current_digest: Mutex::new(loaded.files_digest),
             files,
+            host,
         })
     }
 
@@ -114,7 +125,7 @@ impl TlsReloader {
     /// Read the files again and serve them if they changed. On error the current certificate
     /// stays.
     pub async fn reload(&self) -> Result<Reload, TlsError> {
-        let result = load_blocking(self.files.clone()).await;
+        let result = load_blocking(self.files.clone(), self.host.clone()).await;
         let loaded = match result {
             Ok(l) => l,
             Err(e) => {
@@ -204,11 +215,57 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 }
 
 /// File reads may block (network file systems); keep them off the async workers.
-async fn load_blocking(files: TlsConfig) -> Result<Loaded, TlsError> {
-    match tokio::task::spawn_blocking(move || load(&files)).await {
+async fn load_blocking(files: TlsConfig, host: Option<String>) -> Result<Loaded, TlsError> {
+    match tokio::task::spawn_blocking(move || load_checked(&files, host.as_deref())).await {
         Ok(result) => result,
         Err(join) => Err(TlsError::Interrupted(join.to_string())),
     }
+}
+
+/// [`load`], and the leaf must cover `host` (a DNS name, wildcards one label deep, or an IP).
+fn load_checked(files: &TlsConfig, host: Option<&str>) -> Result<Loaded, TlsError> {
+    let loaded = load(files)?;
+    if let Some(host) = host
+        && !covers(&loaded.leaf, host)
+    {
+        return Err(TlsError::Rejected {
+            certificate: files.certificate.clone(),
+            key: files.key.clone(),
+            message: format!(
+                "the certificate does not cover {host:?}, the host of server.public_url: clients would refuse it"
+            ),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Whether the certificate `der` names `host` among its subject alternative names.
+fn covers(der: &[u8], host: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: Option<std::net::IpAddr> = host.parse().ok();
+    let host = host.to_ascii_lowercase();
+    san.value.general_names.iter().any(|name| match (name, ip) {
+        (GeneralName::IPAddress(bytes), Some(std::net::IpAddr::V4(v4))) => *bytes == v4.octets(),
+        (GeneralName::IPAddress(bytes), Some(std::net::IpAddr::V6(v6))) => *bytes == v6.octets(),
+        (GeneralName::DNSName(dns), None) => {
+            let dns = dns.to_ascii_lowercase();
+            match dns.strip_prefix("*.") {
+                // A wildcard stands for exactly one label.
+                Some(rest) => host
+                    .split_once('.')
+                    .is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
+                None => dns == host,
+            }
+        }
+        _ => false,
+    })
 }
 
 fn load(files: &TlsConfig) -> Result<Loaded, TlsError> {
@@ -228,6 +285,7 @@ fn load(files: &TlsConfig) -> Result<Loaded, TlsError> {
         return Err(TlsError::NoCertificate(files.certificate.clone()));
     };
     let fingerprint = hex(&Sha256::digest(leaf.as_ref()));
+    let leaf_der = leaf.as_ref().to_vec();
     // An expired (or not yet valid) certificate would fail every client: never load one, so a
     // reload keeps the certificate that works.
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
@@ -264,6 +322,7 @@ fn load(files: &TlsConfig) -> Result<Loaded, TlsError> {
     digest.update(&cert_pem);
     digest.update(key_pem.as_slice());
     Ok(Loaded {
+        leaf: leaf_der,
         config: Arc::new(config),
         files_digest: digest.finalize().into(),
         fingerprint,
@@ -502,6 +561,43 @@ mod tests {
         let err = load(&missing).err().expect("missing refused").to_string();
         assert!(err.contains("nope.pem"), "{err}");
         assert!(!err.contains("PRIVATE KEY"), "{err}");
+    }
+
+    #[test]
+    fn the_certificate_must_cover_the_public_host() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = write_dev_cert(dir.path(), &["rise.test".into()], false).expect("dev cert");
+        let files = tls_config(&files);
+        assert!(load_checked(&files, Some("rise.test")).is_ok());
+        assert!(
+            load_checked(&files, Some("RISE.test")).is_ok(),
+            "names ignore case"
+        );
+        assert!(load_checked(&files, None).is_ok());
+        let err = load_checked(&files, Some("other.example"))
+            .err()
+            .expect("another name refused")
+            .to_string();
+        assert!(err.contains("does not cover \"other.example\""), "{err}");
+
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["*.example.com".to_owned()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("192.0.2.7".parse().expect("ip")));
+        let cert = params.self_signed(&key).expect("cert");
+        let wild = TlsConfig {
+            certificate: dir.path().join("wild.pem"),
+            key: dir.path().join("wild-key.pem"),
+            watch_interval: Duration::ZERO,
+        };
+        std::fs::write(&wild.certificate, cert.pem()).expect("write");
+        std::fs::write(&wild.key, key.serialize_pem()).expect("write");
+        assert!(load_checked(&wild, Some("rise.example.com")).is_ok());
+        assert!(load_checked(&wild, Some("192.0.2.7")).is_ok());
+        for host in ["example.com", "a.b.example.com", "192.0.2.8"] {
+            assert!(load_checked(&wild, Some(host)).is_err(), "{host}");
+        }
     }
 
     #[test]
