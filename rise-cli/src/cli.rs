@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 
 use crate::auth_file::{self, AuthFile};
-use crate::backend::{Backend, CredentialQuery, Grant, format_rfc3339};
+use crate::backend::{Backend, CredentialQuery, Grant, WhoAmI, format_rfc3339, printable};
 use crate::cache;
 use crate::context::{Context, parse_duration};
 use crate::error::{CliError, EXIT_CODES_HELP};
@@ -488,14 +488,7 @@ async fn login(ctx: &Context, backend_flag: Option<&str>, args: LoginArgs) -> Re
         .await?
     } else {
         oidc::device_flow(&http, &meta, &issuer.client_id, &scope, |code| {
-            let url = code
-                .verification_uri_complete
-                .as_deref()
-                .unwrap_or(&code.verification_uri);
-            note(&format!(
-                "To sign in, open {url}\nand confirm the code {}\nWaiting for you to finish signing in...",
-                code.user_code
-            ));
+            note(&device_prompt(code));
         })
         .await?
     };
@@ -506,7 +499,8 @@ async fn login(ctx: &Context, backend_flag: Option<&str>, args: LoginArgs) -> Re
     let me = backend.whoami(&token).await?;
     out(&format!(
         "Logged in to {backend_url} as {} (issuer {}).\n",
-        me.subject, me.issuer
+        printable(&me.subject, MAX_SHOWN),
+        printable(&me.issuer, MAX_SHOWN)
     ))?;
     if !has_refresh {
         note(
@@ -514,6 +508,39 @@ async fn login(ctx: &Context, backend_flag: Option<&str>, args: LoginArgs) -> Re
         );
     }
     Ok(())
+}
+
+/// The most characters of a server's text (a name, a warning) shown on one line.
+const MAX_SHOWN: usize = 300;
+
+/// What the person is asked to do in the device flow; the provider's text is made printable.
+fn device_prompt(code: &oidc::DeviceCode) -> String {
+    let url = code
+        .verification_uri_complete
+        .as_deref()
+        .unwrap_or(&code.verification_uri);
+    format!(
+        "To sign in, open {}\nand confirm the code {}\nWaiting for you to finish signing in...",
+        printable(url, 2000),
+        printable(&code.user_code, 64)
+    )
+}
+
+/// `rise whoami`'s lines about the caller, from the backend's text made printable.
+fn whoami_lines(me: &WhoAmI) -> String {
+    let mut text = format!(
+        "subject: {}\nissuer:  {}\n",
+        printable(&me.subject, MAX_SHOWN),
+        printable(&me.issuer, MAX_SHOWN)
+    );
+    if !me.groups.is_empty() {
+        let groups: Vec<String> = me.groups.iter().map(|g| printable(g, MAX_SHOWN)).collect();
+        text.push_str(&format!("groups:  {}\n", groups.join(", ")));
+    }
+    if let Some(exp) = &me.expires_at {
+        text.push_str(&format!("expires: {}\n", printable(exp, 64)));
+    }
+    text
 }
 
 fn open_browser(url: &str) {
@@ -570,13 +597,7 @@ async fn whoami(ctx: &Context, backend_flag: Option<&str>) -> Result<(), CliErro
         TokenSource::File(p) => format!("RISE_TOKEN_FILE ({})", p.display()),
         TokenSource::Login => "rise login".to_owned(),
     };
-    let mut text = format!("subject: {}\nissuer:  {}\n", me.subject, me.issuer);
-    if !me.groups.is_empty() {
-        text.push_str(&format!("groups:  {}\n", me.groups.join(", ")));
-    }
-    if let Some(exp) = &me.expires_at {
-        text.push_str(&format!("expires: {exp}\n"));
-    }
+    let mut text = whoami_lines(&me);
     text.push_str(&format!("backend: {backend_url}\ntoken:   from {source}\n"));
     out(&text)
 }
@@ -606,7 +627,7 @@ async fn credentials(
     };
     let (_, response) = fetch_grant(ctx, backend_flag, &query).await?;
     for w in &response.grant.warnings {
-        note(&format!("warning: {w}"));
+        note(&format!("warning: {}", printable(w, MAX_SHOWN)));
     }
     // Exposed because the user asked for the credential on stdout.
     let text = match args.format {
@@ -1015,5 +1036,29 @@ mod tests {
         let doc: serde_json::Value =
             serde_json::from_str(&docker_config(&g).expect("json")).expect("json");
         assert!(doc["auths"]["https://index.docker.io/v1/"]["auth"].is_string());
+    }
+
+    #[test]
+    fn server_text_is_made_printable() {
+        let me = WhoAmI {
+            subject: "alice\x1b]0;pwned\x07".into(),
+            issuer: "https://idp\nsubject: root".into(),
+            groups: vec!["ops\r".into()],
+            expires_at: Some("soon\x1b[2J".into()),
+        };
+        let text = whoami_lines(&me);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 4, "{text:?}");
+        assert!(text.contains("subject: alice?]0;pwned?"), "{text:?}");
+        let prompt = device_prompt(&oidc::DeviceCode {
+            user_code: "AB\x1b[1mCD".into(),
+            verification_uri: "https://idp/device\x1b[2J".into(),
+            verification_uri_complete: None,
+        });
+        assert!(!prompt.contains('\x1b'), "{prompt:?}");
+        assert!(prompt.contains("AB?[1mCD"), "{prompt:?}");
     }
 }

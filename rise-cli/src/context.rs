@@ -147,9 +147,12 @@ impl Context {
         }
     }
 
-    /// The HTTP client for the backend and the identity provider, with bounded timeouts.
+    /// The HTTP client for the backend and the identity provider, with bounded timeouts. It
+    /// follows no redirects: a redirect would re-send tokens, codes and passwords to a URL that
+    /// was never checked to be fit to carry them, so a 3xx is an error naming the status.
     pub fn http(&self) -> Result<reqwest::Client, CliError> {
         reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("rise-cli/", env!("CARGO_PKG_VERSION")))

@@ -10,6 +10,7 @@ use rise_cli::error::{CliError, Exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    rise_cli::push::quiet_contained_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -167,10 +167,19 @@ pub async fn device_flow(
         .map_err(|e| provider_unreachable(meta, &e))?;
     let started = tokio::time::Instant::now();
     let wire: DeviceAuthorizationWire = read_oauth(meta, response).await?;
+    // The person is told to open this address: only a web page, never `file:` or `javascript:`.
+    let web =
+        |u: &str| reqwest::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    if !web(&wire.verification_uri) {
+        return Err(CliError::Unavailable(format!(
+            "the identity provider {} sent a sign-in address that is not an http(s) URL; ask the Rise operator to check the issuer",
+            meta.issuer
+        )));
+    }
     show(&DeviceCode {
         user_code: wire.user_code.clone(),
         verification_uri: wire.verification_uri.clone(),
-        verification_uri_complete: wire.verification_uri_complete.clone(),
+        verification_uri_complete: wire.verification_uri_complete.clone().filter(|u| web(u)),
     });
     let lifetime = Duration::from_secs(wire.expires_in).min(MAX_DEVICE_CODE_LIFETIME);
     let deadline = started + lifetime;
@@ -682,5 +691,92 @@ mod tests {
             .await
         );
         assert_eq!(server.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn redirects_do_not_carry_tokens_anywhere() {
+        let elsewhere = FakeServer::start(vec![route("POST /token", 200, "{}")]);
+        let target = format!("{}/token", elsewhere.url);
+        let server = FakeServer::start(vec![
+            route("POST /token", 307, "").header("Location", &target),
+            route("POST /device", 307, "").header("Location", &target),
+            route("POST /revoke", 307, "").header("Location", &target),
+        ]);
+        let http = crate::context::Context::from_env([])
+            .http()
+            .expect("client");
+        let refresh_token: SecretString = "refresh-secret".to_owned().into();
+        let err = refresh(
+            &http,
+            STRICT,
+            &format!("{}/token", server.url),
+            "cli",
+            &refresh_token,
+        )
+        .await
+        .expect_err("redirected");
+        let RefreshError::Failed(err) = err else {
+            panic!("not a failure: {err:?}")
+        };
+        assert!(err.to_string().contains("HTTP 307"), "{err}");
+        let revoked = revoke(
+            &http,
+            STRICT,
+            &format!("{}/revoke", server.url),
+            "cli",
+            &refresh_token,
+        )
+        .await;
+        assert!(!revoked);
+        let meta = meta_at(&server.url);
+        let err = device_flow(&http, &meta, "cli", "openid", |_| {})
+            .await
+            .expect_err("redirected");
+        assert!(err.to_string().contains("HTTP 307"), "{err}");
+        assert!(
+            elsewhere.requests().is_empty(),
+            "{:?}",
+            elsewhere.requests()
+        );
+        assert_eq!(server.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_device_flow_shows_only_web_addresses() {
+        for (uri, complete, ok) in [
+            ("javascript:alert(1)", None, false),
+            ("file:///etc/passwd", None, false),
+            ("https://idp/device", Some("file:///x"), true),
+        ] {
+            let mut body = serde_json::json!({
+                "device_code": "d", "user_code": "ABCD", "verification_uri": uri,
+                "expires_in": 1, "interval": 1,
+            });
+            if let Some(c) = complete {
+                body["verification_uri_complete"] = c.into();
+            }
+            let server = FakeServer::start(vec![
+                route("POST /device", 200, &body.to_string()),
+                route("POST /token", 200, r#"{"access_token":"a"}"#),
+            ]);
+            let mut shown = None;
+            let result = device_flow(
+                &reqwest::Client::new(),
+                &meta_at(&server.url),
+                "cli",
+                "openid",
+                |c| shown = Some(c.clone()),
+            )
+            .await;
+            if ok {
+                let shown = shown.expect("shown");
+                assert_eq!(shown.verification_uri, uri);
+                assert_eq!(shown.verification_uri_complete, None);
+            } else {
+                let err = result.expect_err(uri).to_string();
+                assert!(err.contains("not an http(s) URL"), "{err}");
+                assert!(shown.is_none(), "{uri}");
+            }
+        }
     }
 }

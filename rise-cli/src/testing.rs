@@ -6,12 +6,14 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 /// One canned answer: requests whose request line starts with `prefix` (`"GET /auth/whoami"`)
-/// get `status` and the JSON `body`, in which `{base}` stands for the server's own URL.
+/// get `status`, the extra `headers` and the JSON `body`; in the body and the header values
+/// `{base}` stands for the server's own URL.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub prefix: String,
     pub status: u16,
     pub body: String,
+    pub headers: Vec<(String, String)>,
 }
 
 pub fn route(prefix: &str, status: u16, body: &str) -> Route {
@@ -19,6 +21,15 @@ pub fn route(prefix: &str, status: u16, body: &str) -> Route {
         prefix: prefix.to_owned(),
         status,
         body: body.to_owned(),
+        headers: Vec::new(),
+    }
+}
+
+impl Route {
+    /// The same answer with one more response header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
     }
 }
 
@@ -26,6 +37,7 @@ pub fn route(prefix: &str, status: u16, body: &str) -> Route {
 /// test process ends.
 pub struct FakeServer {
     pub url: String,
+    /// Request heads (request line and headers) in the order received.
     requests: Arc<Mutex<Vec<String>>>,
 }
 
@@ -41,14 +53,21 @@ impl FakeServer {
                 let Ok(mut stream) = stream else { continue };
                 let head = read_request(&mut stream);
                 let line = head.lines().next().unwrap_or_default().to_owned();
-                let (status, body) = routes
+                let (status, body, headers) = routes
                     .iter()
                     .find(|r| line.starts_with(&r.prefix))
-                    .map(|r| (r.status, r.body.replace("{base}", &base)))
-                    .unwrap_or((404, String::new()));
-                seen.lock().expect("lock").push(line);
+                    .map(|r| {
+                        let headers: String = r
+                            .headers
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {}\r\n", v.replace("{base}", &base)))
+                            .collect();
+                        (r.status, r.body.replace("{base}", &base), headers)
+                    })
+                    .unwrap_or((404, String::new(), String::new()));
+                seen.lock().expect("lock").push(head);
                 let reply = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(reply.as_bytes());
@@ -59,6 +78,14 @@ impl FakeServer {
 
     /// The request lines received so far.
     pub fn requests(&self) -> Vec<String> {
+        self.heads()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The request heads (request line and headers) received so far.
+    pub fn heads(&self) -> Vec<String> {
         self.requests.lock().expect("lock").clone()
     }
 }
