@@ -292,18 +292,23 @@ async fn unwritable_audit_store_fails_requests_with_503() {
     assert_eq!(status, StatusCode::NOT_FOUND, "recovers with the store");
 }
 
-/// A `/token` exchange is audited too, linked to the grant it used.
-#[tokio::test]
-async fn token_exchanges_are_recorded() {
+/// A grant for alice on my-app, as the `Authorization: Basic` value a registry client sends.
+async fn alice_grant_as_basic(rise: &TestRise) -> String {
     use base64::Engine as _;
-    let rise = rise().await;
     let alice = rise.token("alice", &["developers"]);
     let (status, grant) = rise
         .get("/registry/credentials?project=my-app", Some(&alice))
         .await;
     assert_eq!(status, StatusCode::OK, "{grant}");
     let password = grant["credentials"]["password"].as_str().expect("password");
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"));
+    base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"))
+}
+
+/// A `/token` exchange is audited too, linked to the grant it used.
+#[tokio::test]
+async fn token_exchanges_are_recorded() {
+    let rise = rise().await;
+    let basic = alice_grant_as_basic(&rise).await;
     let req = Request::get(
         "/token?service=rise-registry&scope=repository:my-app:pull,push&scope=repository:other:pull",
     )
@@ -361,15 +366,8 @@ async fn token_exchanges_are_recorded() {
 /// its caller: the refusal is audited under their name, linked to the grant.
 #[tokio::test]
 async fn refused_grants_are_recorded_under_their_caller() {
-    use base64::Engine as _;
     let rise = rise().await;
-    let alice = rise.token("alice", &["developers"]);
-    let (status, grant) = rise
-        .get("/registry/credentials?project=my-app", Some(&alice))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{grant}");
-    let password = grant["credentials"]["password"].as_str().expect("password");
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"));
+    let basic = alice_grant_as_basic(&rise).await;
     let req = Request::get("/token?service=second-registry&scope=repository:my-app:pull")
         .header("authorization", format!("Basic {basic}"))
         .body(Body::empty())
