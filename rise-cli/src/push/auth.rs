@@ -267,23 +267,23 @@ fn same_authority(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-/// `realm`'s host is the registry's parent domain or inside it (`auth.docker.io` for
-/// `index.docker.io`), when that parent has at least two labels (never all of `.io`).
+/// `realm`'s host is the registry's host or inside it, or both share one registrable domain
+/// (`auth.docker.io` for `index.docker.io`: `docker.io`). The public suffix list decides what
+/// is registrable, so `x.co.uk` never trusts `evil.co.uk`, nor `a.github.io` `b.github.io`.
 fn same_domain(realm: &reqwest::Url, registry: &reqwest::Url) -> bool {
     let domain = |u: &reqwest::Url| {
         u.host_str()
             .filter(|h| !h.starts_with('[') && h.parse::<std::net::IpAddr>().is_err())
-            .map(str::to_ascii_lowercase)
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
     };
     let (Some(r), Some(g)) = (domain(realm), domain(registry)) else {
         return false;
     };
-    let within = |d: &str| r == d || r.ends_with(&format!(".{d}"));
-    if within(&g) {
+    if r == g || r.ends_with(&format!(".{g}")) {
         return true;
     }
-    match g.split_once('.') {
-        Some((_, parent)) if parent.contains('.') => within(parent),
+    match (psl::domain_str(&r), psl::domain_str(&g)) {
+        (Some(a), Some(b)) => a == b,
         _ => false,
     }
 }
@@ -373,6 +373,12 @@ mod tests {
             ("index.docker.io", false, "https://auth.docker.io/token"),
             ("ghcr.io", false, "https://ghcr.io/token"),
             ("registry.gitlab.com", false, "https://gitlab.com/jwt/auth"),
+            ("registry.x.co.uk", false, "https://auth.x.co.uk/token"),
+            (
+                "registry.corp.internal",
+                false,
+                "https://auth.corp.internal/token",
+            ),
             ("reg.example.com", false, "https://rise.example.com/token"),
             ("127.0.0.1:5000", true, "http://127.0.0.1:5000/token"),
             ("127.0.0.1:5000", true, "https://rise.example.com/token"),
@@ -382,6 +388,13 @@ mod tests {
         for (registry, plain, realm) in [
             ("reg.example.com", false, "http://reg.example.com/token"),
             ("ghcr.io", false, "https://evil.io/token"),
+            ("x.co.uk", false, "https://evil.co.uk/token"),
+            ("a.github.io", false, "https://b.github.io/token"),
+            (
+                "registry.example.com",
+                false,
+                "https://example.com.evil.org/token",
+            ),
             ("reg.example.com", false, "https://example.org/token"),
             ("127.0.0.1:5000", true, "http://127.0.0.1:5001/token"),
             ("127.0.0.1:5000", true, "http://192.0.2.2:5000/token"),
