@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::Uri;
+use axum::http::{HeaderValue, Uri, header};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
@@ -107,6 +108,19 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().chars().take(200).collect())
 }
 
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+/// A 405 with its `Allow` header. axum lists HEAD wherever GET is routed; the minting routes
+/// refuse HEAD, so they name their methods here (axum keeps an `Allow` a handler set).
+async fn method_not_allowed(uri: Uri) -> Response {
+    let mut response = ApiError::MethodNotAllowed.into_response();
+    let minting = match uri.path() {
+        "/registry/credentials" => Some("GET"),
+        "/token" => Some("GET, POST"),
+        _ => None,
+    };
+    if let Some(allow) = minting {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
 }

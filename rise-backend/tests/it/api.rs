@@ -507,3 +507,48 @@ async fn head_does_not_mint() {
     let records = rise.state.audit.query(&filter).await.expect("audit");
     assert!(records.is_empty(), "{} records", records.len());
 }
+
+/// Every 405 says which methods the endpoint does take (RFC 9110 requires `Allow` on a 405).
+#[tokio::test]
+async fn method_not_allowed_names_the_allowed_methods() {
+    use tower::ServiceExt;
+    let rise = rise().await;
+    for (method, uri, allowed) in [
+        ("HEAD", "/registry/credentials?project=my-app", "GET"),
+        ("POST", "/registry/credentials?project=my-app", "GET"),
+        ("HEAD", "/token", "GET,POST"),
+        ("DELETE", "/token", "GET,POST"),
+        ("POST", "/audit", "GET,HEAD"),
+        ("GET", "/grants/revocations", "POST"),
+        ("PUT", "/healthz", "GET,HEAD"),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .expect("request");
+        let resp = rise_backend::http::app(rise.state.clone())
+            .oneshot(req)
+            .await
+            .expect("router is infallible");
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        let allow = resp
+            .headers()
+            .get(axum::http::header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.replace(' ', ""));
+        assert_eq!(allow.as_deref(), Some(allowed), "{method} {uri}");
+        if method == "HEAD" {
+            continue; // a HEAD answer has no body
+        }
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let json: Value = serde_json::from_slice(&body).expect("JSON body");
+        assert_eq!(json["error"], "method_not_allowed", "{method} {uri}");
+    }
+}
