@@ -263,6 +263,11 @@ async fn stored_bearer(
         tokens,
         Some(refresh_token),
     );
+    // A provider may renew with an opaque access token and no ID token: nothing the backend
+    // can verify. Sending it would fail as a malformed token; the login has to be redone.
+    if !jwt::is_jwt(renewed.bearer().expose_secret()) {
+        return Err(expired());
+    }
     let bearer = renewed.bearer().clone();
     file.logins.insert(backend.to_owned(), renewed);
     fsutil::write_json_private(&path, &file)?;
@@ -474,6 +479,56 @@ mod tests {
             resolve_backend(&c, None),
             Err(CliError::NoBackend)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_renewal_without_a_jwt_asks_for_a_new_login() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ctx(dir.path(), &[]);
+        let http = reqwest::Client::new();
+        let backend = "http://127.0.0.1:9";
+        let fresh_id = jwt(unix_now() + 600);
+        for (reply, want) in [
+            (
+                r#"{"access_token":"opaque","expires_in":600}"#.to_owned(),
+                None,
+            ),
+            (
+                format!(r#"{{"access_token":"opaque","id_token":"{fresh_id}","expires_in":600}}"#),
+                Some(fresh_id.clone()),
+            ),
+        ] {
+            let idp = crate::testing::FakeServer::start(vec![crate::testing::route(
+                "POST /token",
+                200,
+                &reply,
+            )]);
+            let mut provider = meta();
+            provider.token_endpoint = format!("{}/token", idp.url);
+            let stale = jwt(unix_now() - 10);
+            save_login(
+                &c,
+                backend,
+                StoredLogin::new("corp", &provider, "cli", tokens(stale.clone(), None), None),
+            )
+            .expect("save");
+            let got = caller_token(&c, &http, backend).await;
+            match want {
+                None => {
+                    let err = got.expect_err("an opaque renewal is not a bearer");
+                    assert!(matches!(err, CliError::LoginExpired { .. }), "{err}");
+                    // The stored login is left as it was, not replaced by the opaque token.
+                    let file: LoginFile =
+                        fsutil::read_json_or_default(&c.login_file().expect("path")).expect("read");
+                    let kept = file.logins.get(backend).expect("still stored");
+                    assert_eq!(kept.access_token.expose_secret(), stale);
+                }
+                Some(id) => {
+                    let t = got.expect("renewed through the ID token");
+                    assert_eq!(t.token.expose_secret(), id);
+                }
+            }
+        }
     }
 
     #[test]
