@@ -9,7 +9,7 @@ use rise_backend::registry::{Actions, IssuedCredential, ProviderError, RegistryP
 use secrecy::ExposeSecret;
 
 use crate::support::fake_acr::{
-    API_VERSION, ARM_SCOPE, CLIENT_ID, CLIENT_SECRET, Endpoint, Failure, FakeAcr, GARBAGE_SECRET,
+    API_VERSION, CLIENT_ID, CLIENT_SECRET, Endpoint, Failure, FakeAcr, GARBAGE_SECRET,
     INJECTED_SECRET, LOGIN_SERVER, TENANT_ID,
 };
 use crate::support::provider_calls::{GUARD, issue, request, revoke};
@@ -74,7 +74,11 @@ async fn push_credential_reaches_only_the_project_repository() {
     assert_eq!(entra.path, format!("/{TENANT_ID}/oauth2/v2.0/token"));
     assert_eq!(entra.body["client_id"], CLIENT_ID);
     assert_eq!(entra.body["client_secret"], CLIENT_SECRET);
-    assert_eq!(entra.body["scope"], ARM_SCOPE);
+    assert_eq!(
+        entra.body["scope"],
+        format!("{}/.default", fake.base_url()),
+        "the scope of the ARM that Rise talks to"
+    );
     assert_eq!(entra.body["grant_type"], "client_credentials");
     let arm_token = fake.arm_tokens().pop().expect("an ARM token");
     for r in &requests[1..] {

@@ -23,7 +23,9 @@
 //! ```
 //!
 //! Other keys: `authority_url` (default `https://login.microsoftonline.com`), `management_url`
-//! (default `https://management.azure.com`), `api_version` (default `2023-07-01`),
+//! (default `https://management.azure.com`), `arm_scope` (the scope asked of Entra ID; default
+//! `management_url`'s origin + `/.default`, right for the public cloud, Azure Government and
+//! Azure China; set it when `management_url` is a proxy), `api_version` (default `2023-07-01`),
 //! `request_timeout` (10s, each HTTP call), `connect_timeout` (5s), `operation_timeout` (60s, a
 //! whole long-running ARM operation, polls included), `cleanup_interval` (5m, see below),
 //! `cleanup_batch` (20), `secret_refresh_interval` (5m, for `aws-secretsmanager:` references),
@@ -137,6 +139,9 @@ pub struct AcrConfig {
     pub authority_url: String,
     #[serde(default = "defaults::management_url")]
     pub management_url: String,
+    /// The scope Rise asks Entra ID for; default: `management_url`'s origin + `/.default`.
+    #[serde(default)]
+    pub arm_scope: Option<String>,
     #[serde(default = "defaults::api_version")]
     pub api_version: String,
     #[serde(default = "defaults::max_ttl", with = "humantime_serde")]
@@ -336,6 +341,7 @@ impl AcrProvider {
             config.insecure_http,
         )
         .map_err(bad)?;
+        let scope = arm_scope(config.arm_scope.as_deref(), &management).map_err(bad)?;
         let api_version = config.api_version.trim();
         if api_version.is_empty()
             || !api_version
@@ -357,6 +363,7 @@ impl AcrProvider {
         let arm = ArmClient::new(ArmSettings {
             authority,
             management,
+            scope,
             tenant_id: tenant_id.to_owned(),
             client_id: client_id.to_owned(),
             client_secret,
@@ -689,6 +696,22 @@ fn valid_resource_group(rg: &str) -> bool {
 fn parse_service_url(key: &str, raw: &str, insecure_http: bool) -> Result<Url, String> {
     let url = upstream::endpoint_url(key, raw, insecure_http, None)?;
     Ok(url)
+}
+
+/// The scope to ask Entra ID for: the configured one, or ARM's audience (its origin) +
+/// `/.default`. Visible ASCII only: it goes into a form body.
+fn arm_scope(configured: Option<&str>, management: &Url) -> Result<String, String> {
+    let scope = match configured.map(str::trim) {
+        Some(s) => s.to_owned(),
+        None => format!("{}/.default", management.origin().ascii_serialization()),
+    };
+    if scope.is_empty() || scope.len() > 512 || !scope.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "arm_scope must be ARM's audience followed by /.default, e.g. https://management.usgovcloudapi.net/.default"
+                .into(),
+        );
+    }
+    Ok(scope)
 }
 
 /// `rise-<slug>-<hash8>-<pull|push>`: at most 50 characters of `[a-z0-9-]`; the hash keeps
@@ -1056,6 +1079,42 @@ client_id = "22222222-2222-2222-2222-222222222222"
         assert_eq!(a.api_version, "2023-07-01");
         let p = AcrProvider::from_config("default", a).await.expect("valid");
         assert_eq!(p.max_ttl(), Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn the_arm_scope_follows_the_cloud() {
+        let url = |u: &str| Url::parse(u).expect("url");
+        for (management, configured, want) in [
+            (
+                "https://management.azure.com",
+                None,
+                "https://management.azure.com/.default",
+            ),
+            (
+                "https://management.usgovcloudapi.net/",
+                None,
+                "https://management.usgovcloudapi.net/.default",
+            ),
+            (
+                "https://management.chinacloudapi.cn",
+                None,
+                "https://management.chinacloudapi.cn/.default",
+            ),
+            (
+                "https://proxy.example/arm/",
+                Some(" https://management.azure.com/.default "),
+                "https://management.azure.com/.default",
+            ),
+        ] {
+            assert_eq!(
+                arm_scope(configured, &url(management)).expect(management),
+                want
+            );
+        }
+        for bad in ["", "https://a b/.default", "https://é/.default"] {
+            let err = arm_scope(Some(bad), &url("https://management.azure.com")).expect_err(bad);
+            assert!(err.contains("arm_scope"), "{err}");
+        }
     }
 
     #[tokio::test]

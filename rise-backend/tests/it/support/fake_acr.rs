@@ -59,7 +59,6 @@ pub const RESOURCE_GROUP: &str = "rise-rg";
 pub const REGISTRY_NAME: &str = "riseregistry";
 pub const LOGIN_SERVER: &str = "riseregistry.azurecr.io";
 pub const API_VERSION: &str = "2023-07-01";
-pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// Token-like text in injected error bodies: it must never reach a log line or an error.
 pub const INJECTED_SECRET: &str = "eyJinjected-should-never-be-logged-0123456789abcdef";
 /// Token-like text in garbage replies.
@@ -416,7 +415,16 @@ async fn entra_token(
             70_003,
         );
     }
-    if field("scope") != ARM_SCOPE {
+    // Each cloud's ARM takes only tokens for its own audience; this fake is the ARM of the
+    // authority that answers here.
+    let audience = format!(
+        "http://{}/.default",
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
+    );
+    if field("scope") != audience {
         return entra_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",

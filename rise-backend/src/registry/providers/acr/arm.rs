@@ -4,7 +4,9 @@
 //! Shapes come from Microsoft's public documentation (no Azure runs in Rise's test environment;
 //! the tests use a fake built from the same documents):
 //! - Entra ID client credentials grant: `POST {authority}/{tenant}/oauth2/v2.0/token`, form
-//!   `client_id`, `client_secret`, `scope=https://management.azure.com/.default`,
+//!   `client_id`, `client_secret`, `scope=<ARM audience>/.default` (`https://management.azure.com`
+//!   in Azure's public cloud, `https://management.usgovcloudapi.net` in Azure Government: each
+//!   cloud's ARM accepts only tokens for its own audience),
 //!   `grant_type=client_credentials`; 200 `{token_type, expires_in, access_token}`; errors
 //!   `{error, error_description, error_codes}` with 400 (bad request, unknown tenant) or 401
 //!   (`invalid_client`) ("Microsoft identity platform and the OAuth 2.0 client credentials
@@ -55,8 +57,6 @@ pub(super) const GENERATE_OPERATION: &str = "ACR generate credentials";
 pub(super) const DELETE_OPERATION: &str = "ACR token delete";
 pub(super) const LIST_OPERATION: &str = "ACR token list";
 
-/// The ARM scope Rise asks Entra ID for.
-const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// Replies are small; anything bigger is not a reply Rise can use.
 const MAX_BODY: usize = 256 * 1024;
 /// Entra tokens are refreshed this long before they expire (or at half their life if shorter).
@@ -72,6 +72,8 @@ const CONFLICT_RETRIES: usize = 3;
 pub(super) struct ArmSettings {
     pub authority: Url,
     pub management: Url,
+    /// The scope asked of Entra ID: ARM's audience + `/.default`.
+    pub scope: String,
     pub tenant_id: String,
     pub client_id: String,
     pub client_secret: Secret,
@@ -97,6 +99,7 @@ pub(super) struct ArmClient {
     http: reqwest::Client,
     token_url: Url,
     management: Url,
+    scope: String,
     /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerRegistry/registries/{name}`.
     registry_id: String,
     api_version: String,
@@ -257,6 +260,7 @@ impl ArmClient {
             http,
             token_url,
             management: settings.management,
+            scope: settings.scope,
             registry_id,
             api_version: settings.api_version,
             client_id: settings.client_id,
@@ -542,7 +546,7 @@ impl ArmClient {
             ("client_id", self.client_id.as_str()),
             // The single place the client secret is exposed: to the tenant's token endpoint.
             ("client_secret", secret.expose_secret()),
-            ("scope", ARM_SCOPE),
+            ("scope", self.scope.as_str()),
             ("grant_type", "client_credentials"),
         ];
         let op = ENTRA_OPERATION;
@@ -792,6 +796,7 @@ mod tests {
         ArmClient::new(ArmSettings {
             authority: Url::parse("https://login.example").expect("url"),
             management: Url::parse(management).expect("url"),
+            scope: "https://management.azure.com/.default".into(),
             tenant_id: "t".into(),
             client_id: "c".into(),
             client_secret: Secret::plain(SecretString::from("s".to_owned())),
