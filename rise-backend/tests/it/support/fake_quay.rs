@@ -531,7 +531,15 @@ async fn delete_robot(
     let name = format!("{org}+{shortname}");
     let mut inner = shared.lock().expect("fake Quay state");
     let Some(at) = inner.robots.iter().position(|r| r.name == name) else {
-        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
+        // Quay's OrgRobot.delete looks the robot up first; a missing one is a data-model
+        // error, which its API answers with 400 and a bare message (not the documented 404).
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({
+                "message": "Could not find robot with specified username"
+            })),
+        )
+            .into_response();
     };
     let robot = inner.robots.remove(at);
     inner.deleted.push(robot);

@@ -93,6 +93,18 @@ struct ErrorBody {
     detail: Option<String>,
     #[serde(default)]
     error_message: Option<String>,
+    /// Data-model errors come as `{"message": ...}` only (with 400).
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Quay answers a robot that does not exist with 400 `{"message": "Could not find robot with
+/// specified username"}` (a data-model error), not 404.
+fn robot_missing(body: &[u8]) -> bool {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|e| e.message)
+        .is_some_and(|m| m.starts_with("Could not find robot"))
 }
 
 /// How a delete ended.
@@ -204,11 +216,8 @@ impl QuayClient {
                 return Err(GrantError::NotFound(summarise_error_body(&bytes, token)));
             }
             other => {
-                return Err(GrantError::Other(status_error(
-                    PERMISSION_OPERATION,
-                    other,
-                    &bytes,
-                    token,
+                return Err(GrantError::Other(with_missing_repository_hint(
+                    status_error(PERMISSION_OPERATION, other, &bytes, token),
                 )));
             }
         }
@@ -238,6 +247,7 @@ impl QuayClient {
         match status {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(Deleted::Now),
             StatusCode::NOT_FOUND => Ok(Deleted::AlreadyGone),
+            StatusCode::BAD_REQUEST if robot_missing(&bytes) => Ok(Deleted::AlreadyGone),
             other => Err(status_error(DELETE_OPERATION, other, &bytes, token)),
         }
     }
@@ -302,6 +312,20 @@ fn status_error(
     }
 }
 
+/// Quay documents 404 for a repository that does not exist, but its data model can fail the
+/// permission call on one with another status (400 or 500): say what to check.
+fn with_missing_repository_hint(e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Upstream { operation, detail } => ProviderError::Upstream {
+            operation,
+            detail: format!(
+                "{detail}; check that the repository exists in Quay (Rise does not create repositories)"
+            ),
+        },
+        other => other,
+    }
+}
+
 /// `title: detail` from a Quay error body, or the redacted raw text.
 fn summarise_error_body(body: &[u8], token: &SecretString) -> String {
     let secrets = [token.expose_secret()];
@@ -311,6 +335,9 @@ fn summarise_error_body(body: &[u8], token: &SecretString) -> String {
             let detail = e.detail.or(e.error_message).unwrap_or_default();
             redact_for_log(&format!("{title}: {detail}"), &secrets)
         }
+        Ok(ErrorBody {
+            message: Some(m), ..
+        }) => redact_for_log(&m, &secrets),
         _ => format!(
             "unrecognised body {:?}",
             redact_for_log(&String::from_utf8_lossy(body), &secrets)
@@ -329,6 +356,29 @@ mod tests {
         assert_eq!(
             summarise_error_body(body, &token),
             "insufficient_scope: Unauthorized [REDACTED]"
+        );
+        assert_eq!(
+            summarise_error_body(
+                br#"{"message":"Could not find robot with specified username"}"#,
+                &token
+            ),
+            "Could not find robot with specified username"
+        );
+        assert!(robot_missing(
+            br#"{"message":"Could not find robot with specified username"}"#
+        ));
+        assert!(!robot_missing(br#"{"message":"Invalid robot name"}"#));
+        assert!(!robot_missing(b"not json"));
+        let e = with_missing_repository_hint(status_error(
+            PERMISSION_OPERATION,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            br#"{"message":"Internal Server Error"}"#,
+            &token,
+        ));
+        let shown = e.to_string();
+        assert!(
+            shown.contains("Internal Server Error") && shown.contains("exists in Quay"),
+            "{shown}"
         );
         let s = summarise_error_body(b"<html>oauth-token-hunter2</html>", &token);
         assert!(s.starts_with("unrecognised body"), "{s}");
