@@ -496,6 +496,36 @@ async fn harbor_itself_expires_robots_after_a_day() {
     );
 }
 
+/// Harbor's one-day expiry is the backstop when Rise cannot delete a robot: a robot created
+/// with a longer life (or none) is deleted and refused.
+#[tokio::test]
+async fn robots_outliving_the_backstop_are_deleted_and_refused() {
+    let fake = FakeHarbor::start().await;
+    let p = provider(&fake, "").await;
+    for days in [30, -1] {
+        fake.override_duration(Some(days));
+        let err = issue(
+            &p,
+            &request("my-app", Actions::PUSH_PULL, Duration::from_secs(600)),
+        )
+        .await
+        .expect_err("a robot living longer than a day is refused");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("expire") && shown.contains("was deleted"),
+            "{days}: {shown}"
+        );
+        assert!(fake.robots().is_empty(), "{days}: the robot was taken back");
+    }
+    fake.override_duration(None);
+    issue(
+        &p,
+        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(600)),
+    )
+    .await
+    .expect("a one-day robot is fine");
+}
+
 #[tokio::test]
 async fn upstream_failures_become_provider_errors() {
     let fake = FakeHarbor::start().await;

@@ -162,6 +162,24 @@ mod defaults {
 
 /// Harbor's shortest robot lifetime: one day, so no Rise credential may be meant to outlive it.
 const ROBOT_DURATION_DAYS: i64 = 1;
+/// Harbor's clock may run ahead of Rise's by this much before a robot's expiry counts as later
+/// than asked.
+const CLOCK_SLACK_SECS: i64 = 3600;
+
+/// Why a created robot's own expiry (`expires_at`, Unix seconds) is not the backstop Rise asked
+/// for (at most [`ROBOT_DURATION_DAYS`] away), or `None` when it is.
+fn backstop_refused(expires_at: Option<i64>, now: SystemTime) -> Option<String> {
+    let now = i64::try_from(robots::unix_seconds(now)).unwrap_or(i64::MAX);
+    let latest = now.saturating_add(ROBOT_DURATION_DAYS * 86_400 + CLOCK_SLACK_SECS);
+    match expires_at {
+        Some(-1) => Some("Harbor created a robot that never expires".to_owned()),
+        Some(t) if t > 0 && t <= latest => None,
+        Some(t) => Some(format!(
+            "Harbor set the robot to expire at {t} (Unix seconds), not within the {ROBOT_DURATION_DAYS} day Rise asked for"
+        )),
+        None => Some("Harbor did not say when the robot expires".to_owned()),
+    }
+}
 const MAX_TTL_LIMIT: Duration = Duration::from_secs(24 * 3600);
 const MAX_DESCRIPTION_LEN: usize = 1000;
 /// Bounds of one sweep.
@@ -423,10 +441,8 @@ impl Shared {
                 "Harbor named the robot {:?}, not after {local_name:?}",
                 created.name.chars().take(100).collect::<String>()
             ))
-        } else if created.expires_at == Some(-1) {
-            Some("Harbor created a robot that never expires".to_owned())
         } else {
-            None
+            backstop_refused(created.expires_at, SystemTime::now())
         };
         if let Some(why) = refused {
             let taken_back = match self.client.delete_robot(&login, created.id).await {
@@ -608,6 +624,25 @@ fn parse_robot_id(id: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backstop_is_harbor_expiring_the_robot_within_a_day() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |secs: i64| Some(1_800_000_000 + secs);
+        for ok in [at(86_400), at(86_400 + 3_000), at(60), at(-600)] {
+            assert_eq!(backstop_refused(ok, now), None, "{ok:?}");
+        }
+        for (bad, why) in [
+            (Some(-1), "never expires"),
+            (None, "did not say"),
+            (Some(0), "not within"),
+            (at(2 * 86_400), "not within"),
+            (Some(i64::MAX), "not within"),
+        ] {
+            let shown = backstop_refused(bad, now).expect("refused");
+            assert!(shown.contains(why), "{bad:?}: {shown}");
+        }
+    }
 
     fn config(toml_text: &str) -> HarborConfig {
         toml::from_str(toml_text).expect("valid test config")

@@ -125,6 +125,8 @@ struct Inner {
     failure: Option<(Option<&'static str>, Failure)>,
     /// Added to the real clock for creation and expiry.
     clock_offset: Duration,
+    /// A misbehaving Harbor: robots get this duration (days) whatever was asked.
+    duration_override: Option<i64>,
 }
 
 impl Inner {
@@ -151,6 +153,7 @@ impl FakeHarbor {
             next_id: 1,
             failure: None,
             clock_offset: Duration::ZERO,
+            duration_override: None,
         }));
         let app = Router::new()
             .route("/api/v2.0/robots", post(create_robot).get(list_robots))
@@ -210,6 +213,11 @@ impl FakeHarbor {
     /// Fail only requests with `method` (`POST`, `GET`, `DELETE`).
     pub fn set_failure_on(&self, method: &'static str, failure: Failure) {
         self.lock().failure = Some((Some(method), failure));
+    }
+
+    /// Give every new robot `days` of life (`-1`: never expires) whatever the request asked.
+    pub fn override_duration(&self, days: Option<i64>) {
+        self.lock().duration_override = days;
     }
 
     /// Move the fake's clock forward (robot creation and expiry use it).
@@ -551,6 +559,7 @@ fn create(
     let id = inner.next_id;
     inner.next_id += 1;
     let now = inner.now();
+    let duration = inner.duration_override.unwrap_or(duration);
     let expires_at = if duration == -1 {
         -1
     } else {
