@@ -600,10 +600,15 @@ impl Shared {
         }
         let secret = self.secret.current().await;
         let signed_in = self.client.sign_in(&self.username, &secret).await?;
-        let remaining = signed_in
-            .expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        // The sign-in JWT's `exp` is read unverified: a far-future one is held at most as long
+        // as any upstream token.
+        let remaining = upstream::cache_lifetime(
+            signed_in
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs(),
+        );
         let token = signed_in.token.clone();
         *cached = Some(CachedJwt {
             token: signed_in.token,
