@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 
 use crate::support::fake_acr::{
     API_VERSION, CLIENT_ID, CLIENT_SECRET, Endpoint, Failure, FakeAcr, GARBAGE_SECRET,
-    INJECTED_SECRET, LOGIN_SERVER, TENANT_ID,
+    INJECTED_SECRET, LOGIN_SERVER, REGISTRY_NAME, TENANT_ID,
 };
 use crate::support::provider_calls::{GUARD, issue, request, revoke};
 use crate::support::provider_checks::{assert_no_secret, assert_output_free_of};
@@ -725,6 +725,20 @@ async fn replies_wider_or_longer_than_asked_are_refused() {
             assert_no_secret(&e, &[&pw.value]);
         }
     }
+    eventually("the token is deleted", || fake.tokens().is_empty()).await;
+
+    // Credentials of another user than the token Rise created are not handed out.
+    fake.set_failure(Endpoint::GenerateCredentials, Some(Failure::OtherUser));
+    let e = issue(
+        &p,
+        &request("my-app", Actions::PULL, Duration::from_secs(600)),
+    )
+    .await
+    .expect_err("another user's credentials are refused");
+    assert!(
+        matches!(&e, ProviderError::Upstream { operation, detail } if *operation == "ACR generate credentials" && detail.contains(REGISTRY_NAME)),
+        "{e:?}"
+    );
     eventually("the token is deleted", || fake.tokens().is_empty()).await;
 }
 

@@ -419,7 +419,7 @@ impl Inner {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let token_name = token_name(&request.request_id, expiry_secs, &random_suffix());
-        let minted = self.mint(&token_name, &scope_map_id, expiry, request).await;
+        let minted = self.mint(&token_name, &scope_map_id, expiry).await;
         if minted.is_err() {
             // Take back whatever was created; the cleanup would find it after its expiry anyway.
             self.spawn_delete(token_name.clone());
@@ -446,7 +446,6 @@ impl Inner {
         token_name: &str,
         scope_map_id: &str,
         expiry: SystemTime,
-        request: &CredentialRequest,
     ) -> Result<(String, SecretString, SystemTime), ProviderError> {
         let token = self.arm.put_token(token_name, scope_map_id).await?;
         let properties = token.properties.as_ref();
@@ -469,10 +468,21 @@ impl Inner {
                 detail: format!("token {token_name} is not enabled; it is deleted"),
             });
         }
-        let token_id = token
+        // The password is generated for the token Rise named, never for an id ARM's reply names.
+        let token_id = self.arm.child_id("tokens", token_name);
+        if let Some(other) = token
             .id
-            .clone()
-            .unwrap_or_else(|| self.arm.child_id("tokens", token_name));
+            .as_deref()
+            .filter(|id| !id.eq_ignore_ascii_case(&token_id))
+        {
+            return Err(ProviderError::Upstream {
+                operation: arm::TOKEN_OPERATION,
+                detail: format!(
+                    "ARM answered for {:?}, not token {token_name}; it is deleted",
+                    upstream::truncate(other, 300)
+                ),
+            });
+        }
         let generated = self.arm.generate_password1(&token_id, expiry).await?;
         // Rise asks for whole seconds (`rfc3339` truncates), so ACR's expiry is at most `expiry`.
         if generated.expiry > expiry {
@@ -485,16 +495,17 @@ impl Inner {
                 ),
             });
         }
+        // ACR's user name for a token is the token's name: credentials of another user are
+        // not what Rise asked for.
         let username = match generated.username {
             Some(u) if !u.is_empty() && u != token_name => {
-                tracing::warn!(
-                    registry = %self.name,
-                    request_id = %request.request_id,
-                    token = token_name,
-                    username = %u,
-                    "ACR reports another user name than the token name; using ACR's"
-                );
-                u
+                return Err(ProviderError::Upstream {
+                    operation: arm::GENERATE_OPERATION,
+                    detail: format!(
+                        "ACR generated credentials for user {:?}, not token {token_name}; the token is deleted",
+                        upstream::truncate(&u, 100)
+                    ),
+                });
             }
             _ => token_name.to_owned(),
         };

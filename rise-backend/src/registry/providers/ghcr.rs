@@ -354,9 +354,14 @@ impl GhcrProvider {
                     .map(str::trim)
                     .filter(|id| !id.is_empty())
                     .ok_or_else(|| bad("app_id is required in app mode".into()))?;
-                if !app_id.bytes().all(|b| b.is_ascii_alphanumeric()) || app_id.len() > 64 {
+                // Client IDs of older Apps have a dot (`Iv1.8a61f9b3a7aba766`).
+                if !app_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.')
+                    || app_id.len() > 64
+                {
                     return Err(bad(
-                        "app_id must be the App's application ID or client ID (letters and digits)"
+                        "app_id must be the App's application ID or client ID (letters, digits and dots)"
                             .into(),
                     ));
                 }
@@ -650,7 +655,9 @@ fn check_reply(
             (METADATA_PERMISSION, "read") => {}
             (name, level) => {
                 return Err(format!(
-                    "the token has permission {name}: {level}, beyond packages: {asked_level}"
+                    "the token has permission {}: {}, beyond packages: {asked_level}",
+                    upstream::truncate(name, 40),
+                    upstream::truncate(level, 40)
                 ));
             }
         }
@@ -882,6 +889,29 @@ mod tests {
             matches!(&e, ProviderError::Unsupported(m) if m.contains("Rise keeps none")),
             "{e:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn client_ids_of_older_apps_have_a_dot() {
+        let with_id = |id: &str| {
+            format!(
+                "owner = \"Acme\"\napp_id = \"{id}\"\ninstallation_id = 7\nprivate_key = '''{}'''\n",
+                test_key_pem()
+            )
+        };
+        let p = provider(&with_id("Iv1.8a61f9b3a7aba766"))
+            .await
+            .expect("a client ID with a dot");
+        let Backend::App(app) = &p.backend else {
+            panic!("app mode expected");
+        };
+        assert_eq!(app.app_id, "Iv1.8a61f9b3a7aba766");
+        for bad in ["Iv1 8a61", "Iv1/8a61", "Iv1\"x"] {
+            let e = provider(&with_id(&bad.replace('"', "\\\"")))
+                .await
+                .expect_err(bad);
+            assert!(e.contains("app_id must be"), "{bad}: {e}");
+        }
     }
 
     #[tokio::test]

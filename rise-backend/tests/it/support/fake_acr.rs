@@ -90,6 +90,8 @@ pub enum Failure {
     WidenScope,
     /// Generate Credentials: set and report an expiry a day later than asked.
     LongerExpiry,
+    /// Generate Credentials: report the credentials as another user's (the registry's admin).
+    OtherUser,
     /// Long-running operations never finish (`InProgress` / 202 forever).
     Stuck,
     /// Answer the next call 409 `AnotherOperationInProgress`, then behave again.
@@ -645,6 +647,7 @@ async fn arm(
     );
     let widen = failure == Some(Failure::WidenScope);
     let longer = failure == Some(Failure::LongerExpiry);
+    let other_user = failure == Some(Failure::OtherUser);
     match (method, target) {
         (Method::PUT, Target::ScopeMap(name)) => {
             put_scope_map(&mut inner, &base, &name, &body, widen)
@@ -708,7 +711,9 @@ async fn arm(
             }
             axum::Json(reply).into_response()
         }
-        (Method::POST, Target::GenerateCredentials) => generate(&mut inner, &base, &body, longer),
+        (Method::POST, Target::GenerateCredentials) => {
+            generate(&mut inner, &base, &body, longer, other_user)
+        }
         (Method::GET, Target::Operation(id)) => {
             poll(&mut inner, &id, failure == Some(Failure::Stuck))
         }
@@ -1017,7 +1022,13 @@ fn put_token(inner: &mut Inner, base: &str, name: &str, body: &Map<String, Value
     }
 }
 
-fn generate(inner: &mut Inner, base: &str, body: &Map<String, Value>, longer: bool) -> Response {
+fn generate(
+    inner: &mut Inner,
+    base: &str,
+    body: &Map<String, Value>,
+    longer: bool,
+    other_user: bool,
+) -> Response {
     if let Err(r) = check_keys(
         body,
         &["tokenId", "name", "expiry"],
@@ -1079,7 +1090,12 @@ fn generate(inner: &mut Inner, base: &str, body: &Map<String, Value>, longer: bo
             "creationTime": format_time(SystemTime::now()),
         }));
     }
-    let result = json!({"username": name, "passwords": passwords});
+    let username = if other_user {
+        REGISTRY_NAME.to_owned()
+    } else {
+        name
+    };
+    let result = json!({"username": username, "passwords": passwords});
     if async_ops {
         let location = new_operation(
             inner,
