@@ -412,6 +412,7 @@ async fn iam_failures_become_provider_errors() {
     let req = request("my-app", Actions::PUSH_PULL, Duration::from_secs(600));
     for (failure, expect) in [
         (Failure::Status(403), "misconfigured"),
+        (Failure::ServiceDisabled, "misconfigured"),
         (Failure::Status(500), "upstream"),
         (Failure::Status(503), "upstream"),
         (Failure::Status(429), "upstream"),
@@ -440,6 +441,20 @@ async fn iam_failures_become_provider_errors() {
         };
         assert_eq!(kind, expect, "{failure:?}: {e}");
         assert_no_secret(&e, &all_secrets(&fake));
+        // A missing role and a disabled API are told apart: each names its own fix.
+        let shown = e.to_string();
+        match failure {
+            Failure::Status(403) => assert!(
+                shown.contains("roles/iam.serviceAccountTokenCreator"),
+                "{shown}"
+            ),
+            Failure::ServiceDisabled => assert!(
+                shown.contains("enable iamcredentials.googleapis.com")
+                    && !shown.contains("roles/iam"),
+                "{shown}"
+            ),
+            _ => {}
+        }
     }
     fake.set_failure(Endpoint::Iam, None);
     issue(&p, &req).await.expect("recovers");

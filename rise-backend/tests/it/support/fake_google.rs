@@ -70,6 +70,9 @@ pub enum Failure {
     Garbage,
     /// IAM: mint the token living this much longer than asked.
     LongerLifetime(Duration),
+    /// IAM: 403 as when the IAM Service Account Credentials API is disabled in the caller's
+    /// project (an `ErrorInfo` detail with reason `SERVICE_DISABLED`).
+    ServiceDisabled,
 }
 
 #[derive(Debug, Clone)]
@@ -393,6 +396,23 @@ async fn injected(failure: Option<Failure>, endpoint: Endpoint) -> Option<Respon
                 Endpoint::Iam => cloud_error(status, &message),
             })
         }
+        Failure::ServiceDisabled => Some(
+            (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"error": {
+                    "code": 403,
+                    "message": "IAM Service Account Credentials API has not been used in project 123456789012 before or it is disabled.",
+                    "status": "PERMISSION_DENIED",
+                    "details": [{
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "SERVICE_DISABLED",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "iamcredentials.googleapis.com", "consumer": "projects/123456789012"}
+                    }],
+                }})),
+            )
+                .into_response(),
+        ),
         Failure::Garbage => {
             let body = match endpoint {
                 Endpoint::Token => format!(r#"{{"access_token":"{GARBAGE_SECRET}"#),

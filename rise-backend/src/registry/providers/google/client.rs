@@ -201,6 +201,13 @@ impl GoogleClient {
                 StatusCode::UNAUTHORIZED => ProviderError::Misconfigured(format!(
                     "{IAM_OPERATION} for {service_account} refused the access token of Rise's service account {rise_email} ({detail}); Rise will obtain a new one on the next request"
                 )),
+                // Google answers 403 too when the API is off in the calling project
+                // (`SERVICE_DISABLED`): granting roles would not help then.
+                StatusCode::FORBIDDEN if service_disabled(&body) => {
+                    ProviderError::Misconfigured(format!(
+                        "the IAM Service Account Credentials API is disabled in the project of Rise's service account {rise_email} ({detail}): enable iamcredentials.googleapis.com there"
+                    ))
+                }
                 StatusCode::FORBIDDEN => ProviderError::Misconfigured(format!(
                     "Rise's service account {rise_email} may not mint tokens for {service_account} ({detail}): grant it roles/iam.serviceAccountTokenCreator (permission iam.serviceAccounts.getAccessToken) on {service_account}, and check that {service_account} exists and is enabled"
                 )),
@@ -272,6 +279,21 @@ fn oauth_error_code(body: &[u8]) -> Option<String> {
     }
 }
 
+/// Whether a Google Cloud error says the API is disabled in the calling project: an
+/// `ErrorInfo` detail with reason `SERVICE_DISABLED`.
+fn service_disabled(body: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    v.pointer("/error/details")
+        .and_then(Value::as_array)
+        .is_some_and(|details| {
+            details
+                .iter()
+                .any(|d| d.get("reason").and_then(Value::as_str) == Some("SERVICE_DISABLED"))
+        })
+}
+
 /// `STATUS (code): message` from a Google Cloud error, `error: description` from an OAuth 2.0
 /// error, or the redacted raw text; always redacted and bounded.
 fn summarise_error_body(body: &[u8], secrets: &[&str]) -> String {
@@ -307,6 +329,18 @@ fn summarise_error_body(body: &[u8], secrets: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disabled_api_is_told_from_a_missing_role() {
+        let disabled = br#"{"error":{"code":403,"message":"IAM Service Account Credentials API has not been used in project 123 before or it is disabled.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED","domain":"googleapis.com"}]}}"#;
+        let denied = br#"{"error":{"code":403,"message":"Permission denied","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"IAM_PERMISSION_DENIED"}]}}"#;
+        assert!(service_disabled(disabled));
+        assert!(!service_disabled(denied));
+        assert!(!service_disabled(b"not json"));
+        assert!(!service_disabled(
+            br#"{"error":{"details":"SERVICE_DISABLED"}}"#
+        ));
+    }
 
     #[test]
     fn error_bodies_are_summarised_and_redacted() {
