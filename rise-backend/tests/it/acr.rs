@@ -742,6 +742,29 @@ async fn replies_wider_or_longer_than_asked_are_refused() {
     eventually("the token is deleted", || fake.tokens().is_empty()).await;
 }
 
+/// ARM may answer a PUT 201 with a provisioningState still running and no
+/// `Azure-AsyncOperation` header: the resource itself is then polled until it is provisioned.
+#[tokio::test]
+async fn without_an_operation_header_the_resource_is_polled() {
+    let fake = FakeAcr::start().await;
+    let p = provider(&fake, "").await;
+    fake.set_header_less(Some(2));
+    let c = issue(
+        &p,
+        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(600)),
+    )
+    .await
+    .expect("issued once provisioned");
+    let token = c.password.expose_secret();
+    assert!(fake.authorize(&c.username, token, "my-app", "push"));
+    let token_reads = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/tokens/"))
+        .count();
+    assert_eq!(token_reads, 3, "read while Creating twice, then Succeeded");
+}
+
 #[tokio::test]
 async fn a_conflicting_scope_map_write_is_retried() {
     let fake = FakeAcr::start().await;

@@ -139,6 +139,11 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     failures: HashMap<Endpoint, Failure>,
     async_ops: bool,
+    /// Long-running PUTs answer 201 `Creating` without `Azure-AsyncOperation`; the resource
+    /// reads `Creating` this many more times, then `Succeeded` (ARM's "poll the resource").
+    header_less: Option<usize>,
+    /// GETs of a resource still to answer `Creating` (see `header_less`).
+    creating_reads: usize,
     page_size: usize,
     operations: HashMap<String, Operation>,
 }
@@ -162,6 +167,8 @@ impl FakeAcr {
             requests: Vec::new(),
             failures: HashMap::new(),
             async_ops: true,
+            header_less: None,
+            creating_reads: 0,
             page_size: 100,
             operations: HashMap::new(),
         }));
@@ -241,6 +248,12 @@ impl FakeAcr {
     /// otherwise.
     pub fn set_async(&self, on: bool) {
         self.lock().async_ops = on;
+    }
+
+    /// Long-running PUTs without an operation header: the resource reads `Creating` `reads`
+    /// times after the PUT, then `Succeeded` (`None`: the usual `Azure-AsyncOperation`).
+    pub fn set_header_less(&self, reads: Option<usize>) {
+        self.lock().header_less = reads;
     }
 
     pub fn set_page_size(&self, n: usize) {
@@ -652,17 +665,21 @@ async fn arm(
         (Method::PUT, Target::ScopeMap(name)) => {
             put_scope_map(&mut inner, &base, &name, &body, widen)
         }
-        (Method::GET, Target::ScopeMap(name)) => match inner.scope_maps.get(&name) {
-            Some(actions) => {
-                axum::Json(scope_map_json(&name, actions, "Succeeded")).into_response()
+        (Method::GET, Target::ScopeMap(name)) => {
+            let state = read_state(&mut inner);
+            match inner.scope_maps.get(&name) {
+                Some(actions) => axum::Json(scope_map_json(&name, actions, state)).into_response(),
+                None => not_found("scope map", &name),
             }
-            None => not_found("scope map", &name),
-        },
+        }
         (Method::PUT, Target::Token(name)) => put_token(&mut inner, &base, &name, &body),
-        (Method::GET, Target::Token(name)) => match inner.tokens.get(&name) {
-            Some(t) => axum::Json(token_json(t, "Succeeded")).into_response(),
-            None => not_found("token", &name),
-        },
+        (Method::GET, Target::Token(name)) => {
+            let state = read_state(&mut inner);
+            match inner.tokens.get(&name) {
+                Some(t) => axum::Json(token_json(t, state)).into_response(),
+                None => not_found("token", &name),
+            }
+        }
         (Method::DELETE, Target::Token(name)) => {
             if inner.tokens.remove(&name).is_none() {
                 return StatusCode::NO_CONTENT.into_response();
@@ -888,6 +905,16 @@ fn new_operation(inner: &mut Inner, base: &str, resource: &str, op: Operation) -
     )
 }
 
+/// The `provisioningState` a resource reads as now (see `Inner::header_less`).
+fn read_state(inner: &mut Inner) -> &'static str {
+    if inner.creating_reads > 0 {
+        inner.creating_reads -= 1;
+        "Creating"
+    } else {
+        "Succeeded"
+    }
+}
+
 /// 201 with `Azure-AsyncOperation` (`InProgress` once) when asynchronous, else 200.
 fn created(
     inner: &mut Inner,
@@ -895,6 +922,15 @@ fn created(
     path: &str,
     resource: impl Fn(&str) -> Value,
 ) -> Response {
+    if let Some(reads) = inner.header_less {
+        inner.creating_reads = reads;
+        return (
+            StatusCode::CREATED,
+            [(header::RETRY_AFTER, "0")],
+            axum::Json(resource("Creating")),
+        )
+            .into_response();
+    }
     if inner.async_ops {
         let url = new_operation(inner, base, path, Operation::Async { polls_left: 1 });
         (

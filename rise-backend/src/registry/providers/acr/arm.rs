@@ -402,7 +402,7 @@ impl ArmClient {
 
     /// PUT a resource and wait for it to be provisioned: 200/201 with `provisioningState`
     /// `Succeeded` is final; otherwise the `Azure-AsyncOperation` URL is polled and the
-    /// resource read again.
+    /// resource read again, or, without that header, the resource is polled itself.
     async fn put_resource<T: DeserializeOwned>(
         &self,
         op: &'static str,
@@ -435,6 +435,12 @@ impl ArmClient {
             }
             // 200 without a state: the resource as it is.
             (StatusCode::OK, None) => reply.body,
+            _ if !reply.headers.contains_key("azure-asyncoperation") => {
+                // ARM's rule without an operation header: poll the resource itself until its
+                // provisioningState is terminal.
+                self.poll_resource(op, url, retry_after(&reply.headers), deadline)
+                    .await?
+            }
             _ => {
                 let status_url = self.poll_url(op, &reply.headers, "azure-asyncoperation")?;
                 let wait = retry_after(&reply.headers);
@@ -454,6 +460,38 @@ impl ArmClient {
             }
         };
         parse(op, &final_body)
+    }
+
+    /// GET a resource until its `provisioningState` is `Succeeded` (its body) or failed, or
+    /// `deadline`.
+    async fn poll_resource(
+        &self,
+        op: &'static str,
+        url: Url,
+        mut wait: Option<Duration>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ProviderError> {
+        loop {
+            self.sleep_before_poll(op, wait, deadline).await?;
+            let reply = self.call(op, Method::GET, url.clone(), None).await?;
+            if reply.status != StatusCode::OK {
+                return Err(self.status_error(op, Service::Arm, reply.status, &reply.body, &[]));
+            }
+            let state = serde_json::from_slice::<Provisioned>(&reply.body)
+                .ok()
+                .and_then(|p| p.properties)
+                .and_then(|p| p.provisioning_state);
+            match state.as_deref() {
+                Some(s) if s.eq_ignore_ascii_case("Succeeded") => return Ok(reply.body),
+                Some(s) if is_failed(s) => {
+                    return Err(upstream(op, format!("provisioningState {s}")));
+                }
+                // No state at all: the resource as it is.
+                None => return Ok(reply.body),
+                // The PUT's Retry-After holds until a poll names another.
+                Some(_) => wait = retry_after(&reply.headers).or(wait),
+            }
+        }
     }
 
     /// Poll an `Azure-AsyncOperation` URL until the operation succeeds, fails or `deadline`.
