@@ -432,13 +432,7 @@ async fn entra_token(
     }
     // Each cloud's ARM takes only tokens for its own audience; this fake is the ARM of the
     // authority that answers here.
-    let audience = format!(
-        "http://{}/.default",
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1")
-    );
+    let audience = format!("{}/.default", own_base(&headers));
     if field("scope") != audience {
         return entra_error(
             StatusCode::BAD_REQUEST,
@@ -651,13 +645,7 @@ async fn arm(
         Ok(Value::Null) => Map::new(),
         _ => return bad_request("The request content was invalid and could not be deserialized."),
     };
-    let base = format!(
-        "http://{}",
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1")
-    );
+    let base = own_base(&headers);
     let widen = failure == Some(Failure::WidenScope);
     let longer = failure == Some(Failure::LongerExpiry);
     let other_user = failure == Some(Failure::OtherUser);
@@ -902,6 +890,17 @@ fn new_operation(inner: &mut Inner, base: &str, resource: &str, op: Operation) -
     format!(
         "{base}{}{under}/operationStatuses/{id}?api-version={API_VERSION}",
         FakeAcr::registry_path()
+    )
+}
+
+/// This fake's URL as the client addressed it (its `Host`).
+fn own_base(headers: &HeaderMap) -> String {
+    format!(
+        "http://{}",
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1")
     )
 }
 
