@@ -207,7 +207,13 @@ impl Store {
                         .into(),
                 )
             })?
-            .options([("synchronous_commit", "on")]);
+            // The chain's conditional append and the migrations' advisory lock rely on READ
+            // COMMITTED (each statement sees what committed before it): a database whose
+            // default is REPEATABLE READ or SERIALIZABLE would fail them under concurrency.
+            .options([
+                ("synchronous_commit", "on"),
+                ("default_transaction_isolation", "read committed"),
+            ]);
         // Host and port are not secret, and say which server could not be reached.
         let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
@@ -522,8 +528,8 @@ impl Store {
     /// statement whose commit is conditional on that head still being the head: a
     /// data-modifying CTE advances `audit_chain` only from the expected head and inserts only if
     /// it did. When another writer (a replica) moved the head, nothing is written, the head is
-    /// re-read and the batch re-sealed. So the steady state costs one round trip and one commit
-    /// per batch, with no lock held between round trips.
+    /// re-read under a row lock on the head (fair among replicas) and the batch re-sealed. So
+    /// the steady state of one writer costs one round trip and one commit per batch.
     pub(crate) async fn append_audit(
         &self,
         records: &[&RecordFields],
@@ -535,16 +541,34 @@ impl Store {
                 "a SQLite store appends through its SqliteAppender".into(),
             ));
         };
-        for _ in 0..ATTEMPTS {
-            let (head_id, head_hash) = match head.take() {
-                Some(known) => known,
-                None => self.audit_head().await?,
-            };
+        // The optimistic append first: one round trip when this writer owns the head.
+        if let Some((head_id, head_hash)) = head.take() {
             let batch = Sealed::new(head_id, head_hash, records);
             if pg_append(pool, &batch).await? {
                 *head = Some((batch.head_id(), batch.head_hash().to_owned()));
                 return Ok(batch.ids);
             }
+        }
+        // Another writer moved the head (or we do not know it): lock the head row, then seal
+        // and append under that lock. PostgreSQL queues row locks fairly, so a writer that
+        // keeps losing the optimistic race cannot be starved by one that keeps winning it.
+        for _ in 0..ATTEMPTS {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query(
+                "SELECT head_id, head_hash FROM audit_chain WHERE name = $1 FOR UPDATE",
+            )
+            .bind(CHAIN)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the audit_chain head row is missing".into()))?;
+            let batch = Sealed::new(row.try_get("head_id")?, row.try_get("head_hash")?, records);
+            if pg_append(&mut *tx, &batch).await? {
+                tx.commit().await?;
+                *head = Some((batch.head_id(), batch.head_hash().to_owned()));
+                return Ok(batch.ids);
+            }
+            // Rows past the head that the head row does not know of (a writer that did not
+            // move the head): roll back and read again.
         }
         Err(StoreError::Corrupt(format!(
             "the audit chain head moved under {ATTEMPTS} consecutive appends"
@@ -677,7 +701,10 @@ fn head_moved(e: &sqlx::Error) -> bool {
 /// Write a sealed batch if the chain head is still the one it was sealed on; `false` when
 /// another writer moved it (nothing was written). The whole batch is ONE statement (arrays +
 /// `UNNEST`), conditional on the head.
-async fn pg_append(pool: &PgPool, batch: &Sealed<'_>) -> Result<bool, StoreError> {
+async fn pg_append<'e, E>(executor: E, batch: &Sealed<'_>) -> Result<bool, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
     {
         let result = sqlx::query(APPEND_RECORDS_PG)
             .bind(&batch.ids)
@@ -706,7 +733,7 @@ async fn pg_append(pool: &PgPool, batch: &Sealed<'_>) -> Result<bool, StoreError
             .bind(&batch.previous_head.1)
             .bind(batch.head_id())
             .bind(batch.head_hash())
-            .execute(pool)
+            .execute(executor)
             .await;
         match result {
             Ok(done) => Ok(done.rows_affected() == batch.records.len() as u64),

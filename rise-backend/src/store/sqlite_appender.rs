@@ -77,15 +77,16 @@ impl SqliteAppender {
         let Some(conn) = self.conn.as_mut() else {
             return Err(StoreError::Open("the audit connection is not open".into()));
         };
-        let (head_id, head_hash) = match self.head.take() {
-            Some(known) => known,
-            None => read_head(conn)?,
-        };
-        let batch = Sealed::new(head_id, head_hash, records);
-        // Dropping the transaction without committing rolls it back.
+        // Dropping the transaction without committing rolls it back. The write lock is taken
+        // first, so a head read here cannot be moved by another writer before it is used.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
+        let (head_id, head_hash) = match self.head.take() {
+            Some(known) => known,
+            None => read_head(&tx)?,
+        };
+        let batch = Sealed::new(head_id, head_hash, records);
         let moved = tx
             .prepare_cached(&format!(
                 "UPDATE audit_chain SET head_id = ?1, head_hash = ?2

@@ -184,6 +184,7 @@ suite!(
     store_failure_refuses_the_record,
     full_queue_refuses_at_once,
     two_writers_append_to_one_chain,
+    many_contending_writers_are_never_refused,
 );
 
 fn caller(subject: &str) -> CallerInfo {
@@ -704,6 +705,98 @@ async fn two_writers_append_to_one_chain(b: Backend) {
     let report = audit::verify(&b.store).await.expect("verify");
     assert_eq!(report.records, (2 * PER_WRITER) as u64);
     assert_eq!(report.broken, None, "{}", b.kind());
+}
+
+/// Replicas racing for the chain head, one record per transaction: a writer that keeps losing
+/// the race must still get its records in (the head is locked after a loss), never a refusal.
+async fn many_contending_writers_are_never_refused(b: Backend) {
+    const WRITERS: usize = 8;
+    const PER_WRITER: usize = 300;
+    let settings = AuditSettings {
+        max_batch: 1,
+        ..AuditSettings::default()
+    };
+    let mut logs = vec![AuditLog::start(b.store.clone(), settings.clone())];
+    for _ in 1..WRITERS {
+        logs.push(AuditLog::start(b.reopen().await, settings.clone()));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, l) in logs.iter().enumerate() {
+        let l = l.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..PER_WRITER {
+                let r = l
+                    .record(&record(&format!("w{w}-{i}"), "my-app", Outcome::Granted))
+                    .await;
+                ids.push(r.map_err(|e| format!("writer {w}, record {i}: {e}"))?);
+            }
+            Ok::<_, String>(ids)
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        ids.extend(joined.expect("task").expect("every record commits"));
+    }
+    ids.sort();
+    let total = WRITERS * PER_WRITER;
+    assert_eq!(ids, (1..=total as i64).collect::<Vec<_>>());
+    let report = audit::verify(&b.store).await.expect("verify");
+    assert_eq!(report.records, total as u64);
+    assert_eq!(report.broken, None, "{}", b.kind());
+}
+
+/// A database whose default isolation is REPEATABLE READ: replicas opening it empty at once
+/// (migrations) and racing for the chain head still work, because Rise's connections ask for
+/// READ COMMITTED themselves.
+#[tokio::test]
+async fn replicas_work_on_a_database_defaulting_to_repeatable_read() {
+    let server = Postgres::start().await;
+    let url = server.create_database("rr").await;
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::query("ALTER DATABASE rr SET default_transaction_isolation = 'repeatable read'")
+        .execute(&admin)
+        .await
+        .expect("alter the database default");
+    admin.close().await;
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        opening.spawn(async move {
+            Store::open_postgres(&SecretString::from(url), 8, Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+    let mut stores = Vec::new();
+    while let Some(opened) = opening.join_next().await {
+        stores.push(
+            opened
+                .expect("task")
+                .expect("every replica opens the empty database"),
+        );
+    }
+    let settings = AuditSettings {
+        max_batch: 1,
+        ..AuditSettings::default()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for (w, store) in stores.iter().take(4).enumerate() {
+        let l = AuditLog::start(store.clone(), settings.clone());
+        tasks.spawn(async move {
+            for i in 0..100 {
+                l.record(&record(&format!("w{w}-{i}"), "my-app", Outcome::Granted))
+                    .await
+                    .map_err(|e| format!("writer {w}, record {i}: {e}"))?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task").expect("every record commits");
+    }
+    let report = audit::verify(&stores[0]).await.expect("verify");
+    assert_eq!((report.records, report.broken), (400, None));
 }
 
 /// A PostgreSQL server that cannot be reached is named by host and port, with the reason, and
