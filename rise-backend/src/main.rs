@@ -611,15 +611,18 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .max();
+        // A server still signs with the old key until its next reload: its grants live on for
+        // the longest grant lifetime after that.
+        let wait = longest_grant.saturating_add(config.keys.reload_interval);
         if let Some(last) = last
             && let Ok(since) = last.elapsed()
-            && since < longest_grant
+            && since < wait
             && !force
         {
             anyhow::bail!(
-                "the keys were rotated {} ago, within the longest grant lifetime ({}): another rotation now would invalidate grants issued before the last one, and registries not yet restarted with the new bundle would refuse tokens. Wait, or pass --force",
+                "the keys were rotated {} ago, within the longest grant lifetime plus keys.reload_interval ({}): another rotation now would invalidate grants issued before the last one, and registries not yet restarted with the new bundle would refuse tokens. Wait, or pass --force",
                 humantime::format_duration(Duration::from_secs(since.as_secs())),
-                humantime::format_duration(longest_grant)
+                humantime::format_duration(wait)
             );
         }
         check_registries_trust_next(config, &keyring, force).await?;

@@ -305,11 +305,10 @@ impl Clock for MonotonicClock {
 
 /// The in-memory limiter: buckets live in this process only.
 ///
-/// **Tolerance across replicas.** Every replica keeps its own buckets, so with N replicas behind a
-/// load balancer a key can get up to N times its limit (N × burst at once, N × rate sustained),
-/// and exactly the limit when its requests all reach one replica. Failed authentications are
-/// counted per replica as well: a guesser spreading attempts over N replicas gets N times the
-/// attempts. Size the limits for that, or replace this limiter with a shared one.
+/// **Across replicas.** Every replica keeps its own buckets. The HTTP layer gives each replica
+/// 1/N of every configured rate and burst (`[rate_limit] replicas = N`), so the replicas
+/// together allow at most the configured limit plus N−1 of burst, and a key whose requests all
+/// reach one replica gets that replica's share only (see README, "Rate limits").
 ///
 /// **Memory.** Buckets sit in `SHARDS` independently locked maps (a lock is held for a hash-map
 /// lookup and one compare, never across an `.await`), keyed by a keyed 64-bit hash of the

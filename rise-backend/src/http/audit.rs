@@ -153,7 +153,7 @@ pub(super) async fn get_audit(
         .audit
         .query(&query.filter)
         .await
-        .map_err(|e| ApiError::Internal(format!("reading the audit log: {e}")))?;
+        .map_err(|e| ApiError::store("reading the audit log", &e))?;
     let next_after_id = (records.len() == query.filter.limit as usize)
         .then(|| records.last().map(|r| r.id))
         .flatten();

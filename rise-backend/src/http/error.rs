@@ -60,9 +60,24 @@ pub enum ApiError {
     /// The request body exceeds what the endpoint reads.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The database could not be reached (or timed out); the detail is logged, not returned.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
     /// Something went wrong inside Rise; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ApiError {
+    /// A store failure while `doing` something: 503 when the database is out of reach (it
+    /// will be back; the caller should retry), 500 otherwise.
+    pub fn store(doing: &str, e: &crate::store::StoreError) -> Self {
+        if e.is_unavailable() {
+            ApiError::StoreUnavailable(format!("{doing}: {e}"))
+        } else {
+            ApiError::Internal(format!("{doing}: {e}"))
+        }
+    }
 }
 
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
@@ -211,6 +226,11 @@ impl ApiError {
                     "the request body is larger than the {} KiB this endpoint reads; send less",
                     super::MAX_BODY_BYTES / 1024
                 ),
+            ),
+            ApiError::StoreUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "Rise's database cannot be reached right now; nothing was changed, try again shortly".into(),
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -412,6 +432,21 @@ mod tests {
         );
         check(
             ApiError::Internal("db at /secret/path".into()),
+            500,
+            "internal_error",
+            "logged",
+        );
+        let unreachable = crate::store::StoreError::Sql(sqlx::Error::PoolTimedOut);
+        check(
+            ApiError::store("reading the audit log", &unreachable),
+            503,
+            "store_unavailable",
+            "try again shortly",
+        );
+        let broken =
+            crate::store::StoreError::Corrupt("the audit_chain head row is missing".into());
+        check(
+            ApiError::store("reading the audit log", &broken),
             500,
             "internal_error",
             "logged",

@@ -82,7 +82,7 @@ pub(super) async fn post_revocation(
     store
         .revocation_add(&revocation)
         .await
-        .map_err(|e| ApiError::Internal(format!("storing a revocation: {e}")))?;
+        .map_err(|e| ApiError::store("storing a revocation", &e))?;
     if let Err(e) = service.reload_revocations(store).await {
         tracing::warn!(error = %e, "re-reading the revocations failed; the reloader retries");
     }

@@ -66,6 +66,25 @@ pub enum StoreError {
     Append(String),
 }
 
+impl StoreError {
+    /// The database is out of reach (down, unreachable, or every connection busy past the
+    /// acquire timeout), as opposed to refusing or corrupting what was asked.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Open(_) => true,
+            StoreError::Sql(e) => matches!(
+                e,
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            ),
+            StoreError::Corrupt(_) | StoreError::Append(_) => false,
+        }
+    }
+}
+
 /// A handle to the durable store; cheap to clone (it wraps a connection pool).
 #[derive(Clone)]
 pub struct Store {

@@ -893,7 +893,12 @@ async fn revoked_grants_no_longer_push() {
     skopeo::inspect(&env.image("my-app", "kept"), bobs)
         .await
         .expect("bob's grant still pulls");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the revocation's second and its allowance for replicas' clocks.
+    tokio::time::sleep(
+        rise_backend::registry::providers::distribution::revocation::CLOCK_SKEW
+            + Duration::from_millis(1100),
+    )
+    .await;
     let (fresh, _) = env.grant("alice", "project=my-app").await;
     push(fresh, "fresh")
         .await

@@ -135,13 +135,23 @@ pub fn audit_reason(r: &Revocation) -> String {
     }
 }
 
-/// A revocation made now: of `kind` and `value`, covering grants issued up to now, kept until
-/// every such grant has expired (`longest_grant` from now).
+/// How far the clocks of replicas may disagree (they must run NTP, which keeps them within
+/// milliseconds). A grant's `iat` comes from the clock of the replica that issued it, a
+/// revocation's times from the clock of the one that stored it; this margin keeps a replica
+/// whose clock runs ahead from issuing grants that escape a subject revocation, at the price of
+/// also covering that subject's grants of the next two seconds.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(2);
+
+/// A revocation made now: of `kind` and `value`, covering grants issued up to now plus
+/// [`CLOCK_SKEW`], kept until every such grant has expired (`longest_grant` from then, plus
+/// the skew again).
 pub fn revoke_now(kind: &str, value: &str, reason: &str, longest_grant: Duration) -> Revocation {
     let now = unix_ms(SystemTime::now());
-    let before_ms = now;
-    let until_ms = now
+    let skew = i64::try_from(CLOCK_SKEW.as_millis()).unwrap_or(i64::MAX);
+    let before_ms = now.saturating_add(skew);
+    let until_ms = before_ms
         .saturating_add(i64::try_from(longest_grant.as_millis()).unwrap_or(i64::MAX))
+        .saturating_add(skew)
         .saturating_add(1000);
     Revocation {
         kind: kind.to_owned(),
@@ -355,6 +365,25 @@ mod tests {
         );
         assert!(message.contains("(leaked)"), "{message}");
         assert!(Revocations::new(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_revocation_allows_for_replicas_clocks() {
+        let longest = Duration::from_secs(3600);
+        let before = unix_ms(SystemTime::now());
+        let r = revoke_now(SUBJECT, "local/alice", "", longest);
+        let after = unix_ms(SystemTime::now());
+        let skew = i64::try_from(CLOCK_SKEW.as_millis()).expect("fits");
+        assert!((before..=after).contains(&r.created_ms));
+        assert_eq!(r.before_ms, r.created_ms + skew);
+        assert_eq!(r.until_ms, r.before_ms + 3_600_000 + skew + 1000);
+        let revoked = Revocations::new(vec![r.clone()]);
+        // Stamped by a replica whose clock runs 1.5 s ahead, just before the revocation.
+        let fast = grant("local", "alice", "f", r.created_ms - 100 + 1_500);
+        assert!(revoked.check(&fast).is_some());
+        // Past the margin: a grant from after the revocation, allowed again.
+        let later = grant("local", "alice", "l", r.before_ms + 1_000);
+        assert!(revoked.check(&later).is_none());
     }
 
     #[test]
