@@ -56,6 +56,16 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Re
     if !failing.iter().any(|f| f.starts_with("registr")) {
         passed.push("registries");
     }
+    // Keys and revocations of the token server: a server whose reloads keep failing may sign
+    // with a key other servers rotated out, or miss revocations they stored.
+    if let Some(age) = state
+        .token_service
+        .as_ref()
+        .and_then(|service| service.stale_reloads())
+    {
+        tracing::warn!(since = ?age, "readiness: keys and revocations have not been reloaded");
+        failing.push("key reload".to_owned());
+    }
     // The store: every credential needs its audit record committed, so no store, no service.
     match tokio::time::timeout(STORE_PING_TIMEOUT, state.audit.store().ping()).await {
         Ok(Ok(())) => passed.push("store"),

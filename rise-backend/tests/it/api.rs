@@ -2,6 +2,8 @@
 //! refusal's status and JSON body, and policy decisions. The provider is the real distribution
 //! token server (its registry is not needed to mint a grant).
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
@@ -551,4 +553,64 @@ async fn method_not_allowed_names_the_allowed_methods() {
         let json: Value = serde_json::from_slice(&body).expect("JSON body");
         assert_eq!(json["error"], "method_not_allowed", "{method} {uri}");
     }
+}
+
+/// A server whose key reloads keep failing may sign with a key the others rotated out, or miss
+/// their revocations: after three failed intervals it stops calling itself ready, and it is
+/// ready again once a reload succeeds.
+#[tokio::test]
+async fn a_server_whose_key_reloads_keep_failing_is_not_ready() {
+    let rise = rise().await;
+    let readyz = || async {
+        let req = Request::get("/readyz")
+            .body(Body::empty())
+            .expect("request");
+        rise.send(req).await
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let service = rise.state.token_service.clone().expect("a token server");
+    let keys_dir = rise.dir.path().join("data/keys");
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&keys_dir)
+        .expect("keys dir")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("key file");
+            (path, bytes)
+        })
+        .collect();
+    assert!(!saved.is_empty(), "keys on disk");
+    for (path, _) in &saved {
+        std::fs::write(path, b"garbage").expect("garble");
+    }
+    let reloader =
+        service.spawn_key_reloader(Duration::from_millis(50), rise.state.audit.store().clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readyz().await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["error"], "not_ready", "{body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(message.contains("key reload"), "{message}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).expect("restore");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readyz().await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reloader.abort();
 }

@@ -398,7 +398,20 @@ pub struct TokenService {
     /// rolled back (an old backup, or someone with write access restoring a key they hold).
     /// Kept in memory: a server started after the rotation cannot tell.
     retired: std::sync::Mutex<HashSet<String>>,
+    /// When the reloader last read both the keys and the revocations successfully, and its
+    /// interval; `None` until a reloader runs.
+    reloads: std::sync::Mutex<Option<Reloads>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Reloads {
+    interval: Duration,
+    last_ok: std::time::Instant,
+}
+
+/// Reloads may fail this many intervals in a row before the server stops calling itself ready:
+/// past that, it may be signing with retired keys or missing revocations.
+const STALE_RELOADS: u32 = 3;
 
 impl TokenService {
     /// Load (or create) the keys in `keyring` and build a provider per Distribution registry;
@@ -451,6 +464,7 @@ impl TokenService {
             revocations,
             longest_grant: longest_grant(config),
             retired: std::sync::Mutex::default(),
+            reloads: std::sync::Mutex::default(),
         })))
     }
 
@@ -516,6 +530,7 @@ impl TokenService {
         interval: Duration,
         store: Store,
     ) -> tokio::task::JoinHandle<()> {
+        self.note_reload(interval);
         let service = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
@@ -526,21 +541,50 @@ impl TokenService {
                 let Some(service) = service.upgrade() else {
                     return;
                 };
+                let mut ok = true;
                 if let Err(e) = service.reload_revocations(&store).await {
+                    ok = false;
                     tracing::warn!(error = %e, "reloading the revoked grants failed; the loaded ones stay in force");
                 }
                 match service.reload_keys().await {
                     Ok(_) => {}
                     Err(e) if e.is::<RetiredKeyReturned>() => {
+                        ok = false;
                         tracing::error!(error = %e, "the key store holds a retired key");
                     }
                     Err(e) => {
+                        ok = false;
                         crate::metrics::record_key_reload("error");
                         tracing::warn!(error = %format!("{e:#}"), "reloading the signing keys failed; the loaded keys stay in use");
                     }
                 }
+                if ok {
+                    service.note_reload(interval);
+                }
             }
         })
+    }
+
+    fn note_reload(&self, interval: Duration) {
+        *self
+            .reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Reloads {
+            interval,
+            last_ok: std::time::Instant::now(),
+        });
+    }
+
+    /// How long ago keys and revocations were last reloaded, when that is more than
+    /// [`STALE_RELOADS`] reload intervals: the server may be signing with a rotated-out key or
+    /// missing revocations other servers stored. `None` while reloads succeed (or none runs).
+    pub fn stale_reloads(&self) -> Option<Duration> {
+        let r = (*self
+            .reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let age = r.last_ok.elapsed();
+        (age > r.interval.saturating_mul(STALE_RELOADS)).then_some(age)
     }
 
     /// The `kid` of the key that signs registry tokens now.
