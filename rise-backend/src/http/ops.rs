@@ -58,13 +58,14 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Re
     }
     // Keys and revocations of the token server: a server whose reloads keep failing may sign
     // with a key other servers rotated out, or miss revocations they stored.
-    if let Some(age) = state
-        .token_service
-        .as_ref()
-        .and_then(|service| service.stale_reloads())
-    {
-        tracing::warn!(since = ?age, "readiness: keys and revocations have not been reloaded");
-        failing.push("key reload".to_owned());
+    if let Some(service) = &state.token_service {
+        match service.stale_reloads() {
+            Some(age) => {
+                tracing::warn!(since = ?age, "readiness: keys and revocations have not been reloaded");
+                failing.push("key reload".to_owned());
+            }
+            None => passed.push("key reload"),
+        }
     }
     // The store: every credential needs its audit record committed, so no store, no service.
     match tokio::time::timeout(STORE_PING_TIMEOUT, state.audit.store().ping()).await {

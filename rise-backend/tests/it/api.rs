@@ -569,6 +569,12 @@ async fn a_server_whose_key_reloads_keep_failing_is_not_ready() {
     };
     let (status, body) = readyz().await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == "key reload")),
+        "{body}"
+    );
     let service = rise.state.token_service.clone().expect("a token server");
     let keys_dir = rise.dir.path().join("data/keys");
     let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&keys_dir)
