@@ -611,16 +611,22 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .max();
-        // A server still signs with the old key until its next reload: its grants live on for
-        // the longest grant lifetime after that.
-        let wait = longest_grant.saturating_add(config.keys.reload_interval);
+        // A server still signs with the old key until it reloads, which may take as long as
+        // it stays ready with failing reloads: its grants live on for the longest grant
+        // lifetime after that.
+        let wait = longest_grant.saturating_add(
+            config
+                .keys
+                .reload_interval
+                .saturating_mul(rise_backend::registry::providers::distribution::STALE_RELOADS),
+        );
         if let Some(last) = last
             && let Ok(since) = last.elapsed()
             && since < wait
             && !force
         {
             anyhow::bail!(
-                "the keys were rotated {} ago, within the longest grant lifetime plus keys.reload_interval ({}): another rotation now would invalidate grants issued before the last one, and registries not yet restarted with the new bundle would refuse tokens. Wait, or pass --force",
+                "the keys were rotated {} ago, within the longest grant lifetime plus three keys.reload_interval ({}): another rotation now would invalidate grants issued before the last one, and registries not yet restarted with the new bundle would refuse tokens. Wait, or pass --force",
                 humantime::format_duration(Duration::from_secs(since.as_secs())),
                 humantime::format_duration(wait)
             );

@@ -264,8 +264,12 @@ async fn stored_bearer(
         Some(refresh_token),
     );
     // A provider may renew with an opaque access token and no ID token: nothing the backend
-    // can verify. Sending it would fail as a malformed token; the login has to be redone.
+    // can verify. Sending it would fail as a malformed token; the login has to be redone. The
+    // stored login goes: its refresh token was just used, and providers that rotate them treat
+    // a second use as theft.
     if !jwt::is_jwt(renewed.bearer().expose_secret()) {
+        file.logins.remove(backend);
+        fsutil::write_json_private(&path, &file)?;
         return Err(expired());
     }
     let bearer = renewed.bearer().clone();
@@ -517,11 +521,15 @@ mod tests {
                 None => {
                     let err = got.expect_err("an opaque renewal is not a bearer");
                     assert!(matches!(err, CliError::LoginExpired { .. }), "{err}");
-                    // The stored login is left as it was, not replaced by the opaque token.
+                    // The login is gone, not replaced by the opaque token: its refresh token was
+                    // used and must not be sent again.
                     let file: LoginFile =
                         fsutil::read_json_or_default(&c.login_file().expect("path")).expect("read");
-                    let kept = file.logins.get(backend).expect("still stored");
-                    assert_eq!(kept.access_token.expose_secret(), stale);
+                    assert!(!file.logins.contains_key(backend), "login removed");
+                    let err = caller_token(&c, &http, backend)
+                        .await
+                        .expect_err("logged out");
+                    assert!(matches!(err, CliError::NotLoggedIn { .. }), "{err}");
                 }
                 Some(id) => {
                     let t = got.expect("renewed through the ID token");

@@ -230,7 +230,7 @@ impl ApiError {
             ApiError::StoreUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                "Rise's database cannot be reached right now; nothing was changed, try again shortly".into(),
+                "Rise's database cannot be reached right now; try again shortly (repeating the request is safe)".into(),
             ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

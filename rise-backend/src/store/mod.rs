@@ -72,6 +72,15 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Open(_) => true,
+            StoreError::Sql(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                // Class 08: connection exceptions; 57P01-57P03: the server is shutting down
+                // or starting; 53300: too many connections; 25006: read-only (a failover).
+                code.starts_with("08")
+                    || matches!(
+                        code.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "53300" | "25006"
+                    )
+            }),
             StoreError::Sql(e) => matches!(
                 e,
                 sqlx::Error::PoolTimedOut
@@ -554,7 +563,6 @@ impl Store {
         records: &[&RecordFields],
         head: &mut Option<(i64, String)>,
     ) -> Result<Vec<i64>, StoreError> {
-        const ATTEMPTS: usize = 64;
         let Backend::Postgres(pool) = &self.backend else {
             return Err(StoreError::Append(
                 "a SQLite store appends through its SqliteAppender".into(),
@@ -571,7 +579,7 @@ impl Store {
         // Another writer moved the head (or we do not know it): lock the head row, then seal
         // and append under that lock. PostgreSQL queues row locks fairly, so a writer that
         // keeps losing the optimistic race cannot be starved by one that keeps winning it.
-        for _ in 0..ATTEMPTS {
+        {
             let mut tx = pool.begin().await?;
             let row = sqlx::query(
                 "SELECT head_id, head_hash FROM audit_chain WHERE name = $1 FOR UPDATE",
@@ -586,12 +594,14 @@ impl Store {
                 *head = Some((batch.head_id(), batch.head_hash().to_owned()));
                 return Ok(batch.ids);
             }
-            // Rows past the head that the head row does not know of (a writer that did not
-            // move the head): roll back and read again.
+            // Under the lock the head cannot move: the ids after it are taken by rows the head
+            // row does not know of (written outside the chain). Release the lock before saying so.
+            tx.rollback().await?;
         }
-        Err(StoreError::Corrupt(format!(
-            "the audit chain head moved under {ATTEMPTS} consecutive appends"
-        )))
+        Err(StoreError::Corrupt(
+            "audit_log holds rows past the audit chain head; run `rise-backend audit verify`"
+                .into(),
+        ))
     }
 
     /// Records matching `filter`, by ascending id, at most `filter.limit`.

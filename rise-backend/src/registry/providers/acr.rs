@@ -342,6 +342,13 @@ impl AcrProvider {
         )
         .map_err(bad)?;
         let scope = arm_scope(config.arm_scope.as_deref(), &management).map_err(bad)?;
+        if config.arm_scope.is_none()
+            && !management
+                .host_str()
+                .is_some_and(|h| KNOWN_ARM_HOSTS.contains(&h))
+        {
+            tracing::warn!(registry = %name, %scope, "management_url is not a known Azure Resource Manager host, so Entra ID is asked for a token of its own origin; behind a proxy, set arm_scope to the cloud's (https://management.azure.com/.default in the public cloud)");
+        }
         let api_version = config.api_version.trim();
         if api_version.is_empty()
             || !api_version
@@ -708,6 +715,13 @@ fn parse_service_url(key: &str, raw: &str, insecure_http: bool) -> Result<Url, S
     let url = upstream::endpoint_url(key, raw, insecure_http, None)?;
     Ok(url)
 }
+
+/// The Resource Manager hosts of Azure's clouds (public, Government, China).
+const KNOWN_ARM_HOSTS: [&str; 3] = [
+    "management.azure.com",
+    "management.usgovcloudapi.net",
+    "management.chinacloudapi.cn",
+];
 
 /// The scope to ask Entra ID for: the configured one, or ARM's audience (its origin) +
 /// `/.default`. Visible ASCII only: it goes into a form body.

@@ -474,6 +474,10 @@ impl ArmClient {
         loop {
             self.sleep_before_poll(op, wait, deadline).await?;
             let reply = self.call(op, Method::GET, url.clone(), None).await?;
+            // A resource just created can read 404 for a moment: still provisioning.
+            if reply.status == StatusCode::NOT_FOUND {
+                continue;
+            }
             if reply.status != StatusCode::OK {
                 return Err(self.status_error(op, Service::Arm, reply.status, &reply.body, &[]));
             }

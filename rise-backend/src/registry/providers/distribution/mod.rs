@@ -411,7 +411,7 @@ struct Reloads {
 
 /// Reloads may fail this many intervals in a row before the server stops calling itself ready:
 /// past that, it may be signing with retired keys or missing revocations.
-const STALE_RELOADS: u32 = 3;
+pub const STALE_RELOADS: u32 = 3;
 
 impl TokenService {
     /// Load (or create) the keys in `keyring` and build a provider per Distribution registry;
