@@ -554,6 +554,39 @@ async fn keys_rotate_moves_every_slot_and_a_running_server_follows() {
     assert!(forced.status.success(), "{forced:?}");
     let forced = String::from_utf8(forced.stdout).expect("utf-8");
     assert_eq!(shown_kid(&forced, "registry token previous"), next);
+
+    // The wait is the longest grant lifetime plus three reload intervals (a server signs with
+    // the old key until it reloads, and stays ready through three failed reloads). With a 10 s
+    // interval: refused 12 h 5 s after the last rotation, allowed 12 h 60 s after it.
+    let slow_reload = dir.path().join("rise-slow-reload.toml");
+    std::fs::write(
+        &slow_reload,
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("reload_interval = \"200ms\"", "reload_interval = \"10s\""),
+    )
+    .expect("write config");
+    let rotated_ago = |ago: Duration| {
+        for entry in std::fs::read_dir(dir.path().join("data/keys")).expect("keys dir") {
+            let path = entry.expect("entry").path();
+            if path.to_string_lossy().contains("previous") {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now() - ago))
+                    .expect("set the rotation time");
+            }
+        }
+    };
+    let twelve_hours = Duration::from_secs(12 * 3600);
+    rotated_ago(twelve_hours + Duration::from_secs(5));
+    let early = run(&slow_reload, &["keys", "rotate"]).await;
+    assert!(!early.status.success(), "{early:?}");
+    let stderr = String::from_utf8_lossy(&early.stderr);
+    assert!(stderr.contains("three keys.reload_interval"), "{stderr}");
+    rotated_ago(twelve_hours + Duration::from_secs(60));
+    let late = run(&slow_reload, &["keys", "rotate"]).await;
+    assert!(late.status.success(), "{late:?}");
 }
 
 /// Changing the sealing key of keys kept in PostgreSQL, with the real binary: a server given the
