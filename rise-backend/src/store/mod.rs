@@ -94,6 +94,11 @@ impl StoreError {
     }
 }
 
+/// Why an append that holds the chain head still cannot write: the ids after the head are taken
+/// by rows the head row does not know of (written outside the chain).
+pub(crate) const ROWS_PAST_HEAD: &str =
+    "audit_log holds rows past the audit chain head; run `rise-backend audit verify`";
+
 /// A handle to the durable store; cheap to clone (it wraps a connection pool).
 #[derive(Clone)]
 pub struct Store {
@@ -598,10 +603,7 @@ impl Store {
             // row does not know of (written outside the chain). Release the lock before saying so.
             tx.rollback().await?;
         }
-        Err(StoreError::Corrupt(
-            "audit_log holds rows past the audit chain head; run `rise-backend audit verify`"
-                .into(),
-        ))
+        Err(StoreError::Corrupt(ROWS_PAST_HEAD.into()))
     }
 
     /// Records matching `filter`, by ascending id, at most `filter.limit`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
-use super::{CHAIN, INSERT_RECORDS_HEAD, Sealed, StoreError};
+use super::{CHAIN, INSERT_RECORDS_HEAD, ROWS_PAST_HEAD, Sealed, StoreError};
 use crate::audit::RecordFields;
 
 /// One writer's connection to a SQLite store and its idea of the chain head.
@@ -137,9 +137,11 @@ impl SqliteAppender {
                 ]);
                 match inserted {
                     Ok(_) => {}
-                    // Rows past the head that the head row does not know of: another writer
-                    // that did not move the head. Re-read it like any moved head.
-                    Err(e) if is_unique_violation(&e) => return Ok(None),
+                    // The head was where we sealed (we moved it, under the write lock), yet its
+                    // successor ids are taken: rows written outside the chain.
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::Corrupt(ROWS_PAST_HEAD.into()));
+                    }
                     Err(e) => return Err(sql(e)),
                 }
             }

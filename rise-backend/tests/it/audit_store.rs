@@ -185,6 +185,7 @@ suite!(
     full_queue_refuses_at_once,
     two_writers_append_to_one_chain,
     many_contending_writers_are_never_refused,
+    rows_planted_past_the_head_refuse_appends_at_once,
 );
 
 fn caller(subject: &str) -> CallerInfo {
@@ -391,6 +392,38 @@ async fn verify_names_rows_outside_the_chain(b: Backend) {
         (broken.id, broken.problem),
         (0, LinkProblem::BeforeTheChain { rows: 1 })
     );
+}
+
+/// A row planted right after the head (outside the chain) takes the id the next record needs:
+/// appends are refused at once, naming the problem, instead of retrying as if the head moved.
+async fn rows_planted_past_the_head_refuse_appends_at_once(b: Backend) {
+    let first = log(&b.store);
+    write_n(&first, 2).await;
+    b.execute(
+        "INSERT INTO audit_log SELECT 3, time_ms, request_id, operation, issuer, 'mallory', \
+         caller_groups, client_ip, user_agent, project, registry, repository, \
+         actions_requested, actions_granted, result, reason, expires_ms, fingerprint, \
+         credential_id, prev_hash, hash FROM audit_log WHERE id = 1"
+            .into(),
+    )
+    .await;
+    // A writer that knows the head (it wrote the records) and one that must read it.
+    for writer in [first, log(&b.reopen().await)] {
+        let started = std::time::Instant::now();
+        let err = writer
+            .record(&record("alice", "my-app", Outcome::Granted))
+            .await
+            .expect_err("no id is free after the head");
+        assert!(
+            err.to_string().contains("rows past the audit chain head"),
+            "{}: {err}",
+            b.kind()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused at once"
+        );
+    }
 }
 
 /// Someone who can write the database may rewrite the last record, recompute its hash and move
