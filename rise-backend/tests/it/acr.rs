@@ -763,6 +763,16 @@ async fn without_an_operation_header_the_resource_is_polled() {
         .filter(|r| r.method == "GET" && r.path.contains("/tokens/"))
         .count();
     assert_eq!(token_reads, 3, "read while Creating twice, then Succeeded");
+
+    // ARM may not have caught up with its own 201: a 404 then is still provisioning.
+    fake.set_missing_first_read(true);
+    let c = issue(
+        &p,
+        &request("my-app", Actions::PULL, Duration::from_secs(600)),
+    )
+    .await
+    .expect("issued after a 404 right after the 201");
+    assert!(fake.authorize(&c.username, c.password.expose_secret(), "my-app", "pull"));
 }
 
 #[tokio::test]

@@ -144,6 +144,10 @@ struct Inner {
     header_less: Option<usize>,
     /// GETs of a resource still to answer `Creating` (see `header_less`).
     creating_reads: usize,
+    /// With `header_less`: the first read after a PUT answers 404 (ARM not caught up yet).
+    missing_first_read: bool,
+    /// GETs still to answer 404 (see `missing_first_read`).
+    missing_reads: usize,
     page_size: usize,
     operations: HashMap<String, Operation>,
 }
@@ -169,6 +173,8 @@ impl FakeAcr {
             async_ops: true,
             header_less: None,
             creating_reads: 0,
+            missing_first_read: false,
+            missing_reads: 0,
             page_size: 100,
             operations: HashMap::new(),
         }));
@@ -254,6 +260,11 @@ impl FakeAcr {
     /// times after the PUT, then `Succeeded` (`None`: the usual `Azure-AsyncOperation`).
     pub fn set_header_less(&self, reads: Option<usize>) {
         self.lock().header_less = reads;
+    }
+
+    /// With `set_header_less`: the first read of a just-created resource answers 404.
+    pub fn set_missing_first_read(&self, on: bool) {
+        self.lock().missing_first_read = on;
     }
 
     pub fn set_page_size(&self, n: usize) {
@@ -653,6 +664,10 @@ async fn arm(
         (Method::PUT, Target::ScopeMap(name)) => {
             put_scope_map(&mut inner, &base, &name, &body, widen)
         }
+        (Method::GET, Target::ScopeMap(name)) if take_missing(&mut inner) => {
+            not_found("scope map", &name)
+        }
+        (Method::GET, Target::Token(name)) if take_missing(&mut inner) => not_found("token", &name),
         (Method::GET, Target::ScopeMap(name)) => {
             let state = read_state(&mut inner);
             match inner.scope_maps.get(&name) {
@@ -904,6 +919,16 @@ fn own_base(headers: &HeaderMap) -> String {
     )
 }
 
+/// Whether this read answers 404 (see `Inner::missing_first_read`).
+fn take_missing(inner: &mut Inner) -> bool {
+    if inner.missing_reads > 0 {
+        inner.missing_reads -= 1;
+        true
+    } else {
+        false
+    }
+}
+
 /// The `provisioningState` a resource reads as now (see `Inner::header_less`).
 fn read_state(inner: &mut Inner) -> &'static str {
     if inner.creating_reads > 0 {
@@ -923,6 +948,7 @@ fn created(
 ) -> Response {
     if let Some(reads) = inner.header_less {
         inner.creating_reads = reads;
+        inner.missing_reads = usize::from(inner.missing_first_read);
         return (
             StatusCode::CREATED,
             [(header::RETRY_AFTER, "0")],
