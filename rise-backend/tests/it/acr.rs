@@ -727,6 +727,31 @@ async fn replies_wider_or_longer_than_asked_are_refused() {
     }
     eventually("the token is deleted", || fake.tokens().is_empty()).await;
 
+    // A token reply naming another token: no password is generated for that one.
+    fake.set_failure(Endpoint::GenerateCredentials, None);
+    fake.set_async(false);
+    fake.set_failure(Endpoint::Tokens, Some(Failure::OtherTokenId));
+    let e = issue(
+        &p,
+        &request("my-app", Actions::PULL, Duration::from_secs(600)),
+    )
+    .await
+    .expect_err("a reply about another token is refused");
+    assert!(
+        matches!(&e, ProviderError::Upstream { operation, detail } if *operation == "ACR token create" && detail.contains("registry-admin-token")),
+        "{e:?}"
+    );
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.body.to_string().contains("registry-admin-token")),
+        "no call was made for the other token"
+    );
+    eventually("the token is deleted", || fake.tokens().is_empty()).await;
+    fake.set_failure(Endpoint::Tokens, None);
+    fake.set_async(true);
+
     // Credentials of another user than the token Rise created are not handed out.
     fake.set_failure(Endpoint::GenerateCredentials, Some(Failure::OtherUser));
     let e = issue(

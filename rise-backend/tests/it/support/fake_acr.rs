@@ -92,6 +92,8 @@ pub enum Failure {
     LongerExpiry,
     /// Generate Credentials: report the credentials as another user's (the registry's admin).
     OtherUser,
+    /// Tokens: the PUT's reply names another token's resource id.
+    OtherTokenId,
     /// Long-running operations never finish (`InProgress` / 202 forever).
     Stuck,
     /// Answer the next call 409 `AnotherOperationInProgress`, then behave again.
@@ -660,6 +662,7 @@ async fn arm(
     let widen = failure == Some(Failure::WidenScope);
     let longer = failure == Some(Failure::LongerExpiry);
     let other_user = failure == Some(Failure::OtherUser);
+    let other_id = failure == Some(Failure::OtherTokenId);
     match (method, target) {
         (Method::PUT, Target::ScopeMap(name)) => {
             put_scope_map(&mut inner, &base, &name, &body, widen)
@@ -675,7 +678,7 @@ async fn arm(
                 None => not_found("scope map", &name),
             }
         }
-        (Method::PUT, Target::Token(name)) => put_token(&mut inner, &base, &name, &body),
+        (Method::PUT, Target::Token(name)) => put_token(&mut inner, &base, &name, &body, other_id),
         (Method::GET, Target::Token(name)) => {
             let state = read_state(&mut inner);
             match inner.tokens.get(&name) {
@@ -1025,7 +1028,13 @@ fn put_scope_map(
     }
 }
 
-fn put_token(inner: &mut Inner, base: &str, name: &str, body: &Map<String, Value>) -> Response {
+fn put_token(
+    inner: &mut Inner,
+    base: &str,
+    name: &str,
+    body: &Map<String, Value>,
+    other_id: bool,
+) -> Response {
     if !valid_name(name, false) {
         return bad_request("Token name must be 5-50 alphanumerics or '-'.");
     }
@@ -1074,12 +1083,17 @@ fn put_token(inner: &mut Inner, base: &str, name: &str, body: &Map<String, Value
         password2: existing.as_ref().and_then(|t| t.password2.clone()),
     };
     inner.tokens.insert(name.to_owned(), token.clone());
+    let reply = move |state: &str| {
+        let mut json = token_json(&token, state);
+        if other_id {
+            json["id"] = json!(resource_id("tokens", "registry-admin-token"));
+        }
+        json
+    };
     if existing.is_some() {
-        axum::Json(token_json(&token, "Succeeded")).into_response()
+        axum::Json(reply("Succeeded")).into_response()
     } else {
-        created(inner, base, &format!("tokens/{name}"), move |state| {
-            token_json(&token, state)
-        })
+        created(inner, base, &format!("tokens/{name}"), reply)
     }
 }
 
