@@ -245,6 +245,29 @@ async fn shared_accounts_or_repositories_are_not_scoped() {
     assert!(push.repository_scoped);
 }
 
+/// A domain-scoped Google Cloud project (`example.com:my-gcp`): its service accounts live under
+/// `my-gcp.example.com`, and its images under `example.com/my-gcp/` in the registry's paths.
+#[tokio::test]
+async fn a_domain_scoped_project_is_written_as_image_paths_have_it() {
+    let fake = FakeGoogle::start().await;
+    let account = "rise-my-app-push@my-gcp.example.com.iam.gserviceaccount.com";
+    fake.allow_impersonation(account);
+    let p = provider(
+        &fake,
+        "repository_prefix = \"example.com:my-gcp/{repository}\"\npush_service_account = \"rise-{project}-push@my-gcp.example.com.iam.gserviceaccount.com\"\n",
+    )
+    .await;
+    let c = issue(
+        &p,
+        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(600)),
+    )
+    .await
+    .expect("token minted");
+    assert_eq!(fake.minted()[0].service_account, account);
+    assert_eq!(c.repository, "example.com/my-gcp/my-app/my-app");
+    assert!(c.repository_scoped);
+}
+
 #[tokio::test]
 async fn ttl_is_passed_and_capped() {
     let fake = fake().await;

@@ -27,7 +27,8 @@
 //! `token_uri`.
 //!
 //! Account templates may use `{project}` (the Rise project) and `{repository}` (its repository);
-//! `repository_prefix` may use `{repository}`. Every expansion is checked: a project whose name
+//! `repository_prefix` may use `{repository}`; a domain-scoped project ID goes in as
+//! `example.com:my-proj` or `example.com/my-proj`. Every expansion is checked: a project whose name
 //! cannot form a service account email or an Artifact Registry repository name is refused.
 //!
 //! # How a credential is minted
@@ -428,29 +429,46 @@ const REPOSITORY_PLACEHOLDER: &str = "{repository}";
 const PROJECT_PLACEHOLDER: &str = "{project}";
 
 /// `repository_prefix`: the Google Cloud project and (pkg.dev) the Artifact Registry
-/// repository, possibly per project repository.
+/// repository, possibly per project repository. A domain-scoped project ID
+/// (`example.com:my-proj`) is written in image paths as `example.com/my-proj`, so its prefix
+/// has one path segment more; either form is accepted.
 #[derive(Debug)]
 struct PathPrefix {
+    /// As image paths have it: `example.com/my-proj/...` for a domain-scoped project.
     template: String,
     kind: HostKind,
     per_repository: bool,
+    domain_scoped: bool,
 }
 
 impl PathPrefix {
     fn parse(raw: &str, kind: HostKind) -> Result<Self, String> {
-        let template = raw.trim().trim_matches('/').to_owned();
-        let segments: Vec<&str> = template.split('/').collect();
+        let raw = raw.trim().trim_matches('/');
+        let mut segments: Vec<&str> = raw.split('/').collect();
+        let domain_scoped = match segments[0].split_once(':') {
+            Some((domain, project)) => {
+                segments.splice(0..1, [domain, project]);
+                true
+            }
+            None => segments.len() == kind.prefix_segments() + 1 && segments[0].contains('.'),
+        };
         let shape = match kind {
             HostKind::DockerPkgDev => "<gcp-project>/<ar-repository>",
             HostKind::GcrIo => "<gcp-project>",
         };
-        if segments.len() != kind.prefix_segments() {
+        if segments.len() != kind.prefix_segments() + usize::from(domain_scoped) {
             return Err(format!(
-                "repository_prefix {:?} must be {shape} for this registry_host",
-                template.chars().take(100).collect::<String>()
+                "repository_prefix {:?} must be {shape} for this registry_host (a domain-scoped project ID as example.com:my-project)",
+                raw.chars().take(100).collect::<String>()
             ));
         }
-        for segment in &segments {
+        if domain_scoped && !valid_domain(segments[0]) {
+            return Err(format!(
+                "repository_prefix {:?} does not start with the domain of a domain-scoped project ID (example.com:my-project)",
+                raw.chars().take(100).collect::<String>()
+            ));
+        }
+        for segment in &segments[usize::from(domain_scoped)..] {
             let literal = segment.replace(REPOSITORY_PLACEHOLDER, "a");
             if literal.contains(['{', '}']) {
                 return Err(
@@ -464,10 +482,12 @@ impl PathPrefix {
                 ));
             }
         }
+        let template = segments.join("/");
         Ok(Self {
             per_repository: template.contains(REPOSITORY_PLACEHOLDER),
             template,
             kind,
+            domain_scoped,
         })
     }
 
@@ -488,8 +508,9 @@ impl PathPrefix {
                 .template
                 .replace(REPOSITORY_PLACEHOLDER, repository.as_str());
             let segments: Vec<&str> = prefix.split('/').collect();
-            if segments.len() != self.kind.prefix_segments()
-                || !segments.iter().all(|s| valid_prefix_segment(s))
+            let own = usize::from(self.domain_scoped);
+            if segments.len() != self.kind.prefix_segments() + own
+                || !segments[own..].iter().all(|s| valid_prefix_segment(s))
             {
                 return Err(format!(
                     "repository {repository} cannot name an Artifact Registry repository through repository_prefix (one path segment of lowercase letters, digits and hyphens, at most 63 characters)"
@@ -498,6 +519,19 @@ impl PathPrefix {
         }
         Ok(self.expand(repository))
     }
+}
+
+/// The domain of a domain-scoped project ID: two or more DNS labels.
+fn valid_domain(s: &str) -> bool {
+    s.len() <= 253 && s.contains('.') && s.split('.').all(dns_label)
+}
+
+/// A lowercase DNS label: letters, digits and hyphens, at most 63 characters.
+fn dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Project IDs and Artifact Registry repository names: lowercase letters, digits and hyphens,
@@ -562,13 +596,7 @@ fn valid_service_account_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };
-    let label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    label(local) && domain.contains('.') && domain.split('.').all(label) && s.len() <= 254
+    dns_label(local) && domain.contains('.') && domain.split('.').all(dns_label) && s.len() <= 254
 }
 
 #[cfg(test)]
@@ -652,12 +680,40 @@ mod tests {
         assert!(p.path(&repo("my_app")).is_err());
         let p = PathPrefix::parse("my-proj", HostKind::GcrIo).expect("valid");
         assert_eq!(p.path(&repo("app")).expect("path"), "my-proj/app");
+        // A domain-scoped project ID, as Google writes it or as image paths do.
+        for raw in [
+            "example.com:my-proj/{repository}",
+            "example.com/my-proj/{repository}",
+        ] {
+            let p = PathPrefix::parse(raw, HostKind::DockerPkgDev).expect(raw);
+            assert_eq!(
+                p.path(&repo("app")).expect("path"),
+                "example.com/my-proj/app/app",
+                "{raw}"
+            );
+            assert!(p.path(&repo("team/app")).is_err(), "{raw}");
+        }
+        let p = PathPrefix::parse("example.com:my-proj", HostKind::GcrIo).expect("valid");
+        assert_eq!(
+            p.path(&repo("app")).expect("path"),
+            "example.com/my-proj/app"
+        );
         for (raw, kind) in [
             ("my-proj", HostKind::DockerPkgDev),
             ("my-proj/containers", HostKind::GcrIo),
             ("my-proj/{project}", HostKind::DockerPkgDev),
             ("My-Proj/containers", HostKind::DockerPkgDev),
             ("my-proj//x", HostKind::DockerPkgDev),
+            // Not a domain before the colon, or one segment too many for a plain project.
+            ("example:my-proj/containers", HostKind::DockerPkgDev),
+            ("Example.com:my-proj/containers", HostKind::DockerPkgDev),
+            ("example.com:my-proj/containers/x", HostKind::DockerPkgDev),
+            (
+                "{repository}.com:my-proj/containers",
+                HostKind::DockerPkgDev,
+            ),
+            ("my-proj/containers/x", HostKind::DockerPkgDev),
+            ("example.com:my-proj/containers", HostKind::GcrIo),
         ] {
             assert!(PathPrefix::parse(raw, kind).is_err(), "{raw}");
         }
