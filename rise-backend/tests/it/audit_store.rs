@@ -11,7 +11,7 @@ use rise_backend::audit::{
     Operation, Outcome, chain,
 };
 use rise_backend::registry::Actions;
-use rise_backend::store::Store;
+use rise_backend::store::{Revocation, Store};
 use secrecy::SecretString;
 use tempfile::TempDir;
 
@@ -830,6 +830,67 @@ async fn replicas_work_on_a_database_defaulting_to_repeatable_read() {
     }
     let report = audit::verify(&stores[0]).await.expect("verify");
     assert_eq!((report.records, report.broken), (400, None));
+}
+
+/// PostgreSQL's "come back later" (a read-only server, as after a failover to a standby) is
+/// unavailability, which the API answers with 503; a broken schema is not.
+#[tokio::test]
+async fn a_read_only_postgres_is_unavailable_and_a_missing_table_is_not() {
+    use sqlx::Connection as _;
+    let server = Postgres::start().await;
+    let url = server.create_database("ro").await;
+    let store = Store::open_postgres(&SecretString::from(url.clone()), 2, Duration::from_secs(10))
+        .await
+        .expect("open");
+    let now = audit::unix_ms(SystemTime::now());
+    let revocation = Revocation {
+        kind: "subject".into(),
+        value: "alice".into(),
+        before_ms: now,
+        created_ms: now,
+        until_ms: now + 60_000,
+        reason: "test".into(),
+    };
+    store
+        .revocation_add(&revocation)
+        .await
+        .expect("a writable database takes the revocation");
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    // The store's sessions keep the default they started with: end them, as a failover does.
+    let mut set_and_reconnect = async |sql: &'static str| {
+        sqlx::query(sql).execute(&mut admin).await.expect(sql);
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = 'ro' AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut admin)
+        .await
+        .expect("terminate the store's sessions");
+    };
+    // The first write after the sessions ended may meet one of them closing (also unavailable);
+    // the next ones reach a new, read-only session.
+    let failure = async |what: &str| {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let e = store.revocation_add(&revocation).await.expect_err(what);
+            last = e.to_string();
+            if last.contains(what) {
+                return (e.is_unavailable(), last);
+            }
+            assert!(e.is_unavailable(), "a closing session is unavailable: {e}");
+        }
+        panic!("no write failed with {what:?}; the last error: {last}");
+    };
+    set_and_reconnect("ALTER DATABASE ro SET default_transaction_read_only = on").await;
+    let (unavailable, e) = failure("read-only transaction").await;
+    assert!(unavailable, "SQLSTATE 25006 is unavailability: {e}");
+    set_and_reconnect("ALTER DATABASE ro RESET default_transaction_read_only").await;
+    sqlx::query("DROP TABLE rise_revocations")
+        .execute(&mut admin)
+        .await
+        .expect("drop");
+    let (unavailable, e) = failure("does not exist").await;
+    assert!(!unavailable, "a missing table is not unavailability: {e}");
 }
 
 /// A PostgreSQL server that cannot be reached is named by host and port, with the reason, and
