@@ -342,11 +342,7 @@ impl AcrProvider {
         )
         .map_err(bad)?;
         let scope = arm_scope(config.arm_scope.as_deref(), &management).map_err(bad)?;
-        if config.arm_scope.is_none()
-            && !management
-                .host_str()
-                .is_some_and(|h| KNOWN_ARM_HOSTS.contains(&h))
-        {
+        if scope_may_be_a_proxys(config.arm_scope.as_deref(), &management) {
             tracing::warn!(registry = %name, %scope, "management_url is not a known Azure Resource Manager host, so Entra ID is asked for a token of its own origin; behind a proxy, set arm_scope to the cloud's (https://management.azure.com/.default in the public cloud)");
         }
         let api_version = config.api_version.trim();
@@ -722,6 +718,15 @@ const KNOWN_ARM_HOSTS: [&str; 3] = [
     "management.usgovcloudapi.net",
     "management.chinacloudapi.cn",
 ];
+
+/// Whether the derived scope may name a proxy rather than ARM (an upgrade trap): no `arm_scope`
+/// is set and `management_url` is not one of Azure's Resource Manager hosts.
+fn scope_may_be_a_proxys(configured: Option<&str>, management: &Url) -> bool {
+    configured.is_none()
+        && !management
+            .host_str()
+            .is_some_and(|h| KNOWN_ARM_HOSTS.contains(&h))
+}
 
 /// The scope to ask Entra ID for: the configured one, or ARM's audience (its origin) +
 /// `/.default`. Visible ASCII only: it goes into a form body.
@@ -1135,7 +1140,18 @@ client_id = "22222222-2222-2222-2222-222222222222"
                 arm_scope(configured, &url(management)).expect(management),
                 want
             );
+            // Azure's own hosts, or a scope set beside a proxy: nothing to warn of.
+            assert!(!scope_may_be_a_proxys(configured, &url(management)));
         }
+        // A proxy without arm_scope: Entra ID would be asked for the proxy's audience.
+        assert!(scope_may_be_a_proxys(
+            None,
+            &url("https://proxy.example/arm/")
+        ));
+        assert!(scope_may_be_a_proxys(
+            None,
+            &url("https://management.azure.com.evil.example")
+        ));
         for bad in ["", "https://a b/.default", "https://é/.default"] {
             let err = arm_scope(Some(bad), &url("https://management.azure.com")).expect_err(bad);
             assert!(err.contains("arm_scope"), "{err}");
