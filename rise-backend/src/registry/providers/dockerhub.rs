@@ -600,19 +600,10 @@ impl Shared {
         }
         let secret = self.secret.current().await;
         let signed_in = self.client.sign_in(&self.username, &secret).await?;
-        // The sign-in JWT's `exp` is read unverified: a far-future one is held at most as long
-        // as any upstream token.
-        let remaining = upstream::cache_lifetime(
-            signed_in
-                .expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .as_secs(),
-        );
         let token = signed_in.token.clone();
         *cached = Some(CachedJwt {
             token: signed_in.token,
-            renew_at: Instant::now() + remaining.saturating_sub(JWT_REFRESH_MARGIN),
+            renew_at: Instant::now() + jwt_use_for(signed_in.expires_at, SystemTime::now()),
         });
         Ok(token)
     }
@@ -833,6 +824,14 @@ fn validate_label_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
+/// How long a sign-in JWT expiring at `expires_at` is used from `now`: until
+/// [`JWT_REFRESH_MARGIN`] before its `exp`. That `exp` is read unverified, so a far-future one
+/// is held at most as long as any upstream token.
+fn jwt_use_for(expires_at: SystemTime, now: SystemTime) -> Duration {
+    let remaining = expires_at.duration_since(now).unwrap_or_default();
+    upstream::cache_lifetime(remaining.as_secs()).saturating_sub(JWT_REFRESH_MARGIN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -848,6 +847,21 @@ mod tests {
     }
 
     const BASE: &str = "organization = \"myorg\"\nusername = \"owner\"\n";
+
+    #[test]
+    fn a_sign_in_is_used_until_shortly_before_its_exp_and_never_past_a_day() {
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(jwt_use_for(now + hour, now), hour - JWT_REFRESH_MARGIN);
+        assert_eq!(jwt_use_for(now, now), Duration::ZERO);
+        assert_eq!(jwt_use_for(now - hour, now), Duration::ZERO);
+        // An unverified `exp` years away buys no more than a day.
+        let years = Duration::from_secs(10 * 365 * 24 * 3600);
+        assert_eq!(
+            jwt_use_for(now + years, now),
+            upstream::LONGEST_TOKEN_CACHE - JWT_REFRESH_MARGIN
+        );
+    }
 
     #[tokio::test]
     async fn defaults_and_repository_path() {
