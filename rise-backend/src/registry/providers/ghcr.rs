@@ -286,14 +286,14 @@ impl GhcrProvider {
         if !valid_owner(owner) {
             return Err(bad(format!(
                 "owner {:?} is not a GitHub user or organization name (1-39 letters, digits and single '-' inside)",
-                truncate(owner, 60)
+                upstream::truncate(owner, 60)
             )));
         }
         let registry_host = config.registry_host.trim();
         if !valid_host(registry_host) {
             return Err(bad(format!(
                 "registry_host {:?} must be a host name with an optional port, such as ghcr.io",
-                truncate(registry_host, 80)
+                upstream::truncate(registry_host, 80)
             )));
         }
         let api_base = parse_api_url(&config.api_url, config.insecure_http).map_err(bad)?;
@@ -681,7 +681,7 @@ fn check_reply(
     let expires_at = humantime::parse_rfc3339(minted.expires_at.trim()).map_err(|_| {
         format!(
             "expires_at {:?} is not an RFC 3339 time",
-            truncate(&minted.expires_at, 40)
+            upstream::truncate(&minted.expires_at, 40)
         )
     })?;
     if expires_at <= sent_at {
@@ -701,7 +701,7 @@ fn expand_repository(template: &str, request: &CredentialRequest) -> Result<Stri
     } else {
         Err(format!(
             "{:?} (github_repository for project {}) is not a GitHub repository name: letters, digits, '-', '_' and '.' only; set github_repository to a template that gives one",
-            truncate(&name, 120),
+            upstream::truncate(&name, 120),
             request.project
         ))
     }
@@ -776,10 +776,6 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::App => "app",
         Mode::Static => "static",
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 /// A number or a string (TOML writes `app_id = 123`; an environment variable gives a string).
@@ -1028,6 +1024,20 @@ mod tests {
             "repositories": repos.iter().map(|n| serde_json::json!({"id": 1, "name": n, "full_name": format!("acme/{n}")})).collect::<Vec<_>>(),
         });
         serde_json::from_value(body).expect("reply")
+    }
+
+    /// GitHub's reply is not trusted to be short: a permission it names is cut in the error.
+    #[test]
+    fn an_unexpected_permission_is_named_within_bounds() {
+        let name = "x".repeat(10_000);
+        let level = "é".repeat(10_000);
+        let r = reply(&[(name.as_str(), level.as_str())], "selected", &["my-app"]);
+        let e = check_reply(&r, "my-app", "read", SystemTime::now()).expect_err("refused");
+        assert!(
+            e.starts_with(&format!("the token has permission {}: é", "x".repeat(40))),
+            "{e}"
+        );
+        assert!(e.len() < 200, "{} bytes", e.len());
     }
 
     #[test]
