@@ -265,6 +265,39 @@ async fn shorter_ttl_is_kept_by_revoking_the_token() {
     );
 }
 
+/// GitHub's stateless installation tokens (`ghs_<APP ID>_<JWT>`, about 520 characters) are
+/// handed out whole and revoked like the classic ones; Rise never reads their JWT.
+#[tokio::test]
+async fn stateless_tokens_are_handed_out_whole_and_revoked() {
+    let fake = FakeGhcr::start().await;
+    fake.set_stateless(true);
+    let p = provider(&fake, "").await;
+    let c = issue(
+        &p,
+        &request("my-app", Actions::PUSH_PULL, Duration::from_secs(1)),
+    )
+    .await
+    .expect("token minted");
+    let token = c.password.expose_secret().to_owned();
+    let minted = fake.token(&token).expect("the fake's token, unchanged");
+    assert!(
+        token.starts_with(&format!("ghs_{APP_ID}_")) && token.len() > 400,
+        "a stateless token: {} characters",
+        token.len()
+    );
+    assert_eq!(token.matches('.').count(), 2);
+    assert_eq!(c.granted_actions, Actions::PUSH_PULL);
+    assert!(!minted.revoked);
+    // The asked one-second ttl is kept by revoking the token, which GitHub accepts as bearer.
+    let revoked = tokio::time::timeout(Duration::from_secs(10), async {
+        while !fake.token(&token).is_some_and(|t| t.revoked) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(revoked.is_ok(), "the stateless token is revoked");
+}
+
 #[tokio::test]
 async fn revoke_by_id_is_unsupported_and_says_why() {
     let fake = FakeGhcr::start().await;

@@ -145,6 +145,7 @@ struct Inner {
     jwts: Vec<SeenJwt>,
     tokens: Vec<MintedToken>,
     failure: Option<Failure>,
+    stateless: bool,
 }
 
 /// A running fake on `127.0.0.1:<random port>`.
@@ -163,6 +164,7 @@ impl FakeGhcr {
             jwts: Vec::new(),
             tokens: Vec::new(),
             failure: None,
+            stateless: false,
         }));
         let app = Router::new()
             .route(
@@ -209,6 +211,14 @@ impl FakeGhcr {
 
     pub fn set_failure(&self, failure: Option<Failure>) {
         self.lock().failure = failure;
+    }
+
+    /// Mint installation tokens in GitHub's stateless format, rolled out from 27 April 2026:
+    /// `ghs_<APP ID>_<JWT>`, about 520 characters with two dots, whose JWT clients must not
+    /// read. As on GitHub, a request's `X-GitHub-Stateless-S2S-Token: enabled` or `disabled`
+    /// overrides the rollout for that request.
+    pub fn set_stateless(&self, on: bool) {
+        self.lock().stateless = on;
     }
 
     /// Stop listening; later connections are refused.
@@ -362,6 +372,42 @@ fn new_token() -> String {
     format!("ghs_{:016x}{:016x}", a.finish(), b.finish())
 }
 
+/// A token in the stateless format: `ghs_`, the App's ID, `_`, and a JWT signed by a key only
+/// GitHub holds (here: random bytes), carrying what the token may do.
+fn stateless_token(
+    app_id: &str,
+    repositories: &[String],
+    permissions: &BTreeMap<String, String>,
+    expires_at: SystemTime,
+) -> String {
+    let b64 = |v: &[u8]| data_encoding::BASE64URL_NOPAD.encode(v);
+    let exp = expires_at
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": "fake-github-internal"});
+    let payload = json!({
+        "iss": "https://github.com",
+        "app": app_id,
+        "installation": INSTALLATION_ID,
+        "repositories": repositories,
+        "permissions": permissions,
+        "exp": exp,
+        "nonce": new_token(),
+    });
+    let signature: Vec<u8> = new_token()
+        .bytes()
+        .chain(new_token().bytes())
+        .take(64)
+        .collect();
+    format!(
+        "ghs_{app_id}_{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes()),
+        b64(&signature)
+    )
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -421,6 +467,7 @@ async fn create_installation_token(
         Ok(jwt) => jwt,
         Err(message) => return github_error(StatusCode::UNAUTHORIZED, &message),
     };
+    let jwt_iss = jwt.iss.clone();
     inner.lock().expect("fake GitHub state").jwts.push(jwt);
     if id.parse::<u64>().ok() != Some(INSTALLATION_ID) {
         return github_error(StatusCode::NOT_FOUND, "Not Found");
@@ -531,11 +578,22 @@ async fn create_installation_token(
             .map(|r| r.to_string())
             .collect(),
     };
+    let stateless = match header_str(&headers, "x-github-stateless-s2s-token").as_deref() {
+        Some("enabled") => true,
+        Some("disabled") => false,
+        _ => inner.lock().expect("fake GitHub state").stateless,
+    };
+    let expires_at = SystemTime::now() + Duration::from_secs(3600);
+    let token = if stateless {
+        stateless_token(&jwt_iss, &reached, &permissions, expires_at)
+    } else {
+        new_token()
+    };
     let minted = MintedToken {
-        token: new_token(),
+        token,
         repositories: reached.clone(),
         permissions: permissions.clone(),
-        expires_at: SystemTime::now() + Duration::from_secs(3600),
+        expires_at,
         revoked: false,
     };
     let mut reply = json!({
