@@ -157,14 +157,14 @@ impl Authenticator {
         })
     }
 
-    /// Names of the OIDC issuers whose keys have never been fetched since start-up (readiness:
-    /// their callers would get 503 `issuer_unavailable`). Keys fetched once stay in use while the
-    /// issuer is down, so an issuer never leaves this list's complement again.
     /// Whether `name` is a trusted issuer's configured name (`local` for the development one).
     pub fn knows_issuer(&self, name: &str) -> bool {
         self.issuers.iter().any(|issuer| issuer.name == name)
     }
 
+    /// Names of the OIDC issuers whose keys have never been fetched since start-up (readiness:
+    /// their callers would get 503 `issuer_unavailable`). Keys fetched once stay in use while the
+    /// issuer is down, so an issuer never leaves this list's complement again.
     pub fn issuers_without_keys(&self) -> Vec<&str> {
         self.issuers
             .iter()

@@ -36,7 +36,9 @@ use crate::audit::{self, AuditRecord, CallerInfo, Operation, Outcome};
 use crate::auth::AuthError;
 use crate::registry::Actions;
 use crate::registry::providers::distribution::token::{RepositoryScope, parse_scopes};
-use crate::registry::providers::distribution::{GrantCheck, MintError, ScopeError, TokenCaller};
+use crate::registry::providers::distribution::{
+    Grant, GrantCheck, MintError, ScopeError, TokenCaller,
+};
 
 /// The body of a successful reply. `token` and `access_token` are the same JWT: older clients
 /// read the first, OAuth2 clients the second.
@@ -233,6 +235,13 @@ async fn issue(
         record_all(state, &records).await?;
         return Err(err);
     }
+    if let TokenCaller::Grant(grant) = &caller
+        && let Some(err) = outdated_grant(state, registry.name(), grant)
+    {
+        let err = refuse(&mut records, err);
+        record_all(state, &records).await?;
+        return Err(err);
+    }
     // The caller's bucket is the one `/registry/credentials` draws from: a grant counts as its
     // original caller. Scopes name repositories, not projects, so only the caller limit applies.
     if let Err(limited) = state
@@ -317,6 +326,37 @@ async fn issue(
         issued_at: crate::audit::rfc3339_seconds(token.issued_at),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// Why a valid, unrevoked grant no longer buys a token: the configuration that allowed it is
+/// gone. Its caller's issuer is no longer trusted, or its repository is no longer a project's
+/// on this registry. (A narrowed rule takes effect on grants at their expiry, or by revocation:
+/// a grant does not carry the claims the rules match.)
+fn outdated_grant(state: &AppState, registry: &str, grant: &Grant) -> Option<ApiError> {
+    let claims = &grant.claims;
+    if !state.auth.knows_issuer(&claims.idp) {
+        return Some(ApiError::BadCredentials {
+            code: "grant_issuer_untrusted",
+            message: format!(
+                "these credentials were issued to a caller of issuer {:?}, which this server no longer trusts",
+                claims.idp
+            ),
+        });
+    }
+    if state
+        .policy
+        .project_for_repository(registry, &claims.repo)
+        .is_none()
+    {
+        return Some(ApiError::BadCredentials {
+            code: "grant_project_removed",
+            message: format!(
+                "these credentials are for repository {}, which is no longer a project's on registry {registry}",
+                claims.repo
+            ),
+        });
+    }
+    None
 }
 
 /// The audit records of a token exchange by `caller`: one per repository asked for (so a

@@ -484,6 +484,59 @@ async fn token_content_type_is_matched_without_case() {
     );
 }
 
+/// A grant does not outlive what allowed it: after a restart on the same keys without its
+/// caller's issuer, or without its project, the token server refuses it, and says why.
+#[tokio::test]
+async fn grants_end_with_their_issuer_or_project() {
+    use base64::Engine as _;
+    let rise = rise().await;
+    let token = rise.token("alice", &["developers"]);
+    let (status, body) = rise
+        .get("/registry/credentials?project=my-app", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let password = body["credentials"]["password"].as_str().expect("password");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"));
+    let exchange = async |rise: &TestRise| {
+        let req = Request::get("/token?service=rise-registry&scope=repository:my-app:pull,push")
+            .header("authorization", format!("Basic {basic}"))
+            .body(Body::empty())
+            .expect("request");
+        rise.send(req).await
+    };
+    let (status, body) = exchange(&rise).await;
+    assert_eq!(status, StatusCode::OK, "the grant works: {body}");
+
+    let without_local = format!("{CONFIG}\n[auth.local]\nenabled = false\n");
+    let restarted = rise.restarted_with(&without_local).await;
+    check_error(
+        &exchange(&restarted).await,
+        StatusCode::UNAUTHORIZED,
+        "grant_issuer_untrusted",
+        "issuer \"local\", which this server no longer trusts",
+    );
+    let without_my_app = CONFIG.replace("projects.my-app", "projects.renamed-app");
+    let restarted = rise.restarted_with(&without_my_app).await;
+    check_error(
+        &exchange(&restarted).await,
+        StatusCode::UNAUTHORIZED,
+        "grant_project_removed",
+        "repository my-app, which is no longer a project's on registry default",
+    );
+    // The refusals are audited, as the grant's.
+    let filter = rise_backend::audit::AuditFilter {
+        subject: Some("alice".to_owned()),
+        limit: 10,
+        ..Default::default()
+    };
+    let records = restarted.state.audit.query(&filter).await.expect("audit");
+    let reasons: Vec<&str> = records.iter().map(|r| r.fields.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"grant_issuer_untrusted") && reasons.contains(&"grant_project_removed"),
+        "{reasons:?}"
+    );
+}
+
 /// HEAD on a minting route would issue (and audit) a credential nobody receives: refused, and
 /// nothing is recorded.
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Rise itself, in-process: configuration from a TOML string, a temp data dir, the router driven
 //! with `oneshot`, and caller tokens from the local development issuer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,7 +16,7 @@ use tower::ServiceExt;
 use super::provider_calls::GUARD;
 
 pub struct TestRise {
-    pub dir: TempDir,
+    pub dir: Arc<TempDir>,
     pub config: Config,
     pub state: AppState,
     local: LocalIssuer,
@@ -24,7 +25,15 @@ pub struct TestRise {
 impl TestRise {
     /// Build Rise from `toml` (without `[server]`; one is added with a temp data dir).
     pub async fn from_toml(toml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::build(Arc::new(tempfile::tempdir().expect("temp dir")), toml).await
+    }
+
+    /// Rise on the same data directory with another configuration, as after a restart.
+    pub async fn restarted_with(&self, toml: &str) -> Self {
+        Self::build(self.dir.clone(), toml).await
+    }
+
+    async fn build(dir: Arc<TempDir>, toml: &str) -> Self {
         let path = dir.path().join("rise.toml");
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n{toml}",
