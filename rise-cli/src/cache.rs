@@ -13,7 +13,7 @@ use crate::backend::{Grant, MAX_CREDENTIAL_LIFETIME};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::fsutil;
-use crate::registries::same_host;
+use crate::registries::{canonical_host, same_host, split_server_url};
 use crate::session::secret_serde;
 
 /// Fresh credentials are fetched when a cached one expires within this long, unless configured.
@@ -23,6 +23,8 @@ pub const DEFAULT_MARGIN: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope<'a> {
     pub backend: &'a str,
+    /// The registry host the credential is for (as the container tool named it).
+    pub registry: &'a str,
     /// A non-secret name of the caller (see [`crate::jwt::identity`]).
     pub identity: &'a str,
     pub project: &'a str,
@@ -33,7 +35,14 @@ impl Scope<'_> {
     /// A hash, so the file does not list who used which project in clear.
     fn key(&self) -> String {
         let mut h = Sha256::new();
-        for part in [self.backend, self.identity, self.project, self.actions] {
+        let registry = canonical_host(self.registry).to_ascii_lowercase();
+        for part in [
+            self.backend,
+            registry.as_str(),
+            self.identity,
+            self.project,
+            self.actions,
+        ] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
@@ -63,12 +72,15 @@ struct Entry {
     actions: Vec<String>,
 }
 
-/// A cached grant for `scope` that is still valid for longer than `margin`.
+/// A cached grant for `scope` that is for its registry and still valid for longer than `margin`.
 pub fn get(ctx: &Context, scope: &Scope<'_>, margin: Duration) -> Result<Option<Grant>, CliError> {
     let file: CacheFile = read(ctx)?;
     let Some(e) = file.entries.get(&scope.key()) else {
         return Ok(None);
     };
+    if !same_host(split_server_url(&e.registry_url).0, scope.registry) {
+        return Ok(None);
+    }
     // The file is ours but may be edited or corrupt: an expiry past any believable lifetime
     // (or past what a SystemTime holds) is a miss, not a panic.
     let now = SystemTime::now();
@@ -118,6 +130,18 @@ pub fn put(ctx: &Context, scope: &Scope<'_>, grant: &Grant) -> Result<(), CliErr
         },
     );
     fsutil::write_json_private(&ctx.credentials_cache_file()?, &file)
+}
+
+/// Forget the cached credential for `scope`, if any.
+pub fn remove(ctx: &Context, scope: &Scope<'_>) -> Result<(), CliError> {
+    let Ok(path) = ctx.credentials_cache_file() else {
+        return Ok(());
+    };
+    let mut file: CacheFile = read(ctx)?;
+    if file.entries.remove(&scope.key()).is_some() {
+        fsutil::write_json_private(&path, &file)?;
+    }
+    Ok(())
 }
 
 /// Forget cached credentials for a registry host (helper `erase`) or a backend (`rise logout`).
@@ -209,6 +233,7 @@ mod tests {
         ]);
         let alice = Scope {
             backend: "http://b",
+            registry: "127.0.0.1:5000",
             identity: "idp alice",
             project: "my-app",
             actions: "push,pull",
@@ -221,6 +246,10 @@ mod tests {
             actions: "pull",
             ..alice.clone()
         };
+        let elsewhere = Scope {
+            registry: "registry.example.com",
+            ..alice.clone()
+        };
         put(&ctx, &alice, &grant("s1", Duration::from_secs(600))).expect("put");
         let got = get(&ctx, &alice, Duration::from_secs(60))
             .expect("get")
@@ -228,6 +257,11 @@ mod tests {
         assert_eq!(got.password.expose_secret(), "s1");
         assert!(get(&ctx, &bob, Duration::ZERO).expect("get").is_none());
         assert!(get(&ctx, &pull, Duration::ZERO).expect("get").is_none());
+        assert!(
+            get(&ctx, &elsewhere, Duration::ZERO)
+                .expect("get")
+                .is_none()
+        );
         // Inside the margin: not handed out.
         assert!(
             get(&ctx, &alice, Duration::from_secs(900))
@@ -249,6 +283,43 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_credential_for_another_registry_is_a_miss_and_can_be_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([(
+            "RISE_CACHE_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        let scope = Scope {
+            backend: "http://b",
+            registry: "registry.example.com",
+            identity: "idp alice",
+            project: "my-app",
+            actions: "",
+        };
+        // Written under this scope's key, but the grant names 127.0.0.1:5000.
+        put(&ctx, &scope, &grant("s1", Duration::from_secs(600))).expect("put");
+        assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
+        let docker_hub = Scope {
+            registry: "index.docker.io",
+            ..scope.clone()
+        };
+        let mut hub_grant = grant("s2", Duration::from_secs(600));
+        hub_grant.registry_url = "docker.io".into();
+        put(&ctx, &docker_hub, &hub_grant).expect("put");
+        assert!(
+            get(&ctx, &docker_hub, Duration::ZERO)
+                .expect("get")
+                .is_some()
+        );
+        remove(&ctx, &docker_hub).expect("remove");
+        assert!(
+            get(&ctx, &docker_hub, Duration::ZERO)
+                .expect("get")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn an_unbelievable_cached_expiry_is_a_miss() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = Context::from_env([(
@@ -257,6 +328,7 @@ mod tests {
         )]);
         let scope = Scope {
             backend: "http://b",
+            registry: "127.0.0.1:5000",
             identity: "idp alice",
             project: "my-app",
             actions: "",
@@ -286,6 +358,7 @@ mod tests {
         let ctx = Context::with_platform_dirs([], None, None);
         let scope = Scope {
             backend: "http://b",
+            registry: "127.0.0.1:5000",
             identity: "idp alice",
             project: "my-app",
             actions: "",

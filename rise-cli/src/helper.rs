@@ -7,6 +7,10 @@
 //! must not fail); `erase` forgets cached credentials for the host; `list` names the hosts with
 //! cached credentials. The cache is an optimisation: when it cannot be read or written, `get`
 //! says so on stderr and still answers. `version` needs no configuration directory.
+//!
+//! Architecture invariant: `get` hands out a credential only for the registry Docker asked about.
+//! When the backend names another registry for the project (it moved), the helper answers with
+//! an error and caches nothing, so the old host never receives a credential for the new one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,11 +18,11 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::backend::{Backend, CredentialQuery};
+use crate::backend::{Backend, CredentialQuery, printable};
 use crate::cache::{self, DEFAULT_MARGIN, Scope};
 use crate::context::{Context, parse_duration, vars};
 use crate::error::CliError;
-use crate::registries::{Lookup, Mapping, RegistryMap, split_server_url};
+use crate::registries::{Lookup, Mapping, RegistryMap, same_host, split_server_url};
 use crate::session;
 
 /// The message Docker's helper client recognises as "no credentials here" (not an error).
@@ -122,7 +126,8 @@ async fn get(ctx: &Context, server_url: &str) -> Result<Option<(String, String)>
         }
     };
     let margin = margin(ctx, mapping)?;
-    let (grant, cache_problems) = credentials_for(ctx, mapping, margin).await?;
+    let (host, _) = split_server_url(server_url);
+    let (grant, cache_problems) = credentials_for(ctx, mapping, host, margin).await?;
     for problem in cache_problems {
         warnings.push_str(&format!("docker-credential-rise: warning: {problem}\n"));
     }
@@ -137,11 +142,13 @@ async fn get(ctx: &Context, server_url: &str) -> Result<Option<(String, String)>
     Ok(Some((out + "\n", warnings)))
 }
 
-/// Cached credentials for the mapping's project while they outlive `margin`, else fresh ones;
-/// and what went wrong with the cache, if anything (for a warning: the credential is good).
+/// Cached credentials for the mapping's project on `registry` while they outlive `margin`, else
+/// fresh ones; and what went wrong with the cache, if anything (for a warning: the credential is
+/// good). A grant the backend issued for another registry is an error, and is not cached.
 pub async fn credentials_for(
     ctx: &Context,
     mapping: &Mapping,
+    registry: &str,
     margin: Duration,
 ) -> Result<(crate::backend::Grant, Vec<String>), CliError> {
     let http = ctx.http()?;
@@ -150,6 +157,7 @@ pub async fn credentials_for(
     let actions = mapping.actions.clone().unwrap_or_default();
     let scope = Scope {
         backend: backend.url(),
+        registry,
         identity: &caller.identity,
         project: &mapping.project,
         actions: &actions,
@@ -166,6 +174,16 @@ pub async fn credentials_for(
         ttl: None,
     };
     let response = backend.credentials(&caller.token, &query).await?;
+    if !same_host(split_server_url(&response.grant.registry_url).0, registry) {
+        // Whatever is cached for this scope predates the move: it must not be used either.
+        let _ = cache::remove(ctx, &scope);
+        return Err(CliError::Input(format!(
+            "project {} now lives on the registry {}, not {registry}: run `rise registry login --project {}` to use it there",
+            mapping.project,
+            printable(&response.grant.registry_url, 200),
+            mapping.project
+        )));
+    }
     if let Err(e) = cache::put(ctx, &scope, &response.grant) {
         problems.push(format!(
             "cannot cache the credential ({e}); a fresh one is fetched on every use until this is fixed"
@@ -327,6 +345,30 @@ mod tests {
             out.stderr
         );
         assert!(!out.stderr.contains("s3cret-password"), "{}", out.stderr);
+    }
+
+    #[tokio::test]
+    async fn a_credential_for_the_registry_the_project_moved_to_is_not_handed_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("registry.new.example", 3600),
+        )]);
+        let c = ctx_with(dir.path(), &[("RISE_TOKEN", "t")]);
+        map_registry(&c, &server.url);
+        for _ in 0..2 {
+            let out = handle(&c, "get", "127.0.0.1:5000").await;
+            assert_eq!(out.status, 1, "{out:?}");
+            assert_eq!(
+                out.stdout,
+                "docker-credential-rise: project my-app now lives on the registry registry.new.example, not 127.0.0.1:5000: run `rise registry login --project my-app` to use it there\n"
+            );
+            assert!(!out.stderr.contains("s3cret-password"), "{out:?}");
+        }
+        // Asked both times: nothing was cached for the old host.
+        assert_eq!(server.requests().len(), 2, "{:?}", server.requests());
+        assert!(cache::usernames(&c).expect("list").is_empty());
     }
 
     #[tokio::test]
