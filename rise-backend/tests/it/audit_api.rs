@@ -304,6 +304,44 @@ async fn alice_grant_as_basic(rise: &TestRise) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("rise:{password}"))
 }
 
+/// A caller held back by its rate limit leaves one record per refused exchange, however many
+/// scopes it names: a limited caller cannot fill the append-only log.
+#[tokio::test]
+async fn a_rate_limited_exchange_is_one_record() {
+    let rise = TestRise::from_toml(&format!(
+        "{CONFIG}\n[rate_limit]\nper_subject = {{ rate = \"1/h\", burst = 2 }}\n"
+    ))
+    .await;
+    let basic = alice_grant_as_basic(&rise).await;
+    let scopes: String = (0..30)
+        .map(|i| format!("&scope=repository:repo-{i}:pull"))
+        .collect();
+    let exchange = || {
+        Request::get(format!("/token?service=rise-registry{scopes}"))
+            .header("authorization", format!("Basic {basic}"))
+            .body(Body::empty())
+            .expect("request")
+    };
+    // The grant's issuance took one of alice's two; this exchange takes the other.
+    let (status, body) = rise.send(exchange()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = audit_records(&rise, "?limit=1000").await.len();
+    assert_eq!(
+        before,
+        1 + 30,
+        "the issuance, and one record per repository"
+    );
+    for _ in 0..3 {
+        let (status, body) = rise.send(exchange()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    }
+    let records = audit_records(&rise, "?limit=1000").await;
+    assert_eq!(records.len(), before + 3, "one record per refused exchange");
+    for r in &records[before..] {
+        assert_eq!(r["reason"], "rate_limited", "{r}");
+    }
+}
+
 /// A `/token` exchange is audited too, linked to the grant it used.
 #[tokio::test]
 async fn token_exchanges_are_recorded() {

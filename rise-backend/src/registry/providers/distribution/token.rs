@@ -57,7 +57,8 @@ pub fn parse_scope(scope: &str) -> Result<Option<RepositoryScope>, ScopeError> {
 }
 
 /// Parse every `scope` value of a request; a value may hold several scopes separated by spaces
-/// (the OAuth2 form), and the parameter may repeat (the GET form).
+/// (the OAuth2 form), and the parameter may repeat (the GET form). Scopes naming one repository
+/// are merged into one, in the order repositories first appear: each is audited once.
 pub fn parse_scopes<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<RepositoryScope>, ScopeError> {
@@ -71,7 +72,19 @@ pub fn parse_scopes<'a>(
         if seen > MAX_SCOPES {
             return Err(ScopeError::TooMany);
         }
-        scopes.extend(parse_scope(scope)?);
+        let Some(scope) = parse_scope(scope)? else {
+            continue;
+        };
+        match scopes
+            .iter_mut()
+            .find(|known: &&mut RepositoryScope| known.name == scope.name)
+        {
+            Some(known) => {
+                known.actions =
+                    Actions::from_iter_actions(known.actions.iter().chain(scope.actions.iter()));
+            }
+            None => scopes.push(scope),
+        }
     }
     Ok(scopes)
 }
@@ -404,6 +417,23 @@ mod tests {
         assert_eq!(names, ["a", "b", "c"]);
         let many = vec!["repository:a:pull"; MAX_SCOPES + 1];
         assert_eq!(parse_scopes(many), Err(ScopeError::TooMany));
+    }
+
+    /// One repository asked for many times is one scope (and so one audit record).
+    #[test]
+    fn scopes_of_one_repository_merge() {
+        let scopes = parse_scopes([
+            "repository:b:pull",
+            "repository:a:pull repository:b:push",
+            "repository:a:pull",
+            "repository:b:pull",
+        ])
+        .expect("parses");
+        let merged: Vec<(&str, Actions)> = scopes
+            .iter()
+            .map(|s| (s.name.as_str(), s.actions))
+            .collect();
+        assert_eq!(merged, [("b", Actions::PUSH_PULL), ("a", Actions::PULL)]);
     }
 
     #[test]
