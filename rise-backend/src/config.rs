@@ -6,6 +6,7 @@
 //! Secret-bearing keys may be given as `<key>_file` (a path whose content is the secret).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -546,16 +547,45 @@ pub enum ConfigError {
         source_name: String,
         message: String,
     },
+    #[error(transparent)]
+    Environment(#[from] NotUnicodeVariable),
     #[error("{0}")]
     Semantic(String),
+}
+
+/// A `RISE_` environment variable whose value is not UTF-8. Named, never shown: it may be a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "environment variable {name} is not valid UTF-8 (its value is not shown: it may be a secret); set it to UTF-8 text or unset it"
+)]
+pub struct NotUnicodeVariable {
+    pub name: String,
 }
 
 /// Where configuration comes from, in order of increasing precedence.
 #[derive(Default, Clone)]
 pub struct Sources {
     pub files: Vec<PathBuf>,
-    /// `(name, value)` pairs, normally `std::env::vars()`.
+    /// `(name, value)` pairs, normally the process's `RISE_` variables ([`rise_variables`]).
     pub env: Vec<(String, String)>,
+}
+
+/// What [`Config::load`] reads: [`Sources`], or the result of [`Sources::from_process`], whose
+/// failure then fails the load like any other configuration error.
+pub trait ConfigSources {
+    fn sources(&self) -> Result<&Sources, ConfigError>;
+}
+
+impl ConfigSources for Sources {
+    fn sources(&self) -> Result<&Sources, ConfigError> {
+        Ok(self)
+    }
+}
+
+impl ConfigSources for Result<Sources, NotUnicodeVariable> {
+    fn sources(&self) -> Result<&Sources, ConfigError> {
+        self.as_ref().map_err(|e| e.clone().into())
+    }
 }
 
 /// Names the variables, never their values: the environment holds passwords and keys.
@@ -572,17 +602,38 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    pub fn from_process(files: Vec<PathBuf>) -> Self {
-        Self {
+    /// `files` and this process's `RISE_` variables.
+    pub fn from_process(files: Vec<PathBuf>) -> Result<Self, NotUnicodeVariable> {
+        Ok(Self {
             files,
-            env: std::env::vars().collect(),
-        }
+            env: rise_variables(std::env::vars_os())?,
+        })
     }
+}
+
+/// The `RISE_` variables of `vars` (normally `std::env::vars_os()`). Other variables are none of
+/// Rise's business and are skipped even when they are not UTF-8 (`std::env::vars` would panic,
+/// printing the value). A `RISE_` variable that is not UTF-8 is an error naming it.
+pub fn rise_variables(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, NotUnicodeVariable> {
+    let mut found = Vec::new();
+    for (name, value) in vars {
+        let Some(name) = name.to_str().filter(|n| n.starts_with("RISE_")) else {
+            continue;
+        };
+        let value = value.into_string().map_err(|_| NotUnicodeVariable {
+            name: name.to_owned(),
+        })?;
+        found.push((name.to_owned(), value));
+    }
+    Ok(found)
 }
 
 impl Config {
     /// Load and validate configuration from `sources`.
-    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    pub fn load(sources: &impl ConfigSources) -> Result<Config, ConfigError> {
+        let sources = sources.sources()?;
         let mut tree = Table::new();
         let mut provenance = Provenance::default();
         merge_source(
@@ -1496,6 +1547,37 @@ mod tests {
         let printed = format!("{sources:?}");
         assert!(printed.contains("RISE_REGISTRY__PASSWORD"), "{printed}");
         assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_non_utf8_rise_variable_is_named_and_others_are_skipped() {
+        use std::os::unix::ffi::OsStringExt;
+        let os = |s: &str| OsString::from(s);
+        let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+
+        let vars = rise_variables([
+            (os("RISE_SERVER__LISTEN"), os("127.0.0.1:7")),
+            (os("LANG_UNRELATED"), bytes(b"hunter2-s3cret\xff")),
+            (bytes(b"RISE_\xff"), os("x")),
+            (os("PATH"), os("/bin")),
+        ])
+        .expect("only RISE_ values must be UTF-8");
+        assert_eq!(
+            vars,
+            vec![("RISE_SERVER__LISTEN".to_owned(), "127.0.0.1:7".to_owned())]
+        );
+
+        let bad = rise_variables([(os("RISE_REGISTRY__PASSWORD"), bytes(b"hunter2-s3cret\xff"))]);
+        let err = Config::load(&bad.map(|env| Sources {
+            files: Vec::new(),
+            env,
+        }))
+        .expect_err("not UTF-8")
+        .to_string();
+        assert!(err.contains("RISE_REGISTRY__PASSWORD"), "{err}");
+        assert!(err.contains("not valid UTF-8"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
