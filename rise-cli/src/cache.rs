@@ -1,11 +1,18 @@
-//! Brokered registry credentials cached per identity and scope (`<cache>/credentials.json`, 0600),
-//! so the credential helper does not ask the backend on every `docker` call, and asks again once
-//! a cached credential is within the margin of its expiry. The cache is an optimisation: with no
-//! cache directory it is empty, and an entry that cannot be believed is a miss.
+//! Brokered registry credentials cached per caller token and scope (`<cache>/credentials.json`,
+//! 0600), so the credential helper does not ask the backend on every `docker` call, and asks again
+//! once a cached credential is within the margin of its expiry. The cache is an optimisation: with
+//! no cache directory it is empty, and an entry that cannot be believed is a miss.
+//!
+//! Architecture invariant: a cached credential is served only to the very token the backend
+//! issued it to (the key holds a SHA-256 of the token, never its unverified claims, which anyone
+//! can copy into a token of their own), and never once that token's `exp` has passed. A new token
+//! asks the backend once, which checks it and writes the audit record. Entries written under other
+//! keys (older versions keyed on `iss` + `sub`) are never matched: they are misses.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -13,20 +20,21 @@ use crate::backend::{Grant, MAX_CREDENTIAL_LIFETIME};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::fsutil;
+use crate::jwt;
 use crate::registries::{canonical_host, same_host, split_server_url};
-use crate::session::secret_serde;
+use crate::session::{secret_serde, unix_now};
 
 /// Fresh credentials are fetched when a cached one expires within this long, unless configured.
 pub const DEFAULT_MARGIN: Duration = Duration::from_secs(300);
 
 /// Who asked for what: the cache key's parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Scope<'a> {
     pub backend: &'a str,
     /// The registry host the credential is for (as the container tool named it).
     pub registry: &'a str,
-    /// A non-secret name of the caller (see [`crate::jwt::identity`]).
-    pub identity: &'a str,
+    /// The caller's token: the key holds its SHA-256, and a token past its `exp` gets nothing.
+    pub caller: &'a SecretString,
     pub project: &'a str,
     pub actions: &'a str,
 }
@@ -36,14 +44,15 @@ impl Scope<'_> {
     fn key(&self) -> String {
         let mut h = Sha256::new();
         let registry = canonical_host(self.registry).to_ascii_lowercase();
+        let caller = Sha256::digest(self.caller.expose_secret().as_bytes());
         for part in [
-            self.backend,
-            registry.as_str(),
-            self.identity,
-            self.project,
-            self.actions,
+            self.backend.as_bytes(),
+            registry.as_bytes(),
+            caller.as_slice(),
+            self.project.as_bytes(),
+            self.actions.as_bytes(),
         ] {
-            h.update(part.as_bytes());
+            h.update(part);
             h.update([0u8]);
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -72,8 +81,12 @@ struct Entry {
     actions: Vec<String>,
 }
 
-/// A cached grant for `scope` that is for its registry and still valid for longer than `margin`.
+/// A cached grant for `scope` that is for its registry and still valid for longer than `margin`,
+/// while the caller's token has not expired.
 pub fn get(ctx: &Context, scope: &Scope<'_>, margin: Duration) -> Result<Option<Grant>, CliError> {
+    if jwt::has_expired(scope.caller.expose_secret(), unix_now()) {
+        return Ok(None);
+    }
     let file: CacheFile = read(ctx)?;
     let Some(e) = file.entries.get(&scope.key()) else {
         return Ok(None);
@@ -202,7 +215,17 @@ fn unix(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    /// An unsigned JWT with these claims (the cache never verifies one: the backend does).
+    fn token(claims: &str) -> SecretString {
+        format!("eyJhbGciOiJub25lIn0.{}.sig", URL_SAFE_NO_PAD.encode(claims)).into()
+    }
+
+    fn alice() -> SecretString {
+        token(r#"{"iss":"https://idp","sub":"alice","exp":99999999999,"jti":"1"}"#)
+    }
 
     fn grant(password: &str, ttl: Duration) -> Grant {
         Grant {
@@ -219,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn cached_until_inside_the_margin_and_keyed_by_identity_and_scope() {
+    fn cached_until_inside_the_margin_and_keyed_by_token_and_scope() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = Context::from_env([
             (
@@ -231,15 +254,16 @@ mod tests {
                 dir.path().join("k").display().to_string(),
             ),
         ]);
+        let (alice_token, bob_token) = (alice(), token(r#"{"iss":"https://idp","sub":"bob"}"#));
         let alice = Scope {
             backend: "http://b",
             registry: "127.0.0.1:5000",
-            identity: "idp alice",
+            caller: &alice_token,
             project: "my-app",
             actions: "push,pull",
         };
         let bob = Scope {
-            identity: "idp bob",
+            caller: &bob_token,
             ..alice.clone()
         };
         let pull = Scope {
@@ -289,10 +313,11 @@ mod tests {
             "RISE_CACHE_DIR".to_owned(),
             dir.path().display().to_string(),
         )]);
+        let caller = alice();
         let scope = Scope {
             backend: "http://b",
             registry: "registry.example.com",
-            identity: "idp alice",
+            caller: &caller,
             project: "my-app",
             actions: "",
         };
@@ -320,16 +345,100 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_is_served_only_to_the_token_it_was_issued_to_while_it_lasts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([(
+            "RISE_CACHE_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        let issued_to = alice();
+        let scope = Scope {
+            backend: "http://b",
+            registry: "127.0.0.1:5000",
+            caller: &issued_to,
+            project: "my-app",
+            actions: "",
+        };
+        put(&ctx, &scope, &grant("s1", Duration::from_secs(600))).expect("put");
+        assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_some());
+        // Same iss and sub: a later token of alice's, or one anybody could forge.
+        for other in [
+            token(r#"{"iss":"https://idp","sub":"alice","exp":99999999999,"jti":"2"}"#),
+            token(r#"{"iss":"https://idp","sub":"alice"}"#),
+        ] {
+            let scope = Scope {
+                caller: &other,
+                ..scope.clone()
+            };
+            assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
+        }
+        // A token past its exp gets nothing, not even what was cached for it.
+        let expired = token(r#"{"iss":"https://idp","sub":"alice","exp":1000}"#);
+        let scope = Scope {
+            caller: &expired,
+            ..scope.clone()
+        };
+        put(&ctx, &scope, &grant("s2", Duration::from_secs(600))).expect("put");
+        assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
+    }
+
+    #[test]
+    fn entries_of_the_old_iss_and_sub_keys_are_misses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([(
+            "RISE_CACHE_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        // As written before keys held the token's hash: sha256("http://b\0https://idp alice\0my-app\0\0").
+        let mut old = Sha256::new();
+        for part in ["http://b", "https://idp alice", "my-app", ""] {
+            old.update(part.as_bytes());
+            old.update([0u8]);
+        }
+        let old_key: String = old.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let entry = serde_json::json!({
+            "backend": "http://b", "registry_url": "127.0.0.1:5000", "username": "rise",
+            "password": "s1", "expires_at": unix(SystemTime::now()) + 600,
+            "repository": "my-app", "image": "127.0.0.1:5000/my-app", "project": "my-app",
+        });
+        let path = ctx.credentials_cache_file().expect("dir");
+        std::fs::write(
+            &path,
+            serde_json::json!({"entries": {old_key: entry}}).to_string(),
+        )
+        .expect("write");
+        let caller = alice();
+        let scope = Scope {
+            backend: "http://b",
+            registry: "127.0.0.1:5000",
+            caller: &caller,
+            project: "my-app",
+            actions: "",
+        };
+        assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
+        put(&ctx, &scope, &grant("s2", Duration::from_secs(600))).expect("put");
+        assert_eq!(
+            get(&ctx, &scope, Duration::ZERO)
+                .expect("get")
+                .expect("cached")
+                .password
+                .expose_secret(),
+            "s2"
+        );
+    }
+
+    #[test]
     fn an_unbelievable_cached_expiry_is_a_miss() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = Context::from_env([(
             "RISE_CACHE_DIR".to_owned(),
             dir.path().display().to_string(),
         )]);
+        let caller = alice();
         let scope = Scope {
             backend: "http://b",
             registry: "127.0.0.1:5000",
-            identity: "idp alice",
+            caller: &caller,
             project: "my-app",
             actions: "",
         };
@@ -356,10 +465,11 @@ mod tests {
     #[test]
     fn without_a_cache_directory_the_cache_is_empty() {
         let ctx = Context::with_platform_dirs([], None, None);
+        let caller = alice();
         let scope = Scope {
             backend: "http://b",
             registry: "127.0.0.1:5000",
-            identity: "idp alice",
+            caller: &caller,
             project: "my-app",
             actions: "",
         };

@@ -3,7 +3,7 @@
 //! Files (all written atomically with mode 0600):
 //! - `<config>/login.json`: stored logins (tokens with refresh tokens), per backend.
 //! - `<config>/registries.json`: registry host (and path) -> project, for the credential helper.
-//! - `<cache>/credentials.json`: brokered registry credentials, per identity and scope.
+//! - `<cache>/credentials.json`: brokered registry credentials, per caller token and scope.
 //!
 //! `<config>` is `$RISE_CONFIG_DIR`, else the platform config directory + `/rise`
 //! (`$XDG_CONFIG_HOME/rise` or `~/.config/rise` on Linux). `<cache>` is `$RISE_CACHE_DIR`, else the

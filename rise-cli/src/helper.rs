@@ -158,7 +158,7 @@ pub async fn credentials_for(
     let scope = Scope {
         backend: backend.url(),
         registry,
-        identity: &caller.identity,
+        caller: &caller.token,
         project: &mapping.project,
         actions: &actions,
     };
@@ -369,6 +369,32 @@ mod tests {
         // Asked both times: nothing was cached for the old host.
         assert_eq!(server.requests().len(), 2, "{:?}", server.requests());
         assert!(cache::usernames(&c).expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cached_credential_goes_only_to_the_token_it_was_issued_to() {
+        use base64::Engine;
+        let jwt = |claims: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+            format!("eyJhbGciOiJub25lIn0.{payload}.sig")
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("127.0.0.1:5000", 3600),
+        )]);
+        let issued = jwt(r#"{"iss":"https://idp","sub":"alice","exp":99999999999}"#);
+        let forged = jwt(r#"{"iss":"https://idp","sub":"alice"}"#);
+        // The same token twice: the second answer is cached. Any other token, whatever its
+        // claims say, is checked (and audited) by the backend.
+        for (token, asked) in [(&issued, 1), (&issued, 1), (&forged, 2)] {
+            let c = ctx_with(dir.path(), &[("RISE_TOKEN", token)]);
+            map_registry(&c, &server.url);
+            let out = handle(&c, "get", "127.0.0.1:5000").await;
+            assert_eq!(out.status, 0, "{out:?}");
+            assert_eq!(server.requests().len(), asked, "{token}");
+        }
     }
 
     #[tokio::test]

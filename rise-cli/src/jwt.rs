@@ -1,10 +1,11 @@
-//! Reading a JWT's claims WITHOUT verifying it. The client uses this only to name the caller (cache
-//! keys, messages) and to know when its own token expires; the backend verifies every token.
+//! Reading a JWT's claims WITHOUT verifying it. The client uses this only to know when a token
+//! expires (to renew its own, and never to serve a cached credential to an expired one); the
+//! backend verifies every token. Nothing that grants access is keyed on unverified claims: anyone
+//! can write a token with someone else's `iss` and `sub`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// The few claims the client looks at.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -32,21 +33,12 @@ pub fn is_jwt(token: &str) -> bool {
     claims(token).is_some()
 }
 
-/// A stable, non-secret name for the caller a token stands for: `iss` + `sub` when the token is
-/// a JWT, else a hash of the token (which reveals nothing about it).
-pub fn identity(token: &str) -> String {
-    match claims(token) {
-        Some(UnverifiedClaims {
-            iss: Some(iss),
-            sub: Some(sub),
-            ..
-        }) => format!("{iss} {sub}"),
-        _ => {
-            let digest = Sha256::digest(token.as_bytes());
-            let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            format!("opaque:{hex}")
-        }
-    }
+/// True when the token is a JWT whose `exp` (Unix seconds) is at or before `now`; opaque tokens
+/// and JWTs without `exp` are not known to have expired.
+pub fn has_expired(token: &str, now: u64) -> bool {
+    claims(token)
+        .and_then(|c| c.exp)
+        .is_some_and(|exp| exp <= now)
 }
 
 #[cfg(test)]
@@ -66,12 +58,17 @@ mod tests {
         let c = claims(&t).expect("claims");
         assert_eq!(c.sub.as_deref(), Some("alice"));
         assert_eq!(c.exp, Some(42));
-        assert_eq!(identity(&t), "https://idp alice");
         assert!(claims("opaque-token").is_none());
         assert!(claims("a.b.c.d").is_none());
         assert!(claims("a.!!!.c").is_none());
-        let opaque = identity("opaque-token");
-        assert!(opaque.starts_with("opaque:"), "{opaque}");
-        assert!(!opaque.contains("opaque-token"));
+    }
+
+    #[test]
+    fn expiry_is_known_only_for_jwts_with_exp() {
+        let t = token(r#"{"sub":"alice","exp":42}"#);
+        assert!(has_expired(&t, 42));
+        assert!(!has_expired(&t, 41));
+        assert!(!has_expired(&token(r#"{"sub":"alice"}"#), u64::MAX));
+        assert!(!has_expired("opaque-token", u64::MAX));
     }
 }

@@ -116,12 +116,11 @@ pub enum TokenSource {
     Login,
 }
 
-/// The caller's token for one backend, and a non-secret name for the identity it stands for.
+/// The caller's token for one backend, and where it came from.
 #[derive(Debug)]
 pub struct CallerToken {
     pub token: SecretString,
     pub source: TokenSource,
-    pub identity: String,
 }
 
 /// The backend to talk to: `--backend`, else `RISE_BACKEND`, else the last `rise login`.
@@ -143,7 +142,6 @@ pub async fn caller_token(
     if let Some(token) = ctx.var(vars::TOKEN) {
         let token = checked_token(token, vars::TOKEN)?;
         return Ok(CallerToken {
-            identity: jwt::identity(&token),
             token: token.into(),
             source: TokenSource::Env,
         });
@@ -152,14 +150,12 @@ pub async fn caller_token(
         let path = PathBuf::from(path);
         let token = read_token_file(&path)?;
         return Ok(CallerToken {
-            identity: jwt::identity(&token),
             token: token.into(),
             source: TokenSource::File(path),
         });
     }
     let token = stored_bearer(ctx, http, backend).await?;
     Ok(CallerToken {
-        identity: jwt::identity(token.expose_secret()),
         token,
         source: TokenSource::Login,
     })
@@ -421,7 +417,7 @@ mod tests {
         let c = ctx(dir.path(), &[("RISE_TOKEN_FILE", &file_var)]);
         let t = caller_token(&c, &http, "http://b").await.expect("token");
         assert_eq!(t.source, TokenSource::File(token_file.clone()));
-        assert_eq!(t.identity, "https://idp alice");
+        assert_eq!(t.token.expose_secret(), jwt(1));
         let c = ctx(dir.path(), &[]);
         let err = caller_token(&c, &http, "http://b")
             .await
