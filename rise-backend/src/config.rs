@@ -191,13 +191,8 @@ impl DatabaseConfig {
             )),
             (Some(url), None) => Ok(Some(url.clone())),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::Semantic(format!(
-                        "database.url_file: cannot read {}: {}",
-                        path.display(),
-                        e.kind()
-                    ))
-                })?;
+                let text = read_secret_file(path)
+                    .map_err(|m| ConfigError::Semantic(format!("database.url_file: {m}")))?;
                 Ok(Some(SecretString::from(
                     text.trim_end_matches(['\n', '\r']).to_owned(),
                 )))
@@ -1073,10 +1068,10 @@ fn resolve_secret_files(
             });
         };
         let content =
-            std::fs::read_to_string(Path::new(&file)).map_err(|e| ConfigError::Invalid {
+            read_secret_file(Path::new(&file)).map_err(|message| ConfigError::Invalid {
                 source_name: prov.source_of(&dotted),
                 key: dotted.clone(),
-                message: format!("cannot read secret file {file}: {}", e.kind()),
+                message,
             })?;
         let secret = content.trim_end_matches(['\n', '\r']).to_owned();
         table.insert(base, Value::String(secret));
@@ -1089,6 +1084,44 @@ fn resolve_secret_files(
         }
     }
     Ok(())
+}
+
+/// The most a secret file may hold. Keys and tokens are far smaller: a bigger file is the wrong
+/// path, and reading it whole could take all memory (`/dev/zero` never ends).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// The content of the secret file at `path` (a regular file, after symlinks, of at most
+/// [`MAX_SECRET_FILE`] bytes). The error names the path and the problem, never the content.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let unreadable = |e: std::io::Error| format!("cannot read secret file {shown}: {}", e.kind());
+    let not_regular = || {
+        format!(
+            "secret file {shown} is not a regular file (a device, pipe or directory); give the path of a file holding only the secret"
+        )
+    };
+    // Checked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // And again on what was opened, in case the path changed in between.
+    if !file.metadata().map_err(unreadable)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_SECRET_FILE + 1),
+        &mut bytes,
+    )
+    .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "secret file {shown} is larger than {} KiB, the most a secret file may hold; give the path of a file holding only the secret",
+            MAX_SECRET_FILE / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("secret file {shown} is not UTF-8 text"))
 }
 
 /// serde quotes a mistyped value (`invalid type: string "hunter2", expected ...`); a secret put in
@@ -1319,6 +1352,55 @@ mod tests {
         ));
         let err = load(&[&f], &[]).expect_err("both").to_string();
         assert!(err.contains("give the secret one way"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_must_be_small_regular_files() {
+        let registry = "[registry]\ntype = \"artifactory\"\nbase_url = \"https://jfrog.example\"\nrepository = \"docker-local\"\nusername = \"u\"\n";
+        let with_password_file = |path: &Path| {
+            file(&format!(
+                "{registry}password_file = {:?}\n",
+                path.display().to_string()
+            ))
+        };
+        let limit = usize::try_from(MAX_SECRET_FILE).expect("small");
+
+        let largest = file(&"s".repeat(limit));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(largest.path(), &link).expect("symlink");
+        load(&[&with_password_file(&link)], &[]).expect("64 KiB, through a symlink");
+
+        let too_big = file(&"s".repeat(limit + 1));
+        let cases = [
+            (too_big.path(), "is larger than 64 KiB"),
+            (Path::new("/dev/null"), "is not a regular file"),
+            (dir.path(), "is not a regular file"),
+        ];
+        for (path, problem) in cases {
+            let err = load(&[&with_password_file(path)], &[])
+                .expect_err(problem)
+                .to_string();
+            assert!(err.contains(problem), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains("registry.password_file"), "{err}");
+            assert!(!err.contains("sss"), "content shown: {err}");
+        }
+
+        let database = |path: &Path| {
+            file(&format!(
+                "[database]\nurl_file = {:?}\n",
+                path.display().to_string()
+            ))
+        };
+        for (path, problem) in cases {
+            let err = load(&[&database(path)], &[])
+                .expect_err(problem)
+                .to_string();
+            assert!(err.contains("database.url_file"), "{err}");
+            assert!(err.contains(problem), "{err}");
+        }
     }
 
     #[test]
