@@ -458,6 +458,13 @@ pub mod lenient {
 impl Config {
     fn validate_server(&self) -> Result<(), ConfigError> {
         let server = &self.server;
+        // An empty path would put the database and the keys in whatever directory Rise was
+        // started from.
+        if server.data_dir.to_string_lossy().trim().is_empty() {
+            return Err(ConfigError::Semantic(
+                "server.data_dir is empty: give the directory where Rise keeps its database and keys, e.g. /var/lib/rise, or leave it unset for the default .rise".into(),
+            ));
+        }
         if let Some(raw) = &server.public_url {
             // Registries and clients are sent to `<public_url>/token`: it must be a plain
             // http(s) base URL.
@@ -1447,6 +1454,19 @@ mod tests {
         );
         let c = load(&[&f], &[]).expect("TLS on the network");
         assert_eq!(c.server.public_url(), "https://0.0.0.0:3000");
+    }
+
+    #[test]
+    fn an_empty_data_dir_is_refused() {
+        for empty in ["", "  "] {
+            let err = load(&[], &[("RISE_SERVER__DATA_DIR", empty)])
+                .expect_err("empty")
+                .to_string();
+            assert!(err.contains("server.data_dir is empty"), "{err}");
+            let f = file(&format!("[server]\ndata_dir = {empty:?}\n"));
+            let err = load(&[&f], &[]).expect_err("empty").to_string();
+            assert!(err.contains("server.data_dir is empty"), "{err}");
+        }
     }
 
     #[test]
