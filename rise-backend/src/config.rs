@@ -28,6 +28,7 @@ pub const DEFAULT_REGISTRY: &str = "default";
 /// Keys whose values are secrets: they may be given as `<key>_file`, and are never logged.
 pub const SECRET_KEYS: &[&str] = &[
     "password",
+    "access_key_id",
     "secret_access_key",
     "session_token",
     "token",
@@ -1408,6 +1409,23 @@ mod tests {
             assert!(err.contains("database.url_file"), "{err}");
             assert!(err.contains(problem), "{err}");
         }
+    }
+
+    #[test]
+    fn every_ecr_credential_may_come_from_a_file() {
+        let key_id = file("AKIAFROMFILE\n");
+        let f = file(&format!(
+            "[registry]\ntype = \"ecr\"\nregion = \"us-east-1\"\naccount_id = \"123456789012\"\naccess_key_id_file = {:?}\nsecret_access_key = \"s\"\n",
+            key_id.path().display().to_string()
+        ));
+        let c = load(&[&f], &[]).expect("access_key_id_file is a secret source");
+        let Some(ProviderConfig::Ecr(ecr)) = &c.registry else {
+            panic!("expected an ECR registry: {:?}", c.registry);
+        };
+        assert_eq!(
+            test_support::value(ecr.access_key_id.as_ref()),
+            Some("AKIAFROMFILE")
+        );
     }
 
     #[test]
