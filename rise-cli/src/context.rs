@@ -10,6 +10,11 @@
 //! platform cache directory + `/rise`. Neither has to exist up front: a command that needs no file
 //! (`docker-credential-rise version`, `rise whoami` with `RISE_TOKEN` and `RISE_BACKEND`) works
 //! without a home directory, and one that does says which variable to set.
+//!
+//! Proxies: `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lower-case forms)
+//! are honoured as reqwest would honour them, with one exception: this machine (127.0.0.0/8,
+//! `::1`, `localhost`) is always reached directly. Plain `http://` is allowed only to this
+//! machine, and a proxy may be on another one: through it, tokens would leave in clear text.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +43,8 @@ pub mod vars {
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Destinations never reached through a proxy (reqwest's `NO_PROXY` syntax): this machine.
+const THIS_MACHINE: &str = "localhost,127.0.0.0/8,::1";
 
 /// The directories and environment one invocation works with.
 #[derive(Debug, Clone)]
@@ -46,6 +53,15 @@ pub struct Context {
     config_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     env: BTreeMap<String, String>,
+}
+
+/// The proxies the environment names, each with the variable it came from, and the
+/// destinations reached directly (`NO_PROXY` and, always, [`THIS_MACHINE`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxies {
+    pub http: Option<(&'static str, String)>,
+    pub https: Option<(&'static str, String)>,
+    pub no_proxy: String,
 }
 
 /// Which URLs may carry tokens: `https://` anywhere, `http://` only to this machine unless
@@ -147,11 +163,61 @@ impl Context {
         }
     }
 
+    /// The proxies to use, read as reqwest reads them from the environment (upper case first,
+    /// `ALL_PROXY` for a scheme without its own, none at all under CGI, where `HTTP_PROXY` may
+    /// come from a request header), except that [`THIS_MACHINE`] is always reached directly.
+    pub fn proxies(&self) -> Proxies {
+        let first = |names: [&'static str; 2]| {
+            names
+                .into_iter()
+                .find_map(|name| self.var(name).map(|v| (name, v.to_owned())))
+        };
+        let no_proxy = match first(["NO_PROXY", "no_proxy"]) {
+            Some((_, list)) => format!("{list},{THIS_MACHINE}"),
+            None => THIS_MACHINE.to_owned(),
+        };
+        if self.var("REQUEST_METHOD").is_some() {
+            return Proxies {
+                http: None,
+                https: None,
+                no_proxy,
+            };
+        }
+        let all = first(["ALL_PROXY", "all_proxy"]);
+        Proxies {
+            http: first(["HTTP_PROXY", "http_proxy"]).or_else(|| all.clone()),
+            https: first(["HTTPS_PROXY", "https_proxy"]).or(all),
+            no_proxy,
+        }
+    }
+
+    /// A client builder that uses [`Context::proxies`] and nothing else (not the process
+    /// environment, which reqwest would read without sparing this machine).
+    pub fn client_builder(&self) -> Result<reqwest::ClientBuilder, CliError> {
+        let proxies = self.proxies();
+        let mut builder = reqwest::Client::builder().no_proxy();
+        let direct = || reqwest::NoProxy::from_string(&proxies.no_proxy);
+        let invalid = |name: &str| {
+            CliError::Input(format!(
+                "{name} is not a proxy URL: give one such as http://proxy.example.com:3128, or unset it"
+            ))
+        };
+        if let Some((name, url)) = &proxies.http {
+            let proxy = reqwest::Proxy::http(url.as_str()).map_err(|_| invalid(name))?;
+            builder = builder.proxy(proxy.no_proxy(direct()));
+        }
+        if let Some((name, url)) = &proxies.https {
+            let proxy = reqwest::Proxy::https(url.as_str()).map_err(|_| invalid(name))?;
+            builder = builder.proxy(proxy.no_proxy(direct()));
+        }
+        Ok(builder)
+    }
+
     /// The HTTP client for the backend and the identity provider, with bounded timeouts. It
     /// follows no redirects: a redirect would re-send tokens, codes and passwords to a URL that
     /// was never checked to be fit to carry them, so a 3xx is an error naming the status.
     pub fn http(&self) -> Result<reqwest::Client, CliError> {
-        reqwest::Client::builder()
+        self.client_builder()?
             .redirect(reqwest::redirect::Policy::none())
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -216,6 +282,95 @@ mod tests {
         assert_eq!(with("0"), Transport::HttpsOrLoopback);
         assert_eq!(with("1"), Transport::InsecureHttpAllowed);
         assert_eq!(with("TRUE"), Transport::InsecureHttpAllowed);
+    }
+
+    fn with(vars: &[(&str, &str)]) -> Context {
+        Context::from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn proxies_are_read_as_reqwest_reads_them_but_never_cover_this_machine() {
+        let proxy = |v: &str| Some(("", v.to_owned()));
+        let check = |vars: &[(&str, &str)], http, https, no_proxy: &str| {
+            let mut got = with(vars).proxies();
+            // Which variable a proxy came from matters for messages only.
+            got.http = got.http.map(|(_, url)| ("", url));
+            got.https = got.https.map(|(_, url)| ("", url));
+            let want = Proxies {
+                http,
+                https,
+                no_proxy: no_proxy.to_owned(),
+            };
+            assert_eq!(got, want, "{vars:?}");
+        };
+        check(&[], None, None, "localhost,127.0.0.0/8,::1");
+        check(
+            &[("HTTP_PROXY", "http://p:1"), ("http_proxy", "http://q:1")],
+            proxy("http://p:1"),
+            None,
+            "localhost,127.0.0.0/8,::1",
+        );
+        check(
+            &[("all_proxy", "http://a:1"), ("HTTPS_PROXY", "http://s:1")],
+            proxy("http://a:1"),
+            proxy("http://s:1"),
+            "localhost,127.0.0.0/8,::1",
+        );
+        check(
+            &[("ALL_PROXY", "http://a:1"), ("no_proxy", ".corp")],
+            proxy("http://a:1"),
+            proxy("http://a:1"),
+            ".corp,localhost,127.0.0.0/8,::1",
+        );
+        // CGI: HTTP_PROXY may have come from a request's Proxy header.
+        check(
+            &[("REQUEST_METHOD", "GET"), ("HTTP_PROXY", "http://evil:1")],
+            None,
+            None,
+            "localhost,127.0.0.0/8,::1",
+        );
+        assert_eq!(
+            with(&[("http_proxy", "http://p:1")]).proxies().http,
+            Some(("http_proxy", "http://p:1".to_owned()))
+        );
+    }
+
+    #[tokio::test]
+    async fn this_machine_is_reached_directly_and_other_hosts_through_the_proxy() {
+        use crate::testing::{FakeServer, route};
+        let proxy = FakeServer::start(vec![]);
+        let backend = FakeServer::start(vec![route("GET /auth/config", 200, "{}")]);
+        let ctx = with(&[("HTTP_PROXY", &proxy.url), ("ALL_PROXY", &proxy.url)]);
+        let http = ctx.http().expect("client");
+        let got = http
+            .get(format!("{}/auth/config", backend.url))
+            .bearer_auth("secret-token")
+            .send()
+            .await
+            .expect("direct");
+        assert_eq!(got.status(), 200);
+        assert!(proxy.heads().is_empty(), "{:?}", proxy.heads());
+        assert_eq!(backend.requests().len(), 1);
+        // Elsewhere the proxy is still used (it answers 404 itself: nothing leaves this machine).
+        let got = http
+            .get("http://rise.example.com/auth/config")
+            .send()
+            .await
+            .expect("proxied");
+        assert_eq!(got.status(), 404);
+        assert_eq!(
+            proxy.requests(),
+            ["GET http://rise.example.com/auth/config HTTP/1.1"]
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_is_not_a_url_is_named() {
+        let err = with(&[("HTTPS_PROXY", "http://[broken")])
+            .http()
+            .expect_err("invalid")
+            .to_string();
+        assert!(err.starts_with("HTTPS_PROXY is not a proxy URL"), "{err}");
     }
 
     #[test]

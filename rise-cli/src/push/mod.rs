@@ -203,8 +203,14 @@ impl RegistrySession {
         } else {
             ClientProtocol::Https
         };
+        // The proxies the rest of Rise uses: this machine (a loopback registry, spoken to over
+        // plain http) is never reached through one.
+        let proxies = broker.ctx.proxies();
         let config = ClientConfig {
             protocol,
+            http_proxy: proxies.http.map(|(_, url)| url),
+            https_proxy: proxies.https.map(|(_, url)| url),
+            no_proxy: Some(proxies.no_proxy),
             // One PUT per blob with a streamed body: accurate progress, one request per layer.
             use_monolithic_push: true,
             connect_timeout: Some(Duration::from_secs(10)),
@@ -232,7 +238,9 @@ impl RegistrySession {
         } = auth::registry_auth(&broker.http, &target, grant).await?;
         client.store_auth_if_needed(&resolved, &auth).await;
         client.store_auth_if_needed(&host, &auth).await;
-        let http = reqwest::Client::builder()
+        let http = broker
+            .ctx
+            .client_builder()?
             .connect_timeout(Duration::from_secs(10))
             .timeout(MANIFEST_TIMEOUT)
             .user_agent(concat!("rise-cli/", env!("CARGO_PKG_VERSION")))
@@ -852,14 +860,26 @@ mod tests {
 
     /// A push of `image` as `v1` to the fake `registry`, with a fake backend granting it.
     async fn push_to(registry: &FakeServer, image: &Image) -> Result<PushOutcome, CliError> {
+        push_with(registry, image, &[]).await
+    }
+
+    /// [`push_to`] with more environment variables.
+    async fn push_with(
+        registry: &FakeServer,
+        image: &Image,
+        vars: &[(&str, &str)],
+    ) -> Result<PushOutcome, CliError> {
         let host = registry.url.trim_start_matches("http://");
         let backend = FakeServer::start(vec![route(
             "GET /registry/credentials",
             200,
             &credentials_body(host, 3600),
         )]);
-        let ctx =
-            Context::with_platform_dirs([("RISE_TOKEN".to_owned(), "t".to_owned())], None, None);
+        let vars = vars
+            .iter()
+            .chain(&[("RISE_TOKEN", "t")])
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let ctx = Context::with_platform_dirs(vars, None, None);
         let http = ctx.http().expect("client");
         let broker = Broker {
             backend: Backend::new(&backend.url, http.clone(), ctx.transport()).expect("backend"),
@@ -1074,5 +1094,35 @@ mod tests {
         let outcome = push_to(&registry, &image).await.expect("pushed");
         assert_eq!(outcome.digest, image.root.digest);
         assert_eq!((outcome.pushed, outcome.skipped), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_loopback_registry_is_never_reached_through_a_proxy() {
+        let image = small_image();
+        let registry = FakeServer::start(vec![
+            challenge("{base}/token"),
+            route("GET /token", 200, r#"{"token":"abc"}"#),
+            route("HEAD /v2/my-app/blobs/", 200, ""),
+            route("PUT /v2/my-app/manifests/", 201, "")
+                .header("Location", "{base}/v2/my-app/manifests/v1"),
+            route("HEAD /v2/my-app/manifests/v1", 200, "")
+                .header("Docker-Content-Digest", &image.root.digest),
+        ]);
+        let proxy = FakeServer::start(vec![]);
+        let vars = [
+            ("HTTP_PROXY", proxy.url.as_str()),
+            ("ALL_PROXY", &proxy.url),
+        ];
+        let outcome = push_with(&registry, &image, &vars).await.expect("pushed");
+        assert_eq!(outcome.digest, image.root.digest);
+        assert!(proxy.heads().is_empty(), "{:?}", proxy.heads());
+        assert!(
+            registry
+                .requests()
+                .iter()
+                .any(|r| r.starts_with("GET /token")),
+            "{:?}",
+            registry.requests()
+        );
     }
 }
