@@ -676,10 +676,30 @@ impl Config {
                 table,
             );
         }
+        // The variable that set each key. Each variable is a source of its own, and a later
+        // source's form of a secret replaces an earlier one's (see `merge_table`): without this,
+        // `X` and `X_FILE` both set here would pick one by the order of the environment.
+        let mut set_by: BTreeMap<Vec<String>, &str> = BTreeMap::new();
         for (name, value) in &sources.env {
             let Some(path) = env_key_path(name) else {
                 continue;
             };
+            if let Some((key, parents)) = path.split_last()
+                && let Some(other) = other_form_of_secret(key)
+                && let Some(other_name) = set_by.get(&[parents, &[other.clone()]].concat())
+            {
+                let (base, file, base_name, file_name) = if key.ends_with("_file") {
+                    (other.as_str(), key.as_str(), *other_name, name.as_str())
+                } else {
+                    (key.as_str(), other.as_str(), name.as_str(), *other_name)
+                };
+                return Err(ConfigError::Invalid {
+                    key: dotted(parents, file),
+                    source_name: format!("environment variables {base_name} and {file_name}"),
+                    message: both_ways(base, file),
+                });
+            }
+            set_by.insert(path.clone(), name);
             let source = format!("environment variable {name}");
             let mut table = Table::new();
             insert_path(&mut table, &path, Value::String(value.clone()));
@@ -1065,7 +1085,7 @@ fn resolve_secret_files(
             return Err(ConfigError::Invalid {
                 source_name: prov.source_of(&dotted),
                 key: dotted,
-                message: format!("both `{base}` and `{fk}` are set; give the secret one way"),
+                message: both_ways(&base, &fk),
             });
         }
         let Some(Value::String(file)) = table.remove(&fk) else {
@@ -1092,6 +1112,11 @@ fn resolve_secret_files(
         }
     }
     Ok(())
+}
+
+/// The error for a secret given as `base` and as `file` in one source.
+fn both_ways(base: &str, file: &str) -> String {
+    format!("both `{base}` and `{file}` are set; give the secret one way")
 }
 
 /// The most a secret file may hold. Keys and tokens are far smaller: a bigger file is the wrong
@@ -1426,6 +1451,34 @@ mod tests {
             test_support::value(ecr.access_key_id.as_ref()),
             Some("AKIAFROMFILE")
         );
+    }
+
+    #[test]
+    fn a_secret_given_both_ways_in_the_environment_is_refused_in_either_order() {
+        let registry = file(
+            "[registry]\ntype = \"artifactory\"\nbase_url = \"https://jfrog.example\"\nrepository = \"docker-local\"\nusername = \"u\"\n",
+        );
+        let secret = file("from-file\n");
+        let path = secret.path().display().to_string();
+        for (files, value, file_form, expected) in [
+            (
+                vec![&registry],
+                ("RISE_REGISTRY__PASSWORD", "inline"),
+                ("RISE_REGISTRY__PASSWORD_FILE", path.as_str()),
+                "both `password` and `password_file` are set; give the secret one way (key `registry.password_file`, set in environment variables RISE_REGISTRY__PASSWORD and RISE_REGISTRY__PASSWORD_FILE)",
+            ),
+            (
+                vec![],
+                ("RISE_DATABASE__URL", "postgres://rise:hunter2@db/rise"),
+                ("RISE_DATABASE__URL_FILE", path.as_str()),
+                "both `url` and `url_file` are set; give the secret one way (key `database.url_file`, set in environment variables RISE_DATABASE__URL and RISE_DATABASE__URL_FILE)",
+            ),
+        ] {
+            for env in [[value, file_form], [file_form, value]] {
+                let err = load(&files, &env).expect_err(expected).to_string();
+                assert_eq!(err, expected, "{env:?}");
+            }
+        }
     }
 
     #[test]
