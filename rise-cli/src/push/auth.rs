@@ -9,7 +9,9 @@
 //! Architecture invariant: the grant's password is sent only to a realm that is https (or plain
 //! http when the registry itself is spoken to over http: loopback or `--insecure-http`) and that
 //! is the registry's host, the Rise backend's host, or a host of the registry's own domain
-//! (`auth.docker.io` for `index.docker.io`, `gitlab.com` for `registry.gitlab.com`).
+//! (`auth.docker.io` for `index.docker.io`, `gitlab.com` for `registry.gitlab.com`). A plain
+//! http realm must be the registry's own host and port, or the backend's when the backend itself
+//! is plain http: the same host and port under another scheme is not the same server.
 //! A registry that asks for Basic auth gets the password itself, as `docker login` would give it.
 
 use std::time::{Duration, SystemTime};
@@ -249,9 +251,14 @@ fn check_realm(
         }
         _ => return Err(refuse("which is not an https:// URL")),
     }
+    // A plain http realm is the registry itself (spoken to over http anyway) or a plain http
+    // backend: `http://backend:443` is not the https backend, and would get the grant in clear.
     let backend = reqwest::Url::parse(target.backend_url).ok();
+    let on_backend = backend.as_ref().is_some_and(|b| {
+        same_authority(&realm, b) && (realm.scheme() == "https" || b.scheme() == realm.scheme())
+    });
     let trusted = same_authority(&realm, registry)
-        || backend.as_ref().is_some_and(|b| same_authority(&realm, b))
+        || on_backend
         || (realm.scheme() == "https" && same_domain(&realm, registry));
     if !trusted {
         return Err(refuse("which is neither the registry nor the Rise backend"));
@@ -358,17 +365,27 @@ mod tests {
 
     #[test]
     fn realms_that_may_receive_the_grant() {
-        let check = |registry: &str, plain_http: bool, realm: &str| {
+        let check_with = |backend_url: &str, registry: &str, plain_http: bool, realm: &str| {
             let scheme = if plain_http { "http" } else { "https" };
             let url = reqwest::Url::parse(&format!("{scheme}://{registry}/v2/")).expect("url");
             let target = Target {
                 registry,
                 plain_http,
                 repository: "my-app",
-                backend_url: "https://rise.example.com",
+                backend_url,
             };
             check_realm(&challenge(realm, None).expect("some"), &url, &target).map(|_| ())
         };
+        let check = |registry: &str, plain_http: bool, realm: &str| {
+            check_with("https://rise.example.com", registry, plain_http, realm)
+        };
+        // A plain http backend (on this machine) may take the grant over http, and over https.
+        for realm in [
+            "http://127.0.0.1:3000/token",
+            "https://127.0.0.1:3000/token",
+        ] {
+            check_with("http://127.0.0.1:3000", "127.0.0.1:5000", true, realm).expect(realm);
+        }
         for (registry, plain, realm) in [
             ("index.docker.io", false, "https://auth.docker.io/token"),
             ("ghcr.io", false, "https://ghcr.io/token"),
@@ -398,6 +415,9 @@ mod tests {
             ("reg.example.com", false, "https://example.org/token"),
             ("127.0.0.1:5000", true, "http://127.0.0.1:5001/token"),
             ("127.0.0.1:5000", true, "http://192.0.2.2:5000/token"),
+            // The https backend's host and port, but plain http: the grant would go in clear.
+            ("127.0.0.1:5000", true, "http://rise.example.com:443/token"),
+            ("127.0.0.1:5000", true, "http://rise.example.com/token"),
             (
                 "reg.example.com",
                 false,
