@@ -84,6 +84,7 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         token_service,
         auth_meta: Arc::new(crate::http::meta::AuthMeta::from_config(&config.auth)),
         rate_limits,
+        body_deadline: config.server.header_read_timeout,
     })
 }
 
@@ -165,17 +166,27 @@ pub async fn run(
     });
     let listener = listener.into_std()?;
     // A client gets `header_read_timeout` to send a request's headers (a new connection: to
-    // have its first request dispatched), then the connection is closed: silent or trickling
-    // clients cannot hold connections open.
+    // have its first request dispatched), then the connection is closed, and as long again for
+    // its body (`http::app`): silent or trickling clients cannot hold connections open.
     let Some(tls) = &server.tls else {
+        // With TLS, SIGHUP reloads the certificate; without, it must not end the process (its
+        // default action), as `systemctl reload` or log rotation would. Caught from before
+        // the server says it listens.
+        let hup = tokio::spawn(ignore_sighup(sighup()));
         tracing::info!(%addr, public_url = %server.public_url(), tls = false, "rise-backend listening");
+        // Plain HTTP is HTTP/1.1 only: an idle HTTP/2 (h2c) connection that answers pings
+        // would never be closed. Behind a TLS-terminating proxy, the proxy speaks HTTP/1.1 to
+        // Rise; HTTP/2 is served over TLS.
         let mut http = axum_server::from_tcp(listener)?
             .handle(handle)
-            .first_request_timeout(server.header_read_timeout);
+            .first_request_timeout(server.header_read_timeout)
+            .http1_only();
         http.http_builder()
             .http1()
             .header_read_timeout(server.header_read_timeout);
-        http.serve(app).await?;
+        let served = http.serve(app).await;
+        hup.abort();
+        served?;
         return Ok(());
     };
     let reloader = Arc::new(
@@ -188,15 +199,49 @@ pub async fn run(
     let mut https = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
         .handle(handle)
         .first_request_timeout(server.header_read_timeout);
-    https
-        .http_builder()
+    let builder = https.http_builder();
+    builder
         .http1()
         .header_read_timeout(server.header_read_timeout);
+    // HTTP/2 over TLS: a peer that stops answering pings is dropped.
+    builder
+        .http2()
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(server.header_read_timeout);
     let served = https.serve(app).await;
     watcher.abort();
     served?;
     Ok(())
 }
+
+/// SIGHUP, caught from now on (`None` off Unix, or if it cannot be).
+#[cfg(unix)]
+fn sighup() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn sighup() -> Option<()> {
+    None
+}
+
+/// Say there is nothing to reload on each SIGHUP: keys and revocations are re-read on their own
+/// (`keys.reload_interval`), the configuration only at a restart.
+#[cfg(unix)]
+async fn ignore_sighup(hup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hup) = hup else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!(
+            "SIGHUP ignored: without [server.tls] there is no certificate to reload; keys and revocations reload every keys.reload_interval, the configuration at a restart"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+async fn ignore_sighup(_: Option<()>) {}
+
+/// How often an idle HTTP/2 connection is pinged to find a vanished peer.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -60,6 +60,9 @@ pub enum ApiError {
     /// The request body exceeds what the endpoint reads.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The body did not arrive whole within this long of the headers.
+    #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+    BodyTimeout(std::time::Duration),
     /// The database could not be reached (or timed out); the detail is logged, not returned.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
@@ -218,6 +221,11 @@ impl ApiError {
                 format!(
                     "{self}; an operator can add it to `[audit] admins` in the Rise configuration"
                 ),
+            ),
+            ApiError::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("{self}; send the body whole, at once"),
             ),
             ApiError::BodyTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,

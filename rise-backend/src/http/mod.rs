@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, Uri, header};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -48,6 +50,9 @@ pub struct AppState {
     /// Rate limits and the client-address resolver; `RateLimits::disabled()` in tests that do not
     /// exercise them.
     pub rate_limits: Arc<RateLimits>,
+    /// How long a client has to send a request's whole body once its headers are in
+    /// (`server.header_read_timeout`; hyper's own timeout stops at the headers).
+    pub body_deadline: Duration,
 }
 
 /// The application router; tests drive it in-process with `oneshot`. Handlers share one
@@ -87,6 +92,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            read_body_in_time,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(ops::track_requests))
         // The span names the path, never the query: `GET /token` may carry a password there.
@@ -98,6 +107,34 @@ pub fn app(state: AppState) -> Router {
             ),
         )
         .with_state(state)
+}
+
+/// Reads a request's body whole, within [`AppState::body_deadline`], before any handler or
+/// limit sees the request: a client trickling a body byte by byte cannot hold a connection (and
+/// a file descriptor) for longer. Past the deadline: 408 `request_timeout`, and hyper closes
+/// the connection, its body unread. Requests without a body pass straight through.
+async fn read_body_in_time(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    if !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    // The limit of `DefaultBodyLimit` travels in the extensions, so the read honours it.
+    let read = Bytes::from_request(Request::from_parts(parts.clone(), body), &());
+    match tokio::time::timeout(state.body_deadline, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(rejection)) => ApiError::from(rejection).into_response(),
+        Err(_) => ApiError::BodyTimeout(state.body_deadline).into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

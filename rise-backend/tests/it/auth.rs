@@ -103,6 +103,7 @@ actions = ["pull"]
                 rise_backend::audit::AuditSettings::default(),
             ),
             rate_limits: Arc::new(rise_backend::http::RateLimits::disabled()),
+            body_deadline: std::time::Duration::from_secs(10),
             token_service: None,
             auth_meta: Arc::new(rise_backend::http::meta::AuthMeta::from_config(
                 &config.auth,

@@ -521,3 +521,53 @@ async fn connections_that_do_not_send_their_headers_are_closed() {
     assert_eq!(r.status(), reqwest::StatusCode::OK);
     served.shutdown().await.expect("graceful shutdown");
 }
+
+/// A client that sends its headers on time and then trickles its body gets 408 `request_timeout`
+/// (JSON) once `server.header_read_timeout` has passed since the headers, and the connection is
+/// closed; before, a byte every few seconds held it open indefinitely.
+#[tokio::test]
+async fn a_trickling_body_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (config, _dir) = load_config("header_read_timeout = \"500ms\"", "");
+    let served = Served::start(config).await;
+    let mut trickling = tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect");
+    trickling
+        .write_all(
+            b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\ngrant_type=",
+        )
+        .await
+        .expect("headers and the start of a body");
+    // Keep trickling while the server decides; a byte every 100 ms is far from the deadline's
+    // granularity, so only the total time can end it.
+    let reply = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            tokio::select! {
+                read = trickling.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return reply,
+                    Ok(n) => reply.extend_from_slice(&buf[..n]),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    let _ = trickling.write_all(b"p").await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the server answers and closes within the guard");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("500ms")),
+        "{body}"
+    );
+    served.shutdown().await.expect("graceful shutdown");
+}

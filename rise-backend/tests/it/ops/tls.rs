@@ -262,3 +262,62 @@ async fn check_config_reads_the_certificate() {
         "the cause once: {stderr}"
     );
 }
+
+/// Plain HTTP, the real binary: SIGHUP (`systemctl reload`, log rotation) is logged and
+/// ignored, where it used to end the process; and HTTP/2 without TLS (h2c) is not spoken, so
+/// an idle HTTP/2 connection cannot outlive the HTTP/1.1 timeouts.
+#[tokio::test]
+async fn plain_http_survives_sighup_and_speaks_only_http1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = crate::support::rise_process::write_serve_config(dir.path(), "");
+    let mut server = crate::support::rise_process::RiseProcess::serve(&config).await;
+    let pid = server.pid().expect("running").to_string();
+    run_ok(
+        {
+            let mut cmd = Command::new("kill");
+            cmd.args(["-HUP", &pid]);
+            cmd
+        },
+        COMMAND_TIMEOUT,
+    )
+    .await
+    .expect("kill -HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.logs().contains("SIGHUP ignored") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        server.logs().contains("SIGHUP ignored"),
+        "{}",
+        server.logs()
+    );
+    assert!(
+        server.try_status().is_none(),
+        "SIGHUP must not stop the server"
+    );
+    let ok = crate::support::process::http_client()
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .await
+        .expect("request after SIGHUP");
+    assert_eq!(ok.status(), reqwest::StatusCode::OK);
+
+    // An HTTP/2 connection preface with prior knowledge is not HTTP/1.1: the connection is
+    // closed, without HTTP/2's SETTINGS frame.
+    let addr = server.url().trim_start_matches("http://").to_owned();
+    let mut h2c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), h2c.read_to_end(&mut reply))
+        .await
+        .expect("the server answers and closes")
+        .ok();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 "),
+        "closed or refused in HTTP/1.1, not answered in HTTP/2: {reply:?}"
+    );
+}

@@ -142,6 +142,15 @@ impl RiseProcess {
         self.process.logs().text()
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.process.try_status()
+    }
+
     /// SIGKILL: no graceful shutdown, no flushing, as in a crash.
     pub async fn kill(&mut self) {
         self.process
