@@ -681,7 +681,7 @@ impl Config {
         // `X` and `X_FILE` both set here would pick one by the order of the environment.
         let mut set_by: BTreeMap<Vec<String>, &str> = BTreeMap::new();
         for (name, value) in &sources.env {
-            let Some(path) = env_key_path(name) else {
+            let Some(path) = env_key_path(name)? else {
                 continue;
             };
             if let Some((key, parents)) = path.split_last()
@@ -942,17 +942,22 @@ fn parse_builtin(text: &str) -> Table {
 }
 
 /// `RISE_REGISTRY__PASSWORD` -> `["registry", "password"]`. Variables without `__` (such as the
-/// CLI's `RISE_TOKEN`) are not configuration.
-fn env_key_path(name: &str) -> Option<Vec<String>> {
-    let rest = name.strip_prefix("RISE_")?;
+/// CLI's `RISE_TOKEN`) are not configuration. An empty key (`RISE_REGISTRY__PASSWORD__`,
+/// `RISE_REGISTRY____PASSWORD`) is a typo, and an error rather than a setting silently ignored.
+fn env_key_path(name: &str) -> Result<Option<Vec<String>>, ConfigError> {
+    let Some(rest) = name.strip_prefix("RISE_") else {
+        return Ok(None);
+    };
     if !rest.contains("__") {
-        return None;
+        return Ok(None);
     }
     let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return None;
+        return Err(ConfigError::Semantic(format!(
+            "environment variable {name} has an empty key: `__` separates keys, so it may not start or end with `__` or repeat it; write RISE_<SECTION>__<KEY>, e.g. RISE_REGISTRY__PASSWORD"
+        )));
     }
-    Some(parts)
+    Ok(Some(parts))
 }
 
 fn insert_path(table: &mut Table, path: &[String], value: Value) {
@@ -1493,9 +1498,26 @@ mod tests {
     fn non_config_env_vars_are_ignored() {
         load(
             &[],
-            &[("RISE_TOKEN", "x"), ("RISE_", "y"), ("RISE_A____B", "z")],
+            &[("RISE_TOKEN", "x"), ("RISE_", "y"), ("RISE_LOG", "z")],
         )
         .expect("plain RISE_ vars are not configuration");
+    }
+
+    #[test]
+    fn an_env_name_with_an_empty_key_is_a_typo() {
+        for name in [
+            "RISE_REGISTRY__PASSWORD__",
+            "RISE_REGISTRY____PASSWORD",
+            "RISE___REGISTRY__PASSWORD",
+            "RISE_A____B",
+        ] {
+            let err = load(&[], &[(name, "hunter2")]).expect_err(name).to_string();
+            assert!(
+                err.starts_with(&format!("environment variable {name} has an empty key")),
+                "{err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]
