@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::body::{BodyError, MAX_ANSWER_BYTES, read_bounded};
 use crate::context::{Transport, vars};
 use crate::error::{CliError, Hint};
 
@@ -249,7 +250,7 @@ impl Backend {
         let received_at = SystemTime::now();
         let response = self.send(request).await?;
         let response = self.check(response, Some(token)).await?;
-        let body = response.text().await.map_err(|e| self.unreachable(&e))?;
+        let body = String::from_utf8_lossy(&self.body(response).await?).into_owned();
         let wire: CredentialsWire = serde_json::from_str(&body).map_err(|e| {
             CliError::Unavailable(format!(
                 "the Rise backend at {} sent credentials in an unexpected format ({}); is the backend a compatible version?",
@@ -348,7 +349,7 @@ impl Backend {
         &self,
         response: reqwest::Response,
     ) -> Result<T, CliError> {
-        let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let bytes = self.body(response).await?;
         serde_json::from_slice(&bytes).map_err(|e| {
             CliError::Unavailable(format!(
                 "the Rise backend at {} answered in an unexpected format ({}); is the backend a compatible version?",
@@ -369,7 +370,13 @@ impl Backend {
         if status.is_success() {
             return Ok(response);
         }
-        let bytes = response.bytes().await.unwrap_or_default();
+        // An error body that cannot be read is an error without a message; one too large to
+        // read is the backend's problem to report.
+        let bytes = match read_bounded(response, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::Read(_)) => Vec::new(),
+            Err(e) => return Err(self.body_error(e)),
+        };
         match serde_json::from_slice::<ErrorWire>(&bytes) {
             Ok(err) => {
                 let hint = match status.as_u16() {
@@ -395,6 +402,24 @@ impl Backend {
                 self.base,
                 status.as_u16()
             ))),
+        }
+    }
+
+    /// The body of an answer, up to [`MAX_ANSWER_BYTES`].
+    async fn body(&self, response: reqwest::Response) -> Result<Vec<u8>, CliError> {
+        read_bounded(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| self.body_error(e))
+    }
+
+    fn body_error(&self, e: BodyError) -> CliError {
+        match e {
+            BodyError::Read(e) => self.unreachable(&e),
+            too_large @ BodyError::TooLarge(_) => CliError::Unavailable(format!(
+                "cannot use the answer of the Rise backend at {}: {}; check the --backend URL",
+                self.base,
+                too_large.reason()
+            )),
         }
     }
 
@@ -658,6 +683,39 @@ mod tests {
             MAX_SERVER_TEXT + 1,
             "cut, with an ellipsis"
         );
+    }
+
+    #[tokio::test]
+    async fn answers_larger_than_a_mebibyte_are_refused_naming_the_backend() {
+        let huge = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_ANSWER_BYTES));
+        let server = FakeServer::start(vec![
+            route("GET /auth/config", 200, &huge),
+            route("GET /registry/credentials", 200, &huge),
+            route("GET /auth/whoami", 500, &huge),
+        ]);
+        let backend = Backend::new(&server.url, reqwest::Client::new(), STRICT).expect("backend");
+        let token: SecretString = "token".to_owned().into();
+        let query = CredentialQuery {
+            project: "my-app".into(),
+            actions: None,
+            ttl: None,
+        };
+        let errors = [
+            backend.auth_config().await.map(|_| ()),
+            backend.credentials(&token, &query).await.map(|_| ()),
+            backend.whoami(&token).await.map(|_| ()),
+        ];
+        for err in errors {
+            let err = err.expect_err("too large");
+            assert!(matches!(err, CliError::Unavailable(_)), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "cannot use the answer of the Rise backend at {}: it sent more than 1 MiB; check the --backend URL",
+                    server.url
+                )
+            );
+        }
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@
 //! - [`oidc`]: sign-in against the backend's OIDC issuer (device grant, authorization code + PKCE,
 //!   refresh, revocation).
 //! - [`session`]: stored logins and the caller's token (`RISE_TOKEN`, `RISE_TOKEN_FILE` or login).
-//! - [`cache`]: brokered registry credentials cached per identity and scope.
+//! - [`body`]: reading response bodies with a size limit.
+//! - [`cache`]: brokered registry credentials cached per caller token and scope.
 //! - [`registries`]: which project a registry host (and path) belongs to, for the helper.
 //! - [`auth_file`]: editing Docker's `config.json` and containers' `auth.json`.
 //! - [`helper`]: the Docker credential-helper protocol.
@@ -22,6 +23,7 @@
 
 pub mod auth_file;
 pub mod backend;
+pub mod body;
 pub mod cache;
 pub mod cli;
 pub mod context;

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::{describe_reqwest, json_problem, may_carry_tokens, without_userinfo};
+use crate::body::{BodyError, MAX_ANSWER_BYTES, read_bounded};
 use crate::context::{Transport, vars};
 use crate::error::CliError;
 
@@ -117,10 +118,9 @@ pub async fn discover(
     if !response.status().is_success() {
         return Err(unavailable(&format!("HTTP {}", response.status().as_u16())));
     }
-    let bytes = response
-        .bytes()
+    let bytes = read_bounded(response, MAX_ANSWER_BYTES)
         .await
-        .map_err(|e| unavailable(describe_reqwest(&e)))?;
+        .map_err(|e| unavailable(&e.reason()))?;
     let meta: ProviderMetadata =
         serde_json::from_slice(&bytes).map_err(|e| unavailable(json_problem(&e)))?;
     if meta.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
@@ -414,7 +414,17 @@ pub async fn refresh(
             )))
         })?;
     let status = response.status();
-    let bytes = response.bytes().await.unwrap_or_default();
+    let bytes = match read_bounded(response, MAX_ANSWER_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::Read(_)) => Vec::new(),
+        Err(too_large) => {
+            return Err(RefreshError::Failed(CliError::Unavailable(format!(
+                "cannot use the answer of the identity provider's token endpoint {} to the renewal: {}; ask the Rise operator to check the issuer",
+                without_userinfo(token_endpoint),
+                too_large.reason()
+            ))));
+        }
+    };
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|e| {
             RefreshError::Failed(CliError::Unavailable(format!(
@@ -468,10 +478,7 @@ async fn token_or_error(
     response: reqwest::Response,
 ) -> Result<Result<TokenSet, OAuthErrorWire>, CliError> {
     let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| provider_unreachable(meta, &e))?;
+    let bytes = provider_body(meta, response).await?;
     if status.is_success() {
         return serde_json::from_slice(&bytes).map(Ok).map_err(|e| {
             CliError::Unavailable(format!(
@@ -496,10 +503,7 @@ async fn read_oauth<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, CliError> {
     let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| provider_unreachable(meta, &e))?;
+    let bytes = provider_body(meta, response).await?;
     if !status.is_success() {
         return match serde_json::from_slice::<OAuthErrorWire>(&bytes) {
             Ok(err) => Err(refused(meta, &err)),
@@ -530,6 +534,23 @@ fn refused(meta: &ProviderMetadata, err: &OAuthErrorWire) -> CliError {
         meta.issuer,
         crate::backend::printable(&err.error, 64)
     ))
+}
+
+/// The body of the provider's answer, up to [`MAX_ANSWER_BYTES`].
+async fn provider_body(
+    meta: &ProviderMetadata,
+    response: reqwest::Response,
+) -> Result<Vec<u8>, CliError> {
+    read_bounded(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::Read(e) => provider_unreachable(meta, &e),
+            too_large @ BodyError::TooLarge(_) => CliError::Unavailable(format!(
+                "cannot use the answer of the identity provider {}: {}; ask the Rise operator to check the issuer",
+                meta.issuer,
+                too_large.reason()
+            )),
+        })
 }
 
 fn provider_unreachable(meta: &ProviderMetadata, e: &reqwest::Error) -> CliError {
@@ -595,6 +616,51 @@ mod tests {
             authorization_endpoint: None,
             revocation_endpoint: None,
         }
+    }
+
+    #[tokio::test]
+    async fn provider_answers_larger_than_a_mebibyte_are_refused_naming_the_provider() {
+        let huge = format!(r#"{{"x":"{}"}}"#, "a".repeat(MAX_ANSWER_BYTES));
+        let server = FakeServer::start(vec![
+            route("GET /.well-known/openid-configuration", 200, &huge),
+            route("POST /device", 200, &huge),
+            route("POST /token", 400, &huge),
+        ]);
+        let http = reqwest::Client::new();
+        let err = discover(&http, STRICT, &server.url)
+            .await
+            .expect_err("too large");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read the sign-in configuration of {}: it sent more than 1 MiB; ask the Rise operator to check the issuer URL",
+                server.url
+            )
+        );
+        let err = device_flow(&http, &meta_at(&server.url), "cli", "openid", |_| {})
+            .await
+            .expect_err("too large");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot use the answer of the identity provider {}: it sent more than 1 MiB; ask the Rise operator to check the issuer",
+                server.url
+            )
+        );
+        let refresh_token: SecretString = "refresh-secret".to_owned().into();
+        let token_endpoint = format!("{}/token", server.url);
+        let err = refresh(&http, STRICT, &token_endpoint, "cli", &refresh_token)
+            .await
+            .expect_err("too large");
+        let RefreshError::Failed(err) = err else {
+            panic!("not a failure: {err:?}")
+        };
+        assert!(
+            err.to_string().contains(&format!(
+                "token endpoint {token_endpoint} to the renewal: it sent more than 1 MiB"
+            )),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ use oci_client::secrets::RegistryAuth;
 use secrecy::ExposeSecret;
 
 use crate::backend::{Grant, describe_reqwest, printable, without_userinfo};
+use crate::body::read_bounded;
 use crate::error::CliError;
 
 /// The most of a token endpoint's answer Rise reads; tokens are a few KiB.
@@ -116,7 +117,7 @@ pub async fn registry_auth(
             ))
         })?;
     let status = response.status();
-    let body = read_bounded(response, MAX_TOKEN_RESPONSE).await;
+    let body = read_bounded(response, MAX_TOKEN_RESPONSE).await.ok();
     match status.as_u16() {
         200 => {}
         401 | 403 => {
@@ -313,18 +314,6 @@ fn parse_token(body: &[u8]) -> Option<(String, Option<u64>)> {
         && token.len() <= MAX_TOKEN_RESPONSE
         && token.bytes().all(|b| b.is_ascii_graphic());
     fits.then_some((token, wire.expires_in))
-}
-
-/// The body, or `None` when it is longer than `max` bytes or cannot be read.
-pub async fn read_bounded(mut response: reqwest::Response, max: usize) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.ok()? {
-        if body.len() + chunk.len() > max {
-            return None;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Some(body)
 }
 
 #[cfg(test)]

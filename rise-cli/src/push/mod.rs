@@ -312,9 +312,9 @@ impl RegistrySession {
         if let Some(digest) = header_digest(&response) {
             return Ok(digest);
         }
-        let body = auth::read_bounded(response, MAX_MANIFEST_BYTES)
+        let body = crate::body::read_bounded(response, MAX_MANIFEST_BYTES)
             .await
-            .ok_or_else(|| {
+            .map_err(|_| {
                 OciDistributionError::GenericError(Some(format!(
                     "it served a manifest larger than {} MiB, or cut it short",
                     MAX_MANIFEST_BYTES / (1024 * 1024)
