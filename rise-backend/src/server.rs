@@ -41,6 +41,12 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
             config.server.data_dir.display()
         )
     })?;
+    if local_issuer_beside_production(config) {
+        tracing::warn!(
+            key = %config.server.data_dir.join(crate::auth::LOCAL_ISSUER_KEY_FILE).display(),
+            "the local development issuer is enabled (the default) beside OIDC issuers or on a non-loopback address: whoever can read its key or run `rise-backend token issue` here can mint tokens of any subject and group; set [auth.local] enabled = false unless you keep it for break-glass use"
+        );
+    }
     let local = if config.auth.local.enabled {
         Some(LocalIssuer::load_or_create(
             &config.server.data_dir,
@@ -86,6 +92,13 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
         rate_limits,
         body_deadline: config.server.header_read_timeout,
     })
+}
+
+/// Whether the development issuer is on where production callers are expected: OIDC issuers
+/// are trusted, or the server listens beyond this machine.
+fn local_issuer_beside_production(config: &Config) -> bool {
+    config.auth.local.enabled
+        && (!config.auth.issuers.is_empty() || !config.server.listen.ip().is_loopback())
 }
 
 pub async fn build_provider(
@@ -257,4 +270,26 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        crate::config::test_support::load(extra, &[]).expect("valid test config")
+    }
+
+    #[test]
+    fn the_local_issuer_is_flagged_beside_production_callers() {
+        let oidc = "[auth.issuers.corp]\nissuer = \"https://idp.example\"\naudience = \"rise\"\n";
+        assert!(!local_issuer_beside_production(&config("")));
+        assert!(local_issuer_beside_production(&config(oidc)));
+        assert!(!local_issuer_beside_production(&config(&format!(
+            "{oidc}[auth.local]\nenabled = false\n"
+        ))));
+        assert!(local_issuer_beside_production(&config(
+            "[server]\nlisten = \"0.0.0.0:3000\"\ndanger_insecure_http_on_non_loopback = true\n"
+        )));
+    }
 }

@@ -167,10 +167,17 @@ impl LocalIssuer {
 }
 
 /// The key file's PEM, or `None` when it does not exist yet.
+/// Refused when other users may read it (as the other keys Rise generates): whoever reads it
+/// can mint tokens of any subject.
 fn read_key_file(path: &Path) -> anyhow::Result<Option<SecretString>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            warn_if_readable_by_others(path);
+    match crate::keyring::read_private(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is not a PEM file; delete it to have Rise generate a new key",
+                    path.display()
+                )
+            })?;
             Ok(Some(SecretString::from(text)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -236,20 +243,6 @@ fn write_private_file(path: &PathBuf, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn warn_if_readable_by_others(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(path = %path.display(), "the local issuer key is readable by other users; run chmod 600 on it");
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-}
-
 /// RFC 7638 JWK thumbprint of a P-256 public key.
 fn ec_thumbprint(x: &[u8], y: &[u8]) -> String {
     // Members in lexicographic order, no whitespace, as RFC 7638 §3 requires.
@@ -298,6 +291,30 @@ mod tests {
         assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     }
 
+    /// Whoever reads the key mints any subject: a key other users may read is refused, and the
+    /// error says how to fix it.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        LocalIssuer::load_or_create(dir.path(), &config()).expect("created");
+        let path = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = format!(
+            "{:#}",
+            LocalIssuer::load_or_create(dir.path(), &config())
+                .err()
+                .expect("refused")
+        );
+        assert!(
+            e.contains("readable by other users") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        LocalIssuer::load_or_create(dir.path(), &config()).expect("private again: loaded");
+    }
+
     #[test]
     fn concurrent_creators_agree_on_one_key() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -325,6 +342,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("keys")).expect("mkdir");
         std::fs::write(dir.path().join(KEY_FILE), "not a key").expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.path().join(KEY_FILE),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("chmod");
+        }
         let err = LocalIssuer::load_or_create(dir.path(), &config())
             .expect_err("garbage refused")
             .to_string();
