@@ -88,12 +88,7 @@ mod defaults {
 
 impl DistributionConfig {
     fn validate(&self) -> Result<(), String> {
-        let url = self.url.as_str();
-        if url.is_empty() || url.contains("://") || url.contains('/') || url.contains(' ') {
-            return Err(format!(
-                "url {url:?} must be the registry's host[:port] without a scheme or path, e.g. registry.example.com or 127.0.0.1:5000"
-            ));
-        }
+        check_address(&self.url)?;
         if self.service.trim().is_empty() || self.issuer.trim().is_empty() {
             return Err("service and issuer may not be empty: they must equal the registry's auth.token.service and auth.token.issuer".into());
         }
@@ -117,6 +112,86 @@ impl DistributionConfig {
         }
         Ok(())
     }
+}
+
+/// `url` is the address clients push to: `host[:port]`, where the host is a DNS name, an IPv4
+/// address or a bracketed IPv6 address and the port is 1 to 65535. A value with an `@` may hold
+/// credentials (`user:password@host`) and is not quoted back, not even in part.
+fn check_address(url: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        let shown = if url.contains('@') {
+            String::new()
+        } else {
+            format!(" {:?}", url.chars().take(100).collect::<String>())
+        };
+        Err(format!(
+            "url{shown} {why}: give the registry's host[:port] without a scheme or path, e.g. registry.example.com, 127.0.0.1:5000 or [::1]:5000"
+        ))
+    };
+    if url.is_empty() {
+        return refuse("is empty");
+    }
+    if url.contains('@') {
+        return refuse("must not contain credentials (the value is not shown)");
+    }
+    if url.contains("://") {
+        return refuse("must not have a scheme");
+    }
+    if url.contains(['/', '?', '#']) {
+        return refuse("must not have a path, query or fragment");
+    }
+    let (host, port) = match url.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((v6, rest)) = bracketed.split_once(']') else {
+                return refuse("lacks the `]` closing its IPv6 address");
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return refuse("has an invalid IPv6 address between its brackets");
+            }
+            match rest.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None if rest.is_empty() => (None, None),
+                None => return refuse("has something other than `:port` after its IPv6 address"),
+            }
+        }
+        None => match url.split_once(':') {
+            Some((_, port)) if port.contains(':') => {
+                return refuse("has more than one `:`; write an IPv6 address in brackets");
+            }
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(url), None),
+        },
+    };
+    if let Some(host) = host
+        && !is_ipv4_or_dns_name(host)
+    {
+        return refuse("has an invalid host (not a DNS name or an IPv4 address)");
+    }
+    if let Some(port) = port
+        && !(port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return refuse("has an invalid port; give one from 1 to 65535");
+    }
+    Ok(())
+}
+
+/// An IPv4 address, or a DNS name: dot-separated labels of 1 to 63 letters, digits and inner
+/// hyphens, 253 characters at most. All digits and dots must be an IPv4 address.
+fn is_ipv4_or_dns_name(host: &str) -> bool {
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    host.len() <= 253
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && host.split('.').all(label_ok)
 }
 
 /// The keys shared by every Distribution registry of this server.

@@ -377,6 +377,63 @@ fn conflicting_or_invalid_registry_config_is_refused() {
 }
 
 #[test]
+fn url_is_a_host_and_port_and_never_echoes_credentials() {
+    for valid in [
+        "x",
+        "x:1",
+        "localhost:65535",
+        "127.0.0.1:5000",
+        "10.0.0.1",
+        "registry.example.com",
+        "my-registry.Example.COM:443",
+        "[::1]",
+        "[::1]:5000",
+        "[2001:db8::1]:5000",
+    ] {
+        check_address(valid).unwrap_or_else(|e| panic!("{valid}: {e}"));
+    }
+    for (invalid, problem) in [
+        (
+            "admin:hunter2@r.example:5000",
+            "must not contain credentials",
+        ),
+        (
+            "https://admin:hunter2@r.example",
+            "must not contain credentials",
+        ),
+        ("admin:hunter2/x@r.example", "must not contain credentials"),
+        ("", "is empty"),
+        ("https://x", "must not have a scheme"),
+        ("r.example/v2", "must not have a path"),
+        ("r.example?x=1", "must not have a path, query"),
+        ("r example", "invalid host"),
+        ("-r.example", "invalid host"),
+        ("r..example", "invalid host"),
+        ("r.example.", "invalid host"),
+        ("under_score.example", "invalid host"),
+        ("999.0.0.1", "invalid host"),
+        (&"a".repeat(64), "invalid host"),
+        ("r.example:", "invalid port"),
+        ("r.example:0", "invalid port"),
+        ("r.example:65536", "invalid port"),
+        ("r.example:+80", "invalid port"),
+        ("::1", "write an IPv6 address in brackets"),
+        ("[::1", "lacks the `]`"),
+        ("[r.example]:5000", "invalid IPv6 address"),
+        ("[::1]5000", "other than `:port`"),
+    ] {
+        let err = check_address(invalid).expect_err(invalid);
+        assert!(err.starts_with("url "), "{invalid}: {err}");
+        assert!(err.contains(problem), "{invalid}: {err}");
+        assert!(err.contains("without a scheme or path"), "{invalid}: {err}");
+        if invalid.contains('@') {
+            assert!(!err.contains("hunter2"), "{invalid}: {err}");
+            assert!(!err.contains("r.example"), "{invalid}: {err}");
+        }
+    }
+}
+
+#[test]
 fn registry_config_snippet_writes_the_bundle() {
     let f = fixture("");
     let snippet = registry_config_snippet(&f.config, Some("default")).expect("snippet");
