@@ -93,11 +93,22 @@ pub use verifier::Authenticator;
 /// line or an audit table: control characters, line and paragraph separators, and the
 /// invisible bidirectional marks and overrides.
 pub fn has_deceptive_chars(text: &str) -> bool {
-    text.chars().any(|c| {
-        c.is_control()
-            || matches!(
-                c,
-                '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-            )
-    })
+    text.chars().any(is_deceptive_char)
+}
+
+/// A control character, a line or paragraph separator, an invisible bidirectional mark or
+/// override, a zero-width space or a byte-order mark.
+pub fn is_deceptive_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
 }

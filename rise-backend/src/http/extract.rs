@@ -72,6 +72,7 @@ pub struct ClientInfo {
 }
 
 /// Longest `User-Agent` kept; longer values are cut so a client cannot bloat the audit log.
+/// Characters that could disguise a log line or an audit table are dropped from it.
 const MAX_USER_AGENT: usize = 256;
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
@@ -94,7 +95,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
             .map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
                     .chars()
-                    .filter(|c| !c.is_control())
+                    .filter(|c| !crate::auth::is_deceptive_char(*c))
                     .take(MAX_USER_AGENT)
                     .collect::<String>()
             })

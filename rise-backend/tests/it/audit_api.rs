@@ -46,7 +46,12 @@ async fn every_credential_request_is_recorded_with_its_caller() {
     let eve = rise.token("eve", &["guests"]);
     let req = Request::get("/registry/credentials?project=my-app&actions=pull")
         .header("authorization", format!("Bearer {alice}"))
-        .header("user-agent", "rise-cli/0.1 test")
+        // Bidirectional overrides and zero-width spaces could disguise the audit table: dropped.
+        .header(
+            "user-agent",
+            axum::http::HeaderValue::from_bytes("rise-cli/0.1\u{202E}\u{200B} test".as_bytes())
+                .expect("header value"),
+        )
         .header("x-request-id", "req-alice-1")
         .body(Body::empty())
         .expect("request");
