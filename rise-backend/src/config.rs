@@ -686,7 +686,8 @@ impl Config {
             };
             if let Some((key, parents)) = path.split_last()
                 && let Some(other) = other_form_of_secret(key)
-                && let Some(other_name) = set_by.get(&[parents, &[other.clone()]].concat())
+                && let Some(other_name) =
+                    set_by.get(&[parents, std::slice::from_ref(&other)].concat())
             {
                 let (base, file, base_name, file_name) = if key.ends_with("_file") {
                     (other.as_str(), key.as_str(), *other_name, name.as_str())
