@@ -60,6 +60,9 @@ pub enum ApiError {
     /// The request body exceeds what the endpoint reads.
     #[error("request body too large")]
     BodyTooLarge,
+    /// A body of the wrong media type; the message names the one the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The body did not arrive whole within this long of the headers.
     #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
     BodyTimeout(std::time::Duration),
@@ -221,6 +224,11 @@ impl ApiError {
                 format!(
                     "{self}; an operator can add it to `[audit] admins` in the Rise configuration"
                 ),
+            ),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m.clone(),
             ),
             ApiError::BodyTimeout(_) => (
                 StatusCode::REQUEST_TIMEOUT,

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 
@@ -102,4 +103,27 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
             .filter(|v| !v.is_empty());
         Ok(ClientInfo { ip, user_agent })
     }
+}
+
+/// Whether the request's `Content-Type` is `expected` (parameters such as `charset` aside; media
+/// types are case-insensitive, RFC 9110 8.3.1). A request without one passes: clients that send
+/// a body without saying its type are read as the endpoint's. With `structured_suffix`, a
+/// `+json`-style subtype of `expected`'s suffix passes too (`application/merge+json`).
+pub(super) fn media_type_is(headers: &HeaderMap, expected: &str, structured_suffix: bool) -> bool {
+    let Some(value) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media = value.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case(expected)
+        || (structured_suffix
+            && expected.split_once('/').is_some_and(|(kind, sub)| {
+                media.split_once('/').is_some_and(|(k, s)| {
+                    k.eq_ignore_ascii_case(kind)
+                        && s.len() > sub.len()
+                        && s.to_ascii_lowercase().ends_with(&format!("+{sub}"))
+                })
+            }))
 }

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -44,6 +44,7 @@ pub(super) async fn post_revocation(
     RequestId(request_id): RequestId,
     client: ClientInfo,
     Caller(principal): Caller,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     // Who asks comes before what they sent: a caller who may not revoke learns only that.
@@ -54,6 +55,11 @@ pub(super) async fn post_revocation(
         });
     }
     let body = body?;
+    if !super::extract::media_type_is(&headers, "application/json", true) {
+        return Err(ApiError::UnsupportedMediaType(
+            "POST /grants/revocations takes an application/json body: {\"credential\": ID} or {\"subject\": \"ISSUER/SUBJECT\"}".into(),
+        ));
+    }
     let Some(service) = state.token_service.clone() else {
         return Err(ApiError::BadRequest(
             "no Distribution registry is configured: there are no grants to revoke".into(),

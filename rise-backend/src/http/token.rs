@@ -78,16 +78,8 @@ pub(super) async fn post_token(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
-    // Media types are case-insensitive (RFC 9110, 8.3.1).
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE)
-        && !content_type.to_str().is_ok_and(|v| {
-            v.split(';').next().is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
-    {
-        return Err(ApiError::BadRequest(
+    if !super::extract::media_type_is(&headers, "application/x-www-form-urlencoded", false) {
+        return Err(ApiError::UnsupportedMediaType(
             "POST /token takes an application/x-www-form-urlencoded body (grant_type, service, scope, client_id, ...)".into(),
         ));
     }

@@ -478,10 +478,47 @@ async fn token_content_type_is_matched_without_case() {
         .await;
     check_error(
         &got,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
         "x-www-form-urlencoded",
     );
+}
+
+/// `POST /grants/revocations` reads JSON only: XML that happens to hold JSON is refused with 415,
+/// not acted on. `application/json` with parameters, and `+json` types, are JSON.
+#[tokio::test]
+async fn revocations_take_json_only() {
+    let rise = TestRise::from_toml(&format!(
+        "{CONFIG}\n[audit]\nadmins = [{{ issuer = \"local\", subject = \"sam\" }}]\n"
+    ))
+    .await;
+    let admin = rise.token("sam", &[]);
+    let body = br#"{"subject": "local/alice", "reason": "test"}"#.to_vec();
+    let got = rise
+        .send(post(
+            "/grants/revocations",
+            "application/xml",
+            Some(&admin),
+            body.clone(),
+        ))
+        .await;
+    check_error(
+        &got,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "application/json",
+    );
+    for json in ["application/json; charset=utf-8", "application/merge+json"] {
+        let (status, reply) = rise
+            .send(post(
+                "/grants/revocations",
+                json,
+                Some(&admin),
+                body.clone(),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{json}: {reply}");
+    }
 }
 
 /// A grant does not outlive what allowed it: after a restart on the same keys without its
