@@ -301,12 +301,10 @@ mod tests {
         LocalIssuer::load_or_create(dir.path(), &config()).expect("created");
         let path = dir.path().join(KEY_FILE);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let e = format!(
-            "{:#}",
-            LocalIssuer::load_or_create(dir.path(), &config())
-                .err()
-                .expect("refused")
-        );
+        let e = match LocalIssuer::load_or_create(dir.path(), &config()) {
+            Ok(_) => panic!("a key others may read was loaded"),
+            Err(e) => format!("{e:#}"),
+        };
         assert!(
             e.contains("readable by other users") && e.contains("chmod 600"),
             "{e}"
