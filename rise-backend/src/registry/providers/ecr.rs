@@ -27,7 +27,7 @@
 //! | key | default | meaning |
 //! |---|---|---|
 //! | `region`, `account_id` | required | the registry's region and 12-digit account |
-//! | `access_key_id`, `secret_access_key`, `session_token` | default chain | static credentials of the backend identity; each may be a value, `<key>_file` (the two secret keys), a `RISE_REGISTRY__<KEY>` variable or `aws-secretsmanager:<name-or-arn>[#json-key]` |
+//! | `access_key_id`, `secret_access_key`, `session_token` | default chain | static credentials of the backend identity; each may be a value, `<key>_file`, a `RISE_REGISTRY__<KEY>` variable or `aws-secretsmanager:<name-or-arn>[#json-key]` |
 //! | `push_role_arn` | none | role assumed per repository with a session policy (see *Scope*) |
 //! | `repo_prefix` | `""` | prepended to repository names, e.g. `"rise/"` gives `rise/my-app` |
 //! | `max_ttl` | `1h` with a push role, `12h` without | longest credential lifetime |
