@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::backend::{json_problem, printable};
 use crate::error::{CliError, describe_io};
 
 /// Read a file, `None` when it does not exist.
@@ -19,6 +20,8 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, CliError> {
 
 /// Read a JSON file we own, `T::default()` when it does not exist. A corrupt file is an error
 /// naming the file, so the user can move it away (we never overwrite what we cannot read).
+/// The error names where and in which field, never a value: serde's own message quotes the
+/// offending value, which in `login.json` may be a refresh token.
 pub fn read_json_or_default<T: DeserializeOwned + Default>(path: &Path) -> Result<T, CliError> {
     match read_optional(path)? {
         None => Ok(T::default()),
@@ -26,10 +29,106 @@ pub fn read_json_or_default<T: DeserializeOwned + Default>(path: &Path) -> Resul
             CliError::Input(format!(
                 "{} is not valid ({}): fix it or delete it, then retry",
                 path.display(),
-                e
+                where_json_fails(&bytes, &e)
             ))
         }),
     }
+}
+
+/// `fields missing or of the wrong type at line 3 column 20, in "logins" > "https://x" >
+/// "expires_at"`: what [`json_problem`] says, where, and the keys leading there.
+fn where_json_fails(text: &[u8], e: &serde_json::Error) -> String {
+    let mut shown = format!(
+        "{} at line {} column {}",
+        json_problem(e),
+        e.line(),
+        e.column()
+    );
+    // serde_json counts lines from 1 and columns in bytes from 1 (0 when the line is empty).
+    let line_start: usize = text
+        .split_inclusive(|b| *b == b'\n')
+        .take(e.line().saturating_sub(1))
+        .map(<[u8]>::len)
+        .sum();
+    // Up to the character the error is at, not through it: at a `}` that closes an object
+    // lacking a field, that object's key is still open.
+    let at = (line_start + e.column()).saturating_sub(1);
+    let mut objects = keys_at(text, at);
+    // The one message that names a field the file lacks: a name from our own schema. It comes
+    // at the end of the object, whose last key is done with.
+    let message = e.to_string();
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field);
+    if missing.is_some()
+        && let Some(last) = objects.last_mut()
+    {
+        *last = None;
+    }
+    let keys: Vec<String> = objects
+        .iter()
+        .flatten()
+        .map(|k| format!("{:?}", printable(k, 100)))
+        .collect();
+    if !keys.is_empty() {
+        shown.push_str(&format!(", in {}", keys.join(" > ")));
+    }
+    if let Some(field) = missing {
+        shown.push_str(&format!(" (missing {field:?})"));
+    }
+    shown
+}
+
+/// For each object open at byte `offset` of a JSON text (read up to it), outermost first, the key
+/// whose value is being read, if any. Only keys are collected: values, which may be secrets, are
+/// skipped.
+fn keys_at(text: &[u8], offset: usize) -> Vec<Option<String>> {
+    enum Open {
+        /// An object, and the key whose value is being read (once one was).
+        Object(Option<String>),
+        Array,
+    }
+    let mut open: Vec<Open> = Vec::new();
+    let mut expecting_key = false;
+    let mut i = 0;
+    while i < offset.min(text.len()) {
+        match text[i] {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+                if expecting_key && let Some(Open::Object(key)) = open.last_mut() {
+                    let end = i.min(text.len());
+                    *key = Some(String::from_utf8_lossy(&text[start..end]).into_owned());
+                }
+                expecting_key = false;
+            }
+            b'{' => {
+                open.push(Open::Object(None));
+                expecting_key = true;
+            }
+            b'[' => {
+                open.push(Open::Array);
+                expecting_key = false;
+            }
+            b'}' | b']' => {
+                open.pop();
+                expecting_key = false;
+            }
+            b',' => expecting_key = matches!(open.last(), Some(Open::Object(_))),
+            _ => {}
+        }
+        i += 1;
+    }
+    open.into_iter()
+        .filter_map(|o| match o {
+            Open::Object(key) => Some(key),
+            Open::Array => None,
+        })
+        .collect()
 }
 
 /// Serialize `value` as pretty JSON into `path` (see [`write_private`]).
@@ -146,5 +245,69 @@ mod tests {
             .to_string();
         assert!(err.contains("x.json"), "{err}");
         assert!(err.contains("delete it"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_json_is_located_without_quoting_a_value() {
+        // Shaped like `login.json`; only deserialized, never read.
+        #[allow(dead_code)]
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc {
+            #[serde(default)]
+            logins: std::collections::BTreeMap<String, Login>,
+        }
+        #[allow(dead_code)]
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Login {
+            refresh_token: String,
+            expires_at: Option<u64>,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("login.json");
+        let check = |text: &str, expect: &str| {
+            std::fs::write(&path, text).expect("write");
+            let err = read_json_or_default::<Doc>(&path)
+                .expect_err("corrupt")
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "{} is not valid ({expect}): fix it or delete it, then retry",
+                    path.display()
+                ),
+                "{text}"
+            );
+        };
+        let wrong = "fields missing or of the wrong type";
+        check(
+            r#"{"logins":{"b":{"refresh_token":"t","expires_at":"SECRET-abc"}}}"#,
+            &format!(r#"{wrong} at line 1 column 61, in "logins" > "b" > "expires_at""#),
+        );
+        check(
+            "{\n  \"logins\": {\n    \"https://x\": {\n      \"refresh_token\": 42,\n      \"expires_at\": \"SECRET-abc\"\n    }\n  }\n}\n",
+            &format!(r#"{wrong} at line 4 column 25, in "logins" > "https://x" > "refresh_token""#),
+        );
+        check(
+            r#"{"logins":{"b":{"expires_at":1}, "c": {}}}"#,
+            &format!(r#"{wrong} at line 1 column 31, in "logins" > "b" (missing "refresh_token")"#),
+        );
+        check(
+            r#"{"logins":{"b":{"refresh_token":"SECRET-abc","colour":1}}}"#,
+            &format!(r#"{wrong} at line 1 column 53, in "logins" > "b" > "colour""#),
+        );
+        check(
+            r#"{"logins":{"b":{"refresh_token":"SECRET-abc",,}}}"#,
+            r#"not JSON at line 1 column 46, in "logins" > "b" > "refresh_token""#,
+        );
+        check(
+            r#"{"logins":{"b":{"refresh_token":"SECRET-ab"#,
+            r#"cut short at line 1 column 42, in "logins" > "b" > "refresh_token""#,
+        );
+        check(
+            r#"{"logins":[{"refresh_token":"SECRET-abc"}]}"#,
+            &format!(r#"{wrong} at line 1 column 10, in "logins""#),
+        );
     }
 }

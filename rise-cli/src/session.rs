@@ -304,10 +304,12 @@ fn lock_file(path: &Path) -> Result<std::fs::File, CliError> {
     if let Some(dir) = path.parent() {
         fsutil::create_private_dir(dir)?;
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Like every file of ours: no one else needs to read it, or to learn when logins change.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(path)
         .map_err(|e| CliError::file("open the lock file", path, &e))?;
     file.lock().map_err(|e| CliError::file("lock", path, &e))?;
@@ -652,5 +654,48 @@ mod tests {
         .expect("seed");
         let err = resolve_backend(&c, None).expect_err("plain http");
         assert!(err.to_string().contains("clear text"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_login_file_is_located_but_never_quoted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ctx(dir.path(), &[]);
+        let path = c.login_file().expect("dir");
+        let login = serde_json::json!({
+            "issuer_name": "corp", "issuer": "https://idp", "client_id": "cli",
+            "token_endpoint": "https://idp/token", "access_token": "ACCESS-SECRET-abc",
+            // A refresh token pasted into the wrong field.
+            "refresh_token": 42, "expires_at": "REFRESH-SECRET-abc",
+        });
+        let doc = serde_json::json!({
+            "default_backend": "https://rise.example.com",
+            "logins": {"https://rise.example.com": login},
+        });
+        fsutil::write_json_private(&path, &doc).expect("seed");
+        let err = caller_token(&c, &reqwest::Client::new(), "https://rise.example.com")
+            .await
+            .expect_err("corrupt")
+            .to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains("login.json is not valid"), "{err}");
+        assert!(
+            err.contains(r#"in "logins" > "https://rise.example.com" > "#),
+            "{err}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_login_lock_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ctx(dir.path(), &[]);
+        let path = c.login_lock_file().expect("dir");
+        drop(lock_file(&path).expect("lock"));
+        let mode = std::fs::metadata(&path)
+            .expect("lock file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
