@@ -573,24 +573,6 @@ pub struct Sources {
     pub env: Vec<(String, String)>,
 }
 
-/// What [`Config::load`] reads: [`Sources`], or the result of [`Sources::from_process`], whose
-/// failure then fails the load like any other configuration error.
-pub trait ConfigSources {
-    fn sources(&self) -> Result<&Sources, ConfigError>;
-}
-
-impl ConfigSources for Sources {
-    fn sources(&self) -> Result<&Sources, ConfigError> {
-        Ok(self)
-    }
-}
-
-impl ConfigSources for Result<Sources, NotUnicodeVariable> {
-    fn sources(&self) -> Result<&Sources, ConfigError> {
-        self.as_ref().map_err(|e| e.clone().into())
-    }
-}
-
 /// Names the variables, never their values: the environment holds passwords and keys.
 impl std::fmt::Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -635,8 +617,7 @@ pub fn rise_variables(
 
 impl Config {
     /// Load and validate configuration from `sources`.
-    pub fn load(sources: &impl ConfigSources) -> Result<Config, ConfigError> {
-        let sources = sources.sources()?;
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         let mut tree = Table::new();
         let mut provenance = Provenance::default();
         merge_source(
@@ -1764,13 +1745,9 @@ mod tests {
             vec![("RISE_SERVER__LISTEN".to_owned(), "127.0.0.1:7".to_owned())]
         );
 
-        let bad = rise_variables([(os("RISE_REGISTRY__PASSWORD"), bytes(b"hunter2-s3cret\xff"))]);
-        let err = Config::load(&bad.map(|env| Sources {
-            files: Vec::new(),
-            env,
-        }))
-        .expect_err("not UTF-8")
-        .to_string();
+        let err = rise_variables([(os("RISE_REGISTRY__PASSWORD"), bytes(b"hunter2-s3cret\xff"))])
+            .expect_err("not UTF-8")
+            .to_string();
         assert!(err.contains("RISE_REGISTRY__PASSWORD"), "{err}");
         assert!(err.contains("not valid UTF-8"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");

@@ -235,7 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::DevCert { out, hosts, force } = &cli.command {
         let dir = match out {
             Some(dir) => dir.clone(),
-            None => Config::load(&Sources::from_process(cli.config.clone()))?
+            None => Config::load(&Sources::from_process(cli.config.clone())?)?
                 .server
                 .data_dir
                 .join("tls"),
@@ -244,7 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", dev_cert_instructions(&files));
         return Ok(());
     }
-    let config = Config::load(&Sources::from_process(cli.config))?;
+    let config = Config::load(&Sources::from_process(cli.config)?)?;
     match cli.command {
         Command::Serve => rise_backend::server::serve(config).await,
         Command::DevCert { .. } => Ok(()),
