@@ -260,7 +260,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        if status.is_server_error() {
+        if let ApiError::NotReady { .. } = self {
+            // Each failing check was logged (warn) by the probe itself: a probe every few
+            // seconds must not add an error line of its own each time.
+            tracing::debug!(code, %status, "readiness probe answered");
+        } else if status.is_server_error() {
             // Internal detail goes to the log only; it never carries secrets (providers redact).
             tracing::error!(error = %self, code, "request failed");
         } else {
