@@ -11,6 +11,10 @@ use rise_backend::auth::LocalIssuer;
 use rise_backend::config::{Config, Sources};
 use tracing_subscriber::EnvFilter;
 
+/// How long `check-config` waits for the issuers' first key fetch (each fetch is bounded by the
+/// same timeout as when serving).
+const CHECK_CONFIG_READY_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Parser)]
 #[command(
     name = "rise-backend",
@@ -48,7 +52,8 @@ enum Command {
         #[arg(long)]
         registry: Option<String>,
     },
-    /// Load and validate the configuration, then exit.
+    /// Load and validate the configuration, build what `serve` builds, and run its readiness
+    /// checks (the issuers' keys fetched, a registry configured, the database answering); exit.
     CheckConfig,
     /// Make a local CA and a server certificate for HTTPS in development (`ca.pem`, `cert.pem`,
     /// `key.pem`), and print how to use and trust them.
@@ -249,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => rise_backend::server::serve(config).await,
         Command::DevCert { .. } => Ok(()),
         Command::CheckConfig => {
-            rise_backend::server::build_state(&config).await?;
+            let state = rise_backend::server::build_state(&config).await?;
             // What `serve` loads next: a certificate that cannot be read fails here too.
             if let Some(tls) = &config.server.tls {
                 rise_backend::tls::TlsReloader::load_for(
@@ -258,6 +263,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
                 .context("loading [server.tls]")?;
+            }
+            // What `serve`'s /readyz would say, once the issuers' keys had their first fetch
+            // (started in the background when the state was built).
+            let deadline = tokio::time::Instant::now() + CHECK_CONFIG_READY_WAIT;
+            while !state.auth.issuers_without_keys().is_empty()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if let Err(failing) = rise_backend::http::readiness(&state).await {
+                anyhow::bail!(
+                    "serve would not be ready: {} failing (the lines above say why); /readyz would answer 503",
+                    failing.join(", ")
+                );
             }
             println!("configuration is valid");
             Ok(())

@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use extract::{ClientInfo, RequestId};
+pub use ops::readiness;
 pub use ratelimit::{ClientIp, RateLimited, RateLimits};
 
 use crate::audit::AuditLog;

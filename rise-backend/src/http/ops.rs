@@ -25,6 +25,18 @@ pub(super) struct Ready {
 /// `GET /readyz`: 200 when Rise can serve credentials, else 503 `not_ready` naming the failing
 /// checks (their detail goes to the log: it may name paths or upstreams).
 pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Ready>, ApiError> {
+    match readiness(&state).await {
+        Ok(passed) => Ok(Json(Ready {
+            status: "ready",
+            checks: passed,
+        })),
+        Err(failing) => Err(ApiError::NotReady { failing }),
+    }
+}
+
+/// The readiness checks: the names of those that passed, or of those that failed (each failure
+/// is logged with its detail). `check-config` runs them too.
+pub async fn readiness(state: &AppState) -> Result<Vec<&'static str>, Vec<String>> {
     let mut failing = Vec::new();
     let mut passed = Vec::new();
     // Keys: the local issuer's key is loaded while the state is built (which fails otherwise);
@@ -80,12 +92,9 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Re
         }
     }
     if failing.is_empty() {
-        Ok(Json(Ready {
-            status: "ready",
-            checks: passed,
-        }))
+        Ok(passed)
     } else {
-        Err(ApiError::NotReady { failing })
+        Err(failing)
     }
 }
 

@@ -263,6 +263,39 @@ async fn check_config_reads_the_certificate() {
     );
 }
 
+/// `check-config` fails where `serve` would never become ready: an issuer whose keys cannot be
+/// fetched, or no registry at all (any configuration file replaces the embedded demo); both are
+/// named. With a registry and reachable issuers it passes.
+#[tokio::test]
+async fn check_config_fails_what_serve_would_never_make_ready() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = "[registry]\ntype = \"distribution\"\nurl = \"127.0.0.1:5000\"\n";
+    let unreachable = "[auth.issuers.corp]\nissuer = \"http://127.0.0.1:1\"\naudience = \"rise\"\ninsecure_http = true\n";
+    for (tables, failing) in [
+        (String::new(), "registries failing"),
+        (
+            format!("{registry}{unreachable}"),
+            "issuer corp keys failing",
+        ),
+    ] {
+        let config = crate::support::rise_process::write_config(dir.path(), &tables);
+        let out = crate::support::rise_process::run(&config, &["check-config"]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tables}: {stderr}");
+        assert!(
+            stderr.contains("serve would not be ready") && stderr.contains(failing),
+            "{tables}: {stderr}"
+        );
+    }
+    let config = crate::support::rise_process::write_config(dir.path(), registry);
+    let out = crate::support::rise_process::run(&config, &["check-config"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Plain HTTP, the real binary: SIGHUP (`systemctl reload`, log rotation) is logged and
 /// ignored, where it used to end the process; and HTTP/2 without TLS (h2c) is not spoken, so
 /// an idle HTTP/2 connection cannot outlive the HTTP/1.1 timeouts.
