@@ -125,36 +125,31 @@ pub fn get(ctx: &Context, scope: &Scope<'_>, margin: Duration) -> Result<Option<
 
 /// Remember `grant` for `scope`, dropping expired entries.
 pub fn put(ctx: &Context, scope: &Scope<'_>, grant: &Grant) -> Result<(), CliError> {
-    let mut file: CacheFile = read(ctx)?;
     let now = unix(SystemTime::now());
-    file.entries.retain(|_, e| e.expires_at > now);
-    file.entries.insert(
-        scope.key(),
-        Entry {
-            backend: scope.backend.to_owned(),
-            registry_url: grant.registry_url.clone(),
-            username: grant.username.clone(),
-            password: grant.password.clone(),
-            expires_at: unix(grant.expires_at),
-            repository: grant.repository.clone(),
-            image: grant.image.clone(),
-            project: grant.project.clone(),
-            actions: grant.actions.clone(),
-        },
-    );
-    fsutil::write_json_private(&ctx.credentials_cache_file()?, &file)
+    let entry = Entry {
+        backend: scope.backend.to_owned(),
+        registry_url: grant.registry_url.clone(),
+        username: grant.username.clone(),
+        password: grant.password.clone(),
+        expires_at: unix(grant.expires_at),
+        repository: grant.repository.clone(),
+        image: grant.image.clone(),
+        project: grant.project.clone(),
+        actions: grant.actions.clone(),
+    };
+    update(ctx, |file| {
+        file.entries.retain(|_, e| e.expires_at > now);
+        file.entries.insert(scope.key(), entry);
+        true
+    })
 }
 
 /// Forget the cached credential for `scope`, if any.
 pub fn remove(ctx: &Context, scope: &Scope<'_>) -> Result<(), CliError> {
-    let Ok(path) = ctx.credentials_cache_file() else {
+    if ctx.credentials_cache_file().is_err() {
         return Ok(());
-    };
-    let mut file: CacheFile = read(ctx)?;
-    if file.entries.remove(&scope.key()).is_some() {
-        fsutil::write_json_private(&path, &file)?;
     }
-    Ok(())
+    update(ctx, |file| file.entries.remove(&scope.key()).is_some())
 }
 
 /// Forget cached credentials for a registry host (helper `erase`) or a backend (`rise logout`).
@@ -170,17 +165,17 @@ pub fn forget(
     if !path.exists() {
         return Ok(0);
     }
-    let mut file: CacheFile = read(ctx)?;
-    let before = file.entries.len();
-    file.entries.retain(|_, e| {
-        let host_matches = registry_host.is_some_and(|h| same_host(&e.registry_url, h));
-        let backend_matches = backend.is_some_and(|b| e.backend == b);
-        !(host_matches || backend_matches)
-    });
-    let removed = before - file.entries.len();
-    if removed > 0 {
-        fsutil::write_json_private(&path, &file)?;
-    }
+    let mut removed = 0;
+    update(ctx, |file| {
+        let before = file.entries.len();
+        file.entries.retain(|_, e| {
+            let host_matches = registry_host.is_some_and(|h| same_host(&e.registry_url, h));
+            let backend_matches = backend.is_some_and(|b| e.backend == b);
+            !(host_matches || backend_matches)
+        });
+        removed = before - file.entries.len();
+        removed > 0
+    })?;
     Ok(removed)
 }
 
@@ -194,6 +189,22 @@ pub fn usernames(ctx: &Context) -> Result<BTreeMap<String, String>, CliError> {
         .collect())
 }
 
+/// Apply `change` to the cache file under its lock, reading the file under it: Docker runs
+/// helpers in parallel, and an unlocked read-modify-write loses the entries written beside it,
+/// or brings back one that an `erase` or `rise logout` beside it just removed. `change` says
+/// whether there is anything to write.
+fn update(ctx: &Context, change: impl FnOnce(&mut CacheFile) -> bool) -> Result<(), CliError> {
+    let path = ctx.credentials_cache_file()?;
+    let _lock = fsutil::lock_file(&ctx.credentials_cache_lock_file()?)?;
+    let mut file = read(ctx)?;
+    if change(&mut file) {
+        fsutil::write_json_private(&path, &file)?;
+    }
+    Ok(())
+}
+
+/// The cache as it is now. Unlocked: every write replaces the file whole (a rename), so a
+/// reader sees one version or the other.
 fn read(ctx: &Context) -> Result<CacheFile, CliError> {
     let Ok(path) = ctx.credentials_cache_file() else {
         return Ok(CacheFile::default());
@@ -458,6 +469,42 @@ mod tests {
             assert!(
                 get(&ctx, &scope, Duration::ZERO).expect("get").is_none(),
                 "{expires_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn entries_put_side_by_side_all_stay() {
+        // Docker runs helpers in parallel: each put re-reads the file under the lock.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([(
+            "RISE_CACHE_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        let callers: Vec<SecretString> = (0..16)
+            .map(|i| token(&format!(r#"{{"sub":"user{i}","exp":99999999999}}"#)))
+            .collect();
+        let scope = |caller| Scope {
+            backend: "http://b",
+            registry: "127.0.0.1:5000",
+            caller,
+            project: "my-app",
+            actions: "",
+        };
+        std::thread::scope(|threads| {
+            for caller in &callers {
+                let ctx = &ctx;
+                threads.spawn(move || {
+                    put(ctx, &scope(caller), &grant("s", Duration::from_secs(600))).expect("put");
+                });
+            }
+        });
+        for (i, caller) in callers.iter().enumerate() {
+            assert!(
+                get(&ctx, &scope(caller), Duration::ZERO)
+                    .expect("get")
+                    .is_some(),
+                "user{i}'s entry was lost"
             );
         }
     }

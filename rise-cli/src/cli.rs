@@ -732,16 +732,17 @@ async fn registry_login(
             humantime::format_duration(Duration::from_secs(left.as_secs())),
         ));
     } else {
-        let mut map = RegistryMap::load(ctx)?;
-        map.upsert(Mapping {
-            host: host.clone(),
-            repository: grant.repository.clone(),
-            project: args.project.clone(),
-            backend: backend.url().to_owned(),
-            actions: args.actions.clone(),
-            margin_secs: Some(args.margin.as_secs()),
-        });
-        map.save(ctx)?;
+        RegistryMap::register(
+            ctx,
+            Mapping {
+                host: host.clone(),
+                repository: grant.repository.clone(),
+                project: args.project.clone(),
+                backend: backend.url().to_owned(),
+                actions: args.actions.clone(),
+                margin_secs: Some(args.margin.as_secs()),
+            },
+        )?;
         for file in files {
             let path = file.path(ctx)?;
             let key = file.registry_key(&host);

@@ -151,8 +151,18 @@ impl Context {
         Ok(self.config_dir()?.join("registries.json"))
     }
 
+    /// The lock taken while `registries.json` is rewritten.
+    pub fn registries_lock_file(&self) -> Result<PathBuf, CliError> {
+        Ok(self.config_dir()?.join("registries.lock"))
+    }
+
     pub fn credentials_cache_file(&self) -> Result<PathBuf, CliError> {
         Ok(self.cache_dir()?.join("credentials.json"))
+    }
+
+    /// The lock taken while `credentials.json` is rewritten.
+    pub fn credentials_cache_lock_file(&self) -> Result<PathBuf, CliError> {
+        Ok(self.cache_dir()?.join("credentials.lock"))
     }
 
     /// Whether `http://` URLs to other machines may carry tokens (`RISE_INSECURE_HTTP_BACKEND`).

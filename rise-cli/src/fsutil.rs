@@ -162,6 +162,25 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// An exclusive advisory lock on `path` (created 0600 if missing), released when the returned
+/// file is dropped. Every read-modify-write of a file of ours that two processes may run at
+/// once (the credential helper runs in parallel) holds one, and re-reads the file under it.
+pub fn lock_file(path: &Path) -> Result<std::fs::File, CliError> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Like every file of ours: no one else needs to read it, or to learn when files change.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
+        .open(path)
+        .map_err(|e| CliError::file("open the lock file", path, &e))?;
+    file.lock().map_err(|e| CliError::file("lock", path, &e))?;
+    Ok(file)
+}
+
 /// Create a directory (and parents) with mode 0700 where we create it.
 pub fn create_private_dir(dir: &Path) -> Result<(), CliError> {
     if dir.is_dir() {

@@ -247,16 +247,18 @@ mod tests {
 
     /// Map 127.0.0.1:5000 to project my-app on `backend`.
     fn map_registry(c: &Context, backend: &str) {
-        let mut map = RegistryMap::default();
-        map.upsert(Mapping {
-            host: "127.0.0.1:5000".into(),
-            repository: "my-app".into(),
-            project: "my-app".into(),
-            backend: backend.into(),
-            actions: None,
-            margin_secs: None,
-        });
-        map.save(c).expect("save");
+        RegistryMap::register(
+            c,
+            Mapping {
+                host: "127.0.0.1:5000".into(),
+                repository: "my-app".into(),
+                project: "my-app".into(),
+                backend: backend.into(),
+                actions: None,
+                margin_secs: None,
+            },
+        )
+        .expect("register");
     }
 
     #[tokio::test]
@@ -283,16 +285,18 @@ mod tests {
     async fn mapped_host_without_login_says_what_to_do() {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = ctx(dir.path());
-        let mut map = RegistryMap::default();
-        map.upsert(Mapping {
-            host: "127.0.0.1:5000".into(),
-            repository: "my-app".into(),
-            project: "my-app".into(),
-            backend: "http://127.0.0.1:9".into(),
-            actions: None,
-            margin_secs: None,
-        });
-        map.save(&c).expect("save");
+        RegistryMap::register(
+            &c,
+            Mapping {
+                host: "127.0.0.1:5000".into(),
+                repository: "my-app".into(),
+                project: "my-app".into(),
+                backend: "http://127.0.0.1:9".into(),
+                actions: None,
+                margin_secs: None,
+            },
+        )
+        .expect("register");
         let out = handle(&c, "get", "127.0.0.1:5000").await;
         assert_eq!(out.status, 1);
         assert!(

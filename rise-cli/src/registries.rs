@@ -78,8 +78,14 @@ impl RegistryMap {
         fsutil::read_json_or_default(&ctx.registries_file()?)
     }
 
-    pub fn save(&self, ctx: &Context) -> Result<(), CliError> {
-        fsutil::write_json_private(&ctx.registries_file()?, self)
+    /// Add or replace mapping `m` in `registries.json` (see [`Self::upsert`]), under its lock
+    /// and re-reading the file under it, so that registrations running side by side all stay.
+    pub fn register(ctx: &Context, m: Mapping) -> Result<(), CliError> {
+        let path = ctx.registries_file()?;
+        let _lock = fsutil::lock_file(&ctx.registries_lock_file()?)?;
+        let mut map: Self = fsutil::read_json_or_default(&path)?;
+        map.upsert(m);
+        fsutil::write_json_private(&path, &map)
     }
 
     /// Add or replace the mapping for its host and repository, making it the most recent.
@@ -236,5 +242,32 @@ mod tests {
         assert_eq!(map.registries.len(), 1);
         assert_eq!(canonical_host("Registry-1.Docker.IO"), DOCKER_HUB);
         assert_eq!(canonical_host("ghcr.io"), "ghcr.io");
+    }
+
+    #[test]
+    fn registrations_side_by_side_all_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctx = Context::from_env([(
+            "RISE_CONFIG_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )]);
+        std::thread::scope(|threads| {
+            for i in 0..16 {
+                let ctx = &ctx;
+                threads.spawn(move || {
+                    RegistryMap::register(ctx, m("reg", &format!("app{i}"), &format!("app{i}")))
+                        .expect("register");
+                });
+            }
+        });
+        let map = RegistryMap::load(&ctx).expect("load");
+        for i in 0..16 {
+            check(
+                &map,
+                &format!("reg/app{i}"),
+                Some(&format!("app{i}")),
+                false,
+            );
+        }
     }
 }

@@ -218,7 +218,7 @@ async fn stored_bearer(
     }
     // Renew under a lock: providers that rotate refresh tokens revoke the whole grant when one
     // is used twice, so two helpers renewing at once would log the user out.
-    let _lock = lock_file(&ctx.login_lock_file()?)?;
+    let _lock = fsutil::lock_file(&ctx.login_lock_file()?)?;
     let mut file: LoginFile = fsutil::read_json_or_default(&path)?;
     let Some(login) = file.logins.get(backend) else {
         return Err(CliError::NotLoggedIn {
@@ -277,7 +277,7 @@ async fn stored_bearer(
 /// Store a fresh login for `backend` and make it the default backend.
 pub fn save_login(ctx: &Context, backend: &str, login: StoredLogin) -> Result<(), CliError> {
     let path = ctx.login_file()?;
-    let _lock = lock_file(&ctx.login_lock_file()?)?;
+    let _lock = fsutil::lock_file(&ctx.login_lock_file()?)?;
     let mut file: LoginFile = fsutil::read_json_or_default(&path)?;
     file.logins.insert(backend.to_owned(), login);
     file.default_backend = Some(backend.to_owned());
@@ -287,7 +287,7 @@ pub fn save_login(ctx: &Context, backend: &str, login: StoredLogin) -> Result<()
 /// Remove the login for `backend`; returns it so the caller can revoke its refresh token.
 pub fn remove_login(ctx: &Context, backend: &str) -> Result<Option<StoredLogin>, CliError> {
     let path = ctx.login_file()?;
-    let _lock = lock_file(&ctx.login_lock_file()?)?;
+    let _lock = fsutil::lock_file(&ctx.login_lock_file()?)?;
     let mut file: LoginFile = fsutil::read_json_or_default(&path)?;
     let removed = file.logins.remove(backend);
     if file.default_backend.as_deref() == Some(backend) {
@@ -297,23 +297,6 @@ pub fn remove_login(ctx: &Context, backend: &str) -> Result<Option<StoredLogin>,
         fsutil::write_json_private(&path, &file)?;
     }
     Ok(removed)
-}
-
-/// An exclusive advisory lock, released when the returned file is dropped.
-fn lock_file(path: &Path) -> Result<std::fs::File, CliError> {
-    if let Some(dir) = path.parent() {
-        fsutil::create_private_dir(dir)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).truncate(false).write(true);
-    // Like every file of ours: no one else needs to read it, or to learn when logins change.
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options
-        .open(path)
-        .map_err(|e| CliError::file("open the lock file", path, &e))?;
-    file.lock().map_err(|e| CliError::file("lock", path, &e))?;
-    Ok(file)
 }
 
 pub fn unix_now() -> u64 {
@@ -691,7 +674,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = ctx(dir.path(), &[]);
         let path = c.login_lock_file().expect("dir");
-        drop(lock_file(&path).expect("lock"));
+        drop(fsutil::lock_file(&path).expect("lock"));
         let mode = std::fs::metadata(&path)
             .expect("lock file")
             .permissions()
