@@ -9,7 +9,7 @@
 //! naming the entry. (`manifest.json` names its files, and a hostile one must not upload
 //! `~/.config/rise/login.json`.)
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
@@ -29,9 +29,13 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 
 /// Manifests and configs are small; anything larger is not one.
 const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+/// The most descriptors (index entries, configs, layers; repeats included) one source may name.
+/// Real images name dozens; a small hostile one naming the same child again and again must not
+/// keep `rise push` busy for hours.
+const MAX_DESCRIPTORS: usize = 10_000;
 
 /// Where a blob's bytes are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Location {
     File(PathBuf),
     /// A byte range of a tar archive (tar stores members uncompressed and contiguous).
@@ -192,9 +196,38 @@ fn open_layout(store: &Store, reference: Option<&str>) -> Result<Image, CliError
             bytes: Vec::new(),
         },
     };
-    let mut seen = HashSet::new();
-    image.root = walk_manifest(store, root, &mut image, &mut seen, 0)?;
+    let mut walk = Walk::default();
+    walk.walked.insert(root.digest.clone());
+    image.root = walk_manifest(store, root, &mut image, &mut walk, 0)?;
     Ok(image)
+}
+
+/// What a walk over an image's manifests has met so far.
+#[derive(Default)]
+struct Walk {
+    /// Digests of the blobs and child manifests added to the image, each added once.
+    seen: HashSet<String>,
+    /// Digests of the manifests read (or being read), each read once however often it is named.
+    walked: HashSet<String>,
+    /// Descriptors met, repeats included (at most [`MAX_DESCRIPTORS`]).
+    descriptors: usize,
+}
+
+impl Walk {
+    /// Count one more descriptor.
+    fn meet(&mut self, store: &Store) -> Result<(), CliError> {
+        self.descriptors += 1;
+        if self.descriptors > MAX_DESCRIPTORS {
+            return Err(too_many_descriptors(store));
+        }
+        Ok(())
+    }
+}
+
+fn too_many_descriptors(store: &Store) -> CliError {
+    store.invalid(&format!(
+        "names more than {MAX_DESCRIPTORS} manifests and blobs (repeats included): no image needs that many; check where it came from"
+    ))
 }
 
 /// Read a manifest or index named by `d`, add its blobs (and children) to `image`.
@@ -202,7 +235,7 @@ fn walk_manifest(
     store: &Store,
     d: &Descriptor,
     image: &mut Image,
-    seen: &mut HashSet<String>,
+    walk: &mut Walk,
     depth: u8,
 ) -> Result<Manifest, CliError> {
     if depth > 4 {
@@ -227,8 +260,13 @@ fn walk_manifest(
         });
     if media_type == OCI_INDEX || media_type == DOCKER_LIST {
         for child in doc.manifests.iter().flatten() {
-            let m = walk_manifest(store, child, image, seen, depth + 1)?;
-            if seen.insert(m.digest.clone()) {
+            walk.meet(store)?;
+            // A child named again was read (and its blobs added) the first time.
+            if !walk.walked.insert(child.digest.clone()) {
+                continue;
+            }
+            let m = walk_manifest(store, child, image, walk, depth + 1)?;
+            if walk.seen.insert(m.digest.clone()) {
                 image.children.push(m);
             }
         }
@@ -237,9 +275,11 @@ fn walk_manifest(
             .config
             .as_ref()
             .ok_or_else(|| store.invalid(&format!("has a manifest {} without config", d.digest)))?;
-        add_blob(store, config, "config", image, seen)?;
+        walk.meet(store)?;
+        add_blob(store, config, "config", image, &mut walk.seen)?;
         for layer in &doc.layers {
-            add_blob(store, layer, "layer", image, seen)?;
+            walk.meet(store)?;
+            add_blob(store, layer, "layer", image, &mut walk.seen)?;
         }
     } else {
         return Err(store.invalid(&format!(
@@ -325,9 +365,13 @@ fn open_docker_archive(store: &Store, reference: Option<&str>) -> Result<Image, 
             )));
         }
     };
+    if entry.layers.len() >= MAX_DESCRIPTORS {
+        return Err(too_many_descriptors(store));
+    }
     let mut blobs = Vec::new();
     let mut seen = HashSet::new();
-    let (config_digest, config_size, config_location) = store.hash(&entry.config)?;
+    let (config_location, config_size) = store.locate(&entry.config)?;
+    let config_digest = store.hash(&entry.config, &config_location, config_size)?;
     seen.insert(config_digest.clone());
     blobs.push(Blob {
         digest: config_digest.clone(),
@@ -336,12 +380,22 @@ fn open_docker_archive(store: &Store, reference: Option<&str>) -> Result<Image, 
         location: config_location,
     });
     let mut layers = Vec::new();
+    // A file named again (under any of its names) is hashed once.
+    let mut hashed: HashMap<Location, (String, &str)> = HashMap::new();
     for name in &entry.layers {
-        let (digest, size, location) = store.hash(name)?;
-        let media_type = if store.starts_with_gzip_magic(&location)? {
-            OCI_LAYER_TAR_GZIP
-        } else {
-            OCI_LAYER_TAR
+        let (location, size) = store.locate(name)?;
+        let (digest, media_type) = match hashed.get(&location) {
+            Some(known) => known.clone(),
+            None => {
+                let digest = store.hash(name, &location, size)?;
+                let media_type = if store.starts_with_gzip_magic(&location)? {
+                    OCI_LAYER_TAR_GZIP
+                } else {
+                    OCI_LAYER_TAR
+                };
+                hashed.insert(location.clone(), (digest.clone(), media_type));
+                (digest, media_type)
+            }
         };
         layers.push(serde_json::json!({"mediaType": media_type, "digest": digest, "size": size}));
         if seen.insert(digest.clone()) {
@@ -586,6 +640,7 @@ impl Store {
 
     fn read_small(&self, name: &str) -> Result<Vec<u8>, CliError> {
         let (location, size) = self.locate(name)?;
+        count_whole_read();
         if size > MAX_MANIFEST_BYTES {
             return Err(self.invalid(&format!(
                 "has a {name} of {size} bytes, too large for a manifest"
@@ -598,11 +653,11 @@ impl Store {
         Ok(buf)
     }
 
-    /// Digest, size and location of a member, hashing it by streaming.
-    fn hash(&self, name: &str) -> Result<(String, u64, Location), CliError> {
-        let (location, size) = self.locate(name)?;
+    /// The digest of member `name` (`size` bytes at `location`), hashing it by streaming.
+    fn hash(&self, name: &str, location: &Location, size: u64) -> Result<String, CliError> {
+        count_whole_read();
         let mut hasher = Sha256::new();
-        let mut reader = open_reader(&location, size)
+        let mut reader = open_reader(location, size)
             .map_err(|e| self.invalid(&format!("cannot be read ({name}: {})", describe_io(&e))))?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -614,11 +669,7 @@ impl Store {
             }
             hasher.update(&buf[..n]);
         }
-        Ok((
-            format!("sha256:{}", hex(&hasher.finalize())),
-            size,
-            location,
-        ))
+        Ok(format!("sha256:{}", hex(&hasher.finalize())))
     }
 
     fn starts_with_gzip_magic(&self, location: &Location) -> Result<bool, CliError> {
@@ -628,6 +679,18 @@ impl Store {
             .is_ok();
         Ok(ok && magic == [0x1f, 0x8b])
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    static WHOLE_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tests count the files read whole (manifests read, blobs hashed) on their thread, to check
+/// that a file named many times is read once.
+fn count_whole_read() {
+    #[cfg(test)]
+    WHOLE_READS.with(|n| n.set(n.get() + 1));
 }
 
 /// A reader over exactly `size` bytes at `location` (blocking; small reads and hashing only).
@@ -773,6 +836,97 @@ mod tests {
         assert_eq!(m["layers"][0]["mediaType"], OCI_LAYER_TAR);
         assert_eq!(m["config"]["digest"], sha256_digest(br#"{"os":"linux"}"#));
         assert_eq!(image.root.digest, sha256_digest(&image.root.bytes));
+    }
+
+    /// What `f` returns, and how many files it read whole on this thread.
+    fn whole_reads<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = WHOLE_READS.with(std::cell::Cell::get);
+        let out = f();
+        (out, WHOLE_READS.with(std::cell::Cell::get) - before)
+    }
+
+    /// Write an image index naming `child` `times` times; its descriptor.
+    fn index_naming(root: &Path, child: &serde_json::Value, times: usize) -> serde_json::Value {
+        let doc = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": vec![child; times],
+        }))
+        .expect("json");
+        let digest = sha256_digest(&doc);
+        std::fs::write(
+            root.join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+            &doc,
+        )
+        .expect("write");
+        serde_json::json!({"mediaType": OCI_INDEX, "digest": digest, "size": doc.len()})
+    }
+
+    fn point_index_json_at(root: &Path, d: &serde_json::Value) {
+        std::fs::write(
+            root.join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [d]}))
+                .expect("json"),
+        )
+        .expect("write");
+    }
+
+    #[test]
+    fn children_named_again_and_again_are_read_once_up_to_a_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("img");
+        let manifest = layout(&root, &[b"layer"]);
+        let size = std::fs::metadata(
+            root.join("blobs/sha256")
+                .join(manifest.trim_start_matches("sha256:")),
+        )
+        .expect("manifest")
+        .len();
+        let mut d =
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": manifest, "size": size});
+        // Four indexes, each naming its child 150 times: 150^4 walks if each name were walked.
+        for _ in 0..4 {
+            d = index_naming(&root, &d, 150);
+        }
+        point_index_json_at(&root, &d);
+        let (image, reads) = whole_reads(|| open(&root, None));
+        let image = image.expect("opens");
+        assert_eq!(image.root.digest, d["digest"]);
+        let kinds: Vec<&str> = image.blobs.iter().map(|b| b.kind).collect();
+        assert_eq!(kinds, ["config", "layer"]);
+        assert_eq!(image.children.len(), 4, "three indexes and the manifest");
+        assert_eq!(reads, 6, "index.json, four indexes and the manifest");
+
+        let manifest_d =
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": manifest, "size": size});
+        let d = index_naming(&root, &manifest_d, MAX_DESCRIPTORS + 1);
+        point_index_json_at(&root, &d);
+        let err = open(&root, None).expect_err("too many").to_string();
+        assert!(
+            err.contains("names more than 10000 manifests and blobs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_docker_save_layer_named_again_and_again_is_hashed_once_up_to_a_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("img");
+        let names = ["layer.tar", "./layer.tar", "././layer.tar"].repeat(300);
+        docker_dir(&root, "cfg.json", &names);
+        let (image, reads) = whole_reads(|| open(&root, None));
+        let image = image.expect("opens");
+        let kinds: Vec<&str> = image.blobs.iter().map(|b| b.kind).collect();
+        assert_eq!(kinds, ["config", "layer"]);
+        let m: serde_json::Value = serde_json::from_slice(&image.root.bytes).expect("json");
+        assert_eq!(m["layers"].as_array().map(Vec::len), Some(900));
+        assert_eq!(reads, 3, "manifest.json, the config and the layer");
+
+        docker_dir(&root, "cfg.json", &vec!["layer.tar"; MAX_DESCRIPTORS]);
+        let err = open(&root, None).expect_err("too many").to_string();
+        assert!(
+            err.contains("names more than 10000 manifests and blobs"),
+            "{err}"
+        );
     }
 
     /// A `docker save` directory whose manifest.json names `config` and `layers`.
