@@ -77,6 +77,7 @@ url = "127.0.0.1:5000"
 [projects.my-app]
 [[projects.my-app.allow]]
 issuer = "bench"
+groups = ["ci"]
 actions = ["push", "pull"]
 
 # One caller from one address at tens of thousands of requests per second: far above the

@@ -263,6 +263,7 @@ impl AdminRule {
             subject: self.subject.clone(),
             groups: self.groups.clone(),
             claims: self.claims.clone(),
+            any_subject: false,
         }
     }
 }
@@ -780,6 +781,10 @@ impl Config {
                     admin.issuer
                 )));
             }
+            admin
+                .to_rule()
+                .validate()
+                .map_err(|m| ConfigError::Semantic(format!("audit.admins[{i}]: {m}")))?;
         }
         self.validate_bounds()?;
         self.database.resolve_url()?;
@@ -1751,6 +1756,32 @@ mod tests {
         assert!(err.contains("RISE_REGISTRY__PASSWORD"), "{err}");
         assert!(err.contains("not valid UTF-8"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// Every token of an OIDC issuer may not be an audit administrator, nor push, by accident.
+    #[test]
+    fn rules_for_oidc_issuers_must_narrow_who_they_admit() {
+        let issuer = "[registry]\ntype = \"distribution\"\nurl = \"127.0.0.1:5000\"\n\n[auth.issuers.github]\nissuer = \"https://token.actions.githubusercontent.com\"\naudience = \"rise\"\n";
+        let f = file(&format!(
+            "{issuer}[audit]\nadmins = [{{ issuer = \"github\" }}]\n"
+        ));
+        let e = load(&[&f], &[]).expect_err("issuer-only admin").to_string();
+        assert!(
+            e.contains("audit.admins[0]") && e.contains("every token"),
+            "{e}"
+        );
+        let f = file(&format!(
+            "{issuer}[projects.app]\n[[projects.app.allow]]\nissuer = \"github\"\nactions = [\"push\"]\n"
+        ));
+        let e = load(&[&f], &[]).expect_err("issuer-only rule").to_string();
+        assert!(
+            e.contains("projects.app.allow[0]") && e.contains("any_subject"),
+            "{e}"
+        );
+        let f = file(&format!(
+            "{issuer}[projects.app]\n[[projects.app.allow]]\nissuer = \"github\"\nany_subject = true\nactions = [\"pull\"]\n"
+        ));
+        load(&[&f], &[]).expect("deliberately open");
     }
 
     #[test]

@@ -34,15 +34,29 @@ pub struct Rule {
     /// writes it (`true`, `123`); for an array, any such element (arrays inside it never match).
     #[serde(default)]
     pub claims: BTreeMap<String, Pattern>,
+    /// Set deliberately to let every token of an OIDC issuer match a rule that names no
+    /// subject, group or claim (an issuer that signs only for your own organisation).
+    #[serde(default)]
+    pub any_subject: bool,
 }
 
 impl Rule {
     pub fn validate(&self) -> Result<(), String> {
-        if self.issuer.is_none() {
+        let Some(issuer) = &self.issuer else {
             return Err(
                 "a rule must name its `issuer`: subjects and groups only mean something relative to the issuer that signs them"
                     .into(),
             );
+        };
+        // An OIDC issuer may sign for anyone who asks it: GitHub Actions signs for every
+        // workflow on github.com, each choosing its own audience. A rule with only the issuer
+        // would let all of them in.
+        let unconditioned =
+            self.subject.is_none() && self.groups.is_empty() && self.claims.is_empty();
+        if unconditioned && issuer != crate::config::LOCAL_ISSUER_NAME && !self.any_subject {
+            return Err(format!(
+                "the rule accepts every token issuer {issuer:?} signs: add a subject, groups or claims (GitHub Actions: e.g. subject = \"repo:my-org/my-app:ref:refs/heads/main\"), or set any_subject = true if that issuer signs only for your organisation"
+            ));
         }
         Ok(())
     }
@@ -366,6 +380,23 @@ mod tests {
     #[test]
     fn rule_without_issuer_is_invalid() {
         assert!(rule(r#"actions = ["pull"]"#).validate().is_err());
+        // An OIDC issuer's rule must narrow who it admits, unless told to take everyone.
+        let e = rule(
+            r#"issuer = "github"
+actions = ["push"]"#,
+        )
+        .validate()
+        .expect_err("issuer only");
+        assert!(e.contains("any_subject = true"), "{e}");
+        for ok in [
+            "issuer = \"github\"\nsubject = \"repo:org/app:ref:refs/heads/main\"\nactions = [\"push\"]",
+            "issuer = \"github\"\nclaims = { repository = \"org/app\" }\nactions = [\"push\"]",
+            "issuer = \"corp\"\ngroups = [\"dev\"]\nactions = [\"push\"]",
+            "issuer = \"corp\"\nany_subject = true\nactions = [\"pull\"]",
+            "issuer = \"local\"\nactions = [\"pull\"]",
+        ] {
+            assert!(rule(ok).validate().is_ok(), "{ok}");
+        }
     }
 
     #[test]
