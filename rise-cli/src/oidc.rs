@@ -33,6 +33,10 @@ const MAX_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_DEVICE_CODE_LIFETIME: Duration = Duration::from_secs(3600);
 /// How long `rise login --browser` waits for the browser to come back.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one connection to the sign-in redirect listener may take to send its request and
+/// take the answer: a browser does at once; an idle connection (a browser's speculative
+/// preconnect, any process on this machine) is closed then.
+const CALLBACK_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The parts of the provider's discovery document the client uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -277,7 +281,7 @@ pub async fn auth_code_flow(
         }
     }
     open(url.as_str());
-    let params = tokio::time::timeout(BROWSER_TIMEOUT, receive_redirect(&listener))
+    let params = tokio::time::timeout(BROWSER_TIMEOUT, receive_redirect(&listener, &state))
         .await
         .map_err(|_| {
             CliError::Auth(
@@ -291,11 +295,6 @@ pub async fn auth_code_flow(
             .find(|(name, _)| name == k)
             .map(|(_, v)| v.as_str())
     };
-    if get("state") != Some(state.as_str()) {
-        return Err(CliError::Auth(
-            "the sign-in redirect carried the wrong state (another sign-in in progress?): run `rise login --browser` again".into(),
-        ));
-    }
     if let Some(error) = get("error") {
         return Err(refused(
             meta,
@@ -327,55 +326,92 @@ pub async fn auth_code_flow(
         .map_err(|err| refused(meta, &err))
 }
 
-/// Wait for `GET /callback?...` on the loopback listener, answer it, return its query pairs.
+/// Serve the loopback listener until a `GET /callback` carrying `state` comes; return its query
+/// pairs. Each connection is served in a task of its own, within [`CALLBACK_CONNECTION_TIMEOUT`],
+/// so one that sends nothing holds up no other. Other paths get a 404; a callback with another
+/// state (a stale tab of an earlier sign-in, or a guess from this machine) a 400, and the wait
+/// goes on.
 async fn receive_redirect(
     listener: &tokio::net::TcpListener,
+    state: &str,
 ) -> Result<Vec<(String, String)>, CliError> {
+    let (found, mut callbacks) = tokio::sync::mpsc::channel(1);
     loop {
-        let (mut stream, _) = listener
-            .accept()
-            .await
-            .map_err(|e| CliError::Other(format!("sign-in redirect listener failed: {e}")))?;
-        let mut buf = Vec::with_capacity(2048);
-        let mut chunk = [0u8; 1024];
-        // Only the request line matters; stop at the end of the headers or 16 KiB.
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        tokio::select! {
+            Some(params) = callbacks.recv() => return Ok(params),
+            accepted = listener.accept() => {
+                let (stream, _) = accepted.map_err(|e| {
+                    CliError::Other(format!("sign-in redirect listener failed: {e}"))
+                })?;
+                let (found, state) = (found.clone(), state.to_owned());
+                tokio::spawn(async move {
+                    let served = serve_redirect(stream, &state);
+                    if let Ok(Some(params)) =
+                        tokio::time::timeout(CALLBACK_CONNECTION_TIMEOUT, served).await
+                    {
+                        // Only the first callback is waited for; a later one is dropped.
+                        let _ = found.try_send(params);
+                    }
+                });
             }
         }
-        let head = String::from_utf8_lossy(&buf);
-        let target = head
-            .lines()
-            .next()
-            .and_then(|line| line.strip_prefix("GET "))
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or("");
-        let Some(query) = target
-            .strip_prefix("/callback?")
-            .or(if target == "/callback" {
-                Some("")
-            } else {
-                None
-            })
-        else {
-            let _ = stream
-                .write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                )
-                .await;
-            continue;
-        };
-        let body = "<!doctype html><title>Rise</title><p>Sign-in finished. You can close this window and return to the terminal.</p>";
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(reply.as_bytes()).await;
-        let _ = stream.shutdown().await;
-        return Ok(form_pairs(query));
     }
+}
+
+/// Answer one connection to the redirect listener; the query pairs of a `GET /callback`
+/// carrying `state`, `None` for anything else.
+async fn serve_redirect(
+    mut stream: tokio::net::TcpStream,
+    state: &str,
+) -> Option<Vec<(String, String)>> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 1024];
+    // Only the request line matters; stop at the end of the headers or 16 KiB.
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let target = head
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("GET "))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or("");
+    let query = target
+        .strip_prefix("/callback?")
+        .or(if target == "/callback" {
+            Some("")
+        } else {
+            None
+        });
+    let params = query.map(form_pairs);
+    // The first `state`, as the caller reads the first `code`.
+    let ours = params.as_ref().is_some_and(|p| {
+        p.iter()
+            .find(|(k, _)| k == "state")
+            .is_some_and(|(_, v)| v == state)
+    });
+    let (status, body) = match (&params, ours) {
+        (None, _) => ("404 Not Found", ""),
+        (Some(_), false) => (
+            "400 Bad Request",
+            "<!doctype html><title>Rise</title><p>This sign-in is not the one <code>rise login --browser</code> is waiting for (an earlier attempt?). Return to the terminal, and run <code>rise login --browser</code> again if nothing is waiting there.</p>",
+        ),
+        (Some(_), true) => (
+            "200 OK",
+            "<!doctype html><title>Rise</title><p>Sign-in finished. You can close this window and return to the terminal.</p>",
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    params.filter(|_| ours)
 }
 
 fn form_pairs(query: &str) -> Vec<(String, String)> {
@@ -757,6 +793,73 @@ mod tests {
             .await
         );
         assert_eq!(server.requests().len(), 1);
+    }
+
+    /// Send `request` to the redirect listener at `addr`; its answer.
+    async fn call_listener(addr: &str, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("answer");
+        answer
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_does_not_hold_up_the_browser_callback() {
+        let provider = FakeServer::start(vec![route(
+            "POST /token",
+            200,
+            r#"{"access_token":"at","token_type":"Bearer"}"#,
+        )]);
+        let mut meta = meta_at(&provider.url);
+        meta.authorization_endpoint = Some(format!("{}/authorize", provider.url));
+        let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+        let http = reqwest::Client::new();
+        let flow = auth_code_flow(&http, &meta, "cli", "openid", |url| {
+            let _ = url_tx.send(url.to_owned());
+        });
+        let browser = async {
+            let url = reqwest::Url::parse(&url_rx.await.expect("url")).expect("url");
+            let param = |k: &str| {
+                url.query_pairs()
+                    .find(|(name, _)| name == k)
+                    .map(|(_, v)| v.into_owned())
+                    .expect("param")
+            };
+            let redirect = reqwest::Url::parse(&param("redirect_uri")).expect("redirect_uri");
+            let addr = format!("127.0.0.1:{}", redirect.port().expect("port"));
+            // A speculative preconnect: connected first, sends nothing.
+            let idle = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            let get = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            let favicon = call_listener(&addr, &get("/favicon.ico")).await;
+            assert!(favicon.starts_with("HTTP/1.1 404"), "{favicon}");
+            let stale = call_listener(&addr, &get("/callback?code=old&state=other")).await;
+            assert!(stale.starts_with("HTTP/1.1 400"), "{stale}");
+            let callback = get(&format!("/callback?code=the-code&state={}", param("state")));
+            let answer = call_listener(&addr, &callback).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            // Answered while the idle connection was still open, not after it timed out.
+            let mut byte = [0u8; 1];
+            assert!(
+                matches!(idle.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "the idle connection was closed first"
+            );
+            idle
+        };
+        // Bounded well under BROWSER_TIMEOUT, so a listener that waits on the idle
+        // connection fails here rather than after five minutes.
+        let (tokens, _idle) = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(flow, browser)
+        })
+        .await
+        .expect("the callback was held up");
+        let tokens = tokens.expect("signed in");
+        assert_eq!(tokens.access_token.expose_secret(), "at");
+        let heads = provider.heads();
+        assert_eq!(heads.len(), 1, "{:?}", provider.requests());
+        assert!(heads[0].starts_with("POST /token"), "{heads:?}");
     }
 
     #[tokio::test]
