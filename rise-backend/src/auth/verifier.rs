@@ -423,9 +423,15 @@ struct JoseHeader {
     #[serde(default)]
     kid: Option<String>,
     /// RFC 7515 §4.1.11: a recipient must refuse a token whose critical extensions it does not
-    /// understand; Rise understands none.
-    #[serde(default)]
-    crit: Option<Value>,
+    /// understand; Rise understands none. Present with any value (`null` too) is refused.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// `true` for a member that is present, whatever its value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d)?;
+    Ok(true)
 }
 
 impl<'a> Compact<'a> {
@@ -453,7 +459,7 @@ impl<'a> Compact<'a> {
             .map_err(|_| malformed("the header is not base64url"))?;
         let header: JoseHeader = serde_json::from_slice(&header)
             .map_err(|_| malformed("the header is not a JSON object with a string `alg`"))?;
-        if header.crit.is_some() {
+        if header.crit {
             return Err(malformed(
                 "the header lists critical extensions (`crit`), which Rise does not support",
             ));

@@ -394,6 +394,16 @@ fn malformed_tokens() {
     header.crit = Some(vec!["exp".into()]);
     let crit = jsonwebtoken::encode(&header, &claims(), &keys().rsa).expect("signs");
     check(&crit, malformed());
+    // `crit` must be a non-empty array when present (RFC 7515 §4.1.11): any value is refused,
+    // null and [] included.
+    for crit in [json!(null), json!([])] {
+        let head = b64(&json!({"alg": "RS256", "kid": "rsa", "crit": crit}));
+        let signing_input = format!("{head}.{}", b64(&claims()));
+        let signature =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &keys().rsa, Algorithm::RS256)
+                .expect("signs");
+        check(&format!("{signing_input}.{signature}"), malformed());
+    }
 }
 
 #[test]
