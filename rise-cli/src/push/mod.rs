@@ -1097,6 +1097,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn registry_redirects_are_followed_without_the_credential_to_another_origin() {
+        // As README says: the push clients follow a registry's redirects, and reqwest drops
+        // the Authorization header on a hop to another scheme, host or port.
+        let image = small_image();
+        let storage = FakeServer::start(vec![
+            route("HEAD /v2/my-app/blobs/", 200, ""),
+            route("HEAD /v2/my-app/manifests/v1", 200, "")
+                .header("Docker-Content-Digest", &image.root.digest),
+        ]);
+        let registry = FakeServer::start(vec![
+            challenge("{base}/token"),
+            route("GET /token", 200, r#"{"token":"abc"}"#),
+            route("HEAD /v2/my-app/blobs/", 307, "").header(
+                "Location",
+                &format!("{}/v2/my-app/blobs/moved", storage.url),
+            ),
+            route("PUT /v2/my-app/manifests/", 201, "")
+                .header("Location", "{base}/v2/my-app/manifests/v1"),
+            route("HEAD /v2/my-app/manifests/v1", 307, "").header(
+                "Location",
+                &format!("{}/v2/my-app/manifests/v1", storage.url),
+            ),
+        ]);
+        let outcome = push_to(&registry, &image).await.expect("pushed");
+        assert_eq!(outcome.digest, image.root.digest);
+        let followed = storage.heads();
+        assert_eq!(followed.len(), 2, "{followed:?}");
+        for head in followed {
+            assert!(
+                !head.to_ascii_lowercase().contains("authorization"),
+                "{head}"
+            );
+        }
+        assert!(
+            registry
+                .heads()
+                .iter()
+                .filter(|h| h.starts_with("HEAD "))
+                .all(|h| h.to_ascii_lowercase().contains("authorization: bearer abc")),
+            "{:?}",
+            registry.heads()
+        );
+    }
+
+    #[tokio::test]
     async fn a_loopback_registry_is_never_reached_through_a_proxy() {
         let image = small_image();
         let registry = FakeServer::start(vec![
