@@ -234,6 +234,14 @@ mod tests {
         format!("eyJhbGciOiJub25lIn0.{}.sig", URL_SAFE_NO_PAD.encode(claims)).into()
     }
 
+    /// A context whose cache lives in `dir`.
+    fn cache_in(dir: &tempfile::TempDir) -> Context {
+        Context::from_env([(
+            "RISE_CACHE_DIR".to_owned(),
+            dir.path().display().to_string(),
+        )])
+    }
+
     fn alice() -> SecretString {
         token(r#"{"iss":"https://idp","sub":"alice","exp":99999999999,"jti":"1"}"#)
     }
@@ -320,10 +328,7 @@ mod tests {
     #[test]
     fn a_cached_credential_for_another_registry_is_a_miss_and_can_be_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context::from_env([(
-            "RISE_CACHE_DIR".to_owned(),
-            dir.path().display().to_string(),
-        )]);
+        let ctx = cache_in(&dir);
         let caller = alice();
         let scope = Scope {
             backend: "http://b",
@@ -358,10 +363,7 @@ mod tests {
     #[test]
     fn a_credential_is_served_only_to_the_token_it_was_issued_to_while_it_lasts() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context::from_env([(
-            "RISE_CACHE_DIR".to_owned(),
-            dir.path().display().to_string(),
-        )]);
+        let ctx = cache_in(&dir);
         let issued_to = alice();
         let scope = Scope {
             backend: "http://b",
@@ -396,10 +398,7 @@ mod tests {
     #[test]
     fn entries_of_the_old_iss_and_sub_keys_are_misses() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context::from_env([(
-            "RISE_CACHE_DIR".to_owned(),
-            dir.path().display().to_string(),
-        )]);
+        let ctx = cache_in(&dir);
         // As written before keys held the token's hash: sha256("http://b\0https://idp alice\0my-app\0\0").
         let mut old = Sha256::new();
         for part in ["http://b", "https://idp alice", "my-app", ""] {
@@ -441,10 +440,7 @@ mod tests {
     #[test]
     fn an_unbelievable_cached_expiry_is_a_miss() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context::from_env([(
-            "RISE_CACHE_DIR".to_owned(),
-            dir.path().display().to_string(),
-        )]);
+        let ctx = cache_in(&dir);
         let caller = alice();
         let scope = Scope {
             backend: "http://b",
@@ -477,10 +473,7 @@ mod tests {
     fn entries_put_side_by_side_all_stay() {
         // Docker runs helpers in parallel: each put re-reads the file under the lock.
         let dir = tempfile::tempdir().expect("tempdir");
-        let ctx = Context::from_env([(
-            "RISE_CACHE_DIR".to_owned(),
-            dir.path().display().to_string(),
-        )]);
+        let ctx = cache_in(&dir);
         let callers: Vec<SecretString> = (0..16)
             .map(|i| token(&format!(r#"{{"sub":"user{i}","exp":99999999999}}"#)))
             .collect();
