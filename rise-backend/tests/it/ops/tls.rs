@@ -26,6 +26,13 @@ fn tls_section(dir: &Path, watch_interval: &str) -> String {
 }
 
 /// GET `url` and return the certificate the server presented.
+/// `kill -HUP pid`.
+async fn sighup(pid: u32) {
+    let mut cmd = Command::new("kill");
+    cmd.args(["-HUP", &pid.to_string()]);
+    run_ok(cmd, COMMAND_TIMEOUT).await.expect("kill -HUP");
+}
+
 async fn presented(client: &reqwest::Client, url: &str) -> reqwest::Result<Vec<u8>> {
     let response = client.get(url).send().await?;
     assert_eq!(response.status(), reqwest::StatusCode::OK);
@@ -191,17 +198,7 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
         "without SIGHUP (watching is off) the old certificate stays"
     );
 
-    let pid = server.pid().expect("running").to_string();
-    run_ok(
-        {
-            let mut cmd = Command::new("kill");
-            cmd.args(["-HUP", &pid]);
-            cmd
-        },
-        COMMAND_TIMEOUT,
-    )
-    .await
-    .expect("kill -HUP");
+    sighup(server.pid().expect("running")).await;
     wait_for_certificate(&client, &url, &second_leaf).await;
     assert!(
         server.logs().contains("TLS certificate reloaded"),
@@ -305,17 +302,7 @@ async fn plain_http_survives_sighup_and_speaks_only_http1() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = crate::support::rise_process::write_serve_config(dir.path(), "");
     let mut server = crate::support::rise_process::RiseProcess::serve(&config).await;
-    let pid = server.pid().expect("running").to_string();
-    run_ok(
-        {
-            let mut cmd = Command::new("kill");
-            cmd.args(["-HUP", &pid]);
-            cmd
-        },
-        COMMAND_TIMEOUT,
-    )
-    .await
-    .expect("kill -HUP");
+    sighup(server.pid().expect("running")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.logs().contains("SIGHUP ignored") && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
