@@ -57,11 +57,23 @@ pub struct Context {
 
 /// The proxies the environment names, each with the variable it came from, and the
 /// destinations reached directly (`NO_PROXY` and, always, [`THIS_MACHINE`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Proxies {
     pub http: Option<(&'static str, String)>,
     pub https: Option<(&'static str, String)>,
     pub no_proxy: String,
+}
+
+/// Names the variables, never their URLs: a proxy URL may carry a password.
+impl std::fmt::Debug for Proxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = |p: &Option<(&'static str, String)>| p.as_ref().map(|(name, _)| *name);
+        f.debug_struct("Proxies")
+            .field("http", &from(&self.http))
+            .field("https", &from(&self.https))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
 }
 
 /// Which URLs may carry tokens: `https://` anywhere, `http://` only to this machine unless
@@ -296,6 +308,16 @@ mod tests {
 
     fn with(vars: &[(&str, &str)]) -> Context {
         Context::from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn a_proxy_password_is_not_in_debug() {
+        let proxies = with(&[("HTTPS_PROXY", "http://user:pr0xy-s3cret@proxy:3128")]).proxies();
+        let shown = format!("{proxies:?}");
+        assert!(
+            shown.contains("HTTPS_PROXY") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]
