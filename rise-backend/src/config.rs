@@ -734,10 +734,12 @@ impl Config {
                     "auth.issuers.{OPERATOR_ISSUER_NAME} is reserved: the audit log names operators running rise-backend commands with it; pick another name"
                 )));
             }
-            // Callers are written ISSUER/SUBJECT (audit tables, `grants revoke --subject`).
-            if name.is_empty() || name.contains('/') || name.chars().any(char::is_control) {
+            // Callers are written ISSUER/SUBJECT (audit tables, `grants revoke --subject`), and
+            // environment variable names are read in lower case (`RISE_AUTH__ISSUERS__CORP__...`):
+            // the rule of registry names, so no name is out of the environment's reach.
+            if ProjectName::parse(name).is_err() {
                 return Err(ConfigError::Semantic(format!(
-                    "issuer name {:?} is invalid: it must be non-empty, without '/' or control characters",
+                    "issuer name {:?} is invalid: use lowercase letters, digits, '-', '_' and '.'",
                     name.chars().take(80).collect::<String>()
                 )));
             }
@@ -1876,13 +1878,24 @@ mod tests {
         }
     }
 
+    /// Issuer names follow registry names: no '/' (callers are written ISSUER/SUBJECT), and
+    /// nothing the environment's lower-case names could not reach (`Corp`).
     #[test]
-    fn issuer_names_have_no_slash() {
-        let bad = file(
-            "[auth.issuers.\"corp/eu\"]\nissuer = \"https://idp.example.com\"\naudience = \"rise\"\n",
+    fn issuer_names_are_lowercase_without_a_slash() {
+        for name in ["corp/eu", "Corp", "corp eu"] {
+            let bad = file(&format!(
+                "[auth.issuers.\"{name}\"]\nissuer = \"https://idp.example.com\"\naudience = \"rise\"\n"
+            ));
+            let err = load(&[&bad], &[]).expect_err(name).to_string();
+            assert!(
+                err.contains(&format!("issuer name {name:?} is invalid")),
+                "{err}"
+            );
+        }
+        let good = file(
+            "[auth.issuers.corp-eu]\nissuer = \"https://idp.example.com\"\naudience = \"rise\"\n",
         );
-        let err = load(&[&bad], &[]).expect_err("a slash").to_string();
-        assert!(err.contains("issuer name \"corp/eu\" is invalid"), "{err}");
+        load(&[&good], &[]).expect("lowercase with a hyphen");
     }
 
     #[test]
