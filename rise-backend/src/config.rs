@@ -297,6 +297,10 @@ pub struct OidcIssuerConfig {
     /// Minimum time between refetches triggered by unknown `kid`s.
     #[serde(default = "defaults::jwks_refresh_floor", with = "humantime_serde")]
     pub jwks_refresh_floor: Duration,
+    /// The longest a token may still be valid when presented: a token expiring later (a
+    /// misconfigured issuer, or one minted to be kept) is refused.
+    #[serde(default = "defaults::max_token_lifetime", with = "humantime_serde")]
+    pub max_token_lifetime: Duration,
     /// OAuth client id the CLI uses for `rise login` (published by the backend).
     #[serde(default)]
     pub client_id: Option<String>,
@@ -341,6 +345,9 @@ mod defaults {
     }
     pub fn jwks_refresh_floor() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn max_token_lifetime() -> Duration {
+        Duration::from_secs(24 * 3600)
     }
     pub fn registry() -> String {
         super::DEFAULT_REGISTRY.into()
@@ -845,6 +852,12 @@ impl Config {
                 format!("{key}.jwks_cache_ttl"),
                 issuer.jwks_cache_ttl,
                 Duration::from_secs(1),
+                LONGEST_MAX_TTL,
+            ));
+            durations.push((
+                format!("{key}.max_token_lifetime"),
+                issuer.max_token_lifetime,
+                Duration::from_secs(60),
                 LONGEST_MAX_TTL,
             ));
             // 0s is allowed: refetch on every unknown key id (tests, key rotation drills).

@@ -161,6 +161,11 @@ impl LocalIssuer {
         &self.kid
     }
 
+    /// The longest a token of this issuer lives (`auth.local.max_ttl`).
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
     pub(crate) fn verify_key(&self) -> VerifyKey {
         self.verify_key.clone()
     }

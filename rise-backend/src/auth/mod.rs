@@ -50,6 +50,11 @@ pub enum AuthError {
     AlgorithmNotAllowed(String),
     #[error("token has expired")]
     Expired,
+    /// Valid for longer than the issuer's `max_token_lifetime` (the limit, as written).
+    #[error(
+        "token is valid for longer than the {0} this server accepts from its issuer: use a shorter-lived token"
+    )]
+    LifetimeTooLong(String),
     #[error("token is not valid yet (nbf/iat in the future)")]
     NotYetValid,
     #[error("token audience does not include {expected:?}")]
@@ -73,6 +78,7 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AuthError::Expired => "token_expired",
+            AuthError::LifetimeTooLong(_) => "token_lifetime_too_long",
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::WrongAudience { .. } => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",

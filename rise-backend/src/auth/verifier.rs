@@ -73,6 +73,8 @@ struct Issuer {
     groups_claim: String,
     algorithms: Vec<Algorithm>,
     keys: Keys,
+    /// The longest a token may still be valid when presented.
+    max_lifetime: Duration,
 }
 
 enum Keys {
@@ -111,6 +113,7 @@ impl Authenticator {
                     local.key_id().to_owned(),
                     local.verify_key(),
                 )),
+                max_lifetime: local.max_ttl(),
             });
         }
         for (name, issuer_config) in &config.issuers {
@@ -123,6 +126,7 @@ impl Authenticator {
                 groups_claim: issuer_config.groups_claim.clone(),
                 algorithms: parse_algorithms(name, issuer_config)?,
                 keys: Keys::Remote(remote),
+                max_lifetime: issuer_config.max_token_lifetime,
             });
         }
         let authenticator = Self::new(issuers, config.leeway)?;
@@ -218,7 +222,7 @@ impl Authenticator {
                 parsed.signature,
             )
             .await?;
-        let times = check_claims(&parsed.claims, &issuer.audience, now, self.leeway)?;
+        let times = check_claims(&parsed.claims, issuer, now, self.leeway)?;
         let principal = Arc::new(issuer.principal(parsed.claims, times.exp)?);
         self.verified.insert(
             digest,
@@ -485,16 +489,24 @@ struct Times {
     not_before: Option<i64>,
 }
 
-/// Check `exp`, `nbf`, `iat` and `aud` of signature-verified claims at time `now`.
+/// Check `exp` (and how far off it is), `nbf`, `iat` and `aud` of signature-verified claims of
+/// `issuer` at time `now`.
 fn check_claims(
     claims: &Map<String, Value>,
-    audience: &str,
+    issuer: &Issuer,
     now: i64,
     leeway: i64,
 ) -> Result<Times, AuthError> {
+    let audience = issuer.audience.as_str();
     let exp = numeric_date(claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
     if now >= exp.saturating_add(leeway) {
         return Err(AuthError::Expired);
+    }
+    let max_lifetime = i64::try_from(issuer.max_lifetime.as_secs()).unwrap_or(i64::MAX);
+    if exp.saturating_sub(now) > max_lifetime.saturating_add(leeway) {
+        return Err(AuthError::LifetimeTooLong(
+            humantime::format_duration(issuer.max_lifetime).to_string(),
+        ));
     }
     let nbf = numeric_date(claims, "nbf")?;
     let iat = numeric_date(claims, "iat")?;

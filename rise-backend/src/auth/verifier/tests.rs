@@ -82,6 +82,7 @@ fn fixed_issuer(name: &str, iss: &str, jwks: &Value, algorithms: &[Algorithm]) -
         groups_claim: "groups".to_owned(),
         algorithms: algorithms.to_vec(),
         keys: Keys::Fixed(set),
+        max_lifetime: Duration::from_secs(24 * 3600),
     }
 }
 
@@ -322,6 +323,17 @@ fn time_rejections() {
     check(&c(json!({"nbf": "soon"})), malformed());
     check(&c(json!({"iat": NOW + 3600})), Err(AuthError::NotYetValid));
     check(&c(json!({"iat": null})), Ok("alice"));
+    // Valid for longer than the issuer's max_token_lifetime (24 h here, with the 60 s leeway).
+    let day = 24 * 3600;
+    check(&c(json!({"exp": NOW + day + 60})), Ok("alice"));
+    check(
+        &c(json!({"exp": NOW + day + 61})),
+        Err(AuthError::LifetimeTooLong("1day".into())),
+    );
+    check(
+        &c(json!({"exp": i64::MAX})),
+        Err(AuthError::LifetimeTooLong("1day".into())),
+    );
 }
 
 #[test]
@@ -631,6 +643,7 @@ impl FakeIdp {
             algorithms: None,
             jwks_cache_ttl: ttl,
             jwks_refresh_floor: floor,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
             client_id: None,
             login_scopes: None,
             insecure_http: true,
