@@ -117,6 +117,9 @@ impl Authenticator {
             });
         }
         for (name, issuer_config) in &config.issuers {
+            if issuer_config.jwks_refresh_floor.is_zero() {
+                tracing::warn!(issuer = %name, "jwks_refresh_floor is 0s: every token with an unknown key id makes Rise fetch this issuer's keys again (one fetch at a time); keep it for tests and rotation drills");
+            }
             let remote = Arc::new(RemoteKeys::new(name, issuer_config, client.clone())?);
             issuers.push(Issuer {
                 name: name.clone(),
