@@ -187,16 +187,10 @@ pub async fn run(
         // the server says it listens.
         let hup = tokio::spawn(ignore_sighup(sighup()));
         tracing::info!(%addr, public_url = %server.public_url(), tls = false, "rise-backend listening");
-        // Plain HTTP is HTTP/1.1 only: an idle HTTP/2 (h2c) connection that answers pings
-        // would never be closed. Behind a TLS-terminating proxy, the proxy speaks HTTP/1.1 to
-        // Rise; HTTP/2 is served over TLS.
         let mut http = axum_server::from_tcp(listener)?
             .handle(handle)
-            .first_request_timeout(server.header_read_timeout)
-            .http1_only();
-        http.http_builder()
-            .http1()
-            .header_read_timeout(server.header_read_timeout);
+            .first_request_timeout(server.header_read_timeout);
+        http_timeouts(&mut http, server);
         let served = http.serve(app).await;
         hup.abort();
         served?;
@@ -212,15 +206,7 @@ pub async fn run(
     let mut https = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
         .handle(handle)
         .first_request_timeout(server.header_read_timeout);
-    let builder = https.http_builder();
-    builder
-        .http1()
-        .header_read_timeout(server.header_read_timeout);
-    // HTTP/2 over TLS: a peer that stops answering pings is dropped.
-    builder
-        .http2()
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(server.header_read_timeout);
+    http_timeouts(&mut https, server);
     let served = https.serve(app).await;
     watcher.abort();
     served?;
@@ -230,7 +216,11 @@ pub async fn run(
 /// SIGHUP, caught from now on (`None` off Unix, or if it cannot be).
 #[cfg(unix)]
 fn sighup() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP: one would end the process"),
+        )
+        .ok()
 }
 
 #[cfg(not(unix))]
@@ -252,6 +242,24 @@ async fn ignore_sighup(hup: Option<tokio::signal::unix::Signal>) {
 
 #[cfg(not(unix))]
 async fn ignore_sighup(_: Option<()>) {}
+
+/// HTTP/1.1: headers within `header_read_timeout` (an idle keep-alive connection is closed
+/// after as long). HTTP/2 (over TLS, or h2c behind a proxy): a peer that stops answering pings
+/// is dropped. An HTTP/2 peer that answers them may stay connected, as a browser would: the
+/// number of connections is the proxy's or the service's file-descriptor limit to cap.
+fn http_timeouts<A: axum_server::Address, Acc>(
+    served: &mut axum_server::Server<A, Acc>,
+    server: &ServerConfig,
+) {
+    let builder = served.http_builder();
+    builder
+        .http1()
+        .header_read_timeout(server.header_read_timeout);
+    builder
+        .http2()
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(server.header_read_timeout);
+}
 
 /// How often an idle HTTP/2 connection is pinged to find a vanished peer.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);

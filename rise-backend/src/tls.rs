@@ -152,19 +152,20 @@ impl TlsReloader {
 
     /// Reload on SIGHUP and every `watch_interval`, until the returned task is aborted.
     pub fn spawn_watcher(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        // Caught from now on, before the server says it listens: a SIGHUP right after start
+        // must not end the process (its default action).
+        #[cfg(unix)]
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reloads on file change only");
+                None
+            }
+        };
+        #[cfg(not(unix))]
+        let mut hangup: Option<()> = None;
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hangup = match tokio::signal::unix::signal(
-                tokio::signal::unix::SignalKind::hangup(),
-            ) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reloads on file change only");
-                    None
-                }
-            };
-            #[cfg(not(unix))]
-            let mut hangup: Option<()> = None;
             let interval = self.files.watch_interval;
             let mut ticker = (!interval.is_zero()).then(|| {
                 let mut t = tokio::time::interval(interval);

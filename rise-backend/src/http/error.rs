@@ -89,6 +89,14 @@ impl ApiError {
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     /// An unreadable body: too large, or broken off or garbled on the wire.
     fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        // A body read past its deadline (`http::read_body_in_time`), found in the error chain.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
+        while let Some(e) = cause {
+            if let Some(super::BodyDeadline(limit)) = e.downcast_ref::<super::BodyDeadline>() {
+                return ApiError::BodyTimeout(*limit);
+            }
+            cause = e.source();
+        }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge
         } else {

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request, State};
+use std::future::Future as _;
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -110,31 +112,62 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads a request's body whole, within [`AppState::body_deadline`], before any handler or
-/// limit sees the request: a client trickling a body byte by byte cannot hold a connection (and
-/// a file descriptor) for longer. Past the deadline: 408 `request_timeout`, and hyper closes
-/// the connection, its body unread. Requests without a body pass straight through.
+/// Gives a request's body one deadline, [`AppState::body_deadline`] from its headers, however it
+/// trickles: hyper's own timeout ends at the headers, and an HTTP/2 body need not announce its
+/// length. The body is not read here, so routing, rate limits and the caller check still come
+/// first; a handler reading past the deadline gets an error that answers 408 `request_timeout`
+/// (and hyper then closes the connection). A body already complete passes untouched.
 async fn read_body_in_time(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let headers = request.headers();
-    if !headers.contains_key(header::CONTENT_LENGTH)
-        && !headers.contains_key(header::TRANSFER_ENCODING)
-    {
+    if request.body().is_end_stream() {
         return next.run(request).await;
     }
-    let (parts, body) = request.into_parts();
-    // The limit of `DefaultBodyLimit` travels in the extensions, so the read honours it.
-    let read = Bytes::from_request(Request::from_parts(parts.clone(), body), &());
-    match tokio::time::timeout(state.body_deadline, read).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+    let request = request.map(|body| {
+        Body::new(DeadlineBody {
+            inner: body,
+            sleep: Box::pin(tokio::time::sleep(state.body_deadline)),
+            limit: state.body_deadline,
+        })
+    });
+    next.run(request).await
+}
+
+/// A request body that fails once its deadline has passed.
+struct DeadlineBody {
+    inner: Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+/// The error of a body read past its deadline (found again by [`ApiError`]'s conversion).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+pub(crate) struct BodyDeadline(pub Duration);
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(BodyDeadline(this.limit)))));
         }
-        Ok(Err(rejection)) => ApiError::from(rejection).into_response(),
-        Err(_) => ApiError::BodyTimeout(state.body_deadline).into_response(),
+        std::pin::Pin::new(&mut this.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -571,3 +571,44 @@ async fn a_trickling_body_is_cut_off_with_408() {
     );
     served.shutdown().await.expect("graceful shutdown");
 }
+
+/// A body that announces no length (HTTP/2, or chunked) gets the same deadline, and the body is
+/// not read before the request is routed and limited: a request refused first (here, 405 for
+/// `POST /healthz`) answers at once, whatever its body does.
+#[tokio::test]
+async fn a_body_without_a_length_has_the_same_deadline_and_is_read_only_by_its_handler() {
+    use tower::ServiceExt;
+    let (config, _dir) = load_config("header_read_timeout = \"300ms\"", "");
+    let app = rise_backend::http::app(state(&config).await);
+    // A byte every 50 ms, for ever: only the total deadline can end the read.
+    let trickle = || {
+        axum::body::Body::from_stream(futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some((
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"p")),
+                (),
+            ))
+        }))
+    };
+    let request = |uri: &str| {
+        axum::http::Request::post(uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(trickle())
+            .expect("request")
+    };
+    let answered = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.clone().oneshot(request("/token")),
+    )
+    .await
+    .expect("answered within the guard")
+    .expect("router is infallible");
+    assert_eq!(answered.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = body_json(answered).await;
+    assert_eq!(body["error"], "request_timeout", "{body}");
+    let refused = tokio::time::timeout(Duration::from_secs(20), app.oneshot(request("/healthz")))
+        .await
+        .expect("answered within the guard")
+        .expect("router is infallible");
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
