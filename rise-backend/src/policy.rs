@@ -50,9 +50,16 @@ impl Rule {
         };
         // An OIDC issuer may sign for anyone who asks it: GitHub Actions signs for every
         // workflow on github.com, each choosing its own audience. A rule with only the issuer
-        // would let all of them in.
-        let unconditioned =
-            self.subject.is_none() && self.groups.is_empty() && self.claims.is_empty();
+        // would let all of them in, and so would one whose conditions match anything (`*`),
+        // or only claims every accepted token carries (`aud`, `iss`). A safety net for the
+        // obvious mistakes, not a proof that a rule is narrow.
+        let narrows = |p: &Pattern| !p.matches_anything();
+        let unconditioned = !self.subject.as_ref().is_some_and(narrows)
+            && !self.groups.iter().any(narrows)
+            && !self
+                .claims
+                .iter()
+                .any(|(name, p)| !matches!(name.as_str(), "aud" | "iss") && narrows(p));
         if unconditioned && issuer != crate::config::LOCAL_ISSUER_NAME && !self.any_subject {
             return Err(format!(
                 "the rule accepts every token issuer {issuer:?} signs: add a subject, groups or claims (GitHub Actions: e.g. subject = \"repo:my-org/my-app:ref:refs/heads/main\"), or set any_subject = true if that issuer signs only for your organisation"
@@ -118,6 +125,11 @@ impl Pattern {
             source: source.to_owned(),
             glob,
         }
+    }
+
+    /// A glob made only of `*` and `?` (at least one `*`): any value of any length matches.
+    pub fn matches_anything(&self) -> bool {
+        self.source.contains('*') && self.source.chars().all(|c| matches!(c, '*' | '?'))
     }
 
     pub fn matches(&self, candidate: &str) -> bool {
@@ -388,6 +400,14 @@ actions = ["push"]"#,
         .validate()
         .expect_err("issuer only");
         assert!(e.contains("any_subject = true"), "{e}");
+        // Conditions that match everything, or only what every accepted token carries.
+        for open in [
+            "issuer = \"github\"\nsubject = \"*\"\nactions = [\"push\"]",
+            "issuer = \"github\"\ngroups = [\"**\"]\nactions = [\"push\"]",
+            "issuer = \"github\"\nclaims = { aud = \"rise\", iss = \"x\" }\nactions = [\"push\"]",
+        ] {
+            assert!(rule(open).validate().is_err(), "{open}");
+        }
         for ok in [
             "issuer = \"github\"\nsubject = \"repo:org/app:ref:refs/heads/main\"\nactions = [\"push\"]",
             "issuer = \"github\"\nclaims = { repository = \"org/app\" }\nactions = [\"push\"]",
