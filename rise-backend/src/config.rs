@@ -558,8 +558,6 @@ pub enum ConfigError {
         source_name: String,
         message: String,
     },
-    #[error(transparent)]
-    Environment(#[from] NotUnicodeVariable),
     #[error("{0}")]
     Semantic(String),
 }
@@ -742,11 +740,11 @@ impl Config {
                 )));
             }
             // Callers are written ISSUER/SUBJECT (audit tables, `grants revoke --subject`), and
-            // environment variable names are read in lower case (`RISE_AUTH__ISSUERS__CORP__...`):
-            // the rule of registry names, so no name is out of the environment's reach.
-            if ProjectName::parse(name).is_err() {
+            // environment variable names are read in lower case and split on `__`
+            // (`RISE_AUTH__ISSUERS__CORP__AUDIENCE`): the rule of registry names, without `__`.
+            if ProjectName::parse(name).is_err() || name.contains("__") {
                 return Err(ConfigError::Semantic(format!(
-                    "issuer name {:?} is invalid: use lowercase letters, digits, '-', '_' and '.'",
+                    "issuer name {:?} is invalid: use lowercase letters, digits, '-', '_' (not two in a row) and '.'; renaming an issuer ends the grants of its callers",
                     name.chars().take(80).collect::<String>()
                 )));
             }
@@ -1895,7 +1893,7 @@ mod tests {
     /// nothing the environment's lower-case names could not reach (`Corp`).
     #[test]
     fn issuer_names_are_lowercase_without_a_slash() {
-        for name in ["corp/eu", "Corp", "corp eu"] {
+        for name in ["corp/eu", "Corp", "corp eu", "corp__eu"] {
             let bad = file(&format!(
                 "[auth.issuers.\"{name}\"]\nissuer = \"https://idp.example.com\"\naudience = \"rise\"\n"
             ));

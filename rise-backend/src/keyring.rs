@@ -710,7 +710,7 @@ pub fn read_private(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
-                    "{} is readable by other users (mode {:o}): run `chmod 600 {}`",
+                    "{} is readable by other users, or writable by them (mode {:o}): run `chmod 600 {}`",
                     path.display(),
                     mode & 0o777,
                     path.display()

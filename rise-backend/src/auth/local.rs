@@ -177,13 +177,14 @@ impl LocalIssuer {
 fn read_key_file(path: &Path) -> anyhow::Result<Option<SecretString>> {
     match crate::keyring::read_private(path) {
         Ok(bytes) => {
-            let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            // Borrowed from the zeroizing buffer: the one copy is the SecretString's.
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
                 anyhow::anyhow!(
                     "{} is not a PEM file; delete it to have Rise generate a new key",
                     path.display()
                 )
             })?;
-            Ok(Some(SecretString::from(text)))
+            Ok(Some(SecretString::from(text.to_owned())))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => {

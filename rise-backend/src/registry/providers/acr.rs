@@ -342,7 +342,7 @@ impl AcrProvider {
         )
         .map_err(bad)?;
         let scope = arm_scope(config.arm_scope.as_deref(), &management).map_err(bad)?;
-        if scope_may_be_a_proxys(config.arm_scope.as_deref(), &management) {
+        if scope_may_name_a_proxy(config.arm_scope.as_deref(), &management) {
             tracing::warn!(registry = %name, %scope, "management_url is not a known Azure Resource Manager host, so Entra ID is asked for a token of its own origin; behind a proxy, set arm_scope to the cloud's (https://management.azure.com/.default in the public cloud)");
         }
         let api_version = config.api_version.trim();
@@ -721,7 +721,7 @@ const KNOWN_ARM_HOSTS: [&str; 3] = [
 
 /// Whether the derived scope may name a proxy rather than ARM (an upgrade trap): no `arm_scope`
 /// is set and `management_url` is not one of Azure's Resource Manager hosts.
-fn scope_may_be_a_proxys(configured: Option<&str>, management: &Url) -> bool {
+fn scope_may_name_a_proxy(configured: Option<&str>, management: &Url) -> bool {
     configured.is_none()
         && !management
             .host_str()
@@ -1141,14 +1141,14 @@ client_id = "22222222-2222-2222-2222-222222222222"
                 want
             );
             // Azure's own hosts, or a scope set beside a proxy: nothing to warn of.
-            assert!(!scope_may_be_a_proxys(configured, &url(management)));
+            assert!(!scope_may_name_a_proxy(configured, &url(management)));
         }
         // A proxy without arm_scope: Entra ID would be asked for the proxy's audience.
-        assert!(scope_may_be_a_proxys(
+        assert!(scope_may_name_a_proxy(
             None,
             &url("https://proxy.example/arm/")
         ));
-        assert!(scope_may_be_a_proxys(
+        assert!(scope_may_name_a_proxy(
             None,
             &url("https://management.azure.com.evil.example")
         ));
