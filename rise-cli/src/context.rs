@@ -47,12 +47,23 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const THIS_MACHINE: &str = "localhost,127.0.0.0/8,::1";
 
 /// The directories and environment one invocation works with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Context {
     /// `None` when neither `RISE_CONFIG_DIR` nor a home directory names one.
     config_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     env: BTreeMap<String, String>,
+}
+
+/// Names the environment's variables, never their values (`RISE_TOKEN`, proxy passwords).
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config_dir", &self.config_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// The proxies the environment names, each with the variable it came from, and the
@@ -312,12 +323,16 @@ mod tests {
 
     #[test]
     fn a_proxy_password_is_not_in_debug() {
-        let proxies = with(&[("HTTPS_PROXY", "http://user:pr0xy-s3cret@proxy:3128")]).proxies();
-        let shown = format!("{proxies:?}");
-        assert!(
-            shown.contains("HTTPS_PROXY") && !shown.contains("s3cret"),
-            "{shown}"
-        );
+        let ctx = with(&[
+            ("HTTPS_PROXY", "http://user:pr0xy-s3cret@proxy:3128"),
+            ("RISE_TOKEN", "eyJ-t0ken-s3cret"),
+        ]);
+        for shown in [format!("{:?}", ctx.proxies()), format!("{ctx:?}")] {
+            assert!(
+                shown.contains("HTTPS_PROXY") && !shown.contains("s3cret"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]
