@@ -291,6 +291,15 @@ async fn check_config_fails_what_serve_would_never_make_ready() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Offline (an image build without the network): the unreachable issuer is not asked.
+    let config =
+        crate::support::rise_process::write_config(dir.path(), &format!("{registry}{unreachable}"));
+    let out = crate::support::rise_process::run(&config, &["check-config", "--offline"]).await;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("offline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Plain HTTP, the real binary: SIGHUP (`systemctl reload`, log rotation) is logged and
