@@ -209,13 +209,7 @@ async fn issue(
     // From here on the caller is known: every outcome is audited, and the token leaves only
     // after its record is committed.
     let mut records = token_records(state, request_id, client, &caller, registry.name(), &scopes);
-    let refuse = |records: &mut Vec<AuditRecord>, err: ApiError| {
-        let (status, code, _) = err.parts();
-        for record in records.iter_mut() {
-            record.refused(status.is_server_error(), code);
-        }
-        err
-    };
+
     if let TokenCaller::Grant(grant) = &caller
         && let Some(revoked) = registry.revoked(grant)
     {
@@ -223,16 +217,12 @@ async fn issue(
             code: "grant_revoked",
             message: revoked.to_string(),
         };
-        let err = refuse(&mut records, err);
-        record_all(state, &records).await?;
-        return Err(err);
+        return Err(refuse(state, &mut records, err).await);
     }
     if let TokenCaller::Grant(grant) = &caller
         && let Some(err) = outdated_grant(state, registry.name(), grant)
     {
-        let err = refuse(&mut records, err);
-        record_all(state, &records).await?;
-        return Err(err);
+        return Err(refuse(state, &mut records, err).await);
     }
     // The caller's bucket is the one `/registry/credentials` draws from: a grant counts as its
     // original caller. Scopes name repositories, not projects, so only the caller limit applies.
@@ -244,9 +234,7 @@ async fn issue(
         // One record says the caller was held back: a limited caller must not be able to
         // write one per scope asked for.
         records.truncate(1);
-        let err = refuse(&mut records, ApiError::from(limited));
-        record_all(state, &records).await?;
-        return Err(err);
+        return Err(refuse(state, &mut records, ApiError::from(limited)).await);
     }
     let access = registry.authorize(&caller, &scopes, &state.policy);
     let minted = registry
@@ -260,11 +248,7 @@ async fn issue(
         });
     let token = match minted {
         Ok(token) => token,
-        Err(err) => {
-            let err = refuse(&mut records, err);
-            record_all(state, &records).await?;
-            return Err(err);
-        }
+        Err(err) => return Err(refuse(state, &mut records, err).await),
     };
     let fingerprint = audit::fingerprint(token.token.expose_secret());
     for record in &mut records {
@@ -321,6 +305,19 @@ async fn issue(
         issued_at: crate::audit::rfc3339_seconds(token.issued_at),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// Record `records` as refused with `err`'s code, and return the error to answer with: `err`,
+/// or the audit failure when the refusal cannot be recorded.
+async fn refuse(state: &AppState, records: &mut [AuditRecord], err: ApiError) -> ApiError {
+    let (status, code, _) = err.parts();
+    for record in records.iter_mut() {
+        record.refused(status.is_server_error(), code);
+    }
+    match record_all(state, records).await {
+        Ok(_) => err,
+        Err(unrecorded) => unrecorded,
+    }
 }
 
 /// Why a valid, unrevoked grant no longer buys a token: the configuration that allowed it is
