@@ -242,6 +242,17 @@ mod tests {
         )])
     }
 
+    /// `caller` asking for my-app on 127.0.0.1:5000, with every action.
+    fn my_app_scope(caller: &SecretString) -> Scope<'_> {
+        Scope {
+            backend: "http://b",
+            registry: "127.0.0.1:5000",
+            caller,
+            project: "my-app",
+            actions: "",
+        }
+    }
+
     fn alice() -> SecretString {
         token(r#"{"iss":"https://idp","sub":"alice","exp":99999999999,"jti":"1"}"#)
     }
@@ -365,13 +376,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = cache_in(&dir);
         let issued_to = alice();
-        let scope = Scope {
-            backend: "http://b",
-            registry: "127.0.0.1:5000",
-            caller: &issued_to,
-            project: "my-app",
-            actions: "",
-        };
+        let scope = my_app_scope(&issued_to);
         put(&ctx, &scope, &grant("s1", Duration::from_secs(600))).expect("put");
         assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_some());
         // Same iss and sub: a later token of alice's, or one anybody could forge.
@@ -418,13 +423,7 @@ mod tests {
         )
         .expect("write");
         let caller = alice();
-        let scope = Scope {
-            backend: "http://b",
-            registry: "127.0.0.1:5000",
-            caller: &caller,
-            project: "my-app",
-            actions: "",
-        };
+        let scope = my_app_scope(&caller);
         assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
         put(&ctx, &scope, &grant("s2", Duration::from_secs(600))).expect("put");
         assert_eq!(
@@ -442,13 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = cache_in(&dir);
         let caller = alice();
-        let scope = Scope {
-            backend: "http://b",
-            registry: "127.0.0.1:5000",
-            caller: &caller,
-            project: "my-app",
-            actions: "",
-        };
+        let scope = my_app_scope(&caller);
         put(&ctx, &scope, &grant("s1", Duration::from_secs(600))).expect("put");
         let path = ctx.credentials_cache_file().expect("dir");
         let text = std::fs::read_to_string(&path).expect("read");
@@ -506,13 +499,7 @@ mod tests {
     fn without_a_cache_directory_the_cache_is_empty() {
         let ctx = Context::with_platform_dirs([], None, None);
         let caller = alice();
-        let scope = Scope {
-            backend: "http://b",
-            registry: "127.0.0.1:5000",
-            caller: &caller,
-            project: "my-app",
-            actions: "",
-        };
+        let scope = my_app_scope(&caller);
         assert!(get(&ctx, &scope, Duration::ZERO).expect("get").is_none());
         assert!(usernames(&ctx).expect("list").is_empty());
         assert_eq!(forget(&ctx, Some("h"), None).expect("forget"), 0);
