@@ -71,50 +71,60 @@ mod tests {
     use std::net::TcpListener;
 
     /// A server that answers one request with `body_bytes` bytes, without a `Content-Length`
-    /// (so only counting what arrives can stop the client), then closes the connection.
-    fn unannounced_body(body_bytes: usize) -> String {
+    /// (so only counting what arrives can stop the client), then closes the connection. The
+    /// thread returns whether every byte was written: a client that hangs up early makes a
+    /// write fail.
+    fn unannounced_body(body_bytes: usize) -> (String, std::thread::JoinHandle<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let url = format!("http://{}/", listener.local_addr().expect("local addr"));
-        std::thread::spawn(move || {
+        let server = std::thread::spawn(move || {
             let Ok((mut stream, _)) = listener.accept() else {
-                return;
+                return false;
             };
             let mut head = [0u8; 4096];
             let _ = std::io::Read::read(&mut stream, &mut head);
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
-            // The client hangs up once it has seen enough: writing then fails, which is fine.
             let chunk = vec![b'x'; 64 * 1024];
             let mut sent = 0;
             while sent < body_bytes {
                 let n = chunk.len().min(body_bytes - sent);
                 if stream.write_all(&chunk[..n]).is_err() {
-                    return;
+                    return false;
                 }
                 sent += n;
             }
+            true
         });
-        url
+        (url, server)
     }
 
     #[tokio::test]
     async fn bodies_past_the_limit_are_not_read_to_the_end() {
         let http = reqwest::Client::new();
+        // 64 MiB is far more than the loopback socket buffers hold: the server can only write
+        // it all if the client reads it all.
         for (sent, max, fits) in [
             (MAX_ANSWER_BYTES, MAX_ANSWER_BYTES, true),
             (MAX_ANSWER_BYTES + 1, MAX_ANSWER_BYTES, false),
             (64 * MAX_ANSWER_BYTES, MAX_ANSWER_BYTES, false),
         ] {
-            let response = http
-                .get(unannounced_body(sent))
-                .send()
-                .await
-                .expect("response");
+            let (url, server) = unannounced_body(sent);
+            let response = http.get(url).send().await.expect("response");
             match read_bounded(response, max).await {
                 Ok(body) if fits => assert_eq!(body.len(), sent),
                 Err(e @ BodyError::TooLarge(_)) if !fits => {
                     assert_eq!(e.reason(), "it sent more than 1 MiB");
                 }
                 other => panic!("{sent} bytes: {other:?}"),
+            }
+            let written_whole = tokio::task::spawn_blocking(move || server.join())
+                .await
+                .expect("join task")
+                .expect("server thread");
+            if sent == 64 * MAX_ANSWER_BYTES {
+                assert!(!written_whole, "the client read all of a 64 MiB body");
+            } else if fits {
+                assert!(written_whole, "the server could not send {sent} bytes");
             }
         }
     }
