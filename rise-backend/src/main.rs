@@ -11,6 +11,20 @@ use rise_backend::auth::LocalIssuer;
 use rise_backend::config::{Config, Sources};
 use tracing_subscriber::EnvFilter;
 
+/// Set when a line for standard output could not be written (a pipe whose reader has gone,
+/// `| head -1`): the command still finishes, and exits with failure.
+static STDOUT_LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `println!` that never panics: a command must not stop between what it does and its audit
+/// record because nobody reads what it says. A failed write is remembered in [`STDOUT_LOST`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            STDOUT_LOST.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+}
+
 /// How long `check-config` waits for the issuers' first key fetch (each fetch is bounded by the
 /// same timeout as when serving).
 const CHECK_CONFIG_READY_WAIT: Duration = Duration::from_secs(10);
@@ -216,6 +230,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
+        Ok(()) if STDOUT_LOST.load(std::sync::atomic::Ordering::Relaxed) => {
+            eprintln!(
+                "error: standard output was closed: some of what the command printed was lost"
+            );
+            std::process::ExitCode::FAILURE
+        }
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -251,7 +271,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .join("tls"),
         };
         let files = rise_backend::tls::write_dev_cert(&dir, hosts, *force)?;
-        print!("{}", dev_cert_instructions(&files));
+        say!("{}", dev_cert_instructions(&files).trim_end());
         return Ok(());
     }
     let config = Config::load(&Sources::from_process(cli.config)?)?;
@@ -270,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("loading [server.tls]")?;
             }
             if offline {
-                println!("configuration is valid (offline: issuer keys and readiness not checked)");
+                say!("configuration is valid (offline: issuer keys and readiness not checked)");
                 return Ok(());
             }
             // What `serve`'s /readyz would say, once the issuers' keys had their first fetch
@@ -287,7 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     failing.join(", ")
                 );
             }
-            println!("configuration is valid");
+            say!("configuration is valid");
             Ok(())
         }
         Command::Token {
@@ -304,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })?;
             let issuer = LocalIssuer::load_or_create(&config.server.data_dir, &config.auth.local)?;
-            println!("{}", issuer.issue(&sub, &groups, ttl)?);
+            say!("{}", issuer.issue(&sub, &groups, ttl)?);
             Ok(())
         }
         Command::RegistryConfig { registry } => {
@@ -316,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &keyring,
                 )
                 .await?;
-            print!("{snippet}");
+            say!("{}", snippet.trim_end());
             Ok(())
         }
         Command::Audit { command } => run_audit(&config, command).await,
@@ -396,7 +416,7 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                     .await?;
                     match revocation::identify(&keys, &password)? {
                         LeakedGrant::Expired => {
-                            println!("the grant has expired already: nothing to revoke");
+                            say!("the grant has expired already: nothing to revoke");
                             return Ok(());
                         }
                         LeakedGrant::Live {
@@ -409,7 +429,7 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                                     "this grant is for registry {for_registry}, not the one --registry names"
                                 );
                             }
-                            println!(
+                            say!(
                                 "a grant of {caller} for registry {for_registry}, credential id {credential_id}"
                             );
                             registry = Some(for_registry);
@@ -429,7 +449,7 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                     .await?
                     .revoke(id)
                     .await?;
-                    println!(
+                    say!(
                         "revoked Artifactory token {id} of registry {name}: Artifactory refuses it from now on"
                     );
                     return record_operator_action(
@@ -460,7 +480,7 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                             other.kind()
                         )
                     })?;
-                    println!(
+                    say!(
                         "revoked credential {id} of {} registry {name}: the registry refuses it from now on",
                         other.kind()
                     );
@@ -486,7 +506,7 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                 ),
             }
             let done = revocation::revoke(config, &store, &target, &reason).await?;
-            println!("{}", show(&done));
+            say!("{}", show(&done));
             record_operator_action(config, &store, Operation::Revoke, "grants revoke", |r| {
                 if let Target::Credential(id) = &target {
                     r.credential_id = Some(id.clone());
@@ -504,7 +524,7 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                 })
                 .max()
                 .unwrap_or_default();
-            println!(
+            say!(
                 "servers refuse it at /token within keys.reload_interval ({}); registry tokens already handed out expire within {}",
                 humantime::format_duration(config.keys.reload_interval),
                 humantime::format_duration(ttls)
@@ -514,10 +534,10 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
             let now = rise_backend::audit::unix_ms(SystemTime::now());
             let active = store.revocations_active(now).await?;
             if active.is_empty() {
-                println!("no revocations in force");
+                say!("no revocations in force");
             }
             for r in &active {
-                println!("{}", show(r));
+                say!("{}", show(r));
             }
         }
     }
@@ -546,7 +566,7 @@ async fn record_operator_action(
     );
     match audit.record(&record).await {
         Ok(id) => {
-            println!("audit record {id}: {done}");
+            say!("audit record {id}: {done}");
             Ok(())
         }
         Err(e) => Err(anyhow::anyhow!(
@@ -598,9 +618,10 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         rise_backend::keyring::Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
     if let KeysCommand::Reseal = command {
         let done = keyring.reseal().await?;
-        println!(
+        say!(
             "sealed {} keys with keys.sealing_key ({} already were)",
-            done.resealed, done.already
+            done.resealed,
+            done.already
         );
         if done.resealed > 0 {
             record_operator_action(config, &store, Operation::ResealKeys, "keys reseal", |_| {
@@ -617,7 +638,7 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                 done.changed_meanwhile
             );
         }
-        println!(
+        say!(
             "once every replica runs with this keys.sealing_key, remove keys.previous_sealing_key"
         );
         return Ok(());
@@ -668,7 +689,7 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             .rotate_from(&REGISTRY_TOKEN_KEYS, &expected.0)
             .await
             .context("the grant keys were rotated, the registry token keys not: fix the cause, then run `keys rotate --force` (it rotates the grant keys once more)")?;
-        println!("rotated the registry token keys and the grant keys");
+        say!("rotated the registry token keys and the grant keys");
     }
     let signing = KeySet::load(&keyring).await?;
     let grant = GrantKeys::load(&keyring).await?;
@@ -688,22 +709,23 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         })
         .await?;
     }
-    println!("keys in {}", keyring.describe());
+    say!("keys in {}", keyring.describe());
     let slots = ["current", "next", "previous"];
     for (slot, cert) in slots.iter().zip(signing.trusted()) {
-        println!("registry token {slot:<8} {}", cert.kid());
+        say!("registry token {slot:<8} {}", cert.kid());
     }
     for (slot, kid) in slots.iter().zip(grant.kids()) {
-        println!("grant          {slot:<8} {kid}");
+        say!("grant          {slot:<8} {kid}");
     }
     if let Some(sealing) = keyring.sealing().await? {
-        println!(
+        say!(
             "sealed with keys.sealing_key: {}; with keys.previous_sealing_key: {}",
-            sealing.already, sealing.resealed
+            sealing.already,
+            sealing.resealed
         );
     }
     if let KeysCommand::Rotate { .. } = command {
-        println!(
+        say!(
             "servers sign with the new current key within keys.reload_interval ({}); run `rise-backend registry-config` and restart registries before the next rotation so they trust the new next key",
             humantime::format_duration(config.keys.reload_interval)
         );
@@ -725,7 +747,7 @@ async fn check_registries_trust_next(
     for (name, answer) in answers {
         match answer {
             Trust::Trusted { url } => {
-                println!("registry {name} trusts the next key {kid} (asked {url})");
+                say!("registry {name} trusts the next key {kid} (asked {url})");
             }
             Trust::Refused { url, reason } => refused.push(format!(
                 "registry {name} refused a token signed with the next key {kid} ({url}: {reason})"
@@ -760,7 +782,7 @@ async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result<()>
             let report = rise_backend::audit::verify_anchored(&store, &anchors).await?;
             match report.broken {
                 None => {
-                    println!(
+                    say!(
                         "audit chain intact: {} records, head {}:{}{}",
                         report.records,
                         report.head_id,

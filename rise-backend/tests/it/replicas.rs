@@ -1130,3 +1130,40 @@ async fn grants_revoke_reaches_a_running_server() {
     let agent = records[1]["caller"]["user_agent"].as_str().expect("agent");
     assert!(agent.ends_with(" grants revoke"), "{agent}");
 }
+
+/// Operator commands whose standard output is a pipe nobody reads any more (`| head -1`, a
+/// reader that died): each still finishes what it started, its audit record included, and exits
+/// with failure saying why, never with a panic between the action and its record.
+#[tokio::test]
+async fn operator_commands_finish_when_nobody_reads_their_output() {
+    use crate::support::rise_process::command;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = alice_config(dir.path(), "rise.toml", "", "");
+    let unread = |args: &'static [&'static str]| {
+        let mut cmd = command(&config, args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        async move {
+            let mut child = cmd.spawn().expect("spawn rise-backend");
+            drop(child.stdout.take());
+            tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                .await
+                .expect("in time")
+                .expect("output")
+        }
+    };
+    for args in [
+        &["grants", "revoke", "--credential", "abc", "--reason", "leaked"][..],
+        &["keys", "rotate"][..],
+    ] {
+        let out = unread(args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("standard output was closed"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let records = operator_records(&config).await;
+    let operations: Vec<_> = records.iter().map(|r| &r["operation"]).collect();
+    assert_eq!(operations, ["revoke", "rotate_keys"], "{records:?}");
+    assert_eq!(records[0]["reason"], "revoked credential abc: leaked");
+}
