@@ -650,6 +650,16 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             keyring.next_key(&REGISTRY_TOKEN_KEYS).await?,
             keyring.next_key(&GRANT_KEYS).await?,
         );
+        // Every key must load before any moves: a broken `current` retired into `previous`
+        // would break every later load, this command's and the servers', once it is too late.
+        let before = async {
+            anyhow::Ok((
+                KeySet::load(&keyring).await?,
+                GrantKeys::load(&keyring).await?,
+            ))
+        }
+        .await
+        .context("nothing was rotated")?;
         let longest_grant = rise_backend::registry::providers::distribution::longest_grant(config);
         // The later of the two families' rotations: one that rotated only the first family
         // (it failed half-way) counts too.
@@ -690,17 +700,15 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             .await
             .context("the grant keys were rotated, the registry token keys not: fix the cause, then run `keys rotate --force` (it rotates the grant keys once more)")?;
         say!("rotated the registry token keys and the grant keys");
-    }
-    let signing = KeySet::load(&keyring).await?;
-    let grant = GrantKeys::load(&keyring).await?;
-    if let KeysCommand::Rotate { force } = command {
-        // The first of each set is the key now signing.
-        let token_kid = signing
+        // The rotation promoted exactly the next keys loaded above (the second of each set):
+        // recorded at once, before reading the keys back can fail.
+        let token_kid = before
+            .0
             .trusted()
-            .next()
+            .nth(1)
             .map(|c| c.kid().to_owned())
             .unwrap_or_default();
-        let grant_kid = grant.kids().next().unwrap_or_default().to_owned();
+        let grant_kid = before.1.kids().nth(1).unwrap_or_default().to_owned();
         record_operator_action(config, &store, Operation::RotateKeys, "keys rotate", |_| {
             format!(
                 "rotated the keys: registry tokens now signed with {token_kid}, grants with {grant_kid}{}",
@@ -709,6 +717,8 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         })
         .await?;
     }
+    let signing = KeySet::load(&keyring).await?;
+    let grant = GrantKeys::load(&keyring).await?;
     say!("keys in {}", keyring.describe());
     let slots = ["current", "next", "previous"];
     for (slot, cert) in slots.iter().zip(signing.trusted()) {

@@ -1153,7 +1153,14 @@ async fn operator_commands_finish_when_nobody_reads_their_output() {
         }
     };
     for args in [
-        &["grants", "revoke", "--credential", "abc", "--reason", "leaked"][..],
+        &[
+            "grants",
+            "revoke",
+            "--credential",
+            "abc",
+            "--reason",
+            "leaked",
+        ][..],
         &["keys", "rotate"][..],
     ] {
         let out = unread(args).await;
@@ -1166,4 +1173,35 @@ async fn operator_commands_finish_when_nobody_reads_their_output() {
     let operations: Vec<_> = records.iter().map(|r| &r["operation"]).collect();
     assert_eq!(operations, ["revoke", "rotate_keys"], "{records:?}");
     assert_eq!(records[0]["reason"], "revoked credential abc: leaked");
+}
+
+/// `keys rotate` when a key cannot be read (a damaged file) refuses before moving any, even
+/// forced: rotating would retire the damaged key into `previous`, where it breaks every later
+/// load, and the rotation would go unrecorded.
+#[tokio::test]
+async fn keys_rotate_moves_nothing_when_a_key_is_damaged() {
+    use crate::support::rise_process::run;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = alice_config(dir.path(), "rise.toml", "", "");
+    let show = run(&config, &["keys", "show"]).await;
+    assert!(show.status.success(), "{show:?}");
+    let keys = dir.path().join("data/keys");
+    std::fs::write(keys.join("registry-token-current.pem"), "damaged\n").expect("damage");
+    let files = || {
+        let mut files = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&keys).expect("keys dir") {
+            let path = entry.expect("entry").path();
+            files.insert(path.clone(), std::fs::read(&path).expect("read"));
+        }
+        files
+    };
+    let before = files();
+
+    let rotate = run(&config, &["keys", "rotate", "--force"]).await;
+    assert!(!rotate.status.success(), "{rotate:?}");
+    let err = String::from_utf8_lossy(&rotate.stderr);
+    assert!(err.contains("nothing was rotated"), "{err}");
+    assert!(err.contains("the current key"), "{err}");
+    assert_eq!(files(), before, "the key files are as they were");
+    assert!(operator_records(&config).await.is_empty());
 }
