@@ -369,14 +369,21 @@ impl Keyring {
             bail!("keys in files are not sealed: `keys reseal` is for keys in PostgreSQL");
         };
         let mut report = ResealReport::default();
-        for (row, stored) in store.key_all().await? {
-            let (plain, sealed_with) = sealer.open_with(&row, &stored)?;
+        let rows = store.key_all().await?;
+        // Every row must open before any is rewritten: one that does not (sealed with neither
+        // key) would otherwise stop the reseal half-way, with nothing said of what was done.
+        let opened = rows
+            .iter()
+            .map(|(row, stored)| sealer.open_with(row, stored))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("nothing was resealed")?;
+        for ((row, stored), (plain, sealed_with)) in rows.iter().zip(opened) {
             if sealed_with == SealedWith::Current {
                 report.already += 1;
                 continue;
             }
-            let fresh = sealer.seal(&row, &plain)?;
-            if store.key_replace(&row, &stored, &fresh).await? {
+            let fresh = sealer.seal(row, &plain)?;
+            if store.key_replace(row, stored, &fresh).await? {
                 report.resealed += 1;
             } else {
                 report.changed_meanwhile += 1;
@@ -1057,6 +1064,44 @@ mod tests {
         let files = Keyring::files(dir.path()).expect("files");
         assert!(files.reseal().await.is_err(), "files are not sealed");
         assert_eq!(files.sealing().await.expect("sealing"), None);
+    }
+
+    /// A key sealed with neither the sealing key nor the previous one stops `reseal` before it
+    /// rewrites anything: the keys it could open stay as they were, under the previous key.
+    #[tokio::test]
+    async fn reseal_rewrites_nothing_when_a_key_does_not_open() {
+        let db_dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_sqlite(&db_dir.path().join("rise.db"), true)
+            .await
+            .expect("store");
+        let key = |byte: u8| SecretString::from(STANDARD.encode([byte; 32]));
+        let (old, new, stray) = (key(1), key(2), key(3));
+        let ring = |key: &SecretString, previous: Option<&SecretString>| {
+            Keyring::database(store.clone(), key, previous).expect("keyring")
+        };
+        let family = counter_family();
+        let before = ring(&old, None).load(&family).await.expect("load");
+        // A family whose rows sort after the first one's, sealed with a third key.
+        let later = KeyFamily {
+            name: "zz-test",
+            ..family
+        };
+        ring(&stray, None).load(&later).await.expect("load");
+
+        let err = ring(&new, Some(&old))
+            .reseal()
+            .await
+            .expect_err("a key opens under neither");
+        assert!(
+            format!("{err:#}").contains("nothing was resealed"),
+            "{err:#}"
+        );
+        let after = ring(&old, None)
+            .load(&family)
+            .await
+            .expect("still sealed with the previous key");
+        assert_eq!(*after.current, *before.current);
+        assert_eq!(*after.next, *before.next);
     }
 
     #[test]
