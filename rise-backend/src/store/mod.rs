@@ -201,6 +201,15 @@ impl Store {
     /// SQLite at `path` (WAL, `synchronous = FULL`). With `create = false` a missing file is an
     /// error, so a mistyped data directory is not mistaken for an empty audit log.
     pub async fn open_sqlite(path: &Path, create: bool) -> Result<Store, StoreError> {
+        if !create
+            && let Err(e) = std::fs::metadata(path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            return Err(StoreError::Open(format!(
+                "there is no SQLite database {}: give the configuration of the server whose log this is (its server.data_dir or database.url)",
+                path.display()
+            )));
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(create)
@@ -1020,6 +1029,22 @@ const V6_REVOCATIONS: &[&str] = &["CREATE TABLE rise_revocations (
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opening an existing store where there is none names the file and what to check, rather
+    /// than SQLite's "unable to open database file", and creates nothing.
+    #[tokio::test]
+    async fn a_missing_sqlite_file_is_named_with_what_to_check() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("rise.db");
+        let err = Store::open_sqlite(&path, false)
+            .await
+            .err()
+            .expect("no database there");
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("server.data_dir"), "{message}");
+        assert!(!path.exists());
+    }
 
     /// A page filtered by project or subject is read through its index, not by scanning the log.
     #[tokio::test]
