@@ -1038,8 +1038,7 @@ mod tests {
         let path = dir.path().join("rise.db");
         let err = Store::open_sqlite(&path, false)
             .await
-            .err()
-            .expect("no database there");
+            .expect_err("no database there");
         let message = err.to_string();
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(message.contains("server.data_dir"), "{message}");
