@@ -252,9 +252,12 @@ impl Store {
             // The chain's conditional append and the migrations' advisory lock rely on READ
             // COMMITTED (each statement sees what committed before it): a database whose
             // default is REPEATABLE READ or SERIALIZABLE would fail them under concurrency.
+            // Notices stay on the server: the schema check every start makes (`CREATE TABLE IF
+            // NOT EXISTS`) would otherwise put "already exists, skipping" in every command's output.
             .options([
                 ("synchronous_commit", "on"),
                 ("default_transaction_isolation", "read committed"),
+                ("client_min_messages", "warning"),
             ]);
         // Host and port are not secret, and say which server could not be reached.
         let server = format!("{}:{}", options.get_host(), options.get_port());

@@ -1205,3 +1205,20 @@ async fn keys_rotate_moves_nothing_when_a_key_is_damaged() {
     assert_eq!(files(), before, "the key files are as they were");
     assert!(operator_records(&config).await.is_empty());
 }
+
+/// Operator commands on PostgreSQL print what they have to say and nothing of the server's: the
+/// schema check each makes (`CREATE TABLE IF NOT EXISTS`) adds no "already exists" notice.
+#[tokio::test]
+async fn commands_on_postgres_do_not_repeat_the_servers_notices() {
+    use crate::support::rise_process::run;
+    let postgres = Postgres::start().await;
+    let url = postgres.create_database("rise_notices").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = alice_config_on_postgres(dir.path(), &url);
+    for _ in 0..2 {
+        let out = run(&config, &["keys", "show"]).await;
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("already exists"), "{err}");
+    }
+}
