@@ -250,7 +250,7 @@ pub struct AdminRule {
     pub subject: Option<Pattern>,
     #[serde(default)]
     pub groups: Vec<Pattern>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::policy::claim_patterns")]
     pub claims: BTreeMap<String, Pattern>,
 }
 

@@ -32,7 +32,8 @@ pub struct Rule {
     pub groups: Vec<Pattern>,
     /// Every listed claim must match its pattern: a string, or a boolean or number as JSON
     /// writes it (`true`, `123`); for an array, any such element (arrays inside it never match).
-    #[serde(default)]
+    /// The pattern may be written as a TOML boolean or number too (`fork = false`).
+    #[serde(default, deserialize_with = "claim_patterns")]
     pub claims: BTreeMap<String, Pattern>,
     /// Set deliberately to let every token of an OIDC issuer match a rule that names no
     /// subject, group or claim (an issuer that signs only for your own organisation).
@@ -148,6 +149,60 @@ impl<'de> Deserialize<'de> for Pattern {
         }
         Ok(Pattern::new(&s))
     }
+}
+
+/// The `claims` of a rule: each pattern a string, or a TOML boolean or number standing for the
+/// text JSON writes for it (`fork = false` is `fork = "false"`, `run_attempt = 1` is `"1"`), which
+/// is what a boolean or number claim is matched against.
+pub fn claim_patterns<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Pattern>, D::Error> {
+    struct ClaimPattern(Pattern);
+
+    impl<'de> Deserialize<'de> for ClaimPattern {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ClaimPatternVisitor)
+        }
+    }
+
+    struct ClaimPatternVisitor;
+
+    impl serde::de::Visitor<'_> for ClaimPatternVisitor {
+        type Value = ClaimPattern;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string (exact, or a glob with * and ?), a boolean or a number")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ClaimPattern, E> {
+            if s.is_empty() {
+                return Err(E::custom("a pattern may not be empty"));
+            }
+            Ok(ClaimPattern(Pattern::new(s)))
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<ClaimPattern, E> {
+            Ok(ClaimPattern(Pattern::new(if b { "true" } else { "false" })))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ClaimPattern, E> {
+            Ok(ClaimPattern(Pattern::new(&n.to_string())))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ClaimPattern, E> {
+            Ok(ClaimPattern(Pattern::new(&n.to_string())))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<ClaimPattern, E> {
+            // The text serde_json gives the claim's number, which is what it is matched against.
+            serde_json::Number::from_f64(n)
+                .map(|n| ClaimPattern(Pattern::new(&n.to_string())))
+                .ok_or_else(|| E::custom("a claim pattern may not be nan or inf"))
+        }
+    }
+
+    let patterns = BTreeMap::<String, ClaimPattern>::deserialize(d)?;
+    Ok(patterns.into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 /// A project as policy sees it.
@@ -375,6 +430,72 @@ mod tests {
             &nested,
             false,
         );
+    }
+
+    #[test]
+    fn claim_patterns_may_be_toml_booleans_and_numbers() {
+        let p = principal(
+            "github",
+            "repo:org/app:ref:refs/heads/main",
+            &[],
+            serde_json::json!({"fork": false, "run_attempt": 1, "ratio": 1.5, "flags": [true], "repository": "org/app"}),
+        );
+        // Written as TOML values, they match the claim as JSON writes it, like their strings.
+        check(
+            r#"issuer = "github"
+                 claims = { fork = false, run_attempt = 1, ratio = 1.5, flags = true }
+                 actions = ["push"]"#,
+            &p,
+            true,
+        );
+        check(
+            r#"issuer = "github"
+                 claims = { fork = "false", run_attempt = "1" }
+                 actions = ["push"]"#,
+            &p,
+            true,
+        );
+        check(
+            r#"issuer = "github"
+                 claims = { fork = true }
+                 actions = ["push"]"#,
+            &p,
+            false,
+        );
+        check(
+            r#"issuer = "github"
+                 claims = { run_attempt = 2 }
+                 actions = ["push"]"#,
+            &p,
+            false,
+        );
+        // A boolean or number claim pattern narrows the rule like a string one.
+        let r = rule(
+            r#"issuer = "github"
+                 claims = { fork = false }
+                 actions = ["push"]"#,
+        );
+        assert!(r.validate().is_ok());
+        // Other TOML values and empty strings are still refused, naming what is expected.
+        for bad in [
+            r#"claims = { fork = [false] }"#,
+            r#"claims = { fork = { a = 1 } }"#,
+            r#"claims = { fork = "" }"#,
+        ] {
+            let text = format!("issuer = \"github\"\n{bad}\nactions = [\"push\"]");
+            assert!(toml::from_str::<Rule>(&text).is_err(), "{bad} parses");
+        }
+        let admin: crate::config::AdminRule = toml::from_str(
+            r#"issuer = "corp"
+                              claims = { admin = true }"#,
+        )
+        .expect("an admin rule takes a boolean claim pattern");
+        assert!(admin.to_rule().matches(&principal(
+            "corp",
+            "alice",
+            &[],
+            serde_json::json!({"admin": true})
+        )));
     }
 
     #[test]
