@@ -704,6 +704,12 @@ impl std::str::FromStr for Anchor {
         let (id, hash) = s.trim().split_once(':').ok_or_else(bad)?;
         let id: i64 = id.trim().parse().map_err(|_| bad())?;
         let hash = hash.trim().to_ascii_lowercase();
+        if id == 0 && hash == chain::GENESIS {
+            return Err(
+                "0:000... is the head of an empty chain: there is nothing to anchor until a record is written; leave it out"
+                    .to_owned(),
+            );
+        }
         if id < 1 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
@@ -799,6 +805,18 @@ pub async fn verify_anchored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head `audit verify` prints for an empty chain, given back as an anchor, is refused
+    /// saying why, not as if it were malformed.
+    #[test]
+    fn the_empty_chains_head_is_no_anchor_and_says_so() {
+        let err = format!("0:{}", chain::GENESIS)
+            .parse::<Anchor>()
+            .expect_err("nothing to anchor");
+        assert!(err.contains("empty chain"), "{err}");
+        let err = "x:1".parse::<Anchor>().expect_err("malformed");
+        assert!(err.contains("give ID:HASH"), "{err}");
+    }
 
     #[test]
     fn times_are_read_with_any_offset() {
