@@ -69,8 +69,9 @@ enum Command {
     /// Load and validate the configuration, build what `serve` builds, and run its readiness
     /// checks (the issuers' keys fetched, a registry configured, the database answering); exit.
     CheckConfig {
-        /// Skip what needs the network and the database answering: the issuers' keys and the
-        /// readiness checks (for image builds and CI without them).
+        /// Skip the issuers' keys and the readiness checks (for image builds and CI without the
+        /// network). The database is still opened and secrets still read: a PostgreSQL `url`
+        /// or an `aws-secretsmanager:` reference must be reachable.
         #[arg(long)]
         offline: bool,
     },
@@ -93,12 +94,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// The keys Rise generated: show them, or rotate them.
+    /// The keys Rise generated: show them, rotate them, or reseal them under a new sealing key.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Grants of Distribution registries already handed out: revoke them before they expire.
+    /// Credentials already handed out: revoke them before they expire (Distribution grants at
+    /// `/token`; Artifactory, ACR, Docker Hub, Harbor and Quay credentials upstream).
     Grants {
         #[command(subcommand)]
         command: GrantsCommand,
@@ -126,8 +128,9 @@ enum GrantsCommand {
         #[arg(long, group = "target", value_parser = rise_backend::registry::providers::distribution::revocation::Target::subject)]
         subject: Option<rise_backend::registry::providers::distribution::revocation::Target>,
         /// The registry that issued it, as the audit log names it (default: `default`, or the
-        /// only one). For an Artifactory registry, `--credential` revokes the access token at
-        /// Artifactory itself, at once.
+        /// only one). For an Artifactory, ACR, Docker Hub, Harbor or Quay registry,
+        /// `--credential` deletes the credential upstream itself, at once; ECR, Google and GHCR
+        /// credentials cannot be revoked.
         #[arg(long)]
         registry: Option<String>,
         /// Why, for whoever is refused and for the record (one line).
@@ -147,9 +150,10 @@ enum KeysCommand {
     /// certificate bundles) starts signing, the current one is retired but stays trusted, and a
     /// fresh next key is made. Running servers pick it up within `keys.reload_interval`. Then
     /// run `registry-config` and restart registries at leisure, before the next rotation.
-    /// Refused within the longest grant lifetime (`max_ttl`) of the last rotation, because a
-    /// second rotation retires the keys of grants still in use, and when a Distribution
-    /// registry refuses a token signed with the `next` key (each is asked first).
+    /// Refused within the longest grant lifetime (`max_ttl`) plus three `keys.reload_interval`s
+    /// of the last rotation, because a second rotation retires the keys of grants still in
+    /// use, and when a Distribution registry refuses a token signed with the `next` key (each
+    /// is asked first).
     Rotate {
         /// Rotate even so (grants issued before the previous rotation stop working; a
         /// registry that does not trust the new key refuses every token).
