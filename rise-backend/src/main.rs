@@ -185,10 +185,16 @@ enum AuditCommand {
         /// Only records before this time (RFC 3339 or Unix seconds).
         #[arg(long, value_parser = parse_time)]
         until: Option<SystemTime>,
+        /// Only records of this project.
         #[arg(long)]
         project: Option<String>,
+        /// Only records of this caller subject.
         #[arg(long)]
         subject: Option<String>,
+        /// Only records of callers of this issuer (its name in the configuration, `local` or
+        /// `operator`).
+        #[arg(long)]
+        issuer: Option<String>,
         /// granted, denied or failed.
         #[arg(long, value_parser = parse_outcome)]
         result: Option<Outcome>,
@@ -820,11 +826,13 @@ async fn run_audit(config: &Config, command: AuditCommand) -> anyhow::Result<()>
             until,
             project,
             subject,
+            issuer,
             result,
         } => {
             let mut filter = AuditFilter {
                 project,
                 subject,
+                issuer,
                 result,
                 since,
                 until,

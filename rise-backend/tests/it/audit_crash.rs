@@ -202,7 +202,7 @@ async fn every_credential_a_client_received_is_audited_after_kill_9() {
 }
 
 /// `rise-backend audit verify` exits non-zero and names the first broken record; `audit export`
-/// filters by time.
+/// filters by time and by issuer.
 #[tokio::test]
 async fn audit_cli_verifies_and_exports() {
     use rise_backend::audit::{AuditLog, AuditRecord, AuditSettings, CallerInfo, Operation};
@@ -231,7 +231,7 @@ async fn audit_cli_verifies_and_exports() {
             Operation::Credentials,
             &format!("r{i}"),
             CallerInfo {
-                issuer: "local".into(),
+                issuer: if i == 1 { "corp" } else { "local" }.into(),
                 subject: format!("user{i}"),
                 groups: vec![],
                 client_ip: None,
@@ -268,6 +268,13 @@ async fn audit_cli_verifies_and_exports() {
         })
         .collect();
     assert_eq!(subjects, ["user2"]);
+    let by_issuer = rise_process::run(&config_path, &["audit", "export", "--issuer", "corp"]).await;
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&by_issuer.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["caller"]["subject"], "user1");
 
     sqlx::query("UPDATE audit_log SET reason = 'issued' WHERE id = 2")
         .execute(store.sqlite_pool().expect("SQLite"))
