@@ -25,6 +25,9 @@ macro_rules! say {
     };
 }
 
+/// The most `grants revoke --password-stdin` reads: a grant is a few hundred bytes.
+const MAX_GRANT_INPUT: usize = 64 * 1024;
+
 /// How long `check-config` waits for the issuers' first key fetch (each fetch is bounded by the
 /// same timeout as when serving).
 const CHECK_CONFIG_READY_WAIT: Duration = Duration::from_secs(10);
@@ -417,9 +420,20 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
                 (None, Some(subject), false) => subject,
                 (None, None, true) => {
                     use revocation::LeakedGrant;
-                    let mut password = secrecy::zeroize::Zeroizing::new(String::new());
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
-                        .context("reading the grant from standard input")?;
+                    // Room for the whole limit up front: no reallocation leaves a copy behind.
+                    let mut password = secrecy::zeroize::Zeroizing::new(String::with_capacity(
+                        MAX_GRANT_INPUT + 1,
+                    ));
+                    std::io::Read::read_to_string(
+                        &mut std::io::Read::take(std::io::stdin(), MAX_GRANT_INPUT as u64 + 1),
+                        &mut password,
+                    )
+                    .context("reading the grant from standard input")?;
+                    if password.len() > MAX_GRANT_INPUT {
+                        anyhow::bail!(
+                            "standard input holds more than 64 KiB; a grant is a few hundred bytes: give only the leaked password"
+                        );
+                    }
                     let keys = rise_backend::registry::providers::distribution::GrantKeys::load(
                         &open_keyring(config).await?,
                     )

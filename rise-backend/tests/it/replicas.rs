@@ -989,6 +989,27 @@ async fn grants_revoke_reaches_a_running_server() {
     assert_eq!(exchange_with(leaked.clone()).await.0, StatusCode::OK);
     assert_eq!(exchange().await.0, StatusCode::OK);
 
+    // Standard input is read up to 64 KiB, not to its end: a wrong pipe fails at once.
+    let mut cmd =
+        crate::support::rise_process::command(&config, &["grants", "revoke", "--password-stdin"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("grants revoke");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("stdin");
+        // Fails (broken pipe) once the command stops reading.
+        let _ = stdin.write_all(&vec![b'x'; 1024 * 1024]).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("in time")
+        .expect("output");
+    assert!(!out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("more than 64 KiB"), "{said}");
+
     // A grant found leaked, given on standard input: that grant alone is refused.
     let mut cmd = crate::support::rise_process::command(
         &config,
