@@ -210,6 +210,9 @@ impl Store {
                 path.display()
             )));
         }
+        if create {
+            create_private_file(path)?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(create)
@@ -834,6 +837,24 @@ where
 }
 
 /// The head of an `INSERT` of audit records, in [`RecordFields`] order.
+/// Create the SQLite file 0600 if it does not exist, so that the database and the WAL and
+/// shared-memory files SQLite gives the same mode are readable by Rise's user alone: the audit
+/// log names callers and their addresses. An existing file keeps its mode.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Open(format!(
+            "creating SQLite database {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 const INSERT_RECORDS_HEAD: &str = "INSERT INTO audit_log (
     id, time_ms, request_id, operation, issuer, subject, caller_groups, client_ip, user_agent,
     project, registry, repository, actions_requested, actions_granted, result, reason,
@@ -1046,6 +1067,28 @@ mod tests {
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(message.contains("server.data_dir"), "{message}");
         assert!(!path.exists());
+    }
+
+    /// A new database, and the WAL and shared-memory files beside it, are for Rise's user alone;
+    /// a database the operator made keeps its mode.
+    #[tokio::test]
+    async fn a_new_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("rise.db");
+        // The schema's migration has written through the WAL; the pool keeps it open.
+        let store = Store::open_sqlite(&path, true).await.expect("store");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        for file in ["rise.db", "rise.db-wal", "rise.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        drop(store);
+
+        let theirs = dir.path().join("theirs.db");
+        std::fs::write(&theirs, b"").expect("create");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let _store = Store::open_sqlite(&theirs, true).await.expect("store");
+        assert_eq!(mode(&theirs), 0o640);
     }
 
     /// A page filtered by project or subject is read through its index, not by scanning the log.
