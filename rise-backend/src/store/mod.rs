@@ -519,6 +519,9 @@ impl Store {
     /// Apply every migration not yet recorded in `rise_schema_migrations`, under a lock so
     /// replicas starting together do not race.
     async fn migrate(&self) -> Result<(), StoreError> {
+        if self.schema_is_current().await {
+            return Ok(());
+        }
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
             if let Dialect::Postgres = d {
@@ -565,6 +568,26 @@ impl Store {
             .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+
+    /// Whether the schema is at this build's version (or later) and the chain's head row is in
+    /// place, read without writing: then opening writes nothing, so a role that may only read
+    /// (an auditor running `audit verify`) can open the store. Any error (no schema yet) means
+    /// "migrate".
+    async fn schema_is_current(&self) -> bool {
+        on_backend!(self, |pool, d| {
+            let latest = migrations(d).iter().map(|&(v, _)| v).max().unwrap_or(0);
+            let version: Result<Option<i64>, sqlx::Error> =
+                sqlx::query_scalar("SELECT MAX(version) FROM rise_schema_migrations")
+                    .fetch_one(pool)
+                    .await;
+            let head: Result<Option<i64>, sqlx::Error> =
+                sqlx::query_scalar("SELECT head_id FROM audit_chain WHERE name = $1")
+                    .bind(CHAIN)
+                    .fetch_optional(pool)
+                    .await;
+            matches!((version, head), (Ok(Some(v)), Ok(Some(_))) if v >= latest)
         })
     }
 

@@ -893,6 +893,40 @@ async fn a_read_only_postgres_is_unavailable_and_a_missing_table_is_not() {
     assert!(!unavailable, "a missing table is not unavailability: {e}");
 }
 
+/// An auditor's role that may only read the tables opens the store (nothing is migrated when
+/// the schema is current), verifies the chain and reads records; it cannot append.
+#[tokio::test]
+async fn a_read_only_role_verifies_and_reads_the_log() {
+    let server = Postgres::start().await;
+    let url = server.create_database("audited").await;
+    write_n(&log(&open_pg(&url).await), 5).await;
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect");
+    for statement in [
+        "CREATE ROLE auditor LOGIN",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO auditor",
+    ] {
+        sqlx::query(statement)
+            .execute(&admin)
+            .await
+            .expect(statement);
+    }
+    admin.close().await;
+    let auditor_url = format!("postgres://auditor@127.0.0.1:{}/audited", server.port());
+    let store = open_pg(&auditor_url).await;
+    let report = audit::verify(&store).await.expect("verify");
+    assert_eq!((report.records, report.broken), (5, None));
+    assert_eq!(all_records(&store).await.len(), 5);
+    let refused = log(&store)
+        .record(&record("alice", "my-app", Outcome::Granted))
+        .await
+        .expect_err("an auditor cannot append");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+}
+
 /// A PostgreSQL server that cannot be reached is named by host and port, with the reason, and
 /// never with the URL's password.
 #[tokio::test]
