@@ -292,7 +292,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => rise_backend::server::serve(config).await,
         Command::DevCert { .. } => Ok(()),
         Command::CheckConfig { offline } => {
-            let state = rise_backend::server::build_state(&config).await?;
+            let state = if offline {
+                rise_backend::server::build_state_offline(&config).await?
+            } else {
+                rise_backend::server::build_state(&config).await?
+            };
             // What `serve` loads next: a certificate that cannot be read fails here too.
             if let Some(tls) = &config.server.tls {
                 rise_backend::tls::TlsReloader::load_for(

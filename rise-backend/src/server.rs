@@ -25,8 +25,25 @@ use crate::tls::TlsReloader;
 /// Credential lifetime when neither caller nor project asks for another: the seed's "1-hour expiry".
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
-/// Build the application state from validated configuration.
+/// Build the application state from validated configuration; the issuers' keys start being
+/// fetched in the background.
 pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    build(config, KeyFetch::Now).await
+}
+
+/// [`build_state`] without starting the issuers' key fetches: `check-config --offline`, which
+/// must not reach out to them.
+pub async fn build_state_offline(config: &Config) -> anyhow::Result<AppState> {
+    build(config, KeyFetch::OnDemand).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyFetch {
+    Now,
+    OnDemand,
+}
+
+async fn build(config: &Config, key_fetch: KeyFetch) -> anyhow::Result<AppState> {
     for (i, admin) in config.audit.admins.iter().enumerate() {
         if admin.subject.is_none() && admin.groups.is_empty() && admin.claims.is_empty() {
             tracing::warn!(
@@ -55,7 +72,10 @@ pub async fn build_state(config: &Config) -> anyhow::Result<AppState> {
     } else {
         None
     };
-    let auth = Arc::new(Authenticator::from_config(&config.auth, local).await?);
+    let auth = Arc::new(match key_fetch {
+        KeyFetch::Now => Authenticator::from_config(&config.auth, local).await?,
+        KeyFetch::OnDemand => Authenticator::from_config_offline(&config.auth, local).await?,
+    });
     let policy = Arc::new(Policy::from_config(config).map_err(anyhow::Error::msg)?);
     let store = Store::open(&config.database, &config.server.data_dir)
         .await

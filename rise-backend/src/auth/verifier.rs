@@ -92,6 +92,24 @@ impl Authenticator {
         config: &AuthConfig,
         local: Option<LocalIssuer>,
     ) -> anyhow::Result<Self> {
+        let authenticator = Self::from_config_offline(config, local).await?;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for issuer in &authenticator.issuers {
+                if let Keys::Remote(remote) = &issuer.keys {
+                    let remote = Arc::clone(remote);
+                    runtime.spawn(async move { remote.refresh_unless_changed(0).await });
+                }
+            }
+        }
+        Ok(authenticator)
+    }
+
+    /// [`from_config`](Self::from_config) without starting the key fetches
+    /// (`check-config --offline`); keys are still fetched when a token first needs them.
+    pub async fn from_config_offline(
+        config: &AuthConfig,
+        local: Option<LocalIssuer>,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             // A redirect could lead a key fetch from https to http; issuers publish direct URLs.
             .redirect(reqwest::redirect::Policy::none())
@@ -132,16 +150,7 @@ impl Authenticator {
                 max_lifetime: issuer_config.max_token_lifetime,
             });
         }
-        let authenticator = Self::new(issuers, config.leeway)?;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            for issuer in &authenticator.issuers {
-                if let Keys::Remote(remote) = &issuer.keys {
-                    let remote = Arc::clone(remote);
-                    runtime.spawn(async move { remote.refresh_unless_changed(0).await });
-                }
-            }
-        }
-        Ok(authenticator)
+        Self::new(issuers, config.leeway)
     }
 
     fn new(issuers: Vec<Issuer>, leeway: Duration) -> anyhow::Result<Self> {

@@ -291,14 +291,25 @@ async fn check_config_fails_what_serve_would_never_make_ready() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Offline (an image build without the network): the unreachable issuer is not asked.
+    // Offline (an image build without the network): the issuer is not asked at all; a
+    // listener in its place sees no connection.
+    let issuer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    issuer.set_nonblocking(true).expect("nonblocking");
+    let listening = format!(
+        "[auth.issuers.corp]\nissuer = \"http://{}\"\naudience = \"rise\"\ninsecure_http = true\n",
+        issuer.local_addr().expect("addr")
+    );
     let config =
-        crate::support::rise_process::write_config(dir.path(), &format!("{registry}{unreachable}"));
+        crate::support::rise_process::write_config(dir.path(), &format!("{registry}{listening}"));
     let out = crate::support::rise_process::run(&config, &["check-config", "--offline"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("offline"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{stderr}"
+    );
+    assert!(
+        matches!(issuer.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "check-config --offline connected to the issuer: {stderr}"
     );
 }
 
