@@ -57,6 +57,8 @@ struct TokenParams {
     scopes: Vec<String>,
     /// From the POST form (`password` or `refresh_token`); GET carries it in `Authorization`.
     password: Option<SecretString>,
+    /// What the caller calls it, for messages: `refresh_token` when it came as one.
+    password_name: &'static str,
 }
 
 pub(super) async fn get_token(
@@ -94,7 +96,10 @@ enum Method {
 }
 
 fn parse_params(input: &[u8], method: Method) -> Result<TokenParams, ApiError> {
-    let mut params = TokenParams::default();
+    let mut params = TokenParams {
+        password_name: "password",
+        ..TokenParams::default()
+    };
     let mut grant_type = None;
     let mut password = None;
     let mut refresh_token = None;
@@ -121,7 +126,10 @@ fn parse_params(input: &[u8], method: Method) -> Result<TokenParams, ApiError> {
     if method == Method::Post {
         params.password = match grant_type.as_deref() {
             Some("password") => password,
-            Some("refresh_token") => refresh_token,
+            Some("refresh_token") => {
+                params.password_name = "refresh_token";
+                refresh_token
+            }
             Some(other) => {
                 return Err(ApiError::BadRequest(format!(
                     "unsupported grant_type {:?}: use password or refresh_token",
@@ -198,7 +206,8 @@ async fn issue(
                 return Err(ApiError::BadCredentials {
                     code: e.code(),
                     message: format!(
-                        "the password is neither a Rise grant nor a valid token of a trusted issuer: {e}"
+                        "the {} is neither a Rise grant nor a valid token of a trusted issuer: {e}",
+                        params.password_name
                     ),
                 });
             }

@@ -506,6 +506,27 @@ async fn the_token_endpoint_follows_the_spec() {
             json!([{"type": "repository", "name": "my-app", "actions": ["pull"]}])
         );
     }
+    // A bad credential is called by the name the caller gave it.
+    for (grant_type, field) in [("refresh_token", "refresh_token"), ("password", "password")] {
+        let response = env
+            .http
+            .post(format!("{}/token", env.rise.url))
+            .form(&[
+                ("grant_type", grant_type),
+                (field, "not-a-token"),
+                ("service", SERVICE),
+            ])
+            .send()
+            .await
+            .expect("POST /token");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let body: Value = response.json().await.expect("JSON");
+        let message = body["message"].as_str().expect("message");
+        assert!(
+            message.starts_with(&format!("the {field} is neither a Rise grant")),
+            "{message}"
+        );
+    }
 
     // Refusals are JSON errors; credential problems challenge for Basic.
     for (query, password, status, code) in [
