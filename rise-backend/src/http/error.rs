@@ -42,7 +42,8 @@ pub enum ApiError {
     #[error("not found: {0}")]
     RouteNotFound(String),
     #[error("method not allowed")]
-    MethodNotAllowed,
+    /// With what the endpoint accepts (its `Allow` header), when known.
+    MethodNotAllowed(Option<String>),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
     /// `/readyz`: the named checks failed; their detail is logged, not returned.
@@ -196,10 +197,16 @@ impl ApiError {
                 "not_found",
                 format!("no such endpoint {path}; see GET /registry/credentials?project=NAME"),
             ),
-            ApiError::MethodNotAllowed => (
+            ApiError::MethodNotAllowed(allow) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "this endpoint does not accept that method".into(),
+                match allow {
+                    Some(allow) => format!(
+                        "this endpoint does not accept that method; it accepts {}",
+                        allow.split(',').map(str::trim).collect::<Vec<_>>().join(", ")
+                    ),
+                    None => "this endpoint does not accept that method".into(),
+                },
             ),
             ApiError::RateLimited(limited) => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -432,10 +439,16 @@ mod tests {
             "registry default, store failing",
         );
         check(
-            ApiError::MethodNotAllowed,
+            ApiError::MethodNotAllowed(None),
             405,
             "method_not_allowed",
             "method",
+        );
+        check(
+            ApiError::MethodNotAllowed(Some("GET,HEAD".into())),
+            405,
+            "method_not_allowed",
+            "it accepts GET, HEAD",
         );
         check(
             AuditError::Store("disk full at /var/lib/rise".into()).into(),

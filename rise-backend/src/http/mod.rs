@@ -66,7 +66,7 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub fn app(state: AppState) -> Router {
     crate::metrics::install();
     let state = Arc::new(state);
-    Router::new()
+    let routes = Router::new()
         // HEAD would mint (and audit) a credential the caller never receives: refused, as on
         // the other minting route.
         .route(
@@ -109,7 +109,12 @@ pub fn app(state: AppState) -> Router {
                 },
             ),
         )
-        .with_state(state)
+        .with_state(state);
+    // A route adds a 405's `Allow` after its fallback answered, outside the layers above: only
+    // a layer around the whole router sees it.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::map_response(name_allowed_methods))
 }
 
 /// Gives a request's body one deadline, [`AppState::body_deadline`] from its headers, however it
@@ -179,10 +184,27 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().chars().take(200).collect())
 }
 
+/// A 405's message names what the endpoint accepts, from the `Allow` header the router (or
+/// [`method_not_allowed`]) set after the fallback answered.
+async fn name_allowed_methods(response: Response) -> Response {
+    if response.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let Some(allow) = response.headers().get(header::ALLOW).cloned() else {
+        return response;
+    };
+    let Ok(methods) = allow.to_str() else {
+        return response;
+    };
+    let mut named = ApiError::MethodNotAllowed(Some(methods.to_owned())).into_response();
+    named.headers_mut().insert(header::ALLOW, allow);
+    named
+}
+
 /// A 405 with its `Allow` header. axum lists HEAD wherever GET is routed; the minting routes
 /// refuse HEAD, so they name their methods here (axum keeps an `Allow` a handler set).
 async fn method_not_allowed(uri: Uri) -> Response {
-    let mut response = ApiError::MethodNotAllowed.into_response();
+    let mut response = ApiError::MethodNotAllowed(None).into_response();
     let minting = match uri.path() {
         "/registry/credentials" => Some("GET"),
         "/token" => Some("GET, POST"),

@@ -642,6 +642,11 @@ async fn method_not_allowed_names_the_allowed_methods() {
             .expect("body");
         let json: Value = serde_json::from_slice(&body).expect("JSON body");
         assert_eq!(json["error"], "method_not_allowed", "{method} {uri}");
+        let message = json["message"].as_str().expect("message");
+        let said = message
+            .rsplit_once("it accepts ")
+            .map(|(_, methods)| methods.replace(' ', ""));
+        assert_eq!(said.as_deref(), Some(allowed), "{method} {uri}: {message}");
     }
 }
 
