@@ -23,7 +23,8 @@ pub const HELPER_NAME: &str = "rise";
 pub enum AuthFile {
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
     Docker,
-    /// `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`.
+    /// `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`, else (Linux)
+    /// `/run/containers/<uid>/auth.json`.
     Containers,
 }
 
@@ -59,15 +60,32 @@ impl AuthFile {
                 if let Some(file) = ctx.var(vars::REGISTRY_AUTH_FILE) {
                     return Ok(PathBuf::from(file));
                 }
-                let runtime = ctx.var(vars::XDG_RUNTIME_DIR).ok_or_else(|| {
+                if let Some(runtime) = ctx.var(vars::XDG_RUNTIME_DIR) {
+                    return Ok(PathBuf::from(runtime).join("containers").join("auth.json"));
+                }
+                // Without XDG_RUNTIME_DIR (root's shell, `sudo`, a CI container) podman, skopeo
+                // and buildah use /run/containers/<uid>/auth.json.
+                per_uid_default().ok_or_else(|| {
                     CliError::Input(
                         "cannot find the containers auth file: set REGISTRY_AUTH_FILE or XDG_RUNTIME_DIR".into(),
                     )
-                })?;
-                Ok(PathBuf::from(runtime).join("containers").join("auth.json"))
+                })
             }
         }
     }
+}
+
+/// `/run/containers/<uid>/auth.json`: the containers tools' file when `XDG_RUNTIME_DIR` is unset.
+#[cfg(target_os = "linux")]
+fn per_uid_default() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    Some(PathBuf::from(format!("/run/containers/{uid}/auth.json")))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn per_uid_default() -> Option<PathBuf> {
+    None
 }
 
 /// Make the credential helper answer for `host`: `credHelpers[host] = "rise"`. A password
@@ -173,6 +191,34 @@ fn save(path: &std::path::Path, root: Map<String, Value>) -> Result<(), CliError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_containers_file_is_found_as_podman_and_skopeo_find_it() {
+        let ctx = |vars: &[(&str, &str)]| {
+            Context::from_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        };
+        let path = |vars: &[(&str, &str)]| AuthFile::Containers.path(&ctx(vars)).expect("path");
+        assert_eq!(
+            path(&[
+                ("REGISTRY_AUTH_FILE", "/a.json"),
+                ("XDG_RUNTIME_DIR", "/run/user/7")
+            ]),
+            PathBuf::from("/a.json")
+        );
+        assert_eq!(
+            path(&[("XDG_RUNTIME_DIR", "/run/user/7")]),
+            PathBuf::from("/run/user/7/containers/auth.json")
+        );
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+            assert_eq!(
+                path(&[]),
+                PathBuf::from(format!("/run/containers/{uid}/auth.json"))
+            );
+        }
+    }
 
     #[test]
     fn helper_registration_keeps_other_content() {

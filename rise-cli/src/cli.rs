@@ -202,7 +202,7 @@ pub struct RegistryLoginArgs {
     #[arg(long)]
     pub project: String,
     /// Which tools' auth file to set up: docker ($DOCKER_CONFIG/config.json or ~/.docker/config.json),
-    /// podman ($REGISTRY_AUTH_FILE or $XDG_RUNTIME_DIR/containers/auth.json; also skopeo and buildah), or all
+    /// podman ($REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json or /run/containers/UID/auth.json; also skopeo and buildah), or all
     #[arg(long, value_enum, default_value_t = ClientKind::Docker)]
     pub client: ClientKind,
     /// Write the short-lived credential itself into `auths` instead of registering the helper
