@@ -519,8 +519,21 @@ impl Store {
     /// Apply every migration not yet recorded in `rise_schema_migrations`, under a lock so
     /// replicas starting together do not race.
     async fn migrate(&self) -> Result<(), StoreError> {
-        if self.schema_is_current().await {
-            return Ok(());
+        let latest = latest_migration(match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        });
+        if let Some(version) = self.current_schema().await {
+            if version > latest {
+                tracing::warn!(
+                    database = version,
+                    this_server = latest,
+                    "the database schema is newer than this server's: a newer Rise migrated it; upgrade this server (replicas of mixed versions are meant only for the length of a rolling upgrade)"
+                );
+            }
+            if version >= latest {
+                return Ok(());
+            }
         }
         on_backend!(self, |pool, d| {
             let mut tx = pool.begin_with(d.begin_write()).await?;
@@ -571,23 +584,24 @@ impl Store {
         })
     }
 
-    /// Whether the schema is at this build's version (or later) and the chain's head row is in
-    /// place, read without writing: then opening writes nothing, so a role that may only read
-    /// (an auditor running `audit verify`) can open the store. Any error (no schema yet) means
-    /// "migrate".
-    async fn schema_is_current(&self) -> bool {
+    /// The schema version, when the schema and the chain's head row are in place, read without
+    /// writing: at this build's version (or later) opening writes nothing, so a role that may only
+    /// read (an auditor running `audit verify`) can open the store. `None` (no schema yet, or any
+    /// error) means "migrate".
+    async fn current_schema(&self) -> Option<i64> {
         on_backend!(self, |pool, d| {
-            let latest = migrations(d).iter().map(|&(v, _)| v).max().unwrap_or(0);
-            let version: Result<Option<i64>, sqlx::Error> =
+            let version: Option<i64> =
                 sqlx::query_scalar("SELECT MAX(version) FROM rise_schema_migrations")
                     .fetch_one(pool)
-                    .await;
-            let head: Result<Option<i64>, sqlx::Error> =
+                    .await
+                    .ok()?;
+            let head: Option<i64> =
                 sqlx::query_scalar("SELECT head_id FROM audit_chain WHERE name = $1")
                     .bind(CHAIN)
                     .fetch_optional(pool)
-                    .await;
-            matches!((version, head), (Ok(Some(v)), Ok(Some(_))) if v >= latest)
+                    .await
+                    .ok()?;
+            head.and(version)
         })
     }
 
@@ -944,6 +958,11 @@ pub struct Revocation {
 }
 
 /// Versioned schema changes, per dialect. Append new versions; never edit an applied one.
+/// The version the last migration of this build brings the schema to.
+fn latest_migration(d: Dialect) -> i64 {
+    migrations(d).iter().map(|&(v, _)| v).max().unwrap_or(0)
+}
+
 fn migrations(d: Dialect) -> &'static [(i64, &'static [&'static str])] {
     match d {
         Dialect::Sqlite => &[

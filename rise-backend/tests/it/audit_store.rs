@@ -927,6 +927,30 @@ async fn a_read_only_role_verifies_and_reads_the_log() {
     );
 }
 
+/// A database a newer Rise migrated opens (mixed versions during a rolling upgrade), and the
+/// older server says so at start.
+#[tokio::test]
+async fn a_schema_newer_than_the_server_is_named_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("rise.db");
+    let store = Store::open_sqlite(&path, true).await.expect("store");
+    write_n(&log(&store), 2).await;
+    sqlx::query("INSERT INTO rise_schema_migrations (version, applied_ms) VALUES (999, 0)")
+        .execute(store.sqlite_pool().expect("sqlite"))
+        .await
+        .expect("a newer migration");
+    drop(store);
+    let captured = crate::support::logs::TraceCapture::start();
+    let store = Store::open_sqlite(&path, false).await.expect("opens");
+    let said = captured.text();
+    assert!(
+        said.contains("WARN") && said.contains("schema is newer than this server's"),
+        "{said}"
+    );
+    assert!(said.contains("database=999"), "{said}");
+    assert_eq!(all_records(&store).await.len(), 2);
+}
+
 /// A PostgreSQL server that cannot be reached is named by host and port, with the reason, and
 /// never with the URL's password.
 #[tokio::test]
