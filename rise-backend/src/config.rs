@@ -687,6 +687,18 @@ impl Config {
                     message: both_ways(base, file),
                 });
             }
+            if let Some(other_name) = set_by.get(&path) {
+                // Names that differ only in case: which wins would depend on the environment's order.
+                let (first, second) = if *other_name < name.as_str() {
+                    (*other_name, name.as_str())
+                } else {
+                    (name.as_str(), *other_name)
+                };
+                return Err(ConfigError::Semantic(format!(
+                    "environment variables {first} and {second} both set `{}` (names are read without regard to case); keep one",
+                    path.join(".")
+                )));
+            }
             set_by.insert(path.clone(), name);
             let source = format!("environment variable {name}");
             let mut table = Table::new();
@@ -1483,6 +1495,20 @@ mod tests {
                 let err = load(&files, &env).expect_err(expected).to_string();
                 assert_eq!(err, expected, "{env:?}");
             }
+        }
+    }
+
+    #[test]
+    fn variables_naming_one_key_in_two_cases_are_refused_in_either_order() {
+        let one = ("RISE_SERVER__LISTEN", "127.0.0.1:3001");
+        let other = ("RISE_server__listen", "127.0.0.1:3002");
+        for env in [[one, other], [other, one]] {
+            let err = load(&[], &env).expect_err("ambiguous").to_string();
+            assert_eq!(
+                err,
+                "environment variables RISE_SERVER__LISTEN and RISE_server__listen both set `server.listen` (names are read without regard to case); keep one",
+                "{env:?}"
+            );
         }
     }
 
