@@ -517,6 +517,7 @@ fn rotate_files(dir: &Path, family: &KeyFamily, expected: Option<&NextKey>) -> a
         )
     })?;
     read_or_create(&path(Slot::Next), family.generate)?;
+    sync_dir(dir);
     drop(lock);
     Ok(())
 }
@@ -683,7 +684,19 @@ pub fn read_or_create(
     })();
     let _ = fs::remove_file(&tmp);
     created.with_context(|| format!("creating {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
     read_private(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Make a directory's entries (a new link, a rename) durable, so a power loss cannot undo them
+/// after the caller went on (a rotation recorded in the audit log, say). Best effort: not every
+/// filesystem can sync a directory, and the files themselves were synced when written.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Replace `path` atomically with a new 0600 file holding `content`.

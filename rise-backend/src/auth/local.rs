@@ -222,10 +222,7 @@ fn create_key_file(path: &Path) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_file(&tmp);
     published.with_context(|| format!("writing the local issuer key {}", path.display()))?;
-    // Make the new directory entry durable; not all filesystems support syncing a directory.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::keyring::sync_dir(dir);
     Ok(())
 }
 
