@@ -330,8 +330,8 @@ async fn refuse(state: &AppState, records: &mut [AuditRecord], err: ApiError) ->
 }
 
 /// Why a valid, unrevoked grant no longer buys a token: the configuration that allowed it is
-/// gone. Its caller's issuer is no longer trusted, or its repository is no longer a project's
-/// on this registry. (A narrowed rule takes effect on grants at their expiry, or by revocation:
+/// gone. Its caller's issuer is no longer trusted, or its repository is no longer the granting
+/// project's on this registry (grants of earlier versions, without `prj`: any project's). (A narrowed rule takes effect on grants at their expiry, or by revocation:
 /// a grant does not carry the claims the rules match.)
 fn outdated_grant(state: &AppState, registry: &str, grant: &Grant) -> Option<ApiError> {
     let claims = &grant.claims;
@@ -344,11 +344,7 @@ fn outdated_grant(state: &AppState, registry: &str, grant: &Grant) -> Option<Api
             ),
         });
     }
-    if state
-        .policy
-        .project_for_repository(registry, &claims.repo)
-        .is_none()
-    {
+    let Some(project) = state.policy.project_for_repository(registry, &claims.repo) else {
         return Some(ApiError::BadCredentials {
             code: "grant_project_removed",
             message: format!(
@@ -356,8 +352,21 @@ fn outdated_grant(state: &AppState, registry: &str, grant: &Grant) -> Option<Api
                 claims.repo
             ),
         });
+    };
+    // Another project's now (renamed, or its repository given to another): its rules, not the
+    // ones that granted these credentials, say who may use it.
+    match &claims.prj {
+        Some(granted) if granted.as_str() != project.name.as_str() => {
+            Some(ApiError::BadCredentials {
+                code: "grant_project_changed",
+                message: format!(
+                    "these credentials were granted for project {granted}; repository {} on registry {registry} is now project {}'s: ask /registry/credentials?project={} again",
+                    claims.repo, project.name, project.name
+                ),
+            })
+        }
+        _ => None,
     }
-    None
 }
 
 /// The audit records of a token exchange by `caller`: one per repository asked for (so a

@@ -560,6 +560,22 @@ async fn grants_end_with_their_issuer_or_project() {
         "grant_project_removed",
         "repository my-app, which is no longer a project's on registry default",
     );
+    // Renamed, keeping its repository: the repository is another project's now, whose rules
+    // the grant was not checked against.
+    let renamed_keeping = CONFIG
+        .replace(
+            "[projects.my-app]\n",
+            "[projects.renamed-app]\nrepository = \"my-app\"\n",
+        )
+        .replace("projects.my-app.allow", "projects.renamed-app.allow");
+    assert_ne!(renamed_keeping, CONFIG);
+    let restarted = rise.restarted_with(&renamed_keeping).await;
+    check_error(
+        &exchange(&restarted).await,
+        StatusCode::UNAUTHORIZED,
+        "grant_project_changed",
+        "granted for project my-app; repository my-app on registry default is now project renamed-app's",
+    );
     // The refusals are audited, as the grant's.
     let filter = rise_backend::audit::AuditFilter {
         subject: Some("alice".to_owned()),
@@ -569,7 +585,9 @@ async fn grants_end_with_their_issuer_or_project() {
     let records = restarted.state.audit.query(&filter).await.expect("audit");
     let reasons: Vec<&str> = records.iter().map(|r| r.fields.reason.as_str()).collect();
     assert!(
-        reasons.contains(&"grant_issuer_untrusted") && reasons.contains(&"grant_project_removed"),
+        reasons.contains(&"grant_issuer_untrusted")
+            && reasons.contains(&"grant_project_removed")
+            && reasons.contains(&"grant_project_changed"),
         "{reasons:?}"
     );
 }

@@ -8,8 +8,8 @@
 //! (0600, created atomically) so every Rise process sharing the data directory accepts the
 //! grants of the others.
 //!
-//! A grant names the caller (issuer and subject), the registry, one repository and the actions
-//! the policy allowed, expires at `exp` (no leeway: Rise's own clock made it), and carries a
+//! A grant names the caller (issuer and subject), the project, the registry, one repository and
+//! the actions the policy allowed, expires at `exp` (no leeway: Rise's own clock made it), and carries a
 //! `jti` for audit.
 
 use std::path::Path;
@@ -166,6 +166,9 @@ pub struct GrantClaims {
     /// The configured registry name.
     pub reg: String,
     pub repo: RepositoryName,
+    /// The project the policy granted it under. Absent in grants of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prj: Option<String>,
     pub act: Actions,
     pub iat: u64,
     pub exp: u64,
@@ -271,6 +274,7 @@ impl GrantKey {
             idp: claims.issuer.to_owned(),
             reg: claims.registry.to_owned(),
             repo: claims.repository.clone(),
+            prj: Some(claims.project.to_owned()),
             act: claims.actions,
             iat: unix_secs(claims.issued_at),
             exp: unix_secs(claims.expires_at),
@@ -339,6 +343,7 @@ impl std::fmt::Debug for GrantKey {
 pub struct NewGrant<'a> {
     pub subject: &'a str,
     pub issuer: &'a str,
+    pub project: &'a str,
     pub registry: &'a str,
     pub repository: &'a RepositoryName,
     pub actions: Actions,
@@ -367,6 +372,7 @@ mod tests {
         key.mint(NewGrant {
             subject: "alice",
             issuer: "local",
+            project: "my-app",
             registry: "default",
             repository: &r,
             actions: Actions::PUSH_PULL,
@@ -405,6 +411,31 @@ mod tests {
         assert_eq!(grant.claims.repo, repo("my-app"));
         assert_eq!(grant.claims.act, Actions::PUSH_PULL);
         assert!(!grant.claims.jti.is_empty());
+    }
+
+    /// Grants minted before `prj` existed stay valid until they expire, naming no project.
+    #[test]
+    fn a_grant_without_a_project_is_still_a_grant() {
+        let key = GrantKey::from_secret(&[7; 32]);
+        let token = mint(&key, SystemTime::now(), Duration::from_secs(300));
+        let GrantCheck::Valid(grant) = key.check(&token) else {
+            panic!("a fresh grant is valid");
+        };
+        assert_eq!(grant.claims.prj.as_deref(), Some("my-app"));
+        let mut older = serde_json::to_value(&grant.claims).expect("claims");
+        older.as_object_mut().expect("object").remove("prj");
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(key.kid.clone());
+        let older = jsonwebtoken::encode(
+            &header,
+            &older,
+            &jsonwebtoken::EncodingKey::from_secret(&[7; 32]),
+        )
+        .expect("sign");
+        let GrantCheck::Valid(grant) = key.check(&older) else {
+            panic!("an earlier version's grant is valid");
+        };
+        assert_eq!(grant.claims.prj, None);
     }
 
     #[test]

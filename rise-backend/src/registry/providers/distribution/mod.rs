@@ -342,6 +342,7 @@ impl DistributionProvider {
             .mint(NewGrant {
                 subject: &request.principal.subject,
                 issuer: &request.principal.issuer,
+                project: request.project.as_str(),
                 registry: &self.name,
                 repository: &request.repository,
                 actions: request.actions,
