@@ -393,9 +393,15 @@ pub fn write_dev_cert(
             .iter()
             .map(|name| match name.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => name.clone().try_into().map(SanType::DnsName).map_err(|_| {
-                    anyhow::anyhow!("{name:?} is neither an IP address nor a DNS name")
-                }),
+                Err(_) => Some(name)
+                    .filter(|n| is_dns_name(n))
+                    .and_then(|n| n.clone().try_into().ok())
+                    .map(SanType::DnsName)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{name:?} is neither an IP address nor a DNS name (labels of letters, digits and `-`, dot-separated; `*.` may lead)"
+                        )
+                    }),
             })
             .collect::<anyhow::Result<_>>()?;
     let permitted = sans
@@ -499,9 +505,63 @@ fn write_replacing(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A host name a certificate may name: dot-separated labels of 1 to 63 letters, digits and `-`
+/// (not first or last), at most 253 characters, optionally after a leading `*.` wildcard.
+fn is_dns_name(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && name.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dev_cert_names_must_be_host_names_or_addresses() {
+        for (name, ok) in [
+            ("rise.test", true),
+            ("*.rise.test", true),
+            ("my-host", true),
+            ("10.0.0.7", true),
+            ("fd00::7", true),
+            ("bad host!", false),
+            ("-dash.test", false),
+            ("a..test", false),
+            ("*", false),
+            ("x.*.test", false),
+            ("under_score.test", false),
+        ] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let written = write_dev_cert(dir.path(), &[name.to_owned()], false);
+            match written {
+                Ok(files) => {
+                    assert!(ok, "{name:?} was accepted");
+                    assert!(files.names.contains(&name.to_owned()));
+                }
+                Err(e) => {
+                    assert!(!ok, "{name:?}: {e}");
+                    assert!(
+                        e.to_string()
+                            .contains("neither an IP address nor a DNS name"),
+                        "{e}"
+                    );
+                    assert!(
+                        !dir.path().join("key.pem").exists(),
+                        "{name:?}: nothing written"
+                    );
+                }
+            }
+        }
+    }
 
     fn tls_config(files: &DevCertFiles) -> TlsConfig {
         TlsConfig {
