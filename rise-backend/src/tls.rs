@@ -505,20 +505,9 @@ fn write_replacing(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A host name a certificate may name: dot-separated labels of 1 to 63 letters, digits and `-`
-/// (not first or last), at most 253 characters, optionally after a leading `*.` wildcard.
+/// A host name a certificate may name: a DNS name, optionally after a leading `*.` wildcard.
 fn is_dns_name(name: &str) -> bool {
-    let host = name.strip_prefix("*.").unwrap_or(name);
-    !host.is_empty()
-        && name.len() <= 253
-        && host.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    name.len() <= 253 && crate::registry::is_dns_name(name.strip_prefix("*.").unwrap_or(name))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-pub use names::{Action, Actions, NameError, ProjectName, RepositoryName};
+pub use names::{Action, Actions, NameError, ProjectName, RepositoryName, is_dns_name};
 
 use crate::auth::Principal;
 

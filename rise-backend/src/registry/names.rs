@@ -5,6 +5,20 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// A DNS host name: dot-separated labels of 1 to 63 letters, digits and inner hyphens, 253
+/// characters at most (no wildcard, no trailing dot).
+pub fn is_dns_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// Why a name or action was refused. The message says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

@@ -181,17 +181,7 @@ fn is_ipv4_or_dns_name(host: &str) -> bool {
     if host.parse::<std::net::Ipv4Addr>().is_ok() {
         return true;
     }
-    let label_ok = |label: &str| {
-        (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    };
-    host.len() <= 253
-        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && host.split('.').all(label_ok)
+    !host.bytes().all(|b| b.is_ascii_digit() || b == b'.') && crate::registry::is_dns_name(host)
 }
 
 /// The keys shared by every Distribution registry of this server.
