@@ -1,13 +1,14 @@
 //! Editing the auth files container tools read: Docker's `config.json` and the containers
 //! `auth.json` (podman, buildah, skopeo). Both have the same shape; only the entries for one
 //! registry are changed, everything else is kept, and the file is replaced atomically with mode
-//! 0600.
+//! 0600. Several files are edited together ([`Edits`]): all of them change, or none does.
 
-use std::path::PathBuf;
+use std::fs::Permissions;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde_json::{Map, Value};
 
 use crate::context::{Context, vars};
@@ -88,77 +89,185 @@ fn per_uid_default() -> Option<PathBuf> {
     None
 }
 
-/// Make the credential helper answer for `host`: `credHelpers[host] = "rise"`. A password
-/// stored for the same host under `auths` is removed (the helper supersedes it, and a stale
-/// secret should not linger). Returns notes for the user.
-pub fn register_helper(path: &std::path::Path, host: &str) -> Result<Vec<String>, CliError> {
-    let mut root = load(path)?;
-    let mut notes = Vec::new();
-    object_entry(&mut root, path, "credHelpers")?
-        .insert(host.to_owned(), Value::String(HELPER_NAME.to_owned()));
-    if let Some(Value::Object(auths)) = root.get_mut("auths")
-        && auths.remove(host).is_some()
-    {
-        notes.push(format!(
-            "removed the password stored for {host} in {}: the helper now supplies fresh credentials",
-            path.display()
-        ));
-    }
-    save(path, root)?;
-    Ok(notes)
+/// Changes to one or more auth files, made in memory first: every file is read and every change
+/// checked before [`Edits::write`] writes any, so one file that cannot be edited (not a JSON
+/// object, a field of the wrong type) leaves all of them as they were.
+#[derive(Default)]
+pub struct Edits {
+    files: Vec<Edit>,
 }
 
-/// Store a short-lived credential under `auths[key]` (`key` is a host or `host/repository`).
-/// Removes a `credHelpers` entry for the same host, which would otherwise take precedence.
-pub fn store_password(
-    path: &std::path::Path,
-    key: &str,
-    host: &str,
-    username: &str,
-    password: &SecretString,
-) -> Result<Vec<String>, CliError> {
-    let mut root = load(path)?;
-    let mut notes = Vec::new();
-    if let Some(Value::Object(helpers)) = root.get_mut("credHelpers")
-        && helpers.remove(host).is_some()
-    {
-        notes.push(format!(
-            "removed the credential helper entry for {host} in {}, which would hide the stored password",
-            path.display()
-        ));
-    }
-    if let Some(store) = root.get("credsStore").and_then(Value::as_str) {
-        notes.push(format!(
-            "{} sets credsStore = {store:?}, which Docker asks before `auths`: run without --store-password to use the Rise helper instead",
-            path.display()
-        ));
-    }
-    // Exposed only to be written into the user's 0600 auth file, as they asked.
-    let auth = STANDARD.encode(format!("{username}:{}", password.expose_secret()));
-    let auths = object_entry(&mut root, path, "auths")?;
-    let entry = auths
-        .entry(key.to_owned())
-        .or_insert_with(|| Value::Object(Map::new()));
-    if !entry.is_object() {
-        *entry = Value::Object(Map::new());
-    }
-    if let Value::Object(e) = entry {
-        e.remove("identitytoken");
-        e.remove("registrytoken");
-        e.insert("auth".to_owned(), Value::String(auth));
-    }
-    save(path, root)?;
-    Ok(notes)
+/// One file's new content, and what to put back if a later file cannot be written.
+struct Edit {
+    path: PathBuf,
+    /// The file itself, symbolic links resolved: two names for one file make one edit.
+    identity: PathBuf,
+    /// Its bytes and permissions before, `None` when it did not exist. Other registries'
+    /// passwords may be in it.
+    before: Option<(SecretSlice<u8>, Option<Permissions>)>,
+    root: Map<String, Value>,
 }
 
-fn load(path: &std::path::Path) -> Result<Map<String, Value>, CliError> {
-    let Some(bytes) = fsutil::read_optional(path)? else {
+impl Edits {
+    /// Make the credential helper answer for `host`: `credHelpers[host] = "rise"`. A password
+    /// stored for the same host under `auths` is removed (the helper supersedes it, and a stale
+    /// secret should not linger). Returns notes for the user.
+    pub fn register_helper(&mut self, path: &Path, host: &str) -> Result<Vec<String>, CliError> {
+        let root = self.open(path)?;
+        let mut notes = Vec::new();
+        object_entry(root, path, "credHelpers")?
+            .insert(host.to_owned(), Value::String(HELPER_NAME.to_owned()));
+        if let Some(Value::Object(auths)) = root.get_mut("auths")
+            && auths.remove(host).is_some()
+        {
+            notes.push(format!(
+                "removed the password stored for {host} in {}: the helper now supplies fresh credentials",
+                path.display()
+            ));
+        }
+        Ok(notes)
+    }
+
+    /// Store a short-lived credential under `auths[key]` (`key` is a host or `host/repository`).
+    /// Removes a `credHelpers` entry for the same host, which would otherwise take precedence.
+    pub fn store_password(
+        &mut self,
+        path: &Path,
+        key: &str,
+        host: &str,
+        username: &str,
+        password: &SecretString,
+    ) -> Result<Vec<String>, CliError> {
+        let root = self.open(path)?;
+        let mut notes = Vec::new();
+        if let Some(Value::Object(helpers)) = root.get_mut("credHelpers")
+            && helpers.remove(host).is_some()
+        {
+            notes.push(format!(
+                "removed the credential helper entry for {host} in {}, which would hide the stored password",
+                path.display()
+            ));
+        }
+        if let Some(store) = root.get("credsStore").and_then(Value::as_str) {
+            notes.push(format!(
+                "{} sets credsStore = {store:?}, which Docker asks before `auths`: run without --store-password to use the Rise helper instead",
+                path.display()
+            ));
+        }
+        // Exposed only to be written into the user's 0600 auth file, as they asked.
+        let auth = STANDARD.encode(format!("{username}:{}", password.expose_secret()));
+        let auths = object_entry(root, path, "auths")?;
+        let entry = auths
+            .entry(key.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        if let Value::Object(e) = entry {
+            e.remove("identitytoken");
+            e.remove("registrytoken");
+            e.insert("auth".to_owned(), Value::String(auth));
+        }
+        Ok(notes)
+    }
+
+    /// Write every edited file, each atomically with mode 0600. When one cannot be written, the
+    /// ones already written are put back as they were, so either all of them change or none.
+    pub fn write(self) -> Result<(), CliError> {
+        let contents = self
+            .files
+            .iter()
+            .map(|edit| fsutil::json_bytes(&edit.path, &edit.root).map(SecretSlice::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (written, (edit, bytes)) in self.files.iter().zip(&contents).enumerate() {
+            if let Err(e) = fsutil::write_private(&edit.path, bytes.expose_secret()) {
+                return Err(undo(&self.files[..written], e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The content of `path` to edit: the edit already made to the same file, else the file as
+    /// it is now.
+    fn open(&mut self, path: &Path) -> Result<&mut Map<String, Value>, CliError> {
+        let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let index = match self.files.iter().position(|e| e.identity == identity) {
+            Some(i) => i,
+            None => {
+                let before = fsutil::read_optional(path).map_err(|e| {
+                    CliError::Input(format!(
+                        "{e}; fix that, then run this again (nothing was changed)"
+                    ))
+                })?;
+                let root = parse(path, before.as_deref())?;
+                let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
+                self.files.push(Edit {
+                    path: path.to_owned(),
+                    identity,
+                    before: before.map(|b| (SecretSlice::from(b), permissions)),
+                    root,
+                });
+                self.files.len() - 1
+            }
+        };
+        Ok(&mut self.files[index].root)
+    }
+}
+
+impl Edit {
+    /// Put the file back as it was before [`Edits::write`]: its bytes and mode, or no file.
+    fn restore(&self) -> Result<(), CliError> {
+        match &self.before {
+            Some((bytes, permissions)) => {
+                fsutil::write_private(&self.path, bytes.expose_secret())?;
+                if let Some(p) = permissions {
+                    std::fs::set_permissions(&self.path, p.clone())
+                        .map_err(|e| CliError::file("restore the mode of", &self.path, &e))?;
+                }
+                Ok(())
+            }
+            None => std::fs::remove_file(&self.path)
+                .map_err(|e| CliError::file("remove", &self.path, &e)),
+        }
+    }
+}
+
+/// The error `failed` after the files in `written` are put back, saying whether they were.
+fn undo(written: &[Edit], failed: CliError) -> CliError {
+    if written.is_empty() {
+        return failed;
+    }
+    let mut restored = Vec::new();
+    let mut stuck = Vec::new();
+    for edit in written.iter().rev() {
+        let path = edit.path.display();
+        match (edit.restore(), &edit.before) {
+            (Ok(()), Some(_)) => restored.push(format!("{path} was put back as it was")),
+            (Ok(()), None) => restored.push(format!("{path} was removed again")),
+            (Err(e), _) => stuck.push(format!("{path} holds the new entries ({e})")),
+        }
+    }
+    CliError::Input(if stuck.is_empty() {
+        format!(
+            "{failed}; {}, so nothing was changed: fix that, then run this again",
+            restored.join(" and ")
+        )
+    } else {
+        format!(
+            "{failed}; and putting back what was already written failed: {}: fix both, then run this again",
+            stuck.join("; ")
+        )
+    })
+}
+
+fn parse(path: &Path, bytes: Option<&[u8]>) -> Result<Map<String, Value>, CliError> {
+    let Some(bytes) = bytes else {
         return Ok(Map::new());
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(CliError::Input(format!(
             "{} is not a JSON object; fix or move it, then run this again (nothing was changed)",
@@ -169,7 +278,7 @@ fn load(path: &std::path::Path) -> Result<Map<String, Value>, CliError> {
 
 fn object_entry<'a>(
     root: &'a mut Map<String, Value>,
-    path: &std::path::Path,
+    path: &Path,
     key: &str,
 ) -> Result<&'a mut Map<String, Value>, CliError> {
     match root
@@ -182,10 +291,6 @@ fn object_entry<'a>(
             path.display()
         ))),
     }
-}
-
-fn save(path: &std::path::Path, root: Map<String, Value>) -> Result<(), CliError> {
-    fsutil::write_json_private(path, &Value::Object(root))
 }
 
 #[cfg(test)]
@@ -229,7 +334,9 @@ mod tests {
             r#"{"auths":{"other.io":{"auth":"eDp5"},"reg:5000":{"auth":"b2xkOnB3"}},"credHelpers":{"gcr.io":"gcloud"},"psFormat":"table {{.ID}}","experimental":"enabled"}"#,
         )
         .expect("seed");
-        let notes = register_helper(&path, "reg:5000").expect("register");
+        let mut edits = Edits::default();
+        let notes = edits.register_helper(&path, "reg:5000").expect("register");
+        edits.write().expect("write");
         assert_eq!(notes.len(), 1, "{notes:?}");
         let v: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
         assert_eq!(v["credHelpers"]["reg:5000"], "rise");
@@ -246,14 +353,17 @@ mod tests {
         let path = dir.path().join("auth.json");
         std::fs::write(&path, r#"{"credHelpers":{"reg:5000":"rise"},"credsStore":"desktop","auths":{"reg:5000/my-app":{"identitytoken":"x"}}}"#)
             .expect("seed");
-        let notes = store_password(
-            &path,
-            "reg:5000/my-app",
-            "reg:5000",
-            "u",
-            &"p".to_owned().into(),
-        )
-        .expect("store");
+        let mut edits = Edits::default();
+        let notes = edits
+            .store_password(
+                &path,
+                "reg:5000/my-app",
+                "reg:5000",
+                "u",
+                &"p".to_owned().into(),
+            )
+            .expect("store");
+        edits.write().expect("write");
         assert_eq!(notes.len(), 2, "{notes:?}");
         let v: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
         assert_eq!(
@@ -269,13 +379,99 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.json");
         std::fs::write(&path, "[1,2]").expect("seed");
-        let err = register_helper(&path, "h")
+        let mut edits = Edits::default();
+        let err = edits
+            .register_helper(&path, "h")
             .expect_err("refused")
             .to_string();
         assert!(err.contains("nothing was changed"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).expect("read"), "[1,2]");
         let missing = dir.path().join("new/config.json");
-        register_helper(&missing, "h").expect("created");
+        edits.register_helper(&missing, "h").expect("prepared");
+        edits.write().expect("created");
+        assert!(missing.is_file());
+    }
+
+    #[test]
+    fn a_failed_write_puts_back_the_files_already_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let existing = dir.path().join("docker/config.json");
+        let seed = br#"{"auths":{"other.io":{"auth":"eDp5"}},"psFormat":"x"}"#;
+        std::fs::create_dir(dir.path().join("docker")).expect("dir");
+        std::fs::write(&existing, seed).expect("seed");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640))
+                .expect("chmod");
+        }
+        let absent = dir.path().join("new/auth.json");
+        // Absent when read, and its directory cannot be made once `absent` is written (even
+        // as root, whom permission bits would not stop).
+        let unwritable = absent.join("auth.json");
+        let password: SecretString = "s3cret-pw".to_owned().into();
+        let mut edits = Edits::default();
+        for path in [&existing, &absent, &unwritable] {
+            edits
+                .store_password(path, "reg:5000", "reg:5000", "u", &password)
+                .expect("prepared");
+        }
+        let err = edits.write().expect_err("unwritable").to_string();
+        assert_eq!(std::fs::read(&existing).expect("read"), seed);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&existing).expect("meta").permissions();
+            assert_eq!(mode.mode() & 0o777, 0o640);
+        }
+        assert!(!absent.exists(), "{} was left behind", absent.display());
+        assert!(
+            err.starts_with(&format!("cannot create directory {}", absent.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{} was removed again", absent.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{} was put back as it was", existing.display())),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret-pw"), "{err}");
+        assert!(!err.contains(&STANDARD.encode("u:s3cret-pw")), "{err}");
+    }
+
+    #[test]
+    fn two_names_for_one_file_make_one_edit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, "{}").expect("seed");
+        #[cfg(unix)]
+        let other = {
+            let link = dir.path().join("auth.json");
+            std::os::unix::fs::symlink(&path, &link).expect("symlink");
+            link
+        };
+        #[cfg(not(unix))]
+        let other = path.clone();
+        let password: SecretString = "p".to_owned().into();
+        let mut edits = Edits::default();
+        edits
+            .store_password(
+                &path,
+                "https://index.docker.io/v1/",
+                "https://index.docker.io/v1/",
+                "u",
+                &password,
+            )
+            .expect("docker");
+        edits
+            .store_password(&other, "docker.io/my-app", "docker.io", "u", &password)
+            .expect("containers");
+        edits.write().expect("write");
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(v["auths"]["https://index.docker.io/v1/"]["auth"], "dTpw");
+        assert_eq!(v["auths"]["docker.io/my-app"]["auth"], "dTpw");
     }
 
     #[test]

@@ -697,6 +697,9 @@ async fn registry_login(
         ClientKind::All => vec![AuthFile::Docker, AuthFile::Containers],
     };
     let mut text = String::new();
+    // Every file is read and checked before any is written; notes are shown once all are.
+    let mut edits = auth_file::Edits::default();
+    let mut notes = Vec::new();
     if args.store_password {
         // Everything that can fail on the grant is checked before a file is touched.
         let expires = grant.expires_at_rfc3339()?;
@@ -713,15 +716,13 @@ async fn registry_login(
                 AuthFile::Docker => registry_key.clone(),
                 AuthFile::Containers => format!("{registry_key}/{}", grant.repository),
             };
-            for n in auth_file::store_password(
+            notes.extend(edits.store_password(
                 &path,
                 &key,
                 &registry_key,
                 &grant.username,
                 &grant.password,
-            )? {
-                note(&format!("note: {n}"));
-            }
+            )?);
             text.push_str(&format!(
                 "Stored a credential for {key} in {}.\n",
                 path.display()
@@ -731,7 +732,17 @@ async fn registry_login(
             "It expires in {} (at {expires}): run this again then, or leave out --store-password to use the credential helper.\n",
             humantime::format_duration(Duration::from_secs(left.as_secs())),
         ));
+        edits.write()?;
     } else {
+        for file in files {
+            let path = file.path(ctx)?;
+            let key = file.registry_key(&host);
+            notes.extend(edits.register_helper(&path, &key)?);
+            text.push_str(&format!(
+                "Registered the Rise credential helper for {key} in {}.\n",
+                path.display()
+            ));
+        }
         RegistryMap::register(
             ctx,
             Mapping {
@@ -743,26 +754,19 @@ async fn registry_login(
                 margin_secs: Some(args.margin.as_secs()),
             },
         )?;
-        for file in files {
-            let path = file.path(ctx)?;
-            let key = file.registry_key(&host);
-            for n in auth_file::register_helper(&path, &key)? {
-                note(&format!("note: {n}"));
-            }
-            text.push_str(&format!(
-                "Registered the Rise credential helper for {key} in {}.\n",
-                path.display()
-            ));
-        }
+        edits.write()?;
         text.push_str(&format!(
             "Pushes to {}:TAG now use short-lived credentials for project {}.\n",
             grant.image, args.project
         ));
-        if !helper_on_path(ctx) {
-            note(
-                "warning: docker-credential-rise is not on your PATH: container tools will not find the helper; install it next to `rise`",
-            );
-        }
+    }
+    for n in notes {
+        note(&format!("note: {n}"));
+    }
+    if !args.store_password && !helper_on_path(ctx) {
+        note(
+            "warning: docker-credential-rise is not on your PATH: container tools will not find the helper; install it next to `rise`",
+        );
     }
     out(&text)
 }
@@ -1037,6 +1041,75 @@ mod tests {
         let doc: serde_json::Value =
             serde_json::from_str(&docker_config(&g).expect("json")).expect("json");
         assert!(doc["auths"]["https://index.docker.io/v1/"]["auth"].is_string());
+    }
+
+    #[tokio::test]
+    async fn registry_login_for_all_clients_changes_both_files_or_neither() {
+        let server = FakeServer::start(vec![route(
+            "GET /registry/credentials",
+            200,
+            &credentials_body("127.0.0.1:5000", 3600),
+        )]);
+        let docker_seed = br#"{"auths":{"other.io":{"auth":"eDp5"}},"psFormat":"x"}"#;
+        // (the containers file's path, what to seed it with, whether Docker's file exists first)
+        let cases: [(&str, Option<&[u8]>, bool); 4] = [
+            ("containers/auth.json", Some(b"{nope"), true),
+            ("containers/auth.json", Some(b"[]"), false),
+            // A regular file where its directory should be: refused even as root.
+            ("blocker/auth.json", None, true),
+            // Absent when read; once Docker's file is written its directory cannot be made.
+            ("docker/config.json/auth.json", None, false),
+        ];
+        for store in [true, false] {
+            for (containers, seed, docker_exists) in cases {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let containers = dir.path().join(containers);
+                std::fs::write(dir.path().join("blocker"), "").expect("blocker");
+                if let Some(seed) = seed {
+                    std::fs::create_dir_all(containers.parent().expect("parent")).expect("dir");
+                    std::fs::write(&containers, seed).expect("seed");
+                }
+                let docker = dir.path().join("docker/config.json");
+                if docker_exists {
+                    std::fs::create_dir_all(dir.path().join("docker")).expect("dir");
+                    std::fs::write(&docker, docker_seed).expect("seed");
+                }
+                let auth_file = containers.display().to_string();
+                let ctx = ctx_in(dir.path(), &[("REGISTRY_AUTH_FILE", &auth_file)]);
+                let mut args = vec![
+                    "--backend",
+                    server.url.as_str(),
+                    "registry",
+                    "login",
+                    "--project",
+                    "my-app",
+                    "--client",
+                    "all",
+                ];
+                if store {
+                    args.push("--store-password");
+                }
+                let shown = seed.map(String::from_utf8_lossy);
+                let case = format!("store={store} {auth_file} {shown:?} docker={docker_exists}");
+                let err = run(parse(&args), ctx).await.expect_err(&case).to_string();
+                if docker_exists {
+                    assert_eq!(std::fs::read(&docker).expect("read"), docker_seed, "{case}");
+                } else {
+                    assert!(!docker.exists(), "{case}: {err}");
+                }
+                if let Some(seed) = seed {
+                    assert_eq!(std::fs::read(&containers).expect("read"), seed, "{case}");
+                }
+                let named = containers.parent().expect("parent").display().to_string();
+                assert!(err.contains(&named), "{case}: {err}");
+                assert!(err.contains("nothing was changed"), "{case}: {err}");
+                assert!(!err.contains("s3cret"), "{case}: {err}");
+                assert!(
+                    !err.contains(&STANDARD.encode("rise:s3cret-password")),
+                    "{case}: {err}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -133,10 +133,15 @@ fn keys_at(text: &[u8], offset: usize) -> Vec<Option<String>> {
 
 /// Serialize `value` as pretty JSON into `path` (see [`write_private`]).
 pub fn write_json_private<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> {
+    write_private(path, &json_bytes(path, value)?)
+}
+
+/// `value` as pretty JSON with a final newline, as [`write_json_private`] writes it to `path`.
+pub fn json_bytes<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, CliError> {
     let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| CliError::Other(format!("cannot serialize {}: {e}", path.display())))?;
     bytes.push(b'\n');
-    write_private(path, &bytes)
+    Ok(bytes)
 }
 
 /// Write `bytes` to `path` atomically (a temporary file in the same directory, synced, then
