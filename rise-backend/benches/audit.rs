@@ -1,7 +1,8 @@
 //! `cargo bench -p rise-backend --bench audit`: durable audit records per second through
 //! `AuditLog` (group commit, hash chain) on the embedded SQLite store, with 1, 8 and 64
 //! concurrent writers and no HTTP in the way. Prints one line per level and the average batch
-//! (records per transaction).
+//! (records per transaction) and the CPU time the audit writer thread spent per record (from
+//! `/proc`, on Linux).
 //!
 //! This isolates the store from the request path: compare with `scripts/bench.sh`, whose
 //! credential path commits the same records behind HTTP, JWT verification and policy.
@@ -40,8 +41,29 @@ fn record(writer: usize, n: u64) -> AuditRecord {
     r
 }
 
-async fn measure(log: &AuditLog, writers: usize) -> (f64, f64) {
+/// CPU time (user + system, in clock ticks of 1/100 s) used so far by the audit writer thread,
+/// read from `/proc`; `None` where there is no such file or no such thread.
+fn writer_cpu_ticks() -> Option<u64> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        // The kernel keeps 15 bytes of a thread's name.
+        if !"rise-audit-writer".starts_with(comm.trim_end()) || comm.trim_end().is_empty() {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // After the parenthesised name: state, then utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        total = Some(total.unwrap_or(0) + ticks);
+    }
+    total
+}
+
+/// Records per second, records per commit and the writer's CPU µs per record.
+async fn measure(log: &AuditLog, writers: usize) -> (f64, f64, Option<f64>) {
     let before = log.stats();
+    let cpu_before = writer_cpu_ticks();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -66,7 +88,10 @@ async fn measure(log: &AuditLog, writers: usize) -> (f64, f64) {
     let after = log.stats();
     let records = done.load(Ordering::Relaxed) as f64;
     let transactions = (after.transactions - before.transactions).max(1) as f64;
-    (records / elapsed, records / transactions)
+    // The writer thread may start with the first record: no thread yet means no CPU used yet.
+    let cpu_us = writer_cpu_ticks()
+        .map(|a| a.saturating_sub(cpu_before.unwrap_or(0)) as f64 * 10_000.0 / records.max(1.0));
+    (records / elapsed, records / transactions, cpu_us)
 }
 
 fn main() {
@@ -79,9 +104,10 @@ fn main() {
         let log = AuditLog::start(store, AuditSettings::default());
         println!("durable audit on SQLite (WAL, synchronous=FULL), {RUN:?} per level");
         for writers in [1, 8, 64] {
-            let (per_second, batch) = measure(&log, writers).await;
+            let (per_second, batch, cpu) = measure(&log, writers).await;
+            let cpu = cpu.map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
             println!(
-                "{writers:>3} concurrent writers: {per_second:>9.0} records/s, {batch:>5.1} records per commit"
+                "{writers:>3} concurrent writers: {per_second:>9.0} records/s, {batch:>5.1} records per commit, writer CPU {cpu} us/record"
             );
         }
     });
