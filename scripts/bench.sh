@@ -165,16 +165,36 @@ run healthz "$rise_pid" "$base/healthz"
 # The same authentication (cached JWT check) and rate limits as the credential path, with
 # neither a grant nor an audit record: what the durable audit write costs shows against it.
 run whoami "$rise_pid" "$base/auth/whoami" "Authorization: Bearer $token"
-run credentials-sqlite "$rise_pid" "$base/registry/credentials?project=my-app" "Authorization: Bearer $token"
-run credentials-postgres "$rise_pg_pid" "$pg_base/registry/credentials?project=my-app" "Authorization: Bearer $token"
+# The audit commits of each credential run, from the broker's own metrics: how many records
+# each commit carried and how much of the run the writer spent committing.
+commits() { # base -> "count sum"
+  curl -sf "$1/metrics" | awk '/^rise_audit_commit_duration_seconds_count/ {c=$2} /^rise_audit_commit_duration_seconds_sum/ {s=$2} END {print c+0, s+0}'
+}
+audited_run() { # name, server pid, base
+  local before after
+  before="$(commits "$3")"
+  run "$1" "$2" "$3/registry/credentials?project=my-app" "Authorization: Bearer $token"
+  after="$(commits "$3")"
+  echo "$before $after" >"$work/$1.commits"
+}
+audited_run credentials-sqlite "$rise_pid" "$base"
+audited_run credentials-postgres "$rise_pg_pid" "$pg_base"
 run token-sqlite "$rise_pid" "$base/token?service=rise-registry&scope=repository:my-app:pull,push&account=rise" "Authorization: Basic $basic"
-python3 - "$work" <<'PY'
+python3 - "$work" "$DURATION" <<'PY'
 import sys, pathlib
 d = pathlib.Path(sys.argv[1])
 h = float((d / "healthz.rps").read_text())
 for name in ("whoami", "credentials-sqlite", "credentials-postgres", "token-sqlite"):
     r = float((d / f"{name}.rps").read_text())
     print(f"ratio {name}/healthz = {r / h:.2f}")
+# The commits counted span the warm-up second too: 1 + DURATION seconds at about the same rate.
+duration = float(sys.argv[2])
+for name in ("credentials-sqlite", "credentials-postgres"):
+    c0, s0, c1, s1 = map(float, (d / f"{name}.commits").read_text().split())
+    r = float((d / f"{name}.rps").read_text())
+    commits, busy = max(c1 - c0, 1), s1 - s0
+    print(f"audit {name.split('-')[1]}: {commits:.0f} commits, about {r * (duration + 1) / commits:.1f} records each,"
+          f" {busy / commits * 1e6:.0f} us per commit, writer committing {busy / (duration + 1) * 100:.0f}% of the time")
 PY
 # Every issuance above was audited: count the records each store committed.
 audited() { "$@" 2>/dev/null | grep -c '"operation":"credentials"' || true; }
