@@ -357,7 +357,8 @@ const DEV_CERT_VALIDITY: time::Duration = time::Duration::days(397);
 /// trusts exactly this one certificate. The CA also carries name constraints limiting it to the
 /// certificate's names, so even a leaked CA key could not impersonate other hosts. Refuses to
 /// overwrite existing files unless `overwrite`; files are replaced by rename, so a server watching
-/// them never reads a half-written file.
+/// them never reads a half-written file, and only once all three are written, so a failure
+/// part-way (a full disk, a path that is a directory) leaves the old files as they were.
 pub fn write_dev_cert(
     dir: &Path,
     extra_names: &[String],
@@ -452,10 +453,13 @@ pub fn write_dev_cert(
         .context("signing the server certificate")?;
 
     let key_pem = Zeroizing::new(leaf_key.serialize_pem());
-    write_replacing(&files.ca, ca_cert.pem().as_bytes(), 0o644)?;
-    write_replacing(&files.key, key_pem.as_bytes(), 0o600)?;
-    let chain = format!("{}{}", leaf_cert.pem(), ca_cert.pem());
-    write_replacing(&files.certificate, chain.as_bytes(), 0o644)?;
+    let ca_pem = ca_cert.pem();
+    let chain = format!("{}{}", leaf_cert.pem(), ca_pem);
+    replace_together(&[
+        (&files.ca, ca_pem.as_bytes(), 0o644),
+        (&files.key, key_pem.as_bytes(), 0o600),
+        (&files.certificate, chain.as_bytes(), 0o644),
+    ])?;
     Ok(files)
 }
 
@@ -473,12 +477,62 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// Replace each `(path, content, mode)`, all or none as far as renames allow: every content is
+/// first staged in a new file beside its path, and only once all are staged are they renamed
+/// over their paths. The three files belong together (a certificate, its key, its CA), so a
+/// failure while staging (a path that is a directory, a full disk) must leave the old set whole:
+/// no existing file is changed and the staged files are removed.
+fn replace_together(files: &[(&Path, &[u8], u32)]) -> anyhow::Result<()> {
+    let mut staged: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
+    for &(path, content, mode) in files {
+        match stage(path, content, mode) {
+            Ok(tmp) => staged.push((tmp, path)),
+            Err(e) => {
+                remove_staged(&staged);
+                return Err(e.context("nothing was replaced"));
+            }
+        }
+    }
+    for (done, (tmp, path)) in staged.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            remove_staged(&staged[done..]);
+            let replaced: Vec<String> = staged[..done]
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect();
+            return Err(anyhow::Error::new(e).context(format!(
+                "replacing {} ({}): run dev-cert --force again",
+                path.display(),
+                if replaced.is_empty() {
+                    "no file was changed".to_owned()
+                } else {
+                    format!(
+                        "{} already replaced, and no longer match the rest",
+                        replaced.join(", ")
+                    )
+                }
+            )));
+        }
+    }
+    if let Some(dir) = files.first().and_then(|(path, ..)| path.parent()) {
+        crate::keyring::sync_dir(dir);
+    }
+    Ok(())
+}
+
 /// Write `content` to a new file beside `path`, created with `mode` (so a key is never readable
-/// by others, not even briefly), then rename it over `path`.
-fn write_replacing(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
+/// by others, not even briefly) and synced, and return its name. A `path` that is a directory is
+/// refused here: the rename would fail, after other files of the set were replaced.
+fn stage(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     use std::fs::OpenOptions;
 
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        anyhow::bail!(
+            "{} is a directory: remove it, or write the files elsewhere with --out",
+            path.display()
+        );
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -498,11 +552,17 @@ fn write_replacing(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()>
         f.write_all(content)?;
         f.sync_all()
     });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", path.display()));
     }
-    Ok(())
+    Ok(tmp)
+}
+
+fn remove_staged(staged: &[(PathBuf, &Path)]) {
+    for (tmp, _) in staged {
+        let _ = std::fs::remove_file(tmp);
+    }
 }
 
 /// A host name a certificate may name: a DNS name, optionally after a leading `*.` wildcard.
@@ -581,6 +641,39 @@ mod tests {
         write_dev_cert(dir.path(), &[], true).expect("forced");
         let again = load(&tls_config(&files)).expect("loads");
         assert_ne!(again.fingerprint, loaded.fingerprint);
+    }
+
+    /// `dev-cert --force` whose files cannot all be written (here: one name is taken by a
+    /// directory) changes none of them: the old CA, certificate and key still belong together,
+    /// and no staged file is left behind.
+    #[test]
+    fn a_failed_dev_cert_leaves_every_old_file_as_it_was() {
+        for blocked in ["cert.pem", "key.pem", "ca.pem"] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            write_dev_cert(dir.path(), &[], false).expect("dev cert");
+            let blocked_path = dir.path().join(blocked);
+            std::fs::remove_file(&blocked_path).expect("remove");
+            std::fs::create_dir(&blocked_path).expect("a directory in its place");
+            let contents = || {
+                let mut files = std::collections::BTreeMap::new();
+                for entry in std::fs::read_dir(dir.path()).expect("read dir") {
+                    let path = entry.expect("entry").path();
+                    let content = std::fs::read(&path).ok();
+                    files.insert(path, content);
+                }
+                files
+            };
+            let before = contents();
+
+            let err = write_dev_cert(dir.path(), &[], true).expect_err("cannot replace all");
+            assert_eq!(contents(), before, "{blocked}: every file as it was");
+            let message = format!("{err:#}");
+            assert!(
+                message.contains(&blocked_path.display().to_string()),
+                "{blocked}: {message}"
+            );
+            assert!(message.contains("is a directory"), "{blocked}: {message}");
+        }
     }
 
     #[test]
