@@ -141,9 +141,11 @@ pub struct Keyring {
 
 #[derive(Clone)]
 enum Backend {
-    /// The data directory; keys are in its `keys/` (created on first use).
+    /// The data directory; keys are in its `keys/`, created on first use (`create_dir`) or,
+    /// for a keyring that only reads, required to exist.
     Files {
         data_dir: PathBuf,
+        create_dir: bool,
     },
     Database {
         store: Store,
@@ -165,6 +167,7 @@ impl Keyring {
         Ok(Self {
             backend: Backend::Files {
                 data_dir: data_dir.to_path_buf(),
+                create_dir: true,
             },
         })
     }
@@ -208,10 +211,25 @@ impl Keyring {
         }
     }
 
+    /// This keyring for commands that only read (`keys show`): keys in files are read from the
+    /// key directory a server (or `registry-config`) made, never from a new one. A missing key
+    /// directory is an error naming it, so a mistyped data directory does not get fresh keys
+    /// shown as if they were the server's. In an existing directory a missing slot is made as
+    /// by every reader: that is how a rotation cut short is completed, and how the family
+    /// `registry-config` did not need appears. Keys in PostgreSQL are unaffected: that database
+    /// is configured explicitly, and whoever reads it first generates the keys every replica
+    /// then shares.
+    pub fn existing_key_dir_only(mut self) -> Self {
+        if let Backend::Files { create_dir, .. } = &mut self.backend {
+            *create_dir = false;
+        }
+        self
+    }
+
     /// Where the keys are, for logs and messages.
     pub fn describe(&self) -> String {
         match &self.backend {
-            Backend::Files { data_dir } => {
+            Backend::Files { data_dir, .. } => {
                 format!("files in {}", data_dir.join(KEYS_DIR).display())
             }
             Backend::Database { .. } => "the database (sealed)".to_owned(),
@@ -221,8 +239,16 @@ impl Keyring {
     /// The family's keys, generating `current` and `next` if they do not exist yet.
     pub async fn load(&self, family: &KeyFamily) -> anyhow::Result<FamilyKeys> {
         match &self.backend {
-            Backend::Files { data_dir } => {
-                let (dir, family) = (keys_dir(data_dir)?, *family);
+            Backend::Files {
+                data_dir,
+                create_dir,
+            } => {
+                let dir = if *create_dir {
+                    keys_dir(data_dir)?
+                } else {
+                    existing_keys_dir(data_dir)?
+                };
+                let family = *family;
                 off_the_runtime(move || load_files(&dir, &family)).await
             }
             Backend::Database { store, sealer } => {
@@ -269,7 +295,7 @@ impl Keyring {
     /// so its write time is the rotation's.
     pub async fn last_rotation(&self, family: &KeyFamily) -> anyhow::Result<Option<SystemTime>> {
         match &self.backend {
-            Backend::Files { data_dir } => {
+            Backend::Files { data_dir, .. } => {
                 let path = data_dir.join(KEYS_DIR).join(family.file(Slot::Previous));
                 match fs::metadata(&path) {
                     Ok(meta) => Ok(Some(meta.modified().with_context(|| {
@@ -293,7 +319,7 @@ impl Keyring {
         // Make sure current and next exist.
         self.load(family).await?;
         match &self.backend {
-            Backend::Files { data_dir } => {
+            Backend::Files { data_dir, .. } => {
                 let path = keys_dir(data_dir)?.join(family.file(Slot::Next));
                 off_the_runtime(move || {
                     let raw = read_private(&path)
@@ -333,7 +359,7 @@ impl Keyring {
         // Make sure current and next exist, so a rotation never promotes nothing.
         self.load(family).await?;
         match &self.backend {
-            Backend::Files { data_dir } => {
+            Backend::Files { data_dir, .. } => {
                 let (dir, family) = (keys_dir(data_dir)?, *family);
                 off_the_runtime(move || rotate_files(&dir, &family, expected.as_ref())).await
             }
@@ -657,6 +683,19 @@ pub fn keys_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
         .create(&dir)
         .with_context(|| format!("creating key directory {}", dir.display()))?;
     Ok(dir)
+}
+
+/// `<data_dir>/keys`, which must exist: for commands that only read.
+fn existing_keys_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join(KEYS_DIR);
+    match fs::metadata(&dir) {
+        Ok(_) => Ok(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "there is no key directory {}: check server.data_dir (and --config); `serve` generates the keys on first start",
+            dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
+    }
 }
 
 /// Read a secret file, or create it with `make`'s content if it does not exist. Creation is

@@ -140,14 +140,16 @@ enum GrantsCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// The revocations in force (until every grant they cover has expired).
+    /// The revocations in force (until every grant they cover has expired). Only reads: with
+    /// SQLite, a data directory without the server's database is an error.
     List,
 }
 
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Print the key IDs of the registry token keys (current, next, previous) and of the grant
-    /// keys, and where they are kept.
+    /// keys, and where they are kept. Only reads: with SQLite, a data directory without the
+    /// server's database or key directory is an error (`serve` creates them).
     Show,
     /// Rotate the registry token keys and the grant keys: the next key (already in registries'
     /// certificate bundles) starts signing, the current one is retired but stays trusted, and a
@@ -392,7 +394,10 @@ fn revoking_registry<'a>(
 
 async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<()> {
     use rise_backend::registry::providers::distribution::revocation::{self, Target};
-    let store = open_store(config).await?;
+    let store = match &command {
+        GrantsCommand::List => open_existing_store(config, "grants list").await?,
+        GrantsCommand::Revoke { .. } => open_store(config).await?,
+    };
     let show = |r: &rise_backend::store::Revocation| {
         let until = rise_backend::audit::from_unix_ms(r.until_ms);
         let at = rise_backend::audit::from_unix_ms(r.created_ms);
@@ -631,6 +636,22 @@ async fn open_store(config: &Config) -> anyhow::Result<rise_backend::store::Stor
         .context("opening the database")
 }
 
+/// The database of an existing server, for commands that only read it: with SQLite, a missing
+/// database file is an error naming it (the check `audit verify` makes), never a new, empty
+/// database, whose fresh keys would then be shown as if they were the server's.
+async fn open_existing_store(
+    config: &Config,
+    command: &str,
+) -> anyhow::Result<rise_backend::store::Store> {
+    rise_backend::store::Store::open_existing(&config.database, &config.server.data_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "`{command}` reads the state of an existing server and creates none (`serve` creates it on first start)"
+            )
+        })
+}
+
 /// The keyring a server with this configuration uses (opening the database when keys live there).
 async fn open_keyring(config: &Config) -> anyhow::Result<rise_backend::keyring::Keyring> {
     let store = open_store(config).await?;
@@ -638,12 +659,23 @@ async fn open_keyring(config: &Config) -> anyhow::Result<rise_backend::keyring::
 }
 
 async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    use rise_backend::keyring::Keyring;
     use rise_backend::registry::providers::distribution::{
         GRANT_KEYS, GrantKeys, KeySet, REGISTRY_TOKEN_KEYS,
     };
-    let store = open_store(config).await?;
-    let keyring =
-        rise_backend::keyring::Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
+    let (store, keyring) = match &command {
+        KeysCommand::Show => {
+            let store = open_existing_store(config, "keys show").await?;
+            let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?
+                .existing_key_dir_only();
+            (store, keyring)
+        }
+        KeysCommand::Rotate { .. } | KeysCommand::Reseal => {
+            let store = open_store(config).await?;
+            let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
+            (store, keyring)
+        }
+    };
     if let KeysCommand::Reseal = command {
         let done = keyring.reseal().await?;
         say!(

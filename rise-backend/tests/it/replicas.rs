@@ -493,14 +493,14 @@ async fn keys_rotate_moves_every_slot_and_a_running_server_follows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = alice_config(dir.path(), "rise.toml", "", "");
 
+    // `keys show` reads the keys `serve` created; it creates none.
+    let rise = RiseProcess::serve(&config).await;
     let show = run(&config, &["keys", "show"]).await;
     assert!(show.status.success(), "{show:?}");
     let before = String::from_utf8(show.stdout).expect("utf-8");
     let current = shown_kid(&before, "registry token current ");
     let next = shown_kid(&before, "registry token next    ");
     assert!(!before.contains("previous"), "no rotation yet:\n{before}");
-
-    let rise = RiseProcess::serve(&config).await;
     assert_eq!(token_kid(&rise, &config).await, current);
 
     let rotate = run(&config, &["keys", "rotate"]).await;
@@ -1204,8 +1204,9 @@ async fn keys_rotate_moves_nothing_when_a_key_is_damaged() {
     use crate::support::rise_process::run;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = alice_config(dir.path(), "rise.toml", "", "");
-    let show = run(&config, &["keys", "show"]).await;
-    assert!(show.status.success(), "{show:?}");
+    // `check-config` builds what `serve` builds, the keys included.
+    let setup = run(&config, &["check-config", "--offline"]).await;
+    assert!(setup.status.success(), "{setup:?}");
     let keys = dir.path().join("data/keys");
     std::fs::write(keys.join("registry-token-current.pem"), "damaged\n").expect("damage");
     let files = || {
@@ -1225,6 +1226,84 @@ async fn keys_rotate_moves_nothing_when_a_key_is_damaged() {
     assert!(err.contains("the current key"), "{err}");
     assert_eq!(files(), before, "the key files are as they were");
     assert!(operator_records(&config).await.is_empty());
+}
+
+/// `keys show` and `grants list` only read. Pointed at a data directory where no server ran (a
+/// mistyped `server.data_dir`, an empty directory, none at all) they fail naming the database
+/// they looked for, and create nothing: no database, no keys shown as if they were the
+/// server's. With the database found elsewhere (`database.url`) but no keys in the data
+/// directory, `keys show` names the missing key directory, again creating nothing.
+#[tokio::test]
+async fn read_only_commands_create_nothing_where_no_server_ran() {
+    use crate::support::rise_process::run;
+    let listing = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("data dir")
+            .map(|e| e.expect("entry").path())
+            .collect()
+    };
+    let empty = tempfile::tempdir().expect("temp dir");
+    let empty_config = alice_config(empty.path(), "rise.toml", "", "");
+    let empty_data = empty.path().join("data");
+    std::fs::create_dir(&empty_data).expect("empty data dir");
+    let missing = tempfile::tempdir().expect("temp dir");
+    let missing_config = alice_config(missing.path(), "rise.toml", "", "");
+    let missing_data = missing.path().join("data");
+
+    for (config, data) in [
+        (&empty_config, &empty_data),
+        (&missing_config, &missing_data),
+    ] {
+        for args in [&["keys", "show"][..], &["grants", "list"][..]] {
+            let out = run(config, args).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+            let command = args.join(" ");
+            assert!(
+                err.contains(&format!(
+                    "`{command}` reads the state of an existing server"
+                )),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!(
+                    "there is no SQLite database {}",
+                    data.join("rise.db").display()
+                )),
+                "{err}"
+            );
+            assert!(err.contains("server.data_dir"), "{err}");
+            assert!(err.contains("`serve` creates it on first start"), "{err}");
+            assert!(out.stdout.is_empty(), "{out:?}");
+        }
+    }
+    assert_eq!(listing(&empty_data), Vec::<std::path::PathBuf>::new());
+    assert!(!missing_data.exists(), "no data directory made");
+
+    // The database of a server that ran elsewhere, named by database.url; no keys beside it.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let elsewhere_config = alice_config(elsewhere.path(), "rise.toml", "", "");
+    let setup = run(&elsewhere_config, &["registry-config"]).await;
+    assert!(setup.status.success(), "{setup:?}");
+    let database = format!(
+        "url = {:?}",
+        format!("sqlite:{}", elsewhere.path().join("data/rise.db").display())
+    );
+    let keyless = alice_config(empty.path(), "keyless.toml", &database, "");
+    let out = run(&keyless, &["keys", "show"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains(&format!(
+            "there is no key directory {}",
+            empty_data.join("keys").display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("check server.data_dir"), "{err}");
+    assert_eq!(listing(&empty_data), Vec::<std::path::PathBuf>::new());
+    let grants = run(&keyless, &["grants", "list"]).await;
+    assert!(grants.status.success(), "{grants:?}");
 }
 
 /// Operator commands on PostgreSQL print what they have to say and nothing of the server's: the
