@@ -396,7 +396,9 @@ async fn run_grants(config: &Config, command: GrantsCommand) -> anyhow::Result<(
     use rise_backend::registry::providers::distribution::revocation::{self, Target};
     let store = match &command {
         GrantsCommand::List => open_existing_store(config, "grants list").await?,
-        GrantsCommand::Revoke { .. } => open_store(config).await?,
+        // A revocation written into a new database (a mistyped data directory) would be
+        // reported done while no server ever reads it.
+        GrantsCommand::Revoke { .. } => open_existing_store(config, "grants revoke").await?,
     };
     let show = |r: &rise_backend::store::Revocation| {
         let until = rise_backend::audit::from_unix_ms(r.until_ms);
@@ -636,9 +638,10 @@ async fn open_store(config: &Config) -> anyhow::Result<rise_backend::store::Stor
         .context("opening the database")
 }
 
-/// The database of an existing server, for commands that only read it: with SQLite, a missing
-/// database file is an error naming it (the check `audit verify` makes), never a new, empty
-/// database, whose fresh keys would then be shown as if they were the server's.
+/// The database of an existing server, for commands that read it or act on what it holds: with
+/// SQLite, a missing database file is an error naming it (the check `audit verify` makes), never
+/// a new, empty database, whose fresh keys would be shown as the server's, or whose revocation
+/// no server would ever read.
 async fn open_existing_store(
     config: &Config,
     command: &str,
@@ -647,7 +650,7 @@ async fn open_existing_store(
         .await
         .with_context(|| {
             format!(
-                "`{command}` reads the state of an existing server and creates none (`serve` creates it on first start)"
+                "`{command}` works on the database of an existing server and creates none (`serve` creates it on first start)"
             )
         })
 }
@@ -670,7 +673,12 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
                 .existing_key_dir_only();
             (store, keyring)
         }
-        KeysCommand::Rotate { .. } | KeysCommand::Reseal => {
+        KeysCommand::Reseal => {
+            let store = open_existing_store(config, "keys reseal").await?;
+            let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
+            (store, keyring)
+        }
+        KeysCommand::Rotate { .. } => {
             let store = open_store(config).await?;
             let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
             (store, keyring)

@@ -206,7 +206,7 @@ impl Store {
             && e.kind() == std::io::ErrorKind::NotFound
         {
             return Err(StoreError::Open(format!(
-                "there is no SQLite database {}: give the configuration of the server whose log this is (its server.data_dir or database.url)",
+                "there is no SQLite database {}: give the configuration of the server this database belongs to (its server.data_dir or database.url)",
                 path.display()
             )));
         }

@@ -732,6 +732,11 @@ actions = ["push", "pull"]
         let id = c.credential_id.clone().expect("id");
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_config(dir.path(), &registry_table(&fake, ""));
+        // The state of the server that issued it (`grants revoke` refuses a data directory
+        // where no server ran).
+        let setup =
+            crate::support::rise_process::run(&config, &["check-config", "--offline"]).await;
+        assert!(setup.status.success(), "{setup:?}");
         let mut cmd = command(
             &config,
             &[

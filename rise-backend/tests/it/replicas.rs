@@ -1160,6 +1160,9 @@ async fn operator_commands_finish_when_nobody_reads_their_output() {
     use crate::support::rise_process::command;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = alice_config(dir.path(), "rise.toml", "", "");
+    // The server's state first: `grants revoke` refuses a data directory where none ran.
+    let setup = crate::support::rise_process::run(&config, &["check-config", "--offline"]).await;
+    assert!(setup.status.success(), "{setup:?}");
     let unread = |args: &'static [&'static str]| {
         let mut cmd = command(&config, args);
         cmd.stdout(std::process::Stdio::piped())
@@ -1228,10 +1231,11 @@ async fn keys_rotate_moves_nothing_when_a_key_is_damaged() {
     assert!(operator_records(&config).await.is_empty());
 }
 
-/// `keys show` and `grants list` only read. Pointed at a data directory where no server ran (a
-/// mistyped `server.data_dir`, an empty directory, none at all) they fail naming the database
-/// they looked for, and create nothing: no database, no keys shown as if they were the
-/// server's. With the database found elsewhere (`database.url`) but no keys in the data
+/// `keys show` and `grants list` only read; `grants revoke` and `keys reseal` act on what a
+/// server's database holds. Pointed at a data directory where no server ran (a mistyped
+/// `server.data_dir`, an empty directory, none at all) they fail naming the database they
+/// looked for, and create nothing: no database, no keys shown as if they were the server's, no
+/// revocation reported done that no server would read. With the database found elsewhere (`database.url`) but no keys in the data
 /// directory, `keys show` names the missing key directory, again creating nothing.
 #[tokio::test]
 async fn read_only_commands_create_nothing_where_no_server_ran() {
@@ -1254,14 +1258,19 @@ async fn read_only_commands_create_nothing_where_no_server_ran() {
         (&empty_config, &empty_data),
         (&missing_config, &missing_data),
     ] {
-        for args in [&["keys", "show"][..], &["grants", "list"][..]] {
+        for args in [
+            &["keys", "show"][..],
+            &["grants", "list"][..],
+            &["grants", "revoke", "--credential", "abc"][..],
+            &["keys", "reseal"][..],
+        ] {
             let out = run(config, args).await;
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-            let command = args.join(" ");
+            let command = args[..2].join(" ");
             assert!(
                 err.contains(&format!(
-                    "`{command}` reads the state of an existing server"
+                    "`{command}` works on the database of an existing server and creates none"
                 )),
                 "{err}"
             );

@@ -72,8 +72,12 @@ pub async fn caller_token(config: &Path, sub: &str, groups: &[&str]) -> String {
         .to_owned()
 }
 
-/// `grants revoke --credential ID --registry REGISTRY`, whatever its outcome.
+/// `grants revoke --credential ID --registry REGISTRY`, whatever its outcome, against the state
+/// of a server with this configuration (made first by `check-config --offline`, as `serve` would:
+/// `grants revoke` refuses a data directory where no server ran).
 pub async fn grants_revoke(config: &Path, credential: &str, registry: &str) -> Output {
+    let setup = run(config, &["check-config", "--offline"]).await;
+    assert!(setup.status.success(), "check-config --offline: {setup:?}");
     run(
         config,
         &[
