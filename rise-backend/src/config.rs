@@ -99,6 +99,14 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's headers before its connection is closed.
     #[serde(default = "defaults::header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// The most connections served at once; one arriving beyond them is closed at once. The
+    /// default is what the open-file limit leaves after a reserve for the broker's own files
+    /// and connections ([`crate::connections::default_max_connections`]).
+    #[serde(
+        default = "crate::connections::default_max_connections",
+        deserialize_with = "lenient::u64"
+    )]
+    pub max_connections: u64,
 }
 
 impl ServerConfig {
@@ -824,6 +832,12 @@ impl Config {
             return fail(format!(
                 "audit.max_batch must be between 1 and {MAX_AUDIT_QUEUE}"
             ));
+        }
+        if self.server.max_connections == 0 {
+            return fail(
+                "server.max_connections must be at least 1 (leave it out for the default, which the open-file limit sets)"
+                    .into(),
+            );
         }
         if !(1..=MAX_DB_CONNECTIONS).contains(&self.database.max_connections) {
             return fail(format!(

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod http;
 pub mod keyring;
 pub mod metrics;

@@ -26,6 +26,7 @@ pub const RATE_LIMIT_REJECTIONS: &str = "rise_rate_limit_rejections_total";
 pub const AUDIT_COMMIT_DURATION: &str = "rise_audit_commit_duration_seconds";
 pub const TLS_RELOADS: &str = "rise_tls_certificate_reloads_total";
 pub const KEY_RELOADS: &str = "rise_signing_key_reloads_total";
+pub const CONNECTIONS_REFUSED: &str = "rise_connections_refused_total";
 
 /// Histogram buckets (seconds) for every `*_seconds` series: from a fast local operation to an
 /// upstream call about to time out.
@@ -118,6 +119,10 @@ fn describe() {
     );
     describe_counter!(TLS_RELOADS, "TLS certificate reloads by result");
     describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed on arrival because server.max_connections were open"
+    );
+    describe_counter!(
         KEY_RELOADS,
         "Re-reads of the registry token and grant keys that found a rotation (rotated), a retired key back (refused_retired_key) or failed (error)"
     );
@@ -140,6 +145,11 @@ pub fn record_http_request(route: &str, method: &'static str, status: u16, durat
 pub fn record_issuance(registry: &str, provider: &'static str, result: &'static str) {
     counter!(ISSUANCES, "registry" => registry.to_owned(), "provider" => provider, "result" => result)
         .increment(1);
+}
+
+/// A connection closed on arrival by the connection cap.
+pub fn record_connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
 }
 
 /// The `result` label of an issuance: `issued`, `upstream_error`, `timeout`, `misconfigured` or

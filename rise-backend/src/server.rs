@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::audit::{AuditLog, AuditSettings};
 use crate::auth::{Authenticator, LocalIssuer};
 use crate::config::{Config, ServerConfig};
+use crate::connections::{ConnectionCap, DESCRIPTOR_RESERVE};
 use crate::http::{AppState, RateLimits};
 use crate::keyring::Keyring;
 use crate::policy::Policy;
@@ -198,6 +199,16 @@ pub async fn run(
         stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     let listener = listener.into_std()?;
+    let cap = ConnectionCap::new(server.max_connections);
+    if let Some(limit) = crate::connections::open_file_limit()
+        && server.max_connections.saturating_add(DESCRIPTOR_RESERVE) > limit
+    {
+        tracing::warn!(
+            max_connections = server.max_connections,
+            open_file_limit = limit,
+            "server.max_connections leaves fewer than {DESCRIPTOR_RESERVE} of the open-file limit for the database, upstream calls and key files: raise the limit (ulimit -n, systemd LimitNOFILE=) or lower server.max_connections"
+        );
+    }
     // A client gets `header_read_timeout` to send a request's headers (a new connection: to
     // have its first request dispatched), then the connection is closed, and as long again for
     // its body (`http::app`): silent or trickling clients cannot hold connections open.
@@ -208,6 +219,7 @@ pub async fn run(
         let hup = tokio::spawn(ignore_sighup(sighup()));
         tracing::info!(%addr, public_url = %server.public_url(), tls = false, "rise-backend listening");
         let mut http = axum_server::from_tcp(listener)?
+            .acceptor(cap)
             .handle(handle)
             .first_request_timeout(server.header_read_timeout);
         http_timeouts(&mut http, server);
@@ -223,7 +235,9 @@ pub async fn run(
     );
     let watcher = reloader.clone().spawn_watcher();
     tracing::info!(%addr, public_url = %server.public_url(), tls = true, "rise-backend listening");
+    // The cap runs before the handshake: a refused connection costs no TLS work.
     let mut https = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
+        .map(|tls| tls.acceptor(cap))
         .handle(handle)
         .first_request_timeout(server.header_read_timeout);
     http_timeouts(&mut https, server);
@@ -266,7 +280,7 @@ async fn ignore_sighup(_: Option<()>) {}
 /// HTTP/1.1: headers within `header_read_timeout` (an idle keep-alive connection is closed
 /// after as long). HTTP/2 (over TLS, or h2c behind a proxy): a peer that stops answering pings
 /// is dropped. An HTTP/2 peer that answers them may stay connected, as a browser would: the
-/// number of connections is the proxy's or the service's file-descriptor limit to cap.
+/// number of connections is `server.max_connections` to cap.
 fn http_timeouts<A: axum_server::Address, Acc>(
     served: &mut axum_server::Server<A, Acc>,
     server: &ServerConfig,

@@ -612,3 +612,107 @@ async fn a_body_without_a_length_has_the_same_deadline_and_is_read_only_by_its_h
         .expect("router is infallible");
     assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// `GET path` over an open HTTP/1.1 connection, kept alive: the response's status line and body,
+/// or `None` when the server closes the connection without answering.
+async fn get_over(stream: &mut tokio::net::TcpStream, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .expect("a Content-Length");
+            if body.len() >= length {
+                let status = head.lines().next().unwrap_or_default().to_owned();
+                return Some((status, body[..length].to_owned()));
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer and no close within 10 s: {got:?}"),
+        }
+    }
+}
+
+/// With `server.max_connections` connections open, one more is closed on arrival without an
+/// answer, while the open ones are still served; the refusal is counted in
+/// `rise_connections_refused_total`, and once a connection closes a new one is served again.
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_and_the_open_ones_served() {
+    let (config, _dir) = load_config("max_connections = 2\nheader_read_timeout = \"60s\"", "");
+    let served = Served::start(config).await;
+    let connect = || tokio::net::TcpStream::connect(served.addr);
+    let mut first = connect().await.expect("connect");
+    let mut second = connect().await.expect("connect");
+    for open in [&mut first, &mut second] {
+        let (status, body) = get_over(open, "/healthz").await.expect("served");
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(body, "ok");
+    }
+
+    // The kernel completes the handshake; the server then closes it unanswered.
+    let mut third = connect().await.expect("the kernel accepts");
+    assert_eq!(get_over(&mut third, "/healthz").await, None);
+
+    let (status, metrics) = get_over(&mut second, "/metrics").await.expect("served");
+    assert!(status.contains(" 200 "), "{status}");
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rise_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refusal counted:\n{metrics}"));
+    assert!(refused >= 1, "{refused}");
+
+    // A slot frees once the server sees a connection close.
+    drop(first);
+    let mut served_again = false;
+    for _ in 0..50 {
+        let mut fourth = connect().await.expect("connect");
+        if let Some((status, _)) = get_over(&mut fourth, "/healthz").await {
+            assert!(status.contains(" 200 "), "{status}");
+            served_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served_again, "a freed slot serves a new connection");
+    drop(second);
+    served.shutdown().await.expect("graceful shutdown");
+}
+
+/// `server.max_connections = 0` would refuse every connection: refused when loading, saying what
+/// to give instead.
+#[test]
+fn max_connections_of_zero_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("rise.toml");
+    std::fs::write(&path, "[server]\nmax_connections = 0\n").expect("config");
+    let err = rise_backend::config::Config::load(&rise_backend::config::Sources {
+        files: vec![path],
+        env: Vec::new(),
+    })
+    .expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("server.max_connections must be at least 1"),
+        "{message}"
+    );
+    assert!(
+        message.contains("leave it out for the default"),
+        "{message}"
+    );
+}

@@ -341,3 +341,50 @@ async fn plain_http_survives_sighup() {
         .expect("request after SIGHUP");
     assert_eq!(ok.status(), reqwest::StatusCode::OK);
 }
+
+/// Over HTTPS the connection cap applies before the handshake: a connection that holds the only
+/// slot without ever starting TLS keeps an HTTPS client out (closed unanswered), and once it
+/// closes the client is served.
+#[tokio::test]
+async fn the_connection_cap_applies_before_the_tls_handshake() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let files = write_dev_cert(certs.path(), &[], false).expect("dev cert");
+    let (config, _dir) = load_config(
+        &format!("max_connections = 1\n{}", tls_section(certs.path(), "0s")),
+        "",
+    );
+    let served = Served::start(config).await;
+    let url = format!("https://127.0.0.1:{}/healthz", served.addr.port());
+    let client = https_client(&[&files.ca]);
+
+    let holder = tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect");
+    // Give the server the moment it needs to accept the holder first.
+    let mut kept_out = false;
+    for _ in 0..50 {
+        if client.get(&url).send().await.is_err() {
+            kept_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        kept_out,
+        "an HTTPS client got in while the only slot was held"
+    );
+
+    drop(holder);
+    let deadline = Instant::now() + RELOAD_DEADLINE;
+    loop {
+        match client.get(&url).send().await {
+            Ok(response) => {
+                assert_eq!(response.status(), reqwest::StatusCode::OK);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.shutdown().await.expect("graceful shutdown");
+}
