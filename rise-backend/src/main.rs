@@ -678,9 +678,12 @@ async fn run_keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
             (store, keyring)
         }
+        // A rotation in a directory where no server ran (a mistyped data_dir) would report
+        // done while the server's keys, perhaps compromised, stay in use.
         KeysCommand::Rotate { .. } => {
-            let store = open_store(config).await?;
-            let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?;
+            let store = open_existing_store(config, "keys rotate").await?;
+            let keyring = Keyring::for_store(&store, &config.server.data_dir, &config.keys)?
+                .existing_key_dir_only();
             (store, keyring)
         }
     };

@@ -1231,11 +1231,11 @@ async fn keys_rotate_moves_nothing_when_a_key_is_damaged() {
     assert!(operator_records(&config).await.is_empty());
 }
 
-/// `keys show` and `grants list` only read; `grants revoke` and `keys reseal` act on what a
-/// server's database holds. Pointed at a data directory where no server ran (a mistyped
+/// `keys show` and `grants list` only read; `grants revoke`, `keys rotate` and `keys reseal` act
+/// on what a server's database and key directory hold. Pointed at a data directory where no server ran (a mistyped
 /// `server.data_dir`, an empty directory, none at all) they fail naming the database they
 /// looked for, and create nothing: no database, no keys shown as if they were the server's, no
-/// revocation reported done that no server would read. With the database found elsewhere (`database.url`) but no keys in the data
+/// revocation or rotation reported done that no server would see. With the database found elsewhere (`database.url`) but no keys in the data
 /// directory, `keys show` names the missing key directory, again creating nothing.
 #[tokio::test]
 async fn read_only_commands_create_nothing_where_no_server_ran() {
@@ -1263,6 +1263,7 @@ async fn read_only_commands_create_nothing_where_no_server_ran() {
             &["grants", "list"][..],
             &["grants", "revoke", "--credential", "abc"][..],
             &["keys", "reseal"][..],
+            &["keys", "rotate"][..],
         ] {
             let out = run(config, args).await;
             let err = String::from_utf8_lossy(&out.stderr);
