@@ -190,7 +190,7 @@ impl Edits {
     /// The content of `path` to edit: the edit already made to the same file, else the file as
     /// it is now.
     fn open(&mut self, path: &Path) -> Result<&mut Map<String, Value>, CliError> {
-        let identity = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        let identity = identity(path);
         let index = match self.files.iter().position(|e| e.identity == identity) {
             Some(i) => i,
             None => {
@@ -211,6 +211,27 @@ impl Edits {
             }
         };
         Ok(&mut self.files[index].root)
+    }
+}
+
+/// One name for the file `path` leads to, so two names for it make one edit: the file's
+/// canonical path, or for a file not there yet its directory's canonical path and its name.
+fn identity(path: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir)
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| path.to_owned())
+        }
+        _ => path.to_owned(),
     }
 }
 
@@ -472,6 +493,44 @@ mod tests {
         let v: Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
         assert_eq!(v["auths"]["https://index.docker.io/v1/"]["auth"], "dTpw");
         assert_eq!(v["auths"]["docker.io/my-app"]["auth"], "dTpw");
+    }
+
+    /// The same for a file not there yet, named once directly and once through a linked
+    /// directory: one edit, so neither entry overwrites the other.
+    #[cfg(unix)]
+    #[test]
+    fn two_names_for_a_file_not_there_yet_make_one_edit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("docker");
+        std::fs::create_dir(&real).expect("dir");
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&real, &linked).expect("symlink");
+        let password: SecretString = "p".to_owned().into();
+        let mut edits = Edits::default();
+        edits
+            .store_password(
+                &real.join("config.json"),
+                "127.0.0.1:5000",
+                "127.0.0.1:5000",
+                "u",
+                &password,
+            )
+            .expect("docker");
+        edits
+            .store_password(
+                &linked.join("config.json"),
+                "127.0.0.1:5000/my-app",
+                "127.0.0.1:5000",
+                "u",
+                &password,
+            )
+            .expect("containers");
+        edits.write().expect("write");
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(real.join("config.json")).expect("read"))
+                .expect("json");
+        assert_eq!(v["auths"]["127.0.0.1:5000"]["auth"], "dTpw", "{v}");
+        assert_eq!(v["auths"]["127.0.0.1:5000/my-app"]["auth"], "dTpw", "{v}");
     }
 
     #[test]

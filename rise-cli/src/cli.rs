@@ -743,6 +743,10 @@ async fn registry_login(
                 path.display()
             ));
         }
+        // The mapping goes in first (a helper entry without it would fail every pull), and is
+        // put back as it was should an auth file then fail: all change or none.
+        let registries = ctx.registries_file()?;
+        let mapping_before = crate::fsutil::read_optional(&registries)?;
         RegistryMap::register(
             ctx,
             Mapping {
@@ -754,7 +758,20 @@ async fn registry_login(
                 margin_secs: Some(args.margin.as_secs()),
             },
         )?;
-        edits.write()?;
+        if let Err(failed) = edits.write() {
+            let restored = match &mapping_before {
+                Some(bytes) => crate::fsutil::write_private(&registries, bytes),
+                None => std::fs::remove_file(&registries)
+                    .map_err(|e| CliError::file("remove", &registries, &e)),
+            };
+            return Err(match restored {
+                Ok(()) => failed,
+                Err(e) => CliError::Input(format!(
+                    "{failed}; but {} keeps the new mapping for {host} ({e}): fix both causes and run this again (the mapping is harmless without a helper entry)",
+                    registries.display()
+                )),
+            });
+        }
         text.push_str(&format!(
             "Pushes to {}:TAG now use short-lived credentials for project {}.\n",
             grant.image, args.project
@@ -1076,6 +1093,8 @@ mod tests {
                 }
                 let auth_file = containers.display().to_string();
                 let ctx = ctx_in(dir.path(), &[("REGISTRY_AUTH_FILE", &auth_file)]);
+                let registries = ctx.registries_file().expect("registries.json");
+                let mapping_before = std::fs::read(&registries).ok();
                 let mut args = vec![
                     "--backend",
                     server.url.as_str(),
@@ -1100,6 +1119,8 @@ mod tests {
                 if let Some(seed) = seed {
                     assert_eq!(std::fs::read(&containers).expect("read"), seed, "{case}");
                 }
+                // The helper's project mapping is put back too.
+                assert_eq!(std::fs::read(&registries).ok(), mapping_before, "{case}");
                 let named = containers.parent().expect("parent").display().to_string();
                 assert!(err.contains(&named), "{case}: {err}");
                 assert!(err.contains("nothing was changed"), "{case}: {err}");
