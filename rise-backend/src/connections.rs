@@ -108,7 +108,7 @@ impl Refusals {
 
     fn count(&self) {
         crate::metrics::record_connection_refused();
-        let unsaid = self.since_said.fetch_add(1, Ordering::Relaxed) + 1;
+        self.since_said.fetch_add(1, Ordering::Relaxed);
         let Ok(mut last) = self.last_said.try_lock() else {
             return;
         };
@@ -116,7 +116,8 @@ impl Refusals {
             return;
         }
         *last = Some(Instant::now());
-        self.since_said.fetch_sub(unsaid, Ordering::Relaxed);
+        // Taken under the lock: each refusal is said once, in the warning after it.
+        let unsaid = self.since_said.swap(0, Ordering::Relaxed);
         tracing::warn!(
             refused = unsaid,
             "server.max_connections connections are open: new connections are closed as they arrive (raise server.max_connections and the open-file limit, or put a proxy in front)"

@@ -691,7 +691,7 @@ fn existing_keys_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
     match fs::metadata(&dir) {
         Ok(_) => Ok(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "there is no key directory {}: check server.data_dir (and --config); `serve` generates the keys on first start",
+            "there is no key directory {}: check server.data_dir (and --config); `serve` generates the keys on first start, if the server signs grants or tokens",
             dir.display()
         ),
         Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),

@@ -237,7 +237,12 @@ pub async fn run(
     tracing::info!(%addr, public_url = %server.public_url(), tls = true, "rise-backend listening");
     // The cap runs before the handshake: a refused connection costs no TLS work.
     let mut https = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
-        .map(|tls| tls.acceptor(cap))
+        // A connection that never starts its handshake gives its slot back as soon as one that
+        // never sends its headers would.
+        .map(|tls| {
+            tls.handshake_timeout(server.header_read_timeout)
+                .acceptor(cap)
+        })
         .handle(handle)
         .first_request_timeout(server.header_read_timeout);
     http_timeouts(&mut https, server);

@@ -343,21 +343,25 @@ async fn plain_http_survives_sighup() {
 }
 
 /// Over HTTPS the connection cap applies before the handshake: a connection that holds the only
-/// slot without ever starting TLS keeps an HTTPS client out (closed unanswered), and once it
-/// closes the client is served.
+/// slot without ever starting TLS keeps an HTTPS client out (closed unanswered). The server closes
+/// the holder once `header_read_timeout` passes without a handshake (not axum-server's 10 s), and
+/// the client is then served.
 #[tokio::test]
 async fn the_connection_cap_applies_before_the_tls_handshake() {
     let certs = tempfile::tempdir().expect("temp dir");
     let files = write_dev_cert(certs.path(), &[], false).expect("dev cert");
     let (config, _dir) = load_config(
-        &format!("max_connections = 1\n{}", tls_section(certs.path(), "0s")),
+        &format!(
+            "max_connections = 1\nheader_read_timeout = \"1s\"\n{}",
+            tls_section(certs.path(), "0s")
+        ),
         "",
     );
     let served = Served::start(config).await;
     let url = format!("https://127.0.0.1:{}/healthz", served.addr.port());
     let client = https_client(&[&files.ca]);
 
-    let holder = tokio::net::TcpStream::connect(served.addr)
+    let mut holder = tokio::net::TcpStream::connect(served.addr)
         .await
         .expect("connect");
     // Give the server the moment it needs to accept the holder first.
@@ -374,7 +378,21 @@ async fn the_connection_cap_applies_before_the_tls_handshake() {
         "an HTTPS client got in while the only slot was held"
     );
 
-    drop(holder);
+    // Closed by the server well before the 10 s default handshake timeout.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut holder, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a connection that never starts TLS keeps its slot"
+    );
     let deadline = Instant::now() + RELOAD_DEADLINE;
     loop {
         match client.get(&url).send().await {
