@@ -101,7 +101,7 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// The most connections served at once; one arriving beyond them is closed at once. The
     /// default is what the open-file limit leaves after a reserve for the broker's own files
-    /// and connections ([`crate::connections::default_max_connections`]).
+    /// and connections, at most 16384 ([`crate::connections::default_max_connections`]).
     #[serde(
         default = "crate::connections::default_max_connections",
         deserialize_with = "lenient::u64"

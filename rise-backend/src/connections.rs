@@ -23,6 +23,10 @@ pub const DESCRIPTOR_RESERVE: u64 = 128;
 /// The fewest connections the default allows, however low the open-file limit.
 const MIN_DEFAULT: u64 = 16;
 
+/// The highest default, however high the open-file limit: each connection also costs memory
+/// (buffers, a task, TLS state), so a limit in the hundreds of thousands is no cap at all.
+const MAX_DEFAULT: u64 = 16_384;
+
 /// The default cap where the open-file limit is unlimited or unknown.
 const FALLBACK: u64 = 4096;
 
@@ -39,11 +43,17 @@ pub fn open_file_limit() -> Option<u64> {
     }
 }
 
-/// The most connections the open-file limit leaves room for after [`DESCRIPTOR_RESERVE`]
-/// (never below a small floor); the default of `server.max_connections`.
+/// The most connections the open-file limit leaves room for after [`DESCRIPTOR_RESERVE`], at
+/// most [`MAX_DEFAULT`] (and never below a small floor); the default of `server.max_connections`.
 pub fn default_max_connections() -> u64 {
-    match open_file_limit() {
-        Some(limit) => limit.saturating_sub(DESCRIPTOR_RESERVE).max(MIN_DEFAULT),
+    default_for(open_file_limit())
+}
+
+fn default_for(open_file_limit: Option<u64>) -> u64 {
+    match open_file_limit {
+        Some(limit) => limit
+            .saturating_sub(DESCRIPTOR_RESERVE)
+            .clamp(MIN_DEFAULT, MAX_DEFAULT),
         None => FALLBACK,
     }
 }
@@ -176,14 +186,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_leaves_the_reserve_free() {
-        let default = default_max_connections();
-        match open_file_limit() {
-            Some(limit) if limit > DESCRIPTOR_RESERVE + MIN_DEFAULT => {
-                assert_eq!(default, limit - DESCRIPTOR_RESERVE);
-            }
-            Some(_) => assert_eq!(default, MIN_DEFAULT),
-            None => assert_eq!(default, FALLBACK),
-        }
+    fn the_default_keeps_the_reserve_free_within_bounds() {
+        // A shell's usual soft limit: 128 kept back.
+        assert_eq!(default_for(Some(1024)), 896);
+        // systemd's usual hard limit, raised to: bounded for memory's sake.
+        assert_eq!(default_for(Some(524_288)), MAX_DEFAULT);
+        // A limit below the reserve still lets a few connections in.
+        assert_eq!(default_for(Some(100)), MIN_DEFAULT);
+        // Unlimited or unknown.
+        assert_eq!(default_for(None), FALLBACK);
     }
 }
