@@ -130,7 +130,7 @@ impl Refusals {
         let unsaid = self.since_said.swap(0, Ordering::Relaxed);
         tracing::warn!(
             refused = unsaid,
-            "server.max_connections connections are open: new connections are closed as they arrive (raise server.max_connections and the open-file limit, or put a proxy in front)"
+            "server.max_connections connections are open: new connections are closed as they arrive (raise server.max_connections and the open-file limit, or put a proxy in front); `refused` counts those since the last such warning, and for 10 s more are only counted, in rise_connections_refused_total"
         );
     }
 }
