@@ -217,7 +217,7 @@ pub async fn run(
         // default action), as `systemctl reload` or log rotation would. Caught from before
         // the server says it listens.
         let hup = tokio::spawn(ignore_sighup(sighup()));
-        tracing::info!(%addr, public_url = %server.public_url(), tls = false, "rise-backend listening");
+        tracing::info!(%addr, public_url = %server.public_url(), tls = false, max_connections = server.max_connections, "rise-backend listening");
         let mut http = axum_server::from_tcp(listener)?
             .acceptor(cap)
             .handle(handle)
@@ -234,7 +234,7 @@ pub async fn run(
             .context("loading [server.tls]")?,
     );
     let watcher = reloader.clone().spawn_watcher();
-    tracing::info!(%addr, public_url = %server.public_url(), tls = true, "rise-backend listening");
+    tracing::info!(%addr, public_url = %server.public_url(), tls = true, max_connections = server.max_connections, "rise-backend listening");
     // The cap runs before the handshake: a refused connection costs no TLS work.
     let mut https = axum_server::from_tcp_rustls(listener, reloader.rustls_config())?
         // A connection that never starts its handshake gives its slot back as soon as one that
