@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use rise_backend::http::ratelimit::LimitScope;
 use rise_backend::http::{ApiError, RateLimited};
 
-use super::{Served, body_json, load_config, retry_after, send, state};
+use super::{Served, body_json, closed_by_server, load_config, retry_after, send, state};
 
 const CREDENTIALS: &str = "/registry/credentials?project=my-app";
 
@@ -467,23 +467,6 @@ async fn audit_records_the_client_behind_a_trusted_proxy() {
     let dave = audited(&rise.state, "dave", "project_not_found").await;
     assert_eq!(dave.len(), 1);
     assert_eq!(dave[0].client_ip.as_deref(), Some("192.0.2.44"));
-}
-
-/// Whether the server closes `stream` before `deadline` (a guard, not a timing claim): it
-/// reads until end of file or a reset, ignoring whatever the server sends first.
-async fn closed_by_server(stream: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(deadline, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
 }
 
 /// A client that never finishes its headers (slowloris), or sends nothing at all, is cut off

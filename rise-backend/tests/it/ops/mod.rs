@@ -181,3 +181,20 @@ pub fn presented_der(response: &reqwest::Response) -> Vec<u8> {
         .expect("TLS info with the peer certificate")
         .to_vec()
 }
+
+/// Whether the server closes `stream` before `deadline` (a guard, not a timing claim): it
+/// reads until end of file or a reset, ignoring whatever the server sends first.
+pub async fn closed_by_server(stream: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}

@@ -9,7 +9,7 @@ use rise_backend::tls::write_dev_cert;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::{Served, https_client, leaf_der, load_config, presented_der};
+use super::{Served, closed_by_server, https_client, leaf_der, load_config, presented_der};
 use crate::support::process::{
     COMMAND_TIMEOUT, ChildProcess, STARTUP_TIMEOUT, run_ok, run_with_timeout,
 };
@@ -379,18 +379,8 @@ async fn the_connection_cap_applies_before_the_tls_handshake() {
     );
 
     // Closed by the server well before the 10 s default handshake timeout.
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(6), async {
-        loop {
-            match tokio::io::AsyncReadExt::read(&mut holder, &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        closed_by_server(&mut holder, Duration::from_secs(6)).await,
         "a connection that never starts TLS keeps its slot"
     );
     let deadline = Instant::now() + RELOAD_DEADLINE;
