@@ -47,8 +47,8 @@ fn writer_cpu_ticks() -> Option<u64> {
     let mut total = None;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        // The kernel keeps 15 bytes of a thread's name.
-        if !"rise-audit-writer".starts_with(comm.trim_end()) || comm.trim_end().is_empty() {
+        // The kernel keeps 15 bytes of a thread's name: "rise-audit-writer" reads "rise-audit-writ".
+        if comm.trim_end() != "rise-audit-writ" {
             continue;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
