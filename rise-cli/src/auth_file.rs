@@ -105,6 +105,9 @@ struct Edit {
     /// Its bytes and permissions before, `None` when it did not exist. Other registries'
     /// passwords may be in it.
     before: Option<(SecretSlice<u8>, Option<Permissions>)>,
+    /// The outermost of its directories that did not exist when it was read: writing the file
+    /// creates it and those inside it, and putting things back removes them again.
+    missing_dir: Option<PathBuf>,
     root: Map<String, Value>,
 }
 
@@ -181,7 +184,10 @@ impl Edits {
             .collect::<Result<Vec<_>, _>>()?;
         for (written, (edit, bytes)) in self.files.iter().zip(&contents).enumerate() {
             if let Err(e) = fsutil::write_private(&edit.path, bytes.expose_secret()) {
-                return Err(undo(&self.files[..written], e));
+                let failed = undo(&self.files[..written], e);
+                // The failed write may have created some of its directories before it stopped.
+                edit.remove_created_dirs();
+                return Err(failed);
             }
         }
         Ok(())
@@ -205,6 +211,7 @@ impl Edits {
                     path: path.to_owned(),
                     identity,
                     before: before.map(|b| (SecretSlice::from(b), permissions)),
+                    missing_dir: outermost_missing_dir(path),
                     root,
                 });
                 self.files.len() - 1
@@ -235,8 +242,44 @@ fn identity(path: &Path) -> PathBuf {
     }
 }
 
+/// The outermost directory on the way to `path` that does not exist.
+fn outermost_missing_dir(path: &Path) -> Option<PathBuf> {
+    let mut missing = None;
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing = Some(d.to_owned());
+        dir = d.parent();
+    }
+    missing
+}
+
 impl Edit {
-    /// Put the file back as it was before [`Edits::write`]: its bytes and mode, or no file.
+    /// Remove the directories that writing this file created, innermost first, as long as they
+    /// are empty: one that now holds something else stays, with those around it.
+    fn remove_created_dirs(&self) {
+        let Some(outermost) = &self.missing_dir else {
+            return;
+        };
+        let mut dir = self.path.parent();
+        while let Some(d) = dir {
+            match std::fs::remove_dir(d) {
+                Ok(()) => {}
+                // Never created (the write stopped before it): its parent may have been.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return,
+            }
+            if d == outermost {
+                return;
+            }
+            dir = d.parent();
+        }
+    }
+
+    /// Put the file back as it was before [`Edits::write`]: its bytes and mode, or no file (and
+    /// none of the directories made for it).
     fn restore(&self) -> Result<(), CliError> {
         match &self.before {
             Some((bytes, permissions)) => {
@@ -247,8 +290,12 @@ impl Edit {
                 }
                 Ok(())
             }
-            None => std::fs::remove_file(&self.path)
-                .map_err(|e| CliError::file("remove", &self.path, &e)),
+            None => {
+                std::fs::remove_file(&self.path)
+                    .map_err(|e| CliError::file("remove", &self.path, &e))?;
+                self.remove_created_dirs();
+                Ok(())
+            }
         }
     }
 }
@@ -426,7 +473,7 @@ mod tests {
             std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640))
                 .expect("chmod");
         }
-        let absent = dir.path().join("new/auth.json");
+        let absent = dir.path().join("new/deeper/auth.json");
         // Absent when read, and its directory cannot be made once `absent` is written (even
         // as root, whom permission bits would not stop).
         let unwritable = absent.join("auth.json");
@@ -446,6 +493,13 @@ mod tests {
             assert_eq!(mode.mode() & 0o777, 0o640);
         }
         assert!(!absent.exists(), "{} was left behind", absent.display());
+        let made = dir.path().join("new");
+        assert!(
+            !made.exists(),
+            "the directory {} was left behind",
+            made.display()
+        );
+        assert!(dir.path().is_dir(), "a directory that was there is gone");
         assert!(
             err.starts_with(&format!("cannot create directory {}", absent.display())),
             "{err}"
@@ -460,6 +514,28 @@ mod tests {
         );
         assert!(!err.contains("s3cret-pw"), "{err}");
         assert!(!err.contains(&STANDARD.encode("u:s3cret-pw")), "{err}");
+    }
+
+    #[test]
+    fn directories_made_for_a_file_that_is_taken_back_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let made = dir.path().join("a/b/config.json");
+        // Absent when read; once `file` is written, `file/auth.json` cannot be.
+        let file = dir.path().join("file");
+        let unwritable = file.join("auth.json");
+        let mut edits = Edits::default();
+        for path in [&made, &file, &unwritable] {
+            edits.register_helper(path, "reg:5000").expect("prepared");
+        }
+        let err = edits.write().expect_err("unwritable").to_string();
+        for path in [&made, &file] {
+            assert!(
+                err.contains(&format!("{} was removed again", path.display())),
+                "{err}"
+            );
+        }
+        assert!(!dir.path().join("a").exists(), "a/b was left behind");
+        assert!(dir.path().is_dir(), "a directory that was there is gone");
     }
 
     #[test]
