@@ -200,6 +200,76 @@ async fn every_algorithm_of_the_provider_is_accepted() {
     }
 }
 
+/// The characters a compact JWS is written in, with the separator.
+const JWS_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.";
+
+#[tokio::test]
+async fn no_one_character_change_to_a_valid_token_is_accepted() {
+    let oidc = OidcProvider::start().await;
+    let rise = Rise::start(IssuerSetup {
+        issuer: oidc.issuer(),
+        jwks_uri: None,
+        refresh_floor: "1h",
+    })
+    .await;
+    for resource in ["rise", "rise-es256", "rise-eddsa"] {
+        let token = oidc.client_credentials_token("ci-app", resource).await;
+        let alg = decode_jwt(&token).0["alg"].clone();
+        Rise::assert_authenticated(rise.credentials(&token).await);
+        // Every position, each changed to another character of the alphabet (a different one
+        // per position, so every kind of change is tried somewhere): header, claims, the
+        // separators, and the signature's last character, whose low bits are padding.
+        let mut refusals: HashMap<String, usize> = HashMap::new();
+        for (i, original) in token.bytes().enumerate() {
+            let at = JWS_CHARS
+                .iter()
+                .position(|&c| c == original)
+                .expect("JWS char");
+            let replacement = JWS_CHARS[(at + 1 + i % (JWS_CHARS.len() - 1)) % JWS_CHARS.len()];
+            assert_ne!(replacement, original);
+            let mut mutated = token.clone().into_bytes();
+            mutated[i] = replacement;
+            let mutated = String::from_utf8(mutated).expect("ASCII");
+            let (status, body) = rise.credentials(&mutated).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{alg} token with position {i} of {} changed from {:?} to {:?} was not refused: {body}",
+                token.len(),
+                original as char,
+                replacement as char
+            );
+            let code = body["error"].as_str().expect("an error code").to_owned();
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+            *refusals.entry(code).or_default() += 1;
+        }
+        // The signature's last character carries 4 padding bits of its 6 (256- and 64-byte
+        // signatures leave one byte for the last two characters): 15 others decode to the same
+        // signature under a lenient decoder, and are refused all the same. All 63 are tried.
+        let last = token.len() - 1;
+        for &replacement in JWS_CHARS.iter().filter(|&&c| c != token.as_bytes()[last]) {
+            let mutated = format!("{}{}", &token[..last], replacement as char);
+            let (status, body) = rise.credentials(&mutated).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{alg} token ending in {:?} instead was not refused: {body}",
+                replacement as char
+            );
+        }
+        // Changes to the signature are caught by the signature check, not by something before.
+        assert!(
+            refusals.get("bad_signature").copied().unwrap_or(0) > 40,
+            "{alg}: {refusals:?}"
+        );
+        // The original is still good: nothing above poisoned a cache.
+        Rise::assert_authenticated(rise.credentials(&token).await);
+    }
+}
+
 #[tokio::test]
 async fn wrong_audience_and_unknown_issuer_are_refused() {
     let oidc = OidcProvider::start().await;
