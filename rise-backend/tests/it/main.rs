@@ -12,6 +12,7 @@ mod conformance;
 mod distribution;
 mod dockerhub;
 mod ecr;
+mod generated;
 mod ghcr;
 mod google;
 mod harbor;
