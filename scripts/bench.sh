@@ -160,6 +160,7 @@ print(f'{server:8.1f} {client:8.1f}')")"
 
 echo "Rise benchmark: $CONNECTIONS connections, ${DURATION}s per endpoint, caller tokens $alg from oidc-provider, $(nproc) cores"
 echo "cpu us/req: CPU time per request of the broker (PostgreSQL's own processes not included) and of wrk"
+echo "broker log level: warn (the info line each issuance writes at the default level is not in these figures)"
 printf '%-24s %12s %10s %10s %8s %8s\n' endpoint "requests/s" p50 p99 "rise" "wrk"
 run healthz "$rise_pid" "$base/healthz"
 # The same authentication (cached JWT check) and rate limits as the credential path, with
