@@ -285,7 +285,8 @@ async fn ignore_sighup(_: Option<()>) {}
 /// HTTP/1.1: headers within `header_read_timeout` (an idle keep-alive connection is closed
 /// after as long). HTTP/2 (over TLS, or h2c behind a proxy): a peer that stops answering pings
 /// is dropped. An HTTP/2 peer that answers them may stay connected, as a browser would: the
-/// number of connections is `server.max_connections` to cap.
+/// number of connections is `server.max_connections` to cap. Either way a request's headers
+/// take at most [`MAX_REQUEST_HEAD_BYTES`].
 fn http_timeouts<A: axum_server::Address, Acc>(
     served: &mut axum_server::Server<A, Acc>,
     server: &ServerConfig,
@@ -293,12 +294,20 @@ fn http_timeouts<A: axum_server::Address, Acc>(
     let builder = served.http_builder();
     builder
         .http1()
-        .header_read_timeout(server.header_read_timeout);
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     builder
         .http2()
         .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(server.header_read_timeout);
+        .keep_alive_timeout(server.header_read_timeout)
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
 }
+
+/// The most memory one request's head may take: the request line and headers over HTTP/1.1
+/// (hyper answers a longer one 431 and closes), the header list over HTTP/2. Room for the
+/// longest token Rise reads (16 KiB) inside Basic credentials, with every other header; hyper's
+/// HTTP/1.1 default (about 400 KiB) would let `max_connections` idle clients hold gigabytes.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// How often an idle HTTP/2 connection is pinged to find a vanished peer.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);

@@ -505,6 +505,45 @@ async fn connections_that_do_not_send_their_headers_are_closed() {
     served.shutdown().await.expect("graceful shutdown");
 }
 
+/// A request's head may take up to `MAX_REQUEST_HEAD_BYTES`: a 20 KiB bearer token is read and
+/// answered in JSON, while a head that fills the bound unfinished is refused with 431 and the
+/// connection closed (before, hyper buffered about 400 KiB per connection).
+#[tokio::test]
+async fn request_heads_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (config, _dir) = load_config("header_read_timeout = \"5s\"", "");
+    let served = Served::start(config).await;
+    let r = crate::support::process::http_client()
+        .get(format!(
+            "http://{}/registry/credentials?project=my-app",
+            served.addr
+        ))
+        .bearer_auth("a".repeat(20 * 1024))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = r.json().await.expect("a JSON body");
+    assert_eq!(body["error"], "malformed_token", "{body}");
+
+    // Exactly the bound, and no end of headers: the server has read every byte when it refuses,
+    // so it closes with nothing unread (no reset that could drop its answer).
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ".to_vec();
+    head.resize(rise_backend::server::MAX_REQUEST_HEAD_BYTES, b'a');
+    let mut stream = tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect");
+    stream.write_all(&head).await.expect("send the head");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed within 20 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    served.shutdown().await.expect("graceful shutdown");
+}
+
 /// A client that sends its headers on time and then trickles its body gets 408 `request_timeout`
 /// (JSON) once `server.header_read_timeout` has passed since the headers, and the connection is
 /// closed; before, a byte every few seconds held it open indefinitely.
