@@ -72,6 +72,20 @@ async fn https_with_the_dev_ca_end_to_end() {
         assert_eq!(presented_der(&response), leaf_der(&files.certificate));
         assert_eq!(response.text().await.expect("body"), "ok");
     }
+    // HTTP/2 (negotiated by ALPN) takes header lists as long as HTTP/1.1 heads: a 20 KiB
+    // bearer token is read, and refused in JSON as the malformed token it is.
+    let response = client
+        .get(format!(
+            "https://127.0.0.1:{port}/registry/credentials?project=my-app"
+        ))
+        .bearer_auth("a".repeat(20 * 1024))
+        .send()
+        .await
+        .expect("a long header over HTTP/2");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["error"], "malformed_token", "{body}");
 
     // A client that does not trust the dev CA refuses the server.
     let other = tempfile::tempdir().expect("temp dir");
