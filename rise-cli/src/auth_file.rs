@@ -4,7 +4,7 @@
 //! 0600. Several files are edited together ([`Edits`]): all of them change, or none does.
 
 use std::fs::Permissions;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -99,15 +99,16 @@ pub struct Edits {
 
 /// One file's new content, and what to put back if a later file cannot be written.
 struct Edit {
+    /// As the user named it, for messages.
     path: PathBuf,
-    /// The file itself, symbolic links resolved: two names for one file make one edit.
-    identity: PathBuf,
+    /// The file itself ([`resolve`]): every read and write goes here, and two names for one
+    /// file make one edit.
+    target: PathBuf,
     /// Its bytes and permissions before, `None` when it did not exist. Other registries'
     /// passwords may be in it.
     before: Option<(SecretSlice<u8>, Option<Permissions>)>,
-    /// The outermost of its directories that did not exist when it was read: writing the file
-    /// creates it and those inside it, and putting things back removes them again.
-    missing_dir: Option<PathBuf>,
+    /// The directories writing it created, outermost first: putting it back removes them.
+    made_dirs: Vec<PathBuf>,
     root: Map<String, Value>,
 }
 
@@ -176,17 +177,21 @@ impl Edits {
 
     /// Write every edited file, each atomically with mode 0600. When one cannot be written, the
     /// ones already written are put back as they were, so either all of them change or none.
-    pub fn write(self) -> Result<(), CliError> {
+    pub fn write(mut self) -> Result<(), CliError> {
         let contents = self
             .files
             .iter()
             .map(|edit| fsutil::json_bytes(&edit.path, &edit.root).map(SecretSlice::from))
             .collect::<Result<Vec<_>, _>>()?;
-        for (written, (edit, bytes)) in self.files.iter().zip(&contents).enumerate() {
-            if let Err(e) = fsutil::write_private(&edit.path, bytes.expose_secret()) {
+        for (written, bytes) in contents.iter().enumerate() {
+            let edit = &mut self.files[written];
+            let dir = edit.target.parent().unwrap_or(Path::new("."));
+            let result = fsutil::create_private_dir_noting(dir, &mut edit.made_dirs)
+                .and_then(|()| fsutil::write_private(&edit.target, bytes.expose_secret()));
+            if let Err(e) = result {
                 let failed = undo(&self.files[..written], e);
                 // The failed write may have created some of its directories before it stopped.
-                edit.remove_created_dirs();
+                self.files[written].remove_made_dirs();
                 return Err(failed);
             }
         }
@@ -196,22 +201,22 @@ impl Edits {
     /// The content of `path` to edit: the edit already made to the same file, else the file as
     /// it is now.
     fn open(&mut self, path: &Path) -> Result<&mut Map<String, Value>, CliError> {
-        let identity = identity(path);
-        let index = match self.files.iter().position(|e| e.identity == identity) {
+        let target = resolve(path);
+        let index = match self.files.iter().position(|e| e.target == target) {
             Some(i) => i,
             None => {
-                let before = fsutil::read_optional(path).map_err(|e| {
+                let before = fsutil::read_optional(&target).map_err(|e| {
                     CliError::Input(format!(
                         "{e}; fix that, then run this again (nothing was changed)"
                     ))
                 })?;
                 let root = parse(path, before.as_deref())?;
-                let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
+                let permissions = std::fs::metadata(&target).ok().map(|m| m.permissions());
                 self.files.push(Edit {
                     path: path.to_owned(),
-                    identity,
+                    target,
                     before: before.map(|b| (SecretSlice::from(b), permissions)),
-                    missing_dir: outermost_missing_dir(path),
+                    made_dirs: Vec::new(),
                     root,
                 });
                 self.files.len() - 1
@@ -221,60 +226,49 @@ impl Edits {
     }
 }
 
-/// One name for the file `path` leads to, so two names for it make one edit: the file's
-/// canonical path, or for a file not there yet its directory's canonical path and its name.
-fn identity(path: &Path) -> PathBuf {
-    if let Ok(real) = std::fs::canonicalize(path) {
-        return real;
-    }
-    match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            std::fs::canonicalize(dir)
-                .map(|d| d.join(name))
-                .unwrap_or_else(|_| path.to_owned())
+/// The file `path` leads to once its missing directories are made, so that two names for it make
+/// one edit and every read and write reaches the same file: the longest part of `path` that
+/// exists, canonical (symbolic links and `..` resolved by the file system), then the rest, with
+/// `..` and `.` resolved by name (a directory not there yet is no symbolic link). Read as given,
+/// `new/../config.json` would not be found while `new` is missing, and the existing
+/// `config.json` then replaced with only Rise's entries.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        match std::env::current_dir() {
+            Ok(dir) => dir.join(path),
+            Err(_) => return path.to_owned(),
         }
-        _ => path.to_owned(),
-    }
-}
-
-/// The outermost directory on the way to `path` that does not exist.
-fn outermost_missing_dir(path: &Path) -> Option<PathBuf> {
-    let mut missing = None;
-    let mut dir = path.parent();
-    while let Some(d) = dir {
-        if d.as_os_str().is_empty() || d.exists() {
-            break;
+    };
+    let parts: Vec<Component> = absolute.components().collect();
+    for existing in (1..=parts.len()).rev() {
+        let Ok(mut resolved) = std::fs::canonicalize(parts[..existing].iter().collect::<PathBuf>())
+        else {
+            continue;
+        };
+        for part in &parts[existing..] {
+            match part {
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                Component::Normal(name) => resolved.push(name),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
         }
-        missing = Some(d.to_owned());
-        dir = d.parent();
+        return resolved;
     }
-    missing
+    absolute
 }
 
 impl Edit {
-    /// Remove the directories that writing this file created, innermost first, as long as they
-    /// are empty: one that now holds something else stays, with those around it.
-    fn remove_created_dirs(&self) {
-        let Some(outermost) = &self.missing_dir else {
-            return;
-        };
-        let mut dir = self.path.parent();
-        while let Some(d) = dir {
-            match std::fs::remove_dir(d) {
-                Ok(()) => {}
-                // Never created (the write stopped before it): its parent may have been.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(_) => return,
-            }
-            if d == outermost {
+    /// Remove the directories writing this file created, innermost first, while they are empty:
+    /// one that now holds something else stays, and so do those around it.
+    fn remove_made_dirs(&self) {
+        for dir in self.made_dirs.iter().rev() {
+            if std::fs::remove_dir(dir).is_err() {
                 return;
             }
-            dir = d.parent();
         }
     }
 
@@ -283,17 +277,17 @@ impl Edit {
     fn restore(&self) -> Result<(), CliError> {
         match &self.before {
             Some((bytes, permissions)) => {
-                fsutil::write_private(&self.path, bytes.expose_secret())?;
+                fsutil::write_private(&self.target, bytes.expose_secret())?;
                 if let Some(p) = permissions {
-                    std::fs::set_permissions(&self.path, p.clone())
+                    std::fs::set_permissions(&self.target, p.clone())
                         .map_err(|e| CliError::file("restore the mode of", &self.path, &e))?;
                 }
                 Ok(())
             }
             None => {
-                std::fs::remove_file(&self.path)
+                std::fs::remove_file(&self.target)
                     .map_err(|e| CliError::file("remove", &self.path, &e))?;
-                self.remove_created_dirs();
+                self.remove_made_dirs();
                 Ok(())
             }
         }
@@ -536,6 +530,48 @@ mod tests {
         }
         assert!(!dir.path().join("a").exists(), "a/b was left behind");
         assert!(dir.path().is_dir(), "a directory that was there is gone");
+    }
+
+    #[test]
+    fn a_path_back_out_of_a_directory_not_there_yet_edits_the_file_it_reaches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("docker")).expect("dir");
+        let real = dir.path().join("docker/config.json");
+        std::fs::write(&real, br#"{"auths":{"other.io":{"auth":"eDp5"}}}"#).expect("seed");
+        // What the OS reaches once `new` exists: docker/config.json, with its other entries.
+        let named = dir.path().join("new/../docker/config.json");
+        let mut edits = Edits::default();
+        edits.register_helper(&named, "reg:5000").expect("prepared");
+        edits.write().expect("written");
+        let doc: Value =
+            serde_json::from_slice(&std::fs::read(&real).expect("read")).expect("json");
+        assert_eq!(doc["auths"]["other.io"]["auth"], "eDp5", "{doc}");
+        assert_eq!(doc["credHelpers"]["reg:5000"], "rise", "{doc}");
+        assert!(!dir.path().join("new").exists(), "a directory was made");
+    }
+
+    #[test]
+    fn taking_a_file_back_removes_only_the_directories_this_write_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Empty and there before: it must stay.
+        std::fs::create_dir(dir.path().join("docker")).expect("dir");
+        let through = dir.path().join("new/../docker/config.json");
+        let file = dir.path().join("file");
+        let unwritable = file.join("auth.json");
+        let mut edits = Edits::default();
+        for path in [&through, &file, &unwritable] {
+            edits.register_helper(path, "reg:5000").expect("prepared");
+        }
+        edits.write().expect_err("unwritable");
+        assert!(
+            dir.path().join("docker").is_dir(),
+            "an existing directory was removed"
+        );
+        assert!(!dir.path().join("docker/config.json").exists());
+        assert!(
+            !dir.path().join("new").exists(),
+            "a directory was left behind"
+        );
     }
 
     #[test]

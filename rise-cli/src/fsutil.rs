@@ -188,23 +188,42 @@ pub fn lock_file(path: &Path) -> Result<std::fs::File, CliError> {
 
 /// Create a directory (and parents) with mode 0700 where we create it.
 pub fn create_private_dir(dir: &Path) -> Result<(), CliError> {
-    if dir.is_dir() {
-        return Ok(());
+    create_private_dir_noting(dir, &mut Vec::new())
+}
+
+/// [`create_private_dir`], noting in `made` every directory it created, outermost first (also
+/// when it stops part way), so that exactly those can be removed again.
+pub fn create_private_dir_noting(dir: &Path, made: &mut Vec<PathBuf>) -> Result<(), CliError> {
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(d) = next {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        next = d.parent();
     }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
+    for d in missing.into_iter().rev() {
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        match builder.create(d) {
+            Ok(()) => made.push(d.to_owned()),
+            // Made by someone else meanwhile: theirs, not ours to remove.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => {
+                return Err(CliError::Input(format!(
+                    "cannot create directory {}: {}",
+                    d.display(),
+                    describe_io(&e)
+                )));
+            }
+        }
     }
-    builder.create(dir).map_err(|e| {
-        CliError::Input(format!(
-            "cannot create directory {}: {}",
-            dir.display(),
-            describe_io(&e)
-        ))
-    })
+    Ok(())
 }
 
 fn resolve_symlink(path: &Path) -> PathBuf {
