@@ -300,13 +300,19 @@ fn http_timeouts<A: axum_server::Address, Acc>(
         .http2()
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(server.header_read_timeout)
-        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+        .max_concurrent_streams(H2_MAX_STREAMS);
 }
+
+/// Concurrent HTTP/2 streams per connection (hyper's default is 200): with 64 KiB header lists,
+/// one connection holds at most 2 MiB of headers. Rise's clients send a few requests at a time.
+const H2_MAX_STREAMS: u32 = 32;
 
 /// The most memory one request's head may take: the request line and headers over HTTP/1.1
 /// (hyper answers a longer one 431 and closes), the header list over HTTP/2. Room for the
 /// longest token Rise reads (16 KiB) inside Basic credentials, with every other header; hyper's
 /// HTTP/1.1 default (about 400 KiB) would let `max_connections` idle clients hold gigabytes.
+/// HTTP/2 counts a header list as names and values plus 32 bytes per field.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// How often an idle HTTP/2 connection is pinged to find a vanished peer.

@@ -248,7 +248,8 @@ async fn no_one_character_change_to_a_valid_token_is_accepted() {
         }
         // The signature's last character carries 4 padding bits of its 6 (256- and 64-byte
         // signatures leave one byte for the last two characters): 15 others decode to the same
-        // signature under a lenient decoder, and are refused all the same. All 63 are tried.
+        // signature under a lenient decoder, and are refused all the same. All 64 others (the
+        // alphabet and the separator) are tried.
         let last = token.len() - 1;
         for &replacement in JWS_CHARS.iter().filter(|&&c| c != token.as_bytes()[last]) {
             let mutated = format!("{}{}", &token[..last], replacement as char);

@@ -544,6 +544,26 @@ async fn request_heads_are_bounded() {
     served.shutdown().await.expect("graceful shutdown");
 }
 
+/// Through the real server, whose HTTP/1.1 read buffer is bounded at 64 KiB: a 3 MiB body is
+/// read in pieces up to the 2 MiB limit and refused with the JSON 413.
+#[tokio::test]
+async fn a_body_over_the_limit_through_the_real_server_is_a_json_413() {
+    let (config, _dir) = load_config("", "");
+    let served = Served::start(config).await;
+    let big = format!("grant_type=password&password=x&{}", "a".repeat(3 << 20));
+    let r = crate::support::process::http_client()
+        .post(format!("http://{}/token", served.addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = r.json().await.expect("a JSON body");
+    assert_eq!(body["error"], "payload_too_large", "{body}");
+    served.shutdown().await.expect("graceful shutdown");
+}
+
 /// A client that sends its headers on time and then trickles its body gets 408 `request_timeout`
 /// (JSON) once `server.header_read_timeout` has passed since the headers, and the connection is
 /// closed; before, a byte every few seconds held it open indefinitely.
