@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use rise_backend::http::ratelimit::LimitScope;
 use rise_backend::http::{ApiError, RateLimited};
 
-use super::{Served, body_json, closed_by_server, load_config, retry_after, send, state};
+use super::{
+    Served, body_json, closed_by_server, expect_json_error, load_config, retry_after, send, state,
+};
 
 const CREDENTIALS: &str = "/registry/credentials?project=my-app";
 
@@ -522,9 +524,7 @@ async fn request_heads_are_bounded() {
         .send()
         .await
         .expect("request");
-    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let body: serde_json::Value = r.json().await.expect("a JSON body");
-    assert_eq!(body["error"], "malformed_token", "{body}");
+    expect_json_error(r, reqwest::StatusCode::UNAUTHORIZED, "malformed_token").await;
 
     // Exactly the bound, and no end of headers: the server has read every byte when it refuses,
     // so it closes with nothing unread (no reset that could drop its answer).
@@ -558,9 +558,12 @@ async fn a_body_over_the_limit_through_the_real_server_is_a_json_413() {
         .send()
         .await
         .expect("request");
-    assert_eq!(r.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
-    let body: serde_json::Value = r.json().await.expect("a JSON body");
-    assert_eq!(body["error"], "payload_too_large", "{body}");
+    expect_json_error(
+        r,
+        reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
     served.shutdown().await.expect("graceful shutdown");
 }
 

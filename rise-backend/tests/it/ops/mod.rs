@@ -78,6 +78,21 @@ pub async fn body_json(response: Response<Body>) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
 
+/// Assert that a response from the served broker is `status` with the JSON error `code`.
+#[track_caller]
+pub fn expect_json_error(
+    response: reqwest::Response,
+    status: reqwest::StatusCode,
+    code: &'static str,
+) -> impl std::future::Future<Output = ()> {
+    let location = std::panic::Location::caller();
+    async move {
+        assert_eq!(response.status(), status, "at {location}");
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        assert_eq!(body["error"], code, "at {location}: {body}");
+    }
+}
+
 pub async fn body_text(response: Response<Body>) -> String {
     let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
         .await

@@ -83,9 +83,12 @@ async fn https_with_the_dev_ca_end_to_end() {
         .await
         .expect("a long header over HTTP/2");
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let body: serde_json::Value = response.json().await.expect("a JSON body");
-    assert_eq!(body["error"], "malformed_token", "{body}");
+    super::expect_json_error(
+        response,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "malformed_token",
+    )
+    .await;
 
     // A client that does not trust the dev CA refuses the server.
     let other = tempfile::tempdir().expect("temp dir");
