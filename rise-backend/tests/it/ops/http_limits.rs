@@ -544,6 +544,32 @@ async fn request_heads_are_bounded() {
     served.shutdown().await.expect("graceful shutdown");
 }
 
+/// Over HTTP/2 (here h2c with prior knowledge, as behind a proxy) the server allows 32
+/// concurrent streams per connection, not hyper's 200: with 64 KiB header lists, one connection
+/// holds at most 2 MiB of headers.
+#[tokio::test]
+async fn http2_connections_get_32_concurrent_streams() {
+    let (config, _dir) = load_config("", "");
+    let served = Served::start(config).await;
+    let tcp = tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = axum::http::Request::get(format!("http://{}/healthz", served.addr))
+        .body(())
+        .expect("request");
+    let (response, _) = client.send_request(request, true).expect("sent");
+    let response = response.await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    // The server's SETTINGS arrived before its answer.
+    assert_eq!(client.current_max_send_streams(), 32);
+    drop(client);
+    driver.abort();
+    served.shutdown().await.expect("graceful shutdown");
+}
+
 /// Through the real server, whose HTTP/1.1 read buffer is bounded at 64 KiB: a 3 MiB body is
 /// read in pieces up to the 2 MiB limit and refused with the JSON 413.
 #[tokio::test]
