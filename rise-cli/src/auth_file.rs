@@ -247,6 +247,10 @@ fn resolve(path: &Path) -> PathBuf {
         else {
             continue;
         };
+        if existing < parts.len() && !resolved.is_dir() {
+            // Through a file: no name below it resolves. Left as given, it fails as it would.
+            return absolute;
+        }
         for part in &parts[existing..] {
             match part {
                 Component::ParentDir => {
@@ -548,6 +552,21 @@ mod tests {
         assert_eq!(doc["auths"]["other.io"]["auth"], "eDp5", "{doc}");
         assert_eq!(doc["credHelpers"]["reg:5000"], "rise", "{doc}");
         assert!(!dir.path().join("new").exists(), "a directory was made");
+    }
+
+    #[test]
+    fn a_path_back_out_of_a_file_is_not_resolved_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("plain"), "x").expect("seed");
+        // The OS refuses `plain/..` (not a directory); read by name it would be `config.json`.
+        let named = dir.path().join("plain/../config.json");
+        let mut edits = Edits::default();
+        let err = edits
+            .register_helper(&named, "reg:5000")
+            .expect_err("a path through a file")
+            .to_string();
+        assert!(err.contains("nothing was changed"), "{err}");
+        assert!(!dir.path().join("config.json").exists());
     }
 
     #[test]
