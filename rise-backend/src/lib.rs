@@ -11,6 +11,7 @@ pub mod keyring;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod refusals;
 pub mod registry;
 pub mod secrets;
 pub mod server;

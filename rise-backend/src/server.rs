@@ -15,6 +15,7 @@ use crate::connections::{ConnectionCap, DESCRIPTOR_RESERVE};
 use crate::http::{AppState, RateLimits};
 use crate::keyring::Keyring;
 use crate::policy::Policy;
+use crate::refusals::JsonRefusals;
 use crate::registry::RegistryProvider;
 use crate::registry::cache::{CacheSettings, CachingProvider};
 use crate::registry::providers::ProviderConfig;
@@ -219,7 +220,7 @@ pub async fn run(
         let hup = tokio::spawn(ignore_sighup(sighup()));
         tracing::info!(%addr, public_url = %server.public_url(), tls = false, max_connections = server.max_connections, "rise-backend listening");
         let mut http = axum_server::from_tcp(listener)?
-            .acceptor(cap)
+            .acceptor(JsonRefusals(cap))
             .handle(handle)
             .first_request_timeout(server.header_read_timeout);
         http_timeouts(&mut http, server);
@@ -240,8 +241,10 @@ pub async fn run(
         // A connection that never starts its handshake gives its slot back as soon as one that
         // never sends its headers would.
         .map(|tls| {
-            tls.handshake_timeout(server.header_read_timeout)
-                .acceptor(cap)
+            JsonRefusals(
+                tls.handshake_timeout(server.header_read_timeout)
+                    .acceptor(cap),
+            )
         })
         .handle(handle)
         .first_request_timeout(server.header_read_timeout);

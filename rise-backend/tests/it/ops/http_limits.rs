@@ -7,7 +7,8 @@ use rise_backend::http::ratelimit::LimitScope;
 use rise_backend::http::{ApiError, RateLimited};
 
 use super::{
-    Served, body_json, closed_by_server, expect_json_error, load_config, retry_after, send, state,
+    Served, body_json, closed_by_server, expect_json_error, expect_json_refusal, load_config,
+    raw_exchange, retry_after, send, state,
 };
 
 const CREDENTIALS: &str = "/registry/credentials?project=my-app";
@@ -508,11 +509,10 @@ async fn connections_that_do_not_send_their_headers_are_closed() {
 }
 
 /// A request's head may take up to `MAX_REQUEST_HEAD_BYTES`: a 20 KiB bearer token is read and
-/// answered in JSON, while a head that fills the bound unfinished is refused with 431 and the
-/// connection closed (before, hyper buffered about 400 KiB per connection).
+/// answered in JSON, while a head that fills the bound unfinished is refused with a JSON 431 and
+/// the connection closed (before, hyper buffered about 400 KiB per connection).
 #[tokio::test]
 async fn request_heads_are_bounded() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (config, _dir) = load_config("header_read_timeout = \"5s\"", "");
     let served = Served::start(config).await;
     let r = crate::support::process::http_client()
@@ -530,18 +530,51 @@ async fn request_heads_are_bounded() {
     // so it closes with nothing unread (no reset that could drop its answer).
     let mut head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ".to_vec();
     head.resize(rise_backend::server::MAX_REQUEST_HEAD_BYTES, b'a');
-    let mut stream = tokio::net::TcpStream::connect(served.addr)
-        .await
-        .expect("connect");
-    stream.write_all(&head).await.expect("send the head");
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
-        .await
-        .expect("closed within 20 s")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    let answer = raw_exchange(connect(&served).await, &head).await;
+    let before = expect_json_refusal(&answer, 431, "request_head_too_large");
+    assert_eq!(before, "", "one answer only");
     served.shutdown().await.expect("graceful shutdown");
+}
+
+/// Bytes that are not an HTTP/1.1 request are refused by the HTTP parser before any routing;
+/// the refusal still carries the JSON error body, and the connection is closed. A request
+/// served before the bad bytes on the same connection keeps its own answer.
+#[tokio::test]
+async fn requests_that_are_not_http_get_json_refusals() {
+    let (config, _dir) = load_config("", "");
+    let served = Served::start(config).await;
+    for not_http in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\na header without a colon\r\n\r\n",
+        b"GET /health\x01z HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+    ] {
+        let answer = raw_exchange(connect(&served).await, not_http).await;
+        let before = expect_json_refusal(&answer, 400, "bad_request");
+        assert_eq!(before, "", "{not_http:?}: one answer only");
+    }
+    let pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n";
+    let answer = raw_exchange(connect(&served).await, pipelined).await;
+    let before = expect_json_refusal(&answer, 400, "bad_request");
+    assert!(
+        before.starts_with("HTTP/1.1 200 OK\r\n") && before.ends_with("\r\n\r\nok"),
+        "{before:?}"
+    );
+    // And the server goes on serving.
+    let r = crate::support::process::http_client()
+        .get(format!("http://{}/healthz", served.addr))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    served.shutdown().await.expect("graceful shutdown");
+}
+
+async fn connect(served: &Served) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(served.addr)
+        .await
+        .expect("connect")
 }
 
 /// Over HTTP/2 (here h2c with prior knowledge, as behind a proxy) the server allows 32

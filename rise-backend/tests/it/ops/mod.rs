@@ -93,6 +93,57 @@ pub fn expect_json_error(
     }
 }
 
+/// Send `bytes` over `stream` as they are and read until the server closes the connection.
+pub async fn raw_exchange<S>(mut stream: S, bytes: &[u8]) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(bytes).await.expect("sending");
+    stream.flush().await.expect("sending");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed within 20 s")
+        .expect("reading the answer");
+    answer
+}
+
+/// Assert that `answer` ends with one HTTP/1.1 response, `status` with the JSON error `code`
+/// and the connection closed, as the HTTP parser's refusals are sent; returns what came before
+/// it (earlier responses on the connection).
+#[track_caller]
+pub fn expect_json_refusal(answer: &[u8], status: u16, code: &str) -> String {
+    let answer = String::from_utf8_lossy(answer).into_owned();
+    let start = format!("HTTP/1.1 {status} ");
+    let at = answer
+        .rfind(&start)
+        .unwrap_or_else(|| panic!("no {status}: {answer:?}"));
+    let (head, body) = answer[at..]
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head: {answer:?}"));
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\ncontent-type: application/json\r\n"),
+        "{answer:?}"
+    );
+    assert!(head.contains("\r\nconnection: close"), "{answer:?}");
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}", body.len())),
+        "the body is exactly the announced length: {answer:?}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer:?}"));
+    let object = json.as_object().expect("a JSON object");
+    assert_eq!(object.len(), 2, "{json}");
+    assert_eq!(json["error"], code, "{json}");
+    assert!(
+        json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{json}"
+    );
+    answer[..at].to_owned()
+}
+
 pub async fn body_text(response: Response<Body>) -> String {
     let bytes = axum::body::to_bytes(response.into_body(), 16 << 20)
         .await

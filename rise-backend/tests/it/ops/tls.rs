@@ -89,6 +89,9 @@ async fn https_with_the_dev_ca_end_to_end() {
         "malformed_token",
     )
     .await;
+    // Bytes that are not HTTP, inside TLS: the HTTP parser's refusal is in JSON there too.
+    let answer = super::raw_exchange(tls_connect(port, &files.ca).await, b"GARBAGE\r\n\r\n").await;
+    super::expect_json_refusal(&answer, 400, "bad_request");
 
     // A client that does not trust the dev CA refuses the server.
     let other = tempfile::tempdir().expect("temp dir");
@@ -110,6 +113,34 @@ async fn https_with_the_dev_ca_end_to_end() {
         "plain HTTP was served: {plain:?}"
     );
     served.shutdown().await.expect("graceful shutdown");
+}
+
+/// A TLS connection to `port` trusting only `ca`, with no ALPN (so HTTP/1.1).
+async fn tls_connect(
+    port: u16,
+    ca: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("reading the CA") {
+        roots
+            .add(cert.expect("valid PEM"))
+            .expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("a name"), tcp)
+        .await
+        .expect("TLS handshake")
 }
 
 #[tokio::test]
