@@ -525,6 +525,72 @@ async fn issuance_triggers_a_background_cleanup() {
     assert_eq!(fake.tokens().len(), 1, "the new token stays");
 }
 
+/// A registry at its SKU's token limit refuses a new token with `QuotaExceeded` (with a 409,
+/// which must not be waited out as a conflict, or a 400): Rise deletes its expired tokens at
+/// once and creates the token again, once. When nothing has expired, the issuance fails and says
+/// what to change.
+#[tokio::test]
+async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
+    use axum::http::StatusCode;
+    for status in [StatusCode::CONFLICT, StatusCode::BAD_REQUEST] {
+        let fake = FakeAcr::start().await;
+        fake.set_token_limit(3, status);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("epoch")
+            .as_secs();
+        let old = format!("rise-{}-old-0a1b2c3d", now - 3600);
+        fake.seed_token(&old, "my-app");
+        fake.seed_token("someone-elses", "my-app");
+        // The background cleanup is not due for an hour: only the immediate one can make room.
+        // A cleanup now counts as the last one (deleting `old`, seeded again after it).
+        let p = provider(&fake, "cleanup_interval = \"1h\"\n").await;
+        p.sweep_expired().await;
+        fake.seed_token(&old, "my-app");
+        let req = request("my-app", Actions::PULL, Duration::from_secs(600));
+        let live = issue(&p, &req).await.expect("room for one");
+
+        let puts = || {
+            fake.requests()
+                .iter()
+                .filter(|r| r.method == "PUT" && r.path.contains("/tokens/"))
+                .count()
+        };
+        let before = puts();
+        let c = issue(&p, &req)
+            .await
+            .unwrap_or_else(|e| panic!("{status}: the expired token made room: {e:?}"));
+        assert_eq!(
+            puts(),
+            before + 2,
+            "{status}: refused once, created on the retry"
+        );
+        assert!(
+            !fake.tokens().contains_key(&old),
+            "{status}: deleted at once"
+        );
+        assert!(
+            fake.tokens().contains_key("someone-elses"),
+            "{status}: never touched"
+        );
+        assert!(fake.authorize(&c.username, c.password.expose_secret(), "my-app", "pull"));
+
+        // Full of live tokens: one retry, then a failure that says what to do.
+        let before = puts();
+        let e = issue(&p, &req).await.expect_err("nothing expired");
+        assert_eq!(puts(), before + 2, "{status}: one retry, no conflict waits");
+        assert!(
+            matches!(&e, ProviderError::Upstream { detail, .. }
+                if detail.contains("as many tokens as its SKU allows") && detail.contains("max_ttl")),
+            "{status}: {e:?}"
+        );
+        assert!(
+            fake.tokens()
+                .contains_key(live.credential_id.as_deref().expect("id"))
+        );
+    }
+}
+
 #[tokio::test]
 async fn upstream_failures_become_provider_errors() {
     let fake = FakeAcr::start().await;

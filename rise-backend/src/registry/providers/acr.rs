@@ -71,7 +71,10 @@
 //! Container Registry SKU features and limits",
 //! <https://learn.microsoft.com/azure/container-registry/container-registry-skus>): the live
 //! tokens are one per unexpired credential, so size `max_ttl` and the request rate with that
-//! limit in mind; scope maps are two per repository at most.
+//! limit in mind; scope maps are two per repository at most. When creating a token is refused
+//! with ARM's `QuotaExceeded`, Rise runs the cleanup at once and creates the token again, once;
+//! if the registry is still full, the issuance fails (502) and the log says how many of Rise's
+//! tokens are live.
 //!
 //! # Least-privilege Azure RBAC
 //!
@@ -422,7 +425,10 @@ impl Inner {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let token_name = token_name(&request.request_id, expiry_secs, &random_suffix());
-        let minted = self.mint(&token_name, &scope_map_id, expiry).await;
+        let minted = match self.create_token(&token_name, &scope_map_id).await {
+            Ok(token) => self.mint(&token_name, &scope_map_id, expiry, token).await,
+            Err(e) => Err(e),
+        };
         if minted.is_err() {
             // Take back whatever was created; the cleanup would find it after its expiry anyway.
             self.spawn_delete(token_name.clone());
@@ -443,14 +449,49 @@ impl Inner {
         })
     }
 
-    /// Create the token and its password; the Docker user name, the password and its expiry.
+    /// Create the token. When the registry already holds as many tokens as its SKU allows,
+    /// delete Rise's expired ones at once (as the cleanup would) and create it again, once:
+    /// also when another issuance's cleanup made the room, so the retry does not depend on
+    /// this one deleting anything.
+    async fn create_token(
+        self: &Arc<Self>,
+        token_name: &str,
+        scope_map_id: &str,
+    ) -> Result<arm::TokenResource, ProviderError> {
+        let full = match self.arm.put_token(token_name, scope_map_id).await {
+            Ok(token) => return Ok(token),
+            Err(arm::PutError::Failed(e)) => return Err(e),
+            Err(arm::PutError::QuotaExceeded(e)) => e,
+        };
+        let report = sweeper::sweep_now(&**self).await;
+        tracing::info!(
+            registry = %self.name,
+            deleted = report.deleted,
+            live = report.kept,
+            error = %full,
+            "acr token limit reached: expired tokens deleted at once; creating the token again"
+        );
+        match self.arm.put_token(token_name, scope_map_id).await {
+            Err(arm::PutError::QuotaExceeded(_)) => Err(ProviderError::Upstream {
+                operation: arm::TOKEN_OPERATION,
+                detail: format!(
+                    "registry {} holds as many tokens as its SKU allows (Basic 100, Standard 500, Premium 50,000, tokens of any owner), and after deleting {} expired ones Rise still has {} live: lower max_ttl or the request rate, delete tokens Rise did not make, or raise the SKU",
+                    self.login_server, report.deleted, report.kept
+                ),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Generate the password of a created token; the Docker user name, the password and its
+    /// expiry.
     async fn mint(
         &self,
         token_name: &str,
         scope_map_id: &str,
         expiry: SystemTime,
+        token: arm::TokenResource,
     ) -> Result<(String, SecretString, SystemTime), ProviderError> {
-        let token = self.arm.put_token(token_name, scope_map_id).await?;
         let properties = token.properties.as_ref();
         let bound_to = properties.and_then(|p| p.scope_map_id.as_deref());
         // ARM resource ids compare case-insensitively.

@@ -27,6 +27,11 @@
 //!   "passwords": [{"name", "value", "expiry", "creationTime"}]}`, or 202 with `Location`.
 //!   Generating a password replaces the slot's previous one.
 //! - Tokens - Delete: 200, 202 with `Location`, 204 when there is no such token.
+//! - A registry's SKU limit on tokens ("Azure Container Registry SKU features and limits":
+//!   Basic 100, Standard 500, Premium 50,000): creating a token beyond it is refused with ARM
+//!   error code `QuotaExceeded` and the message ACR gives for its other SKU quotas ("Quota
+//!   exceeded for resource type tokens for the registry SKU Basic..."). The HTTP status is not
+//!   documented; the fake answers the one a test chooses ([`FakeAcr::set_token_limit`]).
 //! - Long-running operations: an `Azure-AsyncOperation` URL answers `{"status": "InProgress"}`
 //!   then `{"status": "Succeeded"}`; a `Location` URL answers 202 then 200 (with the result);
 //!   both with `Retry-After`.
@@ -152,6 +157,8 @@ struct Inner {
     missing_reads: usize,
     page_size: usize,
     operations: HashMap<String, Operation>,
+    /// The most tokens the registry holds, and the status of the `QuotaExceeded` refusal.
+    token_limit: Option<(usize, StatusCode)>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -179,6 +186,7 @@ impl FakeAcr {
             missing_reads: 0,
             page_size: 100,
             operations: HashMap::new(),
+            token_limit: None,
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
@@ -279,6 +287,12 @@ impl FakeAcr {
 
     /// A token created outside Rise (or by an earlier Rise), bound to a pull scope map of
     /// `repository` that is created if missing.
+    /// Hold at most `limit` tokens; creating one more is refused with `status` and
+    /// `QuotaExceeded`.
+    pub fn set_token_limit(&self, limit: usize, status: StatusCode) {
+        self.lock().token_limit = Some((limit, status));
+    }
+
     pub fn seed_token(&self, name: &str, repository: &str) {
         let mut inner = self.lock();
         let map = format!("seeded-{}", repository.replace('/', "-"));
@@ -1075,6 +1089,16 @@ fn put_token(
         ));
     };
     let existing = inner.tokens.get(name).cloned();
+    if let Some((limit, status)) = inner.token_limit
+        && existing.is_none()
+        && inner.tokens.len() >= limit
+    {
+        return arm_error(
+            status,
+            "QuotaExceeded",
+            "Quota exceeded for resource type tokens for the registry SKU Basic. Learn more about different SKU quotas and upgrade process: https://aka.ms/acr/tiers",
+        );
+    }
     let token = FakeToken {
         name: name.to_owned(),
         scope_map: map,

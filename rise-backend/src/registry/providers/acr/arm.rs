@@ -68,6 +68,32 @@ const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// How often a PUT answered 409 Conflict is tried again.
 const CONFLICT_RETRIES: usize = 3;
 
+/// ARM's error code when a registry holds as many tokens (or scope maps) as its SKU allows.
+const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+
+/// A failed create-or-replace: the registry's SKU limit, which Rise may make room under, or any
+/// other failure.
+#[derive(Debug)]
+pub enum PutError {
+    /// ARM answered `QuotaExceeded`; nothing was created.
+    QuotaExceeded(ProviderError),
+    Failed(ProviderError),
+}
+
+impl From<ProviderError> for PutError {
+    fn from(e: ProviderError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<PutError> for ProviderError {
+    fn from(e: PutError) -> Self {
+        match e {
+            PutError::QuotaExceeded(e) | PutError::Failed(e) => e,
+        }
+    }
+}
+
 /// What ARM needs to know about Rise's identity and the registry.
 pub(super) struct ArmSettings {
     pub authority: Url,
@@ -289,7 +315,7 @@ impl ArmClient {
     ) -> Result<ScopeMapResource, ProviderError> {
         let body = json!({"properties": {"description": description, "actions": actions}});
         let url = self.resource_url(&self.child_id("scopeMaps", name))?;
-        self.put_resource(SCOPE_MAP_OPERATION, url, &body).await
+        Ok(self.put_resource(SCOPE_MAP_OPERATION, url, &body).await?)
     }
 
     /// Create a token bound to `scope_map_id`; the final resource, once provisioned.
@@ -297,7 +323,7 @@ impl ArmClient {
         &self,
         name: &str,
         scope_map_id: &str,
-    ) -> Result<TokenResource, ProviderError> {
+    ) -> Result<TokenResource, PutError> {
         let body = json!({"properties": {"scopeMapId": scope_map_id, "status": "enabled"}});
         let url = self.resource_url(&self.child_id("tokens", name))?;
         self.put_resource(TOKEN_OPERATION, url, &body).await
@@ -408,13 +434,14 @@ impl ArmClient {
         op: &'static str,
         url: Url,
         body: &Value,
-    ) -> Result<T, ProviderError> {
+    ) -> Result<T, PutError> {
         let deadline = Instant::now() + self.operation_timeout;
         let mut reply = self.call(op, Method::PUT, url.clone(), Some(body)).await?;
         // 409: another operation on the resource is running (e.g. another Rise replica writing
         // the same scope map). The PUT is idempotent: wait and try again, within the deadline.
+        // Not when the registry is full: waiting does not make room.
         for _ in 0..CONFLICT_RETRIES {
-            if reply.status != StatusCode::CONFLICT {
+            if reply.status != StatusCode::CONFLICT || is_quota_exceeded(&reply.body) {
                 break;
             }
             self.sleep_before_poll(op, retry_after(&reply.headers), deadline)
@@ -422,7 +449,12 @@ impl ArmClient {
             reply = self.call(op, Method::PUT, url.clone(), Some(body)).await?;
         }
         if !matches!(reply.status, StatusCode::OK | StatusCode::CREATED) {
-            return Err(self.status_error(op, Service::Arm, reply.status, &reply.body, &[]));
+            let e = self.status_error(op, Service::Arm, reply.status, &reply.body, &[]);
+            return Err(if is_quota_exceeded(&reply.body) {
+                PutError::QuotaExceeded(e)
+            } else {
+                PutError::Failed(e)
+            });
         }
         let state = serde_json::from_slice::<Provisioned>(&reply.body)
             .ok()
@@ -431,7 +463,7 @@ impl ArmClient {
         let final_body = match (reply.status, state.as_deref()) {
             (_, Some(s)) if s.eq_ignore_ascii_case("Succeeded") => reply.body,
             (_, Some(s)) if is_failed(s) => {
-                return Err(upstream(op, format!("provisioningState {s}")));
+                return Err(upstream(op, format!("provisioningState {s}")).into());
             }
             // 200 without a state: the resource as it is.
             (StatusCode::OK, None) => reply.body,
@@ -448,18 +480,14 @@ impl ArmClient {
                     .await?;
                 let reply = self.call(op, Method::GET, url, None).await?;
                 if reply.status != StatusCode::OK {
-                    return Err(self.status_error(
-                        op,
-                        Service::Arm,
-                        reply.status,
-                        &reply.body,
-                        &[],
-                    ));
+                    return Err(self
+                        .status_error(op, Service::Arm, reply.status, &reply.body, &[])
+                        .into());
                 }
                 reply.body
             }
         };
-        parse(op, &final_body)
+        Ok(parse(op, &final_body)?)
     }
 
     /// GET a resource until its `provisioningState` is `Succeeded` (its body) or failed, or
@@ -743,6 +771,15 @@ impl ArmClient {
 
 fn upstream(operation: &'static str, detail: String) -> ProviderError {
     ProviderError::Upstream { operation, detail }
+}
+
+/// Whether an ARM error body carries [`QUOTA_EXCEEDED`] (its HTTP status is not documented).
+fn is_quota_exceeded(body: &[u8]) -> bool {
+    serde_json::from_slice::<ArmErrorBody>(body).is_ok_and(|b| {
+        b.error
+            .code
+            .is_some_and(|c| c.eq_ignore_ascii_case(QUOTA_EXCEEDED))
+    })
 }
 
 fn is_failed(state: &str) -> bool {
