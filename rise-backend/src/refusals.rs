@@ -321,6 +321,73 @@ mod tests {
         );
     }
 
+    /// Writes assembled from the pieces of heads (and stray bytes) never panic the matcher, and
+    /// whatever it matches is rewritten into a well-formed JSON refusal of the same status.
+    #[test]
+    fn any_write_is_matched_without_panic_and_rewritten_whole() {
+        const PIECES: &[&[u8]] = &[
+            b"HTTP/1.1 ",
+            b"400 Bad Request",
+            b"431 ",
+            b"414 x",
+            b"200 OK",
+            b"\r\n",
+            b"\n",
+            b"\r\n\r\n",
+            b"connection: close\r\n",
+            b"content-length: 0\r\n",
+            b"date: Mon, 30 Nov 2026 00:48:01 GMT\r\n",
+            b"content-type: application/json\r\n",
+            b":",
+            b" ",
+            b"\xff\x00",
+            b"ok",
+        ];
+        // SplitMix64, so every run draws the same writes.
+        let mut state = 0x5eed_u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as usize
+        };
+        let mut matched = 0;
+        for _ in 0..50_000 {
+            let mut buf = Vec::new();
+            for _ in 0..next() % 8 {
+                buf.extend_from_slice(PIECES[next() % PIECES.len()]);
+            }
+            // Half the writes end in a head's shape (a status line, header lines, the blank
+            // line), built from the same pieces, so the deeper checks run too.
+            if next() % 2 == 0 {
+                buf.extend_from_slice(b"HTTP/1.1 ");
+                buf.extend_from_slice(PIECES[1 + next() % 4]);
+                buf.extend_from_slice(b"\r\n");
+                for _ in 0..next() % 5 {
+                    buf.extend_from_slice(PIECES[8 + next() % 4]);
+                }
+                buf.extend_from_slice(b"\r\n");
+            }
+            let Some((at, refusal)) = hyper_refusal(&buf) else {
+                continue;
+            };
+            matched += 1;
+            let rewritten = refusal.in_json();
+            let text = String::from_utf8_lossy(&rewritten);
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+            assert!(buf[at..].starts_with(refusal.status_line), "{buf:?}");
+            assert!(
+                head.contains(&format!("content-length: {}", body.len())),
+                "{text}"
+            );
+            let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+            assert!(json["error"].is_string() && json["message"].is_string());
+        }
+        // The pieces do assemble into hyper's refusals, so the rewrite is exercised too.
+        assert!(matched > 500, "only {matched} writes matched");
+    }
+
     #[test]
     fn the_http2_preface_is_told_from_http1_however_it_arrives() {
         let mut whole = Refusing::new(());
