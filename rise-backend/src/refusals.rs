@@ -1,20 +1,22 @@
 //! The HTTP library's own refusals, answered in JSON like every other error.
 //!
-//! Before there is a request to route, hyper answers an HTTP/1.1 connection itself when the
+//! Before there is a request to route, hyper answers an HTTP/1 connection itself when the
 //! request cannot be read: `400` for a request line, header or version it cannot parse, `431`
-//! for a head over `server::MAX_REQUEST_HEAD_BYTES`, `414` for a request target too long. It
-//! writes a bare head (`connection: close`, `content-length: 0`, `date`), then closes the
-//! connection, and has no hook to change that answer.
+//! for a head over `server::MAX_REQUEST_HEAD_BYTES` (and `414` for a request target too long,
+//! which that bound pre-empts). It writes a bare head (`content-length: 0`, `date`, and
+//! `connection: close` on HTTP/1.1), then closes the connection, and has no hook to change that
+//! answer.
 //!
 //! [`JsonRefusals`] wraps each connection's stream above TLS. When a write ends with such a
 //! head, the head is replaced by the same status with a JSON body, `{"error", "message"}`,
 //! saying what to fix. The match is strict: the status line is one of those three, and the
 //! only headers are exactly the ones hyper writes. Rise's own responses never match: every
-//! error it writes has a `content-type` and a JSON body. HTTP/2 connections (their preface
-//! read first) are passed through untouched: HTTP/2 has no such answer.
+//! response it writes has a `content-type`. HTTP/2 connections (the whole preface read first)
+//! are passed through untouched; there a header list over the bound is refused by the HTTP/2
+//! library with a bare `431` on its stream, and the connection goes on.
 //!
-//! The stream reports no vectored writes, so hyper gathers each response into one buffer and a
-//! refusal is always whole within one write.
+//! On HTTP/1 the stream reports no vectored writes, so hyper gathers each response into one
+//! buffer and a refusal is always whole within one write.
 
 use std::io;
 use std::pin::Pin;
@@ -55,8 +57,8 @@ enum Protocol {
     Http2,
 }
 
-/// The HTTP/2 connection preface's start (RFC 9113 §3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// The HTTP/2 connection preface (RFC 9113 §3.4), all of which hyper-util reads to choose.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A connection's stream, rewriting hyper's bare refusals (see the module).
 pub struct Refusing<S> {
@@ -153,8 +155,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Refusing<S> {
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
+    /// Not on HTTP/1, so that refusals come whole (see the module); on HTTP/2 as the stream
+    /// beneath does. The protocol is known by then: hyper-util reads the first bytes through
+    /// this stream before it builds the connection.
     fn is_write_vectored(&self) -> bool {
-        false
+        self.protocol == Protocol::Http2 && self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.protocol == Protocol::Http2 && this.pending.is_empty() {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        Pin::new(this).poll_write(cx, first)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -217,7 +238,9 @@ impl Refusal<'_> {
 
 /// Where `buf` ends with one of hyper's bare refusals: its offset, and the refusal.
 fn hyper_refusal(buf: &[u8]) -> Option<(usize, Refusal<'_>)> {
-    const START: &[u8] = b"HTTP/1.1 ";
+    // `HTTP/1.1 ` or `HTTP/1.0 ` (hyper answers in the connection's version).
+    const START: &[u8] = b"HTTP/1.";
+    const VERSION: usize = START.len() + 2;
     if !buf.ends_with(b"\r\n\r\n") {
         return None;
     }
@@ -225,7 +248,13 @@ fn hyper_refusal(buf: &[u8]) -> Option<(usize, Refusal<'_>)> {
     let head = &buf[at..buf.len() - 2];
     let mut lines = head.split_inclusive(|&b| b == b'\n');
     let status_line = lines.next().filter(|l| l.ends_with(b"\r\n"))?;
-    let status = match status_line.get(START.len()..START.len() + 4)? {
+    // HTTP/1.1 says the connection closes; HTTP/1.0 closes without saying so.
+    let must_say_close = match status_line.get(START.len()..VERSION)? {
+        b"1 " => true,
+        b"0 " => false,
+        _ => return None,
+    };
+    let status = match status_line.get(VERSION..VERSION + 4)? {
         b"400 " => 400,
         b"414 " => 414,
         b"431 " => 431,
@@ -243,7 +272,7 @@ fn hyper_refusal(buf: &[u8]) -> Option<(usize, Refusal<'_>)> {
             _ => return None,
         }
     }
-    (closes && empty).then_some((
+    (empty && (closes || !must_say_close)).then_some((
         at,
         Refusal {
             status_line,
@@ -272,6 +301,9 @@ mod tests {
         assert_eq!(hyper_refusal(&two).map(|(at, _)| at), Some(ok_len));
         let too_large = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
         assert_eq!(hyper_refusal(too_large).map(|(_, r)| r.status), Some(431));
+        // On an HTTP/1.0 connection hyper answers in HTTP/1.0 and does not say it closes.
+        let http10 = b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\ndate: Mon, 30 Nov 2026 00:48:01 GMT\r\n\r\n";
+        assert_eq!(hyper_refusal(http10).map(|(_, r)| r.status), Some(400));
 
         for not_hypers in [
             // Rise's own refusals: typed and with a body.
@@ -281,6 +313,8 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 10\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.2 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.0 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\nx-other: 1\r\n\r\n",
             // Not at the end of the write, or not a head at all.
@@ -361,7 +395,11 @@ mod tests {
             // Half the writes end in a head's shape (a status line, header lines, the blank
             // line), built from the same pieces, so the deeper checks run too.
             if next() % 2 == 0 {
-                buf.extend_from_slice(b"HTTP/1.1 ");
+                buf.extend_from_slice(if next() % 2 == 0 {
+                    b"HTTP/1.1 "
+                } else {
+                    b"HTTP/1.0 "
+                });
                 buf.extend_from_slice(PIECES[1 + next() % 4]);
                 buf.extend_from_slice(b"\r\n");
                 for _ in 0..next() % 5 {
@@ -399,7 +437,13 @@ mod tests {
             split.note_read(byte);
         }
         assert_eq!(split.protocol, Protocol::Http2);
-        for http1 in [&b"POST / HTTP/1.1\r\n"[..], b"GARBAGE", b"PRX"] {
+        // hyper-util reads the whole preface before it chooses HTTP/2.
+        for http1 in [
+            &b"POST / HTTP/1.1\r\n"[..],
+            b"GARBAGE",
+            b"PRX",
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        ] {
             let mut conn = Refusing::new(());
             conn.note_read(http1);
             assert_eq!(conn.protocol, Protocol::Http1, "{http1:?}");

@@ -549,6 +549,8 @@ async fn requests_that_are_not_http_get_json_refusals() {
         b"GET /healthz HTTP/1.1\r\nHost: x\r\na header without a colon\r\n\r\n",
         b"GET /health\x01z HTTP/1.1\r\nHost: x\r\n\r\n",
         b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+        // The HTTP/2 preface's start, then something else: read as HTTP/1.
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
     ] {
         let answer = raw_exchange(connect(&served).await, not_http).await;
         let before = expect_json_refusal(&answer, 400, "bad_request");
@@ -561,6 +563,11 @@ async fn requests_that_are_not_http_get_json_refusals() {
         before.starts_with("HTTP/1.1 200 OK\r\n") && before.ends_with("\r\n\r\nok"),
         "{before:?}"
     );
+    // On an HTTP/1.0 connection kept alive, hyper answers in HTTP/1.0.
+    let http10 = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\nBAD\r\n\r\n";
+    let answer = raw_exchange(connect(&served).await, http10).await;
+    let before = expect_json_refusal(&answer, 400, "bad_request");
+    assert!(before.starts_with("HTTP/1.0 200 OK\r\n"), "{before:?}");
     // And the server goes on serving.
     let r = crate::support::process::http_client()
         .get(format!("http://{}/healthz", served.addr))

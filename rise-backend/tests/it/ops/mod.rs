@@ -109,15 +109,16 @@ where
     answer
 }
 
-/// Assert that `answer` ends with one HTTP/1.1 response, `status` with the JSON error `code`
+/// Assert that `answer` ends with one HTTP/1 response, `status` with the JSON error `code`
 /// and the connection closed, as the HTTP parser's refusals are sent; returns what came before
 /// it (earlier responses on the connection).
 #[track_caller]
 pub fn expect_json_refusal(answer: &[u8], status: u16, code: &str) -> String {
     let answer = String::from_utf8_lossy(answer).into_owned();
-    let start = format!("HTTP/1.1 {status} ");
-    let at = answer
-        .rfind(&start)
+    let at = [format!("HTTP/1.1 {status} "), format!("HTTP/1.0 {status} ")]
+        .iter()
+        .filter_map(|line| answer.rfind(line.as_str()))
+        .max()
         .unwrap_or_else(|| panic!("no {status}: {answer:?}"));
     let (head, body) = answer[at..]
         .split_once("\r\n\r\n")
