@@ -581,7 +581,9 @@ async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
         assert_eq!(puts(), before + 2, "{status}: one retry, no conflict waits");
         assert!(
             matches!(&e, ProviderError::Upstream { detail, .. }
-                if detail.contains("as many tokens as its SKU allows") && detail.contains("max_ttl")),
+                if detail.contains("at its SKU's token limit")
+                    && detail.contains("QuotaExceeded")
+                    && detail.contains("max_ttl")),
             "{status}: {e:?}"
         );
         assert!(
@@ -589,6 +591,38 @@ async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
                 .contains_key(live.credential_id.as_deref().expect("id"))
         );
     }
+}
+
+/// Issuances that find the registry full at the same time share one cleanup: the registry's
+/// tokens are listed once, and each retries into the room it made.
+#[tokio::test]
+async fn issuances_at_the_token_limit_together_share_one_cleanup() {
+    let fake = FakeAcr::start().await;
+    fake.set_token_limit(4, axum::http::StatusCode::CONFLICT);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs();
+    let p = provider(&fake, "cleanup_interval = \"1h\"\n").await;
+    // A cleanup now counts as the last one, so only the immediate ones run from here.
+    p.sweep_expired().await;
+    for i in 0..4 {
+        fake.seed_token(&format!("rise-{}-old{i}-0a1b2c3d", now - 3600), "my-app");
+    }
+    let lists = || {
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/tokens"))
+            .count()
+    };
+    let before = lists();
+    let req = request("my-app", Actions::PULL, Duration::from_secs(600));
+    let issued = futures_util::future::join_all((0..4).map(|_| issue(&p, &req))).await;
+    for c in &issued {
+        assert!(c.is_ok(), "{c:?}");
+    }
+    assert_eq!(lists() - before, 1, "one cleanup between them");
+    assert_eq!(fake.tokens().len(), 4, "the four new tokens");
 }
 
 #[tokio::test]

@@ -450,33 +450,42 @@ impl Inner {
     }
 
     /// Create the token. When the registry already holds as many tokens as its SKU allows,
-    /// delete Rise's expired ones at once (as the cleanup would) and create it again, once:
-    /// also when another issuance's cleanup made the room, so the retry does not depend on
-    /// this one deleting anything.
+    /// delete Rise's expired ones at once (as the cleanup would) and create it again, once.
+    /// Issuances that find the registry full together share one cleanup: one that finished
+    /// after this attempt was sent is not run again.
     async fn create_token(
         self: &Arc<Self>,
         token_name: &str,
         scope_map_id: &str,
     ) -> Result<arm::TokenResource, ProviderError> {
+        let seen = sweeper::finished_sweeps(&**self);
         let full = match self.arm.put_token(token_name, scope_map_id).await {
             Ok(token) => return Ok(token),
             Err(arm::PutError::Failed(e)) => return Err(e),
             Err(arm::PutError::QuotaExceeded(e)) => e,
         };
-        let report = sweeper::sweep_now(&**self).await;
-        tracing::info!(
-            registry = %self.name,
-            deleted = report.deleted,
-            live = report.kept,
-            error = %full,
-            "acr token limit reached: expired tokens deleted at once; creating the token again"
-        );
+        let cleanup = match sweeper::sweep_unless_done_since(&**self, seen).await {
+            Some(report) => {
+                tracing::info!(
+                    registry = %self.name,
+                    deleted = report.deleted,
+                    live = report.kept,
+                    error = %full,
+                    "acr token limit reached: expired tokens deleted at once; creating the token again"
+                );
+                format!(
+                    "its cleanup deleted {} of Rise's expired tokens and counted {} of Rise's live, in the pages it listed (none when listing failed: see the warning before this)",
+                    report.deleted, report.kept
+                )
+            }
+            None => "another issuance's cleanup had just run".to_owned(),
+        };
         match self.arm.put_token(token_name, scope_map_id).await {
-            Err(arm::PutError::QuotaExceeded(_)) => Err(ProviderError::Upstream {
+            Err(arm::PutError::QuotaExceeded(again)) => Err(ProviderError::Upstream {
                 operation: arm::TOKEN_OPERATION,
                 detail: format!(
-                    "registry {} holds as many tokens as its SKU allows (Basic 100, Standard 500, Premium 50,000, tokens of any owner), and after deleting {} expired ones Rise still has {} live: lower max_ttl or the request rate, delete tokens Rise did not make, or raise the SKU",
-                    self.login_server, report.deleted, report.kept
+                    "registry {} is at its SKU's token limit ({again}); {cleanup}. ACR allows Basic 100, Standard 500, Premium 50,000 tokens per registry, of any owner: lower max_ttl or the request rate, delete tokens Rise did not make, or raise the SKU",
+                    self.login_server
                 ),
             }),
             other => Ok(other?),

@@ -87,7 +87,8 @@
 //! deletes at most 100 whose label starts with `"<label_prefix> <registry name>/"` and whose
 //! `expires_at` has passed; it stops at the first failure and tries again on a later request.
 //! When a create fails with a 4xx that may be the limit, Rise sweeps at once and, if it deleted
-//! anything, retries the create once. Still, a Team organization holds at most 10 live OATs:
+//! anything (or another request's sweep finished since the create was sent), retries the create
+//! once; creates refused together share one sweep. Still, a Team organization holds at most 10 live OATs:
 //! size `max_ttl` and request rates for that, or use Docker Business.
 //!
 //! # Failures
@@ -447,10 +448,11 @@ impl Shared {
     }
 
     /// Create the OAT; after a 4xx that may be the organization's token limit, sweep Rise's
-    /// expired tokens and, if any went, try once more.
+    /// expired tokens and, if any went (or another sweep finished meanwhile), try once more.
     async fn create(&self, body: &CreateOat<'_>) -> Result<CreatedOat, ProviderError> {
         let mut swept = false;
         loop {
+            let seen = sweeper::finished_sweeps(self);
             let reply = self
                 .call(api::CREATE_OPERATION, |client, jwt| {
                     let body = &body;
@@ -473,10 +475,14 @@ impl Shared {
                 matches!(reply.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT);
             if may_be_limit && self.delete_expired && !swept {
                 swept = true;
-                let report = sweeper::sweep_now(self).await;
-                if report.deleted > 0 {
-                    tracing::info!(registry = %self.name, deleted = report.deleted, "retrying the create after deleting expired organization access tokens");
-                    continue;
+                match sweeper::sweep_unless_done_since(self, seen).await {
+                    Some(report) if report.deleted > 0 => {
+                        tracing::info!(registry = %self.name, deleted = report.deleted, "retrying the create after deleting expired organization access tokens");
+                        continue;
+                    }
+                    // Another request's sweep finished since this create was sent.
+                    None => continue,
+                    Some(_) => {}
                 }
             }
             let mut e = api::status_error(api::CREATE_OPERATION, &reply, &[]);

@@ -5,6 +5,8 @@
 //! A provider implements [`Sweep`] (list what Rise created, delete what has expired) and keeps
 //! a [`Schedule`]. This module decides when sweeps run:
 //! - [`sweep_now`] on demand (tests, operators), after a sweep already running;
+//! - [`sweep_unless_done_since`] when a provider needs room upstream now: callers that ran
+//!   into a full upstream together share one sweep;
 //! - [`sweep_soon`] in the background after a request, at most once per interval, so the first
 //!   request after a start also cleans up what an earlier run left behind;
 //! - a [`Reaper`] task every interval, for as long as the provider lives.
@@ -12,6 +14,7 @@
 //! Sweeps of one provider never overlap.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -46,6 +49,8 @@ pub(crate) struct Schedule {
     last: Mutex<Option<Instant>>,
     /// Held during a sweep, so sweeps never overlap.
     running: tokio::sync::Mutex<()>,
+    /// Sweeps finished so far.
+    finished: AtomicU64,
 }
 
 impl Schedule {
@@ -54,6 +59,7 @@ impl Schedule {
             interval,
             last: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
+            finished: AtomicU64::new(0),
         }
     }
 
@@ -75,10 +81,37 @@ impl Schedule {
 
 /// Sweep now; waits for a sweep already running to finish first.
 pub(crate) async fn sweep_now<S: Sweep>(provider: &S) -> SweepReport {
+    let _one_at_a_time = provider.schedule().running.lock().await;
+    run(provider).await
+}
+
+/// How many sweeps of `provider` have finished: read it before an upstream call, and give it
+/// to [`sweep_unless_done_since`] when that call found no room.
+pub(crate) fn finished_sweeps<S: Sweep>(provider: &S) -> u64 {
+    provider.schedule().finished.load(Ordering::Acquire)
+}
+
+/// Sweep, unless a sweep has finished since `seen` ([`finished_sweeps`]); waits for a sweep
+/// already running first. `None` when another sweep made whatever room there is to make, so
+/// many callers that find the upstream full at once run one sweep between them.
+pub(crate) async fn sweep_unless_done_since<S: Sweep>(
+    provider: &S,
+    seen: u64,
+) -> Option<SweepReport> {
+    let _one_at_a_time = provider.schedule().running.lock().await;
+    if finished_sweeps(provider) != seen {
+        return None;
+    }
+    Some(run(provider).await)
+}
+
+/// One sweep, with the running lock held.
+async fn run<S: Sweep>(provider: &S) -> SweepReport {
     let schedule = provider.schedule();
-    let _one_at_a_time = schedule.running.lock().await;
     schedule.mark_started();
-    provider.sweep().await
+    let report = provider.sweep().await;
+    schedule.finished.fetch_add(1, Ordering::Release);
+    report
 }
 
 /// Start a sweep in the background unless one started within the interval or one is running.
@@ -99,8 +132,7 @@ async fn sweep_unless_running<S: Sweep>(provider: &S) {
     let Ok(_only_sweep) = schedule.running.try_lock() else {
         return;
     };
-    schedule.mark_started();
-    provider.sweep().await;
+    run(provider).await;
 }
 
 /// The task that sweeps every interval (the first sweep one interval after the start). Dropping
@@ -215,6 +247,32 @@ mod tests {
         tokio::task::yield_now().await;
         let report = sweep_now(&*p).await;
         assert_eq!(report.deleted, 1);
+        assert_eq!(p.sweeps.load(Ordering::SeqCst), 2);
+        assert_eq!(p.overlapped.load(Ordering::SeqCst), 0);
+    }
+
+    /// Callers that found the upstream full while a sweep ran, or before one finished, do not
+    /// each sweep again; one that saw the latest sweep does.
+    #[tokio::test(start_paused = true)]
+    async fn callers_needing_room_together_share_one_sweep() {
+        let p = Counting::new(Duration::from_secs(3600), Duration::from_secs(5));
+        let seen = finished_sweeps(&*p);
+        let callers: Vec<_> = (0..5)
+            .map(|_| {
+                let p = Arc::clone(&p);
+                tokio::spawn(async move { sweep_unless_done_since(&*p, seen).await })
+            })
+            .collect();
+        let mut swept = 0;
+        for caller in callers {
+            swept += usize::from(caller.await.expect("joined").is_some());
+        }
+        assert_eq!(swept, 1);
+        assert_eq!(p.sweeps.load(Ordering::SeqCst), 1);
+        // A caller that saw that sweep finish needs a new one.
+        let seen = finished_sweeps(&*p);
+        assert_eq!(seen, 1);
+        assert!(sweep_unless_done_since(&*p, seen).await.is_some());
         assert_eq!(p.sweeps.load(Ordering::SeqCst), 2);
         assert_eq!(p.overlapped.load(Ordering::SeqCst), 0);
     }

@@ -285,14 +285,14 @@ impl FakeAcr {
         self.lock().entra_expires_in = secs;
     }
 
-    /// A token created outside Rise (or by an earlier Rise), bound to a pull scope map of
-    /// `repository` that is created if missing.
     /// Hold at most `limit` tokens; creating one more is refused with `status` and
     /// `QuotaExceeded`.
     pub fn set_token_limit(&self, limit: usize, status: StatusCode) {
         self.lock().token_limit = Some((limit, status));
     }
 
+    /// A token created outside Rise (or by an earlier Rise), bound to a pull scope map of
+    /// `repository` that is created if missing.
     pub fn seed_token(&self, name: &str, repository: &str) {
         let mut inner = self.lock();
         let map = format!("seeded-{}", repository.replace('/', "-"));
