@@ -41,6 +41,22 @@ fn assert_expires_in(c: &IssuedCredential, before: SystemTime, secs: u64) {
     );
 }
 
+/// Now, in seconds since the epoch (token names carry their expiry so).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs()
+}
+
+/// How many requests to the fake had `method` and a path `path` accepts.
+fn requests_to(fake: &FakeAcr, method: &str, path: impl Fn(&str) -> bool) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == method && path(&r.path))
+        .count()
+}
+
 fn registry_path() -> String {
     FakeAcr::registry_path()
 }
@@ -446,10 +462,7 @@ async fn grants_revoke_deletes_an_acr_token() {
 async fn cleanup_deletes_only_expired_rise_tokens() {
     let fake = FakeAcr::start().await;
     fake.set_page_size(2);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("epoch")
-        .as_secs();
+    let now = unix_now();
     let expired: Vec<String> = (0..3)
         .map(|i| format!("rise-{}-old{i}-0a1b2c3d", now - 3600))
         .collect();
@@ -505,10 +518,7 @@ async fn cleanup_deletes_only_expired_rise_tokens() {
 #[tokio::test]
 async fn issuance_triggers_a_background_cleanup() {
     let fake = FakeAcr::start().await;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("epoch")
-        .as_secs();
+    let now = unix_now();
     let old = format!("rise-{}-old-0a1b2c3d", now - 3600);
     fake.seed_token(&old, "my-app");
     let p = provider(&fake, "cleanup_interval = \"0s\"\n").await;
@@ -535,10 +545,7 @@ async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
     for status in [StatusCode::CONFLICT, StatusCode::BAD_REQUEST] {
         let fake = FakeAcr::start().await;
         fake.set_token_limit(3, status);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("epoch")
-            .as_secs();
+        let now = unix_now();
         let old = format!("rise-{}-old-0a1b2c3d", now - 3600);
         fake.seed_token(&old, "my-app");
         fake.seed_token("someone-elses", "my-app");
@@ -550,12 +557,7 @@ async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
         let req = request("my-app", Actions::PULL, Duration::from_secs(600));
         let live = issue(&p, &req).await.expect("room for one");
 
-        let puts = || {
-            fake.requests()
-                .iter()
-                .filter(|r| r.method == "PUT" && r.path.contains("/tokens/"))
-                .count()
-        };
+        let puts = || requests_to(&fake, "PUT", |path| path.contains("/tokens/"));
         let before = puts();
         let c = issue(&p, &req)
             .await
@@ -599,22 +601,14 @@ async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
 async fn issuances_at_the_token_limit_together_share_one_cleanup() {
     let fake = FakeAcr::start().await;
     fake.set_token_limit(4, axum::http::StatusCode::CONFLICT);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("epoch")
-        .as_secs();
+    let now = unix_now();
     let p = provider(&fake, "cleanup_interval = \"1h\"\n").await;
     // A cleanup now counts as the last one, so only the immediate ones run from here.
     p.sweep_expired().await;
     for i in 0..4 {
         fake.seed_token(&format!("rise-{}-old{i}-0a1b2c3d", now - 3600), "my-app");
     }
-    let lists = || {
-        fake.requests()
-            .iter()
-            .filter(|r| r.method == "GET" && r.path.ends_with("/tokens"))
-            .count()
-    };
+    let lists = || requests_to(&fake, "GET", |path| path.ends_with("/tokens"));
     let before = lists();
     let req = request("my-app", Actions::PULL, Duration::from_secs(600));
     let issued = futures_util::future::join_all((0..4).map(|_| issue(&p, &req))).await;
