@@ -499,13 +499,7 @@ async fn connections_that_do_not_send_their_headers_are_closed() {
         "a silent connection is cut off"
     );
 
-    let r = crate::support::process::http_client()
-        .get(format!("http://{}/healthz", served.addr))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(r.status(), reqwest::StatusCode::OK);
-    served.shutdown().await.expect("graceful shutdown");
+    still_serves_then_stops(served).await;
 }
 
 /// A request's head may take up to `MAX_REQUEST_HEAD_BYTES`: a 20 KiB bearer token is read and
@@ -569,6 +563,11 @@ async fn requests_that_are_not_http_get_json_refusals() {
     let before = expect_json_refusal(&answer, 400, "bad_request");
     assert!(before.starts_with("HTTP/1.0 200 OK\r\n"), "{before:?}");
     // And the server goes on serving.
+    still_serves_then_stops(served).await;
+}
+
+/// A new client is served `/healthz`; then the server stops gracefully.
+async fn still_serves_then_stops(served: Served) {
     let r = crate::support::process::http_client()
         .get(format!("http://{}/healthz", served.addr))
         .send()
