@@ -27,6 +27,7 @@ pub const AUDIT_COMMIT_DURATION: &str = "rise_audit_commit_duration_seconds";
 pub const TLS_RELOADS: &str = "rise_tls_certificate_reloads_total";
 pub const KEY_RELOADS: &str = "rise_signing_key_reloads_total";
 pub const CONNECTIONS_REFUSED: &str = "rise_connections_refused_total";
+pub const PARSE_REFUSALS: &str = "rise_http_parse_refusals_total";
 
 /// Histogram buckets (seconds) for every `*_seconds` series: from a fast local operation to an
 /// upstream call about to time out.
@@ -123,6 +124,10 @@ fn describe() {
         "Connections closed on arrival because server.max_connections were open"
     );
     describe_counter!(
+        PARSE_REFUSALS,
+        "HTTP/1 requests the HTTP parser refused before routing (400: not HTTP, 431: head too large), by status"
+    );
+    describe_counter!(
         KEY_RELOADS,
         "Re-reads of the registry token and grant keys that found a rotation (rotated), a retired key back (refused_retired_key) or failed (error)"
     );
@@ -150,6 +155,17 @@ pub fn record_issuance(registry: &str, provider: &'static str, result: &'static 
 /// A connection closed on arrival by the connection cap.
 pub fn record_connection_refused() {
     counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A request the HTTP/1 parser refused before routing (so not in `rise_http_requests_total`).
+pub fn record_parse_refusal(status: u16) {
+    let status = match status {
+        400 => "400",
+        414 => "414",
+        431 => "431",
+        _ => "other",
+    };
+    counter!(PARSE_REFUSALS, "status" => status).increment(1);
 }
 
 /// The `result` label of an issuance: `issued`, `upstream_error`, `timeout`, `misconfigured` or

@@ -142,6 +142,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Refusing<S> {
         if this.protocol != Protocol::Http2
             && let Some((at, refusal)) = hyper_refusal(buf)
         {
+            crate::metrics::record_parse_refusal(refusal.status);
             let mut rewritten = buf[..at].to_vec();
             rewritten.extend_from_slice(&refusal.in_json());
             this.pending = rewritten;

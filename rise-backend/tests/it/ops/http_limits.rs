@@ -537,6 +537,7 @@ async fn request_heads_are_bounded() {
 async fn requests_that_are_not_http_get_json_refusals() {
     let (config, _dir) = load_config("", "");
     let served = Served::start(config).await;
+    let refused_before = parse_refusals(&served, 400).await;
     for not_http in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
@@ -562,8 +563,28 @@ async fn requests_that_are_not_http_get_json_refusals() {
     let answer = raw_exchange(connect(&served).await, http10).await;
     let before = expect_json_refusal(&answer, 400, "bad_request");
     assert!(before.starts_with("HTTP/1.0 200 OK\r\n"), "{before:?}");
+    // Counted, though never routed (other tests in this process may add their own).
+    let refused = parse_refusals(&served, 400).await - refused_before;
+    assert!(refused >= 8, "{refused} counted");
     // And the server goes on serving.
     still_serves_then_stops(served).await;
+}
+
+/// `rise_http_parse_refusals_total{status}` as the served broker reports it (0 before any).
+async fn parse_refusals(served: &Served, status: u16) -> u64 {
+    let metrics = crate::support::process::http_client()
+        .get(format!("http://{}/metrics", served.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let series = format!("rise_http_parse_refusals_total{{status=\"{status}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
 }
 
 /// A new client is served `/healthz`; then the server stops gracefully.
