@@ -596,27 +596,39 @@ async fn reaching_the_token_limit_cleans_up_at_once_and_retries() {
 }
 
 /// Issuances that find the registry full at the same time share one cleanup: the registry's
-/// tokens are listed once, and each retries into the room it made.
+/// tokens are listed once, and each retries into the room it made. When one cleanup cannot make
+/// room for all (it deletes at most `cleanup_batch`), those still refused clean up again, once
+/// between them, and all are served.
 #[tokio::test]
 async fn issuances_at_the_token_limit_together_share_one_cleanup() {
-    let fake = FakeAcr::start().await;
-    fake.set_token_limit(4, axum::http::StatusCode::CONFLICT);
-    let now = unix_now();
-    let p = provider(&fake, "cleanup_interval = \"1h\"\n").await;
-    // A cleanup now counts as the last one, so only the immediate ones run from here.
-    p.sweep_expired().await;
-    for i in 0..4 {
-        fake.seed_token(&format!("rise-{}-old{i}-0a1b2c3d", now - 3600), "my-app");
+    for (cleanup_batch, cleanups) in [(20, 1), (2, 2)] {
+        let fake = FakeAcr::start().await;
+        fake.set_token_limit(4, axum::http::StatusCode::CONFLICT);
+        let now = unix_now();
+        let p = provider(
+            &fake,
+            &format!("cleanup_interval = \"1h\"\ncleanup_batch = {cleanup_batch}\n"),
+        )
+        .await;
+        // A cleanup now counts as the last one, so only the immediate ones run from here.
+        p.sweep_expired().await;
+        for i in 0..4 {
+            fake.seed_token(&format!("rise-{}-old{i}-0a1b2c3d", now - 3600), "my-app");
+        }
+        let lists = || requests_to(&fake, "GET", |path| path.ends_with("/tokens"));
+        let before = lists();
+        let req = request("my-app", Actions::PULL, Duration::from_secs(600));
+        let issued = futures_util::future::join_all((0..4).map(|_| issue(&p, &req))).await;
+        for c in &issued {
+            assert!(c.is_ok(), "cleanup_batch {cleanup_batch}: {c:?}");
+        }
+        assert_eq!(
+            lists() - before,
+            cleanups,
+            "cleanup_batch {cleanup_batch}: cleanups between them"
+        );
+        assert_eq!(fake.tokens().len(), 4, "the four new tokens");
     }
-    let lists = || requests_to(&fake, "GET", |path| path.ends_with("/tokens"));
-    let before = lists();
-    let req = request("my-app", Actions::PULL, Duration::from_secs(600));
-    let issued = futures_util::future::join_all((0..4).map(|_| issue(&p, &req))).await;
-    for c in &issued {
-        assert!(c.is_ok(), "{c:?}");
-    }
-    assert_eq!(lists() - before, 1, "one cleanup between them");
-    assert_eq!(fake.tokens().len(), 4, "the four new tokens");
 }
 
 #[tokio::test]

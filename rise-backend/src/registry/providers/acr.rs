@@ -203,6 +203,10 @@ const NAME_PREFIX: &str = "rise-";
 /// ACR's name rules: tokens 5-50 of `[a-zA-Z0-9-]`, scope maps 5-50 of `[a-zA-Z0-9-_]`.
 const MAX_NAME_LEN: usize = 50;
 /// Scope map descriptions: "Maximum 256 characters are allowed" (`az acr scope-map create`).
+/// The most token creates one issuance makes against a registry at its token limit, with a
+/// cleanup between each.
+const QUOTA_ATTEMPTS: u32 = 3;
+
 const MAX_DESCRIPTION_LEN: usize = 256;
 /// A confirmed scope map is written again after this long, so a hand edit does not persist.
 const SCOPE_MAP_RECHECK: Duration = Duration::from_secs(300);
@@ -450,46 +454,54 @@ impl Inner {
     }
 
     /// Create the token. When the registry already holds as many tokens as its SKU allows,
-    /// delete Rise's expired ones at once (as the cleanup would) and create it again, once.
-    /// Issuances that find the registry full together share one cleanup: one that finished
-    /// after this attempt was sent is not run again.
+    /// delete Rise's expired ones at once (as the cleanup would) and create it again. Issuances
+    /// that find the registry full together share one cleanup; one that still finds no room
+    /// after a cleanup that deleted something (a cleanup deletes at most `cleanup_batch`, and
+    /// others took the room) cleans up again. At most [`QUOTA_ATTEMPTS`] creates; none more
+    /// once a cleanup of its own found nothing to delete.
     async fn create_token(
         self: &Arc<Self>,
         token_name: &str,
         scope_map_id: &str,
     ) -> Result<arm::TokenResource, ProviderError> {
-        let seen = sweeper::finished_sweeps(&**self);
-        let full = match self.arm.put_token(token_name, scope_map_id).await {
-            Ok(token) => return Ok(token),
-            Err(arm::PutError::Failed(e)) => return Err(e),
-            Err(arm::PutError::QuotaExceeded(e)) => e,
-        };
-        let cleanup = match sweeper::sweep_unless_done_since(&**self, seen).await {
-            Some(report) => {
-                tracing::info!(
-                    registry = %self.name,
-                    deleted = report.deleted,
-                    live = report.kept,
-                    error = %full,
-                    "acr token limit reached: expired tokens deleted at once; creating the token again"
-                );
-                format!(
-                    "its cleanup deleted {} of Rise's expired tokens and counted {} of Rise's live, in the pages it listed (none when listing failed: see the warning before this)",
-                    report.deleted, report.kept
-                )
+        let mut last: Option<sweeper::Swept> = None;
+        let mut attempt = 0;
+        let refusal = loop {
+            attempt += 1;
+            let seen = sweeper::finished_sweeps(&**self);
+            let refusal = match self.arm.put_token(token_name, scope_map_id).await {
+                Ok(token) => return Ok(token),
+                Err(arm::PutError::Failed(e)) => return Err(e),
+                Err(arm::PutError::QuotaExceeded(e)) => e,
+            };
+            let nothing_to_free = last.is_some_and(|s| s.own && s.report.deleted == 0);
+            if attempt == QUOTA_ATTEMPTS || nothing_to_free {
+                break refusal;
             }
-            None => "another issuance's cleanup had just run".to_owned(),
+            let swept = sweeper::sweep_unless_done_since(&**self, seen).await;
+            tracing::info!(
+                registry = %self.name,
+                own_cleanup = swept.own,
+                deleted = swept.report.deleted,
+                live = swept.report.kept,
+                error = %refusal,
+                "acr token limit reached: expired tokens deleted at once; creating the token again"
+            );
+            last = Some(swept);
         };
-        match self.arm.put_token(token_name, scope_map_id).await {
-            Err(arm::PutError::QuotaExceeded(again)) => Err(ProviderError::Upstream {
-                operation: arm::TOKEN_OPERATION,
-                detail: format!(
-                    "registry {} is at its SKU's token limit ({again}); {cleanup}. ACR allows Basic 100, Standard 500, Premium 50,000 tokens per registry, of any owner: lower max_ttl or the request rate, delete tokens Rise did not make, or raise the SKU",
-                    self.login_server
-                ),
-            }),
-            other => Ok(other?),
-        }
+        let counted = last.map_or_else(String::new, |s| {
+            format!(
+                "; the last cleanup deleted {} of Rise's expired tokens and counted {} of Rise's live, in the pages it listed (none when listing failed: see the warning before this)",
+                s.report.deleted, s.report.kept
+            )
+        });
+        Err(ProviderError::Upstream {
+            operation: arm::TOKEN_OPERATION,
+            detail: format!(
+                "registry {} is at its SKU's token limit ({refusal}){counted}. ACR allows Basic 100, Standard 500, Premium 50,000 tokens per registry, of any owner: lower max_ttl or the request rate, delete tokens Rise did not make, or raise the SKU",
+                self.login_server
+            ),
+        })
     }
 
     /// Generate the password of a created token; the Docker user name, the password and its

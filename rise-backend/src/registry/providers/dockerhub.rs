@@ -86,9 +86,8 @@
 //! background after a request, lists the organization's OATs (at most 10 pages of 100) and
 //! deletes at most 100 whose label starts with `"<label_prefix> <registry name>/"` and whose
 //! `expires_at` has passed; it stops at the first failure and tries again on a later request.
-//! When a create fails with a 4xx that may be the limit, Rise sweeps at once and, if it deleted
-//! anything (or another request's sweep finished since the create was sent), retries the create
-//! once; creates refused together share one sweep. Still, a Team organization holds at most 10 live OATs:
+//! When a create fails with a 4xx that may be the limit, Rise sweeps at once (creates refused
+//! together share one sweep) and, if the sweep deleted anything, retries the create once. Still, a Team organization holds at most 10 live OATs:
 //! size `max_ttl` and request rates for that, or use Docker Business.
 //!
 //! # Failures
@@ -475,14 +474,11 @@ impl Shared {
                 matches!(reply.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT);
             if may_be_limit && self.delete_expired && !swept {
                 swept = true;
-                match sweeper::sweep_unless_done_since(self, seen).await {
-                    Some(report) if report.deleted > 0 => {
-                        tracing::info!(registry = %self.name, deleted = report.deleted, "retrying the create after deleting expired organization access tokens");
-                        continue;
-                    }
-                    // Another request's sweep finished since this create was sent.
-                    None => continue,
-                    Some(_) => {}
+                // Another request's sweep, if one finished since this create was sent.
+                let swept = sweeper::sweep_unless_done_since(self, seen).await;
+                if swept.report.deleted > 0 {
+                    tracing::info!(registry = %self.name, deleted = swept.report.deleted, own_sweep = swept.own, "retrying the create after deleting expired organization access tokens");
+                    continue;
                 }
             }
             let mut e = api::status_error(api::CREATE_OPERATION, &reply, &[]);

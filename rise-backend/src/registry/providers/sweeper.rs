@@ -14,7 +14,6 @@
 //! Sweeps of one provider never overlap.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -49,8 +48,8 @@ pub(crate) struct Schedule {
     last: Mutex<Option<Instant>>,
     /// Held during a sweep, so sweeps never overlap.
     running: tokio::sync::Mutex<()>,
-    /// Sweeps finished so far.
-    finished: AtomicU64,
+    /// Sweeps finished so far, and the last one's report.
+    done: Mutex<(u64, SweepReport)>,
 }
 
 impl Schedule {
@@ -59,7 +58,7 @@ impl Schedule {
             interval,
             last: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
-            finished: AtomicU64::new(0),
+            done: Mutex::new((0, SweepReport::default())),
         }
     }
 
@@ -72,6 +71,10 @@ impl Schedule {
         }
         *last = Some(Instant::now());
         true
+    }
+
+    fn done(&self) -> (u64, SweepReport) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn mark_started(&self) {
@@ -88,21 +91,30 @@ pub(crate) async fn sweep_now<S: Sweep>(provider: &S) -> SweepReport {
 /// How many sweeps of `provider` have finished: read it before an upstream call, and give it
 /// to [`sweep_unless_done_since`] when that call found no room.
 pub(crate) fn finished_sweeps<S: Sweep>(provider: &S) -> u64 {
-    provider.schedule().finished.load(Ordering::Acquire)
+    provider.schedule().done().0
+}
+
+/// What [`sweep_unless_done_since`] got: a sweep of the caller's own, or the report of one that
+/// finished after the caller's `seen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Swept {
+    pub own: bool,
+    pub report: SweepReport,
 }
 
 /// Sweep, unless a sweep has finished since `seen` ([`finished_sweeps`]); waits for a sweep
-/// already running first. `None` when another sweep made whatever room there is to make, so
-/// many callers that find the upstream full at once run one sweep between them.
-pub(crate) async fn sweep_unless_done_since<S: Sweep>(
-    provider: &S,
-    seen: u64,
-) -> Option<SweepReport> {
+/// already running first. Many callers that find the upstream full at once so share one sweep;
+/// one that learns the shared sweep left no room for it can call again with a fresh `seen`.
+pub(crate) async fn sweep_unless_done_since<S: Sweep>(provider: &S, seen: u64) -> Swept {
     let _one_at_a_time = provider.schedule().running.lock().await;
-    if finished_sweeps(provider) != seen {
-        return None;
+    let (finished, report) = provider.schedule().done();
+    if finished != seen {
+        return Swept { own: false, report };
     }
-    Some(run(provider).await)
+    Swept {
+        own: true,
+        report: run(provider).await,
+    }
 }
 
 /// One sweep, with the running lock held.
@@ -110,7 +122,8 @@ async fn run<S: Sweep>(provider: &S) -> SweepReport {
     let schedule = provider.schedule();
     schedule.mark_started();
     let report = provider.sweep().await;
-    schedule.finished.fetch_add(1, Ordering::Release);
+    let mut done = schedule.done.lock().unwrap_or_else(|e| e.into_inner());
+    *done = (done.0 + 1, report);
     report
 }
 
@@ -263,16 +276,19 @@ mod tests {
                 tokio::spawn(async move { sweep_unless_done_since(&*p, seen).await })
             })
             .collect();
-        let mut swept = 0;
+        let mut own = 0;
         for caller in callers {
-            swept += usize::from(caller.await.expect("joined").is_some());
+            let swept = caller.await.expect("joined");
+            // Those that shared it have its report.
+            assert_eq!(swept.report.deleted, 1);
+            own += usize::from(swept.own);
         }
-        assert_eq!(swept, 1);
+        assert_eq!(own, 1);
         assert_eq!(p.sweeps.load(Ordering::SeqCst), 1);
         // A caller that saw that sweep finish needs a new one.
         let seen = finished_sweeps(&*p);
         assert_eq!(seen, 1);
-        assert!(sweep_unless_done_since(&*p, seen).await.is_some());
+        assert!(sweep_unless_done_since(&*p, seen).await.own);
         assert_eq!(p.sweeps.load(Ordering::SeqCst), 2);
         assert_eq!(p.overlapped.load(Ordering::SeqCst), 0);
     }
