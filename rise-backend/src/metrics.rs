@@ -125,7 +125,7 @@ fn describe() {
     );
     describe_counter!(
         PARSE_REFUSALS,
-        "HTTP/1 requests the HTTP parser refused before routing (400: not HTTP, 431: head too large), by status"
+        "HTTP/1 requests the HTTP parser refused before routing (400: not HTTP, 414: request target too long, 431: head too large), by status"
     );
     describe_counter!(
         KEY_RELOADS,

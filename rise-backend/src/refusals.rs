@@ -2,8 +2,8 @@
 //!
 //! Before there is a request to route, hyper answers an HTTP/1 connection itself when the
 //! request cannot be read: `400` for a request line, header or version it cannot parse, `431`
-//! for a head over `server::MAX_REQUEST_HEAD_BYTES` (and `414` for a request target too long,
-//! which that bound pre-empts). It writes a bare head (`content-length: 0`, `date`, and
+//! for a head over `server::MAX_REQUEST_HEAD_BYTES`, `414` for a request target over 65,534
+//! bytes that fits in a head within the bound and one read chunk. It writes a bare head (`content-length: 0`, `date`, and
 //! `connection: close` on HTTP/1.1), then closes the connection, and has no hook to change that
 //! answer.
 //!
@@ -16,7 +16,8 @@
 //! library with a bare `431` on its stream, and the connection goes on.
 //!
 //! On HTTP/1 the stream reports no vectored writes, so hyper gathers each response into one
-//! buffer and a refusal is always whole within one write.
+//! buffer and a refusal is always whole within one write; and it reads at most
+//! [`HTTP1_READ_CHUNK`] at a time, which keeps hyper's head bound tight (see there).
 
 use std::io;
 use std::pin::Pin;
@@ -59,6 +60,12 @@ enum Protocol {
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4), all of which hyper-util reads to choose.
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The most an HTTP/1 read takes at once. hyper refuses a head only once
+/// `server::MAX_REQUEST_HEAD_BYTES` of it sit unparsed, and reads into all of its buffer's spare
+/// room: on a connection kept alive, one read could bring in a complete head twice the bound.
+/// In chunks, a head is refused at the bound plus at most one chunk.
+const HTTP1_READ_CHUNK: usize = 8 * 1024;
 
 /// A connection's stream, rewriting hyper's bare refusals (see the module).
 pub struct Refusing<S> {
@@ -124,9 +131,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Refusing<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.note_read(&buf.filled()[before..]);
+        if this.protocol == Protocol::Http2 || buf.remaining() <= HTTP1_READ_CHUNK {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            this.note_read(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
+        // hyper offers the whole of its read buffer's spare room, which grows on a connection
+        // kept alive; read a chunk, so a head is checked against the bound every chunk.
+        let mut chunk = [0u8; HTTP1_READ_CHUNK];
+        let mut small = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut small))?;
+        this.note_read(small.filled());
+        buf.put_slice(small.filled());
         Poll::Ready(Ok(()))
     }
 }
@@ -217,7 +234,7 @@ impl Refusal<'_> {
             ),
             _ => (
                 "bad_request",
-                "the request is not valid HTTP/1.1: its request line, a header or the version could not be parsed; send a well-formed request (the connection is closed)"
+                "the request is not valid HTTP: its request line, a header or the version could not be parsed; send a well-formed HTTP/1.1 request (the connection is closed)"
                     .to_owned(),
             ),
         };

@@ -527,6 +527,18 @@ async fn request_heads_are_bounded() {
     let answer = raw_exchange(connect(&served).await, &head).await;
     let before = expect_json_refusal(&answer, 431, "request_head_too_large");
     assert_eq!(before, "", "one answer only");
+
+    // Complete heads over the bound, sent after a request on the same connection (where hyper's
+    // read buffer has grown): refused too, at the bound plus at most one read chunk (8 KiB).
+    for padding in [80_000, 130_000] {
+        let mut pipelined = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        pipelined.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ");
+        pipelined.resize(pipelined.len() + padding, b'a');
+        pipelined.extend_from_slice(b"\r\n\r\n");
+        let answer = raw_exchange(connect(&served).await, &pipelined).await;
+        let before = expect_json_refusal(&answer, 431, "request_head_too_large");
+        assert!(before.ends_with("\r\n\r\nok"), "{padding}: {before:?}");
+    }
     served.shutdown().await.expect("graceful shutdown");
 }
 
