@@ -24,7 +24,8 @@
 //! `secret_refresh_interval` (default 5m). Other keys: `iam_credentials_url` (default
 //! `https://iamcredentials.googleapis.com`), `request_timeout` (10s), `connect_timeout` (5s),
 //! `insecure_http` (allow `http://` endpoints; tests only). The token endpoint is the key's
-//! `token_uri`.
+//! `token_uri`. A key of another universe than `googleapis.com` (its `universe_domain`) is
+//! refused: the registry hosts and the IAM endpoint here are the default universe's.
 //!
 //! Account templates may use `{project}` (the Rise project) and `{repository}` (its repository);
 //! `repository_prefix` may use `{repository}`; a domain-scoped project ID goes in as

@@ -48,7 +48,13 @@ struct KeyFile {
     private_key_id: Option<String>,
     #[serde(default)]
     token_uri: Option<String>,
+    #[serde(default)]
+    universe_domain: Option<String>,
 }
+
+/// The universe of Google Cloud's public APIs: what a key without `universe_domain` is for, and
+/// the only one whose registry hosts (`*-docker.pkg.dev`, `gcr.io`) and IAM endpoint Rise knows.
+const DEFAULT_UNIVERSE: &str = "googleapis.com";
 
 /// A parsed service account key. Holds the private key; its `Debug` shows none of it.
 pub(super) struct ServiceAccountKey {
@@ -94,6 +100,14 @@ impl ServiceAccountKey {
             return Err(format!(
                 "service_account_key has type {:?}; Rise needs a service account key (type \"service_account\")",
                 kind.chars().take(40).collect::<String>()
+            ));
+        }
+        if let Some(universe) = file.universe_domain.as_deref().map(str::trim)
+            && !universe.eq_ignore_ascii_case(DEFAULT_UNIVERSE)
+        {
+            return Err(format!(
+                "service_account_key is for the universe {:?}; Rise's google provider serves Google Cloud's default universe ({DEFAULT_UNIVERSE}) only, whose registries are LOCATION-docker.pkg.dev and gcr.io: use a key of a service account there",
+                universe.chars().take(100).collect::<String>()
             ));
         }
         let client_email = file
@@ -274,5 +288,23 @@ mod tests {
         assert!(e.contains("no client_email"), "{e}");
         let e = parse(r#"{"client_email":"a@b.c","private_key":"x","token_uri":"http://t"}"#);
         assert!(e.contains("clear text"), "{e}");
+    }
+
+    /// A key of another universe (a sovereign cloud) is refused when it is read, naming the
+    /// universe, rather than sending its tokens to the default universe's IAM endpoint.
+    #[test]
+    fn a_key_of_another_universe_is_refused_by_name() {
+        let parse = |universe: &str| {
+            let json = format!(
+                r#"{{"type":"service_account","universe_domain":"{universe}","client_email":"a@b.c","private_key":"x","token_uri":"https://oauth2.{universe}/token"}}"#
+            );
+            ServiceAccountKey::parse(&SecretString::from(json), false)
+        };
+        let e = parse("sovereign.example").expect_err("another universe");
+        assert!(e.contains("\"sovereign.example\""), "{e}");
+        assert!(e.contains("googleapis.com"), "{e}");
+        // The default universe goes on to the next check (this key has no PEM).
+        let e = parse("googleapis.com").expect_err("not a PEM");
+        assert!(e.contains("not a PEM RSA private key"), "{e}");
     }
 }
