@@ -102,7 +102,9 @@ impl ServiceAccountKey {
                 kind.chars().take(40).collect::<String>()
             ));
         }
+        // An empty `universe_domain` is as good as none: the default universe.
         if let Some(universe) = file.universe_domain.as_deref().map(str::trim)
+            && !universe.is_empty()
             && !universe.eq_ignore_ascii_case(DEFAULT_UNIVERSE)
         {
             return Err(format!(
@@ -303,8 +305,11 @@ mod tests {
         let e = parse("sovereign.example").expect_err("another universe");
         assert!(e.contains("\"sovereign.example\""), "{e}");
         assert!(e.contains("googleapis.com"), "{e}");
-        // The default universe goes on to the next check (this key has no PEM).
-        let e = parse("googleapis.com").expect_err("not a PEM");
-        assert!(e.contains("not a PEM RSA private key"), "{e}");
+        // The default universe, named in any case or left empty, goes on to the next check
+        // (this key has no PEM).
+        for default in ["googleapis.com", "GoogleAPIs.com", ""] {
+            let e = parse(default).expect_err("not a PEM");
+            assert!(e.contains("not a PEM RSA private key"), "{default:?}: {e}");
+        }
     }
 }
