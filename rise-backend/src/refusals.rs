@@ -3,7 +3,7 @@
 //! Before there is a request to route, hyper answers an HTTP/1 connection itself when the
 //! request cannot be read: `400` for a request line, header or version it cannot parse, `431`
 //! for a head over `server::MAX_REQUEST_HEAD_BYTES`, `414` for a request target over 65,534
-//! bytes that fits in a head within the bound and one read chunk. It writes a bare head (`content-length: 0`, `date`, and
+//! bytes that hyper read whole before the bound was checked (within one read chunk's slack). It writes a bare head (`content-length: 0`, `date`, and
 //! `connection: close` on HTTP/1.1), then closes the connection, and has no hook to change that
 //! answer.
 //!

@@ -203,11 +203,10 @@ const NAME_PREFIX: &str = "rise-";
 /// ACR's name rules: tokens 5-50 of `[a-zA-Z0-9-]`, scope maps 5-50 of `[a-zA-Z0-9-_]`.
 const MAX_NAME_LEN: usize = 50;
 /// Scope map descriptions: "Maximum 256 characters are allowed" (`az acr scope-map create`).
+const MAX_DESCRIPTION_LEN: usize = 256;
 /// The most token creates one issuance makes against a registry at its token limit, with a
 /// cleanup between each.
 const QUOTA_ATTEMPTS: u32 = 3;
-
-const MAX_DESCRIPTION_LEN: usize = 256;
 /// A confirmed scope map is written again after this long, so a hand edit does not persist.
 const SCOPE_MAP_RECHECK: Duration = Duration::from_secs(300);
 /// An expired token is deleted only this long after its expiry (clock skew).
@@ -468,7 +467,7 @@ impl Inner {
         let mut attempt = 0;
         let refusal = loop {
             attempt += 1;
-            let seen = sweeper::finished_sweeps(&**self);
+            let seen = sweeper::sweep_mark(&**self);
             let refusal = match self.arm.put_token(token_name, scope_map_id).await {
                 Ok(token) => return Ok(token),
                 Err(arm::PutError::Failed(e)) => return Err(e),
@@ -485,7 +484,7 @@ impl Inner {
                 deleted = swept.report.deleted,
                 live = swept.report.kept,
                 error = %refusal,
-                "acr token limit reached: expired tokens deleted at once; creating the token again"
+                "acr token limit reached: cleaned up expired tokens at once (deleted counts them); creating the token again"
             );
             last = Some(swept);
         };

@@ -451,7 +451,7 @@ impl Shared {
     async fn create(&self, body: &CreateOat<'_>) -> Result<CreatedOat, ProviderError> {
         let mut swept = false;
         loop {
-            let seen = sweeper::finished_sweeps(self);
+            let seen = sweeper::sweep_mark(self);
             let reply = self
                 .call(api::CREATE_OPERATION, |client, jwt| {
                     let body = &body;

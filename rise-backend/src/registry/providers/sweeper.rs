@@ -48,8 +48,24 @@ pub(crate) struct Schedule {
     last: Mutex<Option<Instant>>,
     /// Held during a sweep, so sweeps never overlap.
     running: tokio::sync::Mutex<()>,
-    /// Sweeps finished so far, and the last one's report.
-    done: Mutex<(u64, SweepReport)>,
+    /// What the sweeps finished so far did.
+    done: Mutex<Done>,
+}
+
+/// The sweeps of one provider finished so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Done {
+    sweeps: u64,
+    /// Their deletions, all together.
+    deleted: usize,
+    last: SweepReport,
+}
+
+/// Where a provider's sweeps stood at some moment ([`sweep_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SweepMark {
+    sweeps: u64,
+    deleted: usize,
 }
 
 impl Schedule {
@@ -58,7 +74,7 @@ impl Schedule {
             interval,
             last: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
-            done: Mutex::new((0, SweepReport::default())),
+            done: Mutex::new(Done::default()),
         }
     }
 
@@ -73,7 +89,7 @@ impl Schedule {
         true
     }
 
-    fn done(&self) -> (u64, SweepReport) {
+    fn done(&self) -> Done {
         *self.done.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -88,28 +104,38 @@ pub(crate) async fn sweep_now<S: Sweep>(provider: &S) -> SweepReport {
     run(provider).await
 }
 
-/// How many sweeps of `provider` have finished: read it before an upstream call, and give it
-/// to [`sweep_unless_done_since`] when that call found no room.
-pub(crate) fn finished_sweeps<S: Sweep>(provider: &S) -> u64 {
-    provider.schedule().done().0
+/// Where `provider`'s sweeps stand: take it before an upstream call, and give it to
+/// [`sweep_unless_done_since`] when that call found no room.
+pub(crate) fn sweep_mark<S: Sweep>(provider: &S) -> SweepMark {
+    let done = provider.schedule().done();
+    SweepMark {
+        sweeps: done.sweeps,
+        deleted: done.deleted,
+    }
 }
 
-/// What [`sweep_unless_done_since`] got: a sweep of the caller's own, or the report of one that
-/// finished after the caller's `seen`.
+/// What [`sweep_unless_done_since`] got: a sweep of the caller's own, or what the sweeps that
+/// finished after the caller's mark did (their deletions together, the last one's counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Swept {
     pub own: bool,
     pub report: SweepReport,
 }
 
-/// Sweep, unless a sweep has finished since `seen` ([`finished_sweeps`]); waits for a sweep
-/// already running first. Many callers that find the upstream full at once so share one sweep;
-/// one that learns the shared sweep left no room for it can call again with a fresh `seen`.
-pub(crate) async fn sweep_unless_done_since<S: Sweep>(provider: &S, seen: u64) -> Swept {
+/// Sweep, unless a sweep has finished since `mark` ([`sweep_mark`]); waits for a sweep already
+/// running first. Many callers that find the upstream full at once so share one sweep; one that
+/// learns the shared sweep left no room for it can call again with a fresh mark.
+pub(crate) async fn sweep_unless_done_since<S: Sweep>(provider: &S, mark: SweepMark) -> Swept {
     let _one_at_a_time = provider.schedule().running.lock().await;
-    let (finished, report) = provider.schedule().done();
-    if finished != seen {
-        return Swept { own: false, report };
+    let done = provider.schedule().done();
+    if done.sweeps != mark.sweeps {
+        return Swept {
+            own: false,
+            report: SweepReport {
+                deleted: done.deleted.saturating_sub(mark.deleted),
+                ..done.last
+            },
+        };
     }
     Swept {
         own: true,
@@ -123,7 +149,11 @@ async fn run<S: Sweep>(provider: &S) -> SweepReport {
     schedule.mark_started();
     let report = provider.sweep().await;
     let mut done = schedule.done.lock().unwrap_or_else(|e| e.into_inner());
-    *done = (done.0 + 1, report);
+    *done = Done {
+        sweeps: done.sweeps + 1,
+        deleted: done.deleted.saturating_add(report.deleted),
+        last: report,
+    };
     report
 }
 
@@ -269,7 +299,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn callers_needing_room_together_share_one_sweep() {
         let p = Counting::new(Duration::from_secs(3600), Duration::from_secs(5));
-        let seen = finished_sweeps(&*p);
+        let seen = sweep_mark(&*p);
         let callers: Vec<_> = (0..5)
             .map(|_| {
                 let p = Arc::clone(&p);
@@ -286,9 +316,20 @@ mod tests {
         assert_eq!(own, 1);
         assert_eq!(p.sweeps.load(Ordering::SeqCst), 1);
         // A caller that saw that sweep finish needs a new one.
-        let seen = finished_sweeps(&*p);
-        assert_eq!(seen, 1);
+        let seen = sweep_mark(&*p);
+        assert_eq!(seen.sweeps, 1);
         assert!(sweep_unless_done_since(&*p, seen).await.own);
+        // One that saw neither gets their deletions together.
+        let shared = sweep_unless_done_since(
+            &*p,
+            SweepMark {
+                sweeps: 0,
+                deleted: 0,
+            },
+        )
+        .await;
+        assert!(!shared.own);
+        assert_eq!(shared.report.deleted, 2);
         assert_eq!(p.sweeps.load(Ordering::SeqCst), 2);
         assert_eq!(p.overlapped.load(Ordering::SeqCst), 0);
     }
