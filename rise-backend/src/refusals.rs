@@ -444,6 +444,41 @@ mod tests {
         assert!(matched > 500, "only {matched} writes matched");
     }
 
+    /// A stream beneath that takes vectored writes.
+    struct Vectored;
+
+    impl AsyncWrite for Vectored {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// HTTP/1 gets whole writes (so a refusal is never split); HTTP/2 keeps the vectored writes
+    /// of the stream beneath.
+    #[test]
+    fn only_http2_writes_vectored() {
+        let mut http1 = Refusing::new(Vectored);
+        http1.note_read(b"GET / HTTP/1.1\r\n");
+        assert!(!http1.is_write_vectored());
+        let mut http2 = Refusing::new(Vectored);
+        assert!(!http2.is_write_vectored(), "not before the preface");
+        http2.note_read(HTTP2_PREFACE);
+        assert!(http2.is_write_vectored());
+    }
+
     #[test]
     fn the_http2_preface_is_told_from_http1_however_it_arrives() {
         let mut whole = Refusing::new(());
