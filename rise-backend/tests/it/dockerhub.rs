@@ -505,6 +505,34 @@ async fn reaching_the_token_limit_sweeps_and_retries_once() {
     assert_eq!(fake.oats().iter().filter(|o| o.deleted).count(), 2);
 }
 
+/// Creates refused at the limit together share one sweep, and each retries into the room it
+/// made: the organization's tokens are listed once.
+#[tokio::test]
+async fn creates_at_the_token_limit_together_share_one_sweep() {
+    let fake = FakeDockerHub::start().await;
+    fake.set_token_limit(2);
+    let p = provider_named(
+        "default",
+        &fake,
+        &format!("{}cleanup_interval = \"1h\"\n", owner()),
+    )
+    .await;
+    let req = request("my-app", Actions::PULL, Duration::from_secs(600));
+    let first = issue(&p, &req).await.expect("first");
+    let second = issue(&p, &req).await.expect("second");
+    // Let the background sweep started by the first request finish.
+    p.sweep_expired().await;
+    for c in [&first, &second] {
+        fake.expire(c.credential_id.as_deref().expect("id"));
+    }
+    let lists = || fake.requests_to("GET", CREATE_PATH).len();
+    let before = lists();
+    let both = futures_util::future::join(issue(&p, &req), issue(&p, &req)).await;
+    assert!(both.0.is_ok() && both.1.is_ok(), "{both:?}");
+    assert_eq!(lists() - before, 1, "one sweep between them");
+    assert_eq!(fake.oats().iter().filter(|o| o.deleted).count(), 2);
+}
+
 #[tokio::test]
 async fn upstream_failures_become_provider_errors() {
     let fake = FakeDockerHub::start().await;
